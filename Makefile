@@ -1,0 +1,47 @@
+# kinmesh — `make help` lists the targets.
+
+GO        ?= go
+PKGS      := ./...
+BIN       := bin/kinmesh
+# Packages whose tests are long soak/scale runs, run by test-long only.
+LONG_FLAGS := -run 'Long|Soak|Scale' -timeout 60m
+
+.DEFAULT_GOAL := help
+
+.PHONY: help build test test-long bench fuzz lint generate testnet clean
+
+help: ## show this help
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+build: ## build bin/kinmesh
+	$(GO) build -o $(BIN) ./cmd/kinmesh
+
+test: ## run the test suite (what CI runs)
+	$(GO) test -race -timeout 20m $(PKGS)
+
+test-long: ## run soak and scale tests (minutes to an hour)
+	KINMESH_LONG=1 $(GO) test $(LONG_FLAGS) $(PKGS)
+
+bench: ## run benchmarks; every figure is a ratio against a baseline in the same run
+	$(GO) test -run '^$$' -bench . -benchtime 1x -count 1 ./internal/bench/ | tee bench.out
+	$(GO) test -run '^$$' -bench . -count 1 ./storage/ ./protocols/... | tee -a bench.out
+
+fuzz: ## run every fuzz target for FUZZTIME each (default 10s)
+	@./scripts/fuzz-all.sh $${FUZZTIME:-10s}
+
+lint: ## go vet, gofmt, staticcheck and the architecture rules
+	$(GO) vet $(PKGS)
+	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.go$$')); \
+	  if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+	@if command -v staticcheck >/dev/null; then staticcheck $(PKGS); else echo "staticcheck not installed (go install honnef.co/go/tools/cmd/staticcheck@v0.8.2); skipped"; fi
+	$(GO) test -count 1 ./internal/archtest/
+
+generate: ## regenerate protobuf code (needs protoc and protoc-gen-go)
+	@for f in $$(git ls-files '*.proto'); do \
+	  echo "protoc $$f"; protoc --go_out=. --go_opt=module=github.com/kinmesh/kinmesh $$f || exit 1; done
+
+testnet: build ## run a local network: 3 relays, 4 devices, live status (Ctrl-C to stop)
+	./$(BIN) testnet
+
+clean: ## remove build output
+	rm -rf bin bench.out

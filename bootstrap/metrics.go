@@ -1,0 +1,71 @@
+package bootstrap
+
+import (
+	"sync/atomic"
+	"time"
+
+	pbv2 "github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/pb"
+	relayv2 "github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/relay"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// metrics are the relay's own counters, served on /metrics next to
+// libp2p's (which register on the same registry).
+type metrics struct {
+	reservations atomic.Int64 // active circuit-relay reservations
+	circuits     atomic.Int64 // open relayed connections
+}
+
+func newMetrics(reg *prometheus.Registry) *metrics {
+	m := &metrics{}
+	reg.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: "kinmesh", Subsystem: "relay", Name: "reservations",
+			Help: "Active circuit-relay reservations.",
+		}, func() float64 { return float64(m.reservations.Load()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: "kinmesh", Subsystem: "relay", Name: "circuits",
+			Help: "Open relayed connections.",
+		}, func() float64 { return float64(m.circuits.Load()) }),
+	)
+	return m
+}
+
+// relayTracer feeds libp2p's relay metrics and our own counts.
+func (m *metrics) relayTracer(reg prometheus.Registerer) relayv2.MetricsTracer {
+	return &relayTracer{MetricsTracer: relayv2.NewMetricsTracer(relayv2.WithRegisterer(reg)), m: m}
+}
+
+type relayTracer struct {
+	relayv2.MetricsTracer
+	m *metrics
+}
+
+func (t *relayTracer) ReservationAllowed(isRenewal bool) {
+	if !isRenewal {
+		t.m.reservations.Add(1)
+	}
+	t.MetricsTracer.ReservationAllowed(isRenewal)
+}
+
+func (t *relayTracer) ReservationClosed(cnt int) {
+	t.m.reservations.Add(-int64(cnt))
+	t.MetricsTracer.ReservationClosed(cnt)
+}
+
+func (t *relayTracer) ConnectionOpened() {
+	t.m.circuits.Add(1)
+	t.MetricsTracer.ConnectionOpened()
+}
+
+func (t *relayTracer) ConnectionClosed(d time.Duration) {
+	t.m.circuits.Add(-1)
+	t.MetricsTracer.ConnectionClosed(d)
+}
+
+func (t *relayTracer) ConnectionRequestHandled(s pbv2.Status) {
+	t.MetricsTracer.ConnectionRequestHandled(s)
+}

@@ -1,0 +1,84 @@
+package wire
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"io"
+	"testing"
+
+	"google.golang.org/protobuf/types/known/wrapperspb"
+)
+
+func TestRoundTrip(t *testing.T) {
+	var buf bytes.Buffer
+	msgs := []string{"", "a", string(bytes.Repeat([]byte("x"), 1000))}
+	for _, s := range msgs {
+		if err := Write(&buf, wrapperspb.String(s), 2048); err != nil {
+			t.Fatalf("Write(%d bytes): %v", len(s), err)
+		}
+	}
+	r := NewReader(&buf)
+	for _, want := range msgs {
+		var got wrapperspb.StringValue
+		if err := r.Read(&got, 2048); err != nil {
+			t.Fatalf("Read: %v", err)
+		}
+		if got.Value != want {
+			t.Fatalf("got %d bytes, want %d", len(got.Value), len(want))
+		}
+	}
+	if _, err := r.ReadBytes(10); !errors.Is(err, io.EOF) {
+		t.Fatalf("read past end: got %v, want io.EOF", err)
+	}
+}
+
+func TestCaps(t *testing.T) {
+	tests := []struct {
+		name  string
+		frame []byte
+		max   int
+		want  error
+	}{
+		{"announced length over cap", binary.AppendUvarint(nil, 1<<40), 1024, ErrTooLarge},
+		{"just over cap", append(binary.AppendUvarint(nil, 11), make([]byte, 11)...), 10, ErrTooLarge},
+		{"truncated body", append(binary.AppendUvarint(nil, 5), 1, 2), 10, io.ErrUnexpectedEOF},
+		{"garbage protobuf", append(binary.AppendUvarint(nil, 2), 0xff, 0xff), 10, ErrMalformed},
+		{"overlong varint", bytes.Repeat([]byte{0xff}, 11), 10, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var m wrapperspb.StringValue
+			err := NewReader(bytes.NewReader(tt.frame)).Read(&m, tt.max)
+			if err == nil {
+				t.Fatal("got nil error, want one")
+			}
+			if tt.want != nil && !errors.Is(err, tt.want) {
+				t.Fatalf("got %v, want %v", err, tt.want)
+			}
+		})
+	}
+	if err := WriteBytes(io.Discard, make([]byte, 11), 10); !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("WriteBytes over cap: got %v, want ErrTooLarge", err)
+	}
+}
+
+func FuzzRead(f *testing.F) {
+	var seed bytes.Buffer
+	_ = Write(&seed, wrapperspb.String("hello"), 64)
+	f.Add(seed.Bytes())
+	f.Add([]byte{0xff, 0xff, 0xff, 0xff, 0x0f})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		r := NewReader(bytes.NewReader(b))
+		for range 4 {
+			var m wrapperspb.StringValue
+			if err := r.Read(&m, 256); err != nil {
+				return
+			}
+			var out bytes.Buffer
+			if err := Write(&out, &m, 256); err != nil {
+				t.Fatalf("re-encode of a decoded frame failed: %v", err)
+			}
+		}
+	})
+}
