@@ -1,0 +1,129 @@
+package storage
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	badger "github.com/dgraph-io/badger/v4"
+)
+
+// Batch groups puts and deletes, in any namespaces of one Store, into one
+// atomic transaction that Commit writes with one fsync. Values are sealed
+// (and TTLs start) when they are added. A Batch is safe for concurrent use.
+//
+// A batch must fit in one Badger transaction: about 300 KB and 3,000
+// entries with ProfileDevice, twice that with ProfileRelay. Each operation
+// counts its key plus about 60 bytes, a TTL put twice (value and index
+// entry), and a value under about 1 KiB counts in full (a larger one lives in
+// Badger's value log and counts 12 bytes). Commit returns ErrTooLarge
+// otherwise.
+type Batch struct {
+	s   *Store
+	mu  sync.Mutex
+	ops []write
+	err error // first error adding an operation; sticky
+}
+
+// NewBatch returns an empty batch.
+func (s *Store) NewBatch() *Batch { return &Batch{s: s} }
+
+// Put adds a put of v under key in ns.
+func (b *Batch) Put(ns *Namespace, key string, v []byte) error {
+	return b.add(ns, "put", key, v, 0, false)
+}
+
+// PutTTL adds a put of v under key in ns that expires ttl from now.
+func (b *Batch) PutTTL(ns *Namespace, key string, v []byte, ttl time.Duration) error {
+	if ttl <= 0 {
+		return b.fail(fmt.Errorf("storage: batch put %s/%q: %w", ns.name, key, ErrInvalidTTL))
+	}
+	return b.add(ns, "put", key, v, ttl, false)
+}
+
+// Delete adds a delete of key in ns.
+func (b *Batch) Delete(ns *Namespace, key string) error {
+	return b.add(ns, "delete", key, nil, 0, true)
+}
+
+// Len returns the number of operations in the batch.
+func (b *Batch) Len() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.ops)
+}
+
+func (b *Batch) add(ns *Namespace, op, key string, v []byte, ttl time.Duration, del bool) error {
+	if ns.s != b.s {
+		return b.fail(fmt.Errorf("storage: batch %s %s: namespace of another store", op, ns.name))
+	}
+	var w write
+	if del {
+		if err := validKey(key); err != nil {
+			return b.fail(fmt.Errorf("storage: batch delete %s: %w", ns.name, err))
+		}
+		w = write{ns: ns.name, key: key, del: true}
+	} else {
+		var err error
+		if w, err = ns.prepare("batch put", key, v, ttl); err != nil {
+			return b.fail(err)
+		}
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.err == nil {
+		b.ops = append(b.ops, w)
+	}
+	return b.err
+}
+
+// fail records err as the batch's error, which Commit returns: a batch that
+// lost an operation never commits.
+func (b *Batch) fail(err error) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.err == nil {
+		b.err = err
+	}
+	return err
+}
+
+// Commit writes every operation atomically and syncs it to disk, whatever
+// WithSyncWrites says. On success the batch is empty again and can be
+// reused; on failure nothing was written and Commit may be retried, except
+// after an error adding an operation, which Commit keeps returning.
+func (b *Batch) Commit(ctx context.Context) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.err != nil {
+		return b.err
+	}
+	if err := b.s.acquire(); err != nil {
+		return err
+	}
+	defer b.s.release()
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if len(b.ops) == 0 {
+		return nil
+	}
+	err := b.s.update(true, func(txn *badger.Txn) error {
+		for _, w := range b.ops {
+			if err := w.apply(b.s, txn); err != nil {
+				if errors.Is(err, badger.ErrTxnTooBig) {
+					return err
+				}
+				return fmt.Errorf("%s/%q: %w", w.ns, w.key, err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("storage: commit batch of %d: %w", len(b.ops), err)
+	}
+	b.ops = nil
+	return nil
+}

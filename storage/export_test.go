@@ -1,0 +1,62 @@
+package storage
+
+import (
+	"path/filepath"
+
+	badger "github.com/dgraph-io/badger/v4"
+)
+
+// Test hooks; see STYLE.md: never mutable package variables.
+
+// FastKDF makes new passphrase stores use cheap Argon2id parameters.
+func FastKDF() Option {
+	return withKDFParams(kdfParams{Version: 1, KDF: "argon2id", Time: 1, MemoryKiB: 64, Threads: 1})
+}
+
+// DeriveKey derives the store key of the passphrase store in dir, as Open
+// does.
+func DeriveKey(dir string, passphrase []byte) ([]byte, error) {
+	b, err := readSmallFile(filepath.Join(dir, KDFFileName), maxKDFFileLen+1)
+	if err != nil {
+		return nil, err
+	}
+	p, err := decodeKDFParams(b)
+	if err != nil {
+		return nil, err
+	}
+	return p.derive(passphrase), nil
+}
+
+// RawDB returns the store's Badger handle.
+func RawDB(s *Store) *badger.DB { return s.db }
+
+// DataKey returns the Badger key of key in namespace ns.
+func DataKey(ns, key string) []byte { return dataKey(ns, key) }
+
+// IndexEntries returns the namespace and key of every expiry index entry, in
+// index order.
+func IndexEntries(s *Store) ([][2]string, error) {
+	var out [][2]string
+	err := s.db.View(func(txn *badger.Txn) error {
+		prefix := []byte(prefixExpiry)
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
+		defer it.Close()
+		for it.Rewind(); it.ValidForPrefix(prefix); it.Next() {
+			_, ns, key, ok := parseIndexKey(it.Item().Key())
+			if !ok {
+				ns, key = "?", string(it.Item().Key())
+			}
+			out = append(out, [2]string{ns, key})
+		}
+		return nil
+	})
+	return out, err
+}
+
+// BadgerOptions returns the Badger options Open uses, for baselines.
+func BadgerOptions(dir string, p Profile, sync bool) badger.Options {
+	return badgerOptions(dir, p, sync, nil)
+}
+
+// CollectGarbage runs value-log GC now.
+func CollectGarbage(s *Store) { s.collectGarbage(s.ctx) }
