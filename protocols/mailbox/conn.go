@@ -1,0 +1,606 @@
+package mailbox
+
+import (
+	"bufio"
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/kinmesh/kinmesh/protocols/mailbox/pb"
+	"github.com/kinmesh/kinmesh/protocols/wire"
+)
+
+// stream is what the relay needs of a libp2p stream (tests drive conns
+// over in-memory pipes).
+type stream interface {
+	io.Reader
+	io.Writer
+	SetReadDeadline(time.Time) error
+	SetWriteDeadline(time.Time) error
+	Close() error
+	Reset() error
+}
+
+// memScope is what the relay needs of a stream's resource scope; nil
+// means no accounting.
+type memScope interface {
+	ReserveMemory(size int, prio uint8) error
+	ReleaseMemory(size int)
+}
+
+// maxAuthFailures is how many refused Auths end a stream.
+const maxAuthFailures = 3
+
+// conn is the relay's side of one stream: a deposit stream, or an owner
+// session once authenticated. A reader goroutine decodes requests, answers
+// the quick ones and hands changes to the committer; a writer goroutine
+// writes every answer and push. Up to maxInflight requests of one stream
+// are with the committer at once (pipelining).
+type conn struct {
+	s      *Service
+	st     stream
+	scope  memScope
+	remote peer.ID
+	local  peer.ID
+
+	br *bufio.Reader
+	rd *wire.Reader
+	bw *bufio.Writer
+
+	out      chan outMsg   // answers from the reader; closed when it is done
+	results  chan *op      // answers from the committer
+	inflight chan struct{} // one token per request with the committer
+	sub      *subscription
+
+	// delivered remembers the items this session fetched or had pushed,
+	// until acked (bounded by maxDelivered).
+	deliveredMu sync.Mutex
+	delivered   map[uint64]known
+
+	// Reader only.
+	nonce     []byte
+	nonceAt   time.Time
+	authFails int
+	authed    bool
+	mbox      [idRawSize]byte
+	opened    time.Time
+}
+
+type outMsg struct {
+	resp *pb.Response
+	mem  int // memory to release once written
+}
+
+func (s *Service) newConn(st stream, scope memScope, remote, local peer.ID) *conn {
+	br := bufio.NewReaderSize(st, 16<<10)
+	return &conn{
+		s:        s,
+		st:       st,
+		scope:    scope,
+		remote:   remote,
+		local:    local,
+		br:       br,
+		rd:       wire.NewReader(br),
+		bw:       bufio.NewWriterSize(st, 16<<10),
+		out:      make(chan outMsg, 8),
+		results:  make(chan *op, s.cfg.maxInflight),
+		inflight: make(chan struct{}, s.cfg.maxInflight),
+		sub:      newSubscription(s.cfg.pushItems, s.cfg.pushBytes),
+	}
+}
+
+// serve runs the stream until the client is done, an error, or Close.
+func (c *conn) serve() {
+	err := runPair(c.s.ctx, c.st, c.readLoop, c.writeLoop)
+	if c.authed {
+		c.s.unsubscribe(c.mbox, c.sub)
+		c.s.tagPeer(c.remote, -10)
+		c.s.tr.sessionClosed(time.Since(c.opened))
+	}
+	if err != nil && !errors.Is(err, context.Canceled) {
+		c.s.log.Debug("mailbox stream ended", "peer", c.remote, "err", err)
+	}
+}
+
+// runPair runs a stream's read loop and write loop until both return.
+// The first error, or the end of parent, resets the stream so the other
+// loop unblocks; when both succeed the stream is closed.
+func runPair(parent context.Context, st stream, read, write func(context.Context) error) error {
+	ctx, cancel := context.WithCancel(parent)
+	defer cancel()
+	stop := context.AfterFunc(ctx, func() { _ = st.Reset() })
+	var g errgroup.Group
+	loop := func(f func(context.Context) error) func() error {
+		return func() error {
+			err := f(ctx)
+			if err != nil {
+				cancel()
+			}
+			return err
+		}
+	}
+	g.Go(loop(read))
+	g.Go(loop(write))
+	err := g.Wait()
+	if stop() {
+		if err != nil {
+			_ = st.Reset()
+		} else {
+			_ = st.Close()
+		}
+	}
+	return err
+}
+
+func (c *conn) reserve(n int) bool {
+	if c.scope == nil || n == 0 {
+		return true
+	}
+	return c.scope.ReserveMemory(n, network.ReservationPriorityHigh) == nil
+}
+
+func (c *conn) release(n int) {
+	if c.scope != nil && n > 0 {
+		c.scope.ReleaseMemory(n)
+	}
+}
+
+// send queues an answer for the writer.
+func (c *conn) send(ctx context.Context, m outMsg) error {
+	select {
+	case c.out <- m:
+		return nil
+	case <-ctx.Done():
+		c.release(m.mem)
+		return ctx.Err()
+	}
+}
+
+func (c *conn) sendErr(ctx context.Context, id uint64, code Code, retry time.Duration) error {
+	return c.send(ctx, outMsg{resp: &pb.Response{Id: id, Body: &pb.Response_Error{Error: &pb.Error{
+		Code: code.wire(), RetryAfterMs: durationMs(retry),
+	}}}})
+}
+
+func durationMs(d time.Duration) uint32 {
+	if d <= 0 {
+		return 0
+	}
+	return uint32(min((d+time.Millisecond-1)/time.Millisecond, 1<<31))
+}
+
+// errEnd ends reading gracefully: answers already queued are still written.
+var errEnd = errors.New("end of requests")
+
+func (c *conn) readLoop(ctx context.Context) error {
+	err := c.readRequests(ctx)
+	if err != nil && !errors.Is(err, errEnd) {
+		return err
+	}
+	// Wait for every request still with the committer to be answered.
+	for range cap(c.inflight) {
+		select {
+		case c.inflight <- struct{}{}:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	close(c.out)
+	return nil
+}
+
+func (c *conn) readRequests(ctx context.Context) error {
+	for {
+		timeout := c.s.cfg.streamTimeout
+		if c.authed {
+			timeout = c.s.cfg.sessionTimeout
+		}
+		_ = c.st.SetReadDeadline(time.Now().Add(timeout))
+		n, err := peekUvarint(c.br)
+		if errors.Is(err, io.EOF) {
+			return errEnd
+		}
+		if err != nil {
+			return err
+		}
+		if n > maxRequestFrame {
+			// Can't skip it without reading it: answer and stop.
+			_ = c.sendErr(ctx, 0, CodeBatchTooLarge, 0)
+			return errEnd
+		}
+		mem := int(n)
+		if !c.reserve(mem) {
+			_ = c.sendErr(ctx, 0, CodeUnavailable, time.Second)
+			return errEnd
+		}
+		b, err := c.rd.ReadBytes(maxRequestFrame)
+		if err != nil {
+			c.release(mem)
+			return err
+		}
+		req, code := decodeRequest(b)
+		if code != CodeOK {
+			c.release(mem)
+			if req.kind == reqDeposit {
+				c.s.tr.rejected(code, max(1, len(req.envelopes)))
+			}
+			if err := c.sendErr(ctx, req.id, code, 0); err != nil {
+				return err
+			}
+			continue
+		}
+		if req.kind != reqDeposit {
+			// Only deposits keep their frame's bytes (the envelopes)
+			// beyond this point.
+			c.release(mem)
+			mem = 0
+		}
+		if err := c.dispatch(ctx, req, mem); err != nil {
+			return err
+		}
+	}
+}
+
+// peekUvarint returns the length prefix of the next frame without
+// consuming it.
+func peekUvarint(br *bufio.Reader) (uint64, error) {
+	for i := 1; i <= binary.MaxVarintLen64; i++ {
+		b, err := br.Peek(i)
+		if len(b) < i {
+			if errors.Is(err, io.EOF) && i > 1 {
+				return 0, io.ErrUnexpectedEOF
+			}
+			return 0, err
+		}
+		if b[i-1] < 0x80 {
+			v, n := binary.Uvarint(b)
+			if n <= 0 {
+				return 0, fmt.Errorf("frame length: %w", wire.ErrMalformed)
+			}
+			return v, nil
+		}
+	}
+	return 0, fmt.Errorf("frame length: %w", wire.ErrMalformed)
+}
+
+func (c *conn) dispatch(ctx context.Context, req request, mem int) error {
+	switch req.kind {
+	case reqDeposit:
+		return c.deposit(ctx, req, mem)
+	case reqHello:
+		return c.hello(ctx, req)
+	case reqAuth:
+		return c.auth(ctx, req)
+	case reqPing:
+		return c.send(ctx, outMsg{resp: &pb.Response{Id: req.id, Body: &pb.Response_Pong{Pong: &pb.Pong{}}}})
+	}
+	if !c.authed {
+		return c.sendErr(ctx, req.id, CodeUnauthorized, 0)
+	}
+	switch req.kind {
+	case reqFetch:
+		return c.fetch(ctx, req)
+	case reqAck:
+		return c.submit(ctx, &op{kind: opAck, mbox: c.mbox, id: req.id, seqs: req.seqs, known: c.takeDelivered(req.seqs)})
+	case reqPurge:
+		return c.submit(ctx, &op{kind: opPurge, mbox: c.mbox, id: req.id})
+	}
+	return c.sendErr(ctx, req.id, CodeMalformed, 0)
+}
+
+// submit hands o to the committer, holding an inflight token until the
+// writer has written its answer.
+func (c *conn) submit(ctx context.Context, o *op) error {
+	select {
+	case c.inflight <- struct{}{}:
+	case <-ctx.Done():
+		c.release(o.mem)
+		return ctx.Err()
+	}
+	o.done = func(o *op) { c.results <- o } // never blocks: one slot per token
+	if !c.s.submit(o) {
+		<-c.inflight
+		c.release(o.mem)
+		return c.sendErr(ctx, o.id, CodeUnavailable, 0)
+	}
+	return nil
+}
+
+func (c *conn) deposit(ctx context.Context, req request, mem int) error {
+	pre := make([]Code, len(req.envelopes))
+	sizes := make([]int, 0, len(req.envelopes))
+	idx := make([]int, 0, len(req.envelopes))
+	for i, e := range req.envelopes {
+		if len(e) > MaxEnvelopeSize {
+			pre[i] = CodeTooLarge
+			c.s.tr.rejected(CodeTooLarge, 1)
+			continue
+		}
+		sizes = append(sizes, len(e))
+		idx = append(idx, i)
+	}
+	n, wait := c.s.lim.take(c.remote, sizes)
+	for _, i := range idx[n:] {
+		pre[i] = CodeRateLimited
+	}
+	c.s.tr.rejected(CodeRateLimited, len(idx)-n)
+	o := &op{kind: opDeposit, mbox: req.mbox, id: req.id, envelopes: req.envelopes, pre: pre, mem: mem}
+	if n < len(idx) {
+		o.retryAfter = wait
+	}
+	if n == 0 {
+		// Nothing to store: answer at once.
+		c.release(mem)
+		return c.send(ctx, outMsg{resp: depositResponse(o.id, pre, o.retryAfter)})
+	}
+	return c.submit(ctx, o)
+}
+
+func depositResponse(id uint64, codes []Code, retry time.Duration) *pb.Response {
+	d := &pb.DepositResult{Codes: codesToWire(codes)}
+	for _, c := range codes {
+		if c == CodeRateLimited {
+			d.RetryAfterMs = durationMs(retry)
+		}
+	}
+	return &pb.Response{Id: id, Body: &pb.Response_Deposit{Deposit: d}}
+}
+
+func (c *conn) hello(ctx context.Context, req request) error {
+	if c.authed {
+		return c.sendErr(ctx, req.id, CodeMalformed, 0)
+	}
+	c.nonce = make([]byte, nonceSize)
+	rand.Read(c.nonce)
+	c.nonceAt = time.Now()
+	return c.send(ctx, outMsg{resp: &pb.Response{Id: req.id, Body: &pb.Response_Challenge{Challenge: &pb.Challenge{
+		Nonce: c.nonce, Relay: []byte(c.local), TimeUnixMs: c.s.cfg.now().UnixMilli(),
+	}}}})
+}
+
+func (c *conn) auth(ctx context.Context, req request) error {
+	if c.authed {
+		return c.sendErr(ctx, req.id, CodeMalformed, 0)
+	}
+	nonce := c.nonce
+	c.nonce = nil // one attempt per challenge
+	ok := nonce != nil && time.Since(c.nonceAt) < c.s.cfg.streamTimeout
+	mbox := rawIDFromPublicKey(req.pub)
+	if ok {
+		ok = ed25519.Verify(req.pub, authMessage(nonce, c.local, c.remote, mbox), req.sig)
+	}
+	if !ok {
+		c.s.tr.authFailed()
+		c.authFails++
+		if err := c.sendErr(ctx, req.id, CodeUnauthorized, 0); err != nil {
+			return err
+		}
+		if c.authFails >= maxAuthFailures {
+			return errEnd
+		}
+		return nil
+	}
+	c.authed, c.mbox, c.opened = true, mbox, time.Now()
+	// Subscribe before answering: every deposit committed after the
+	// client reads AuthOK is pushed; older ones it fetches.
+	c.s.subscribe(mbox, c.sub)
+	c.s.tagPeer(c.remote, 10)
+	c.s.tr.sessionOpened()
+	return c.send(ctx, outMsg{resp: &pb.Response{Id: req.id, Body: &pb.Response_Auth{Auth: &pb.AuthOK{}}}})
+}
+
+// maxDelivered bounds the items a session remembers for its acks.
+const maxDelivered = 1024
+
+// remember notes items delivered on this session.
+func (c *conn) remember(items []storedItem) {
+	c.deliveredMu.Lock()
+	defer c.deliveredMu.Unlock()
+	if c.delivered == nil || len(c.delivered)+len(items) > maxDelivered {
+		c.delivered = make(map[uint64]known, len(items))
+	}
+	for _, it := range items {
+		c.delivered[it.seq] = known{deposited: it.deposited, size: len(it.envelope), ok: true}
+	}
+}
+
+// takeDelivered returns (and forgets) what the session knows of seqs.
+func (c *conn) takeDelivered(seqs []uint64) []known {
+	c.deliveredMu.Lock()
+	defer c.deliveredMu.Unlock()
+	if len(c.delivered) == 0 {
+		return nil
+	}
+	out := make([]known, len(seqs))
+	for i, seq := range seqs {
+		if k, ok := c.delivered[seq]; ok {
+			out[i] = k
+			delete(c.delivered, seq)
+		}
+	}
+	return out
+}
+
+// fetchMem is what a fetch reserves for its page.
+const fetchMem = MaxPageBytes + MaxEnvelopeSize
+
+func (c *conn) fetch(ctx context.Context, req request) error {
+	if !c.reserve(fetchMem) {
+		return c.sendErr(ctx, req.id, CodeUnavailable, time.Second)
+	}
+	items, more, _, err := c.s.fetch(ctx, c.mbox, req.after, req.limit)
+	if err != nil {
+		c.release(fetchMem)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		c.s.log.Warn("mailbox fetch failed", "err", err)
+		return c.sendErr(ctx, req.id, CodeUnavailable, 0)
+	}
+	c.remember(items)
+	res := &pb.FetchResult{Items: make([]*pb.Item, len(items)), More: more}
+	for i, it := range items {
+		res.Items[i] = itemToWire(it)
+	}
+	return c.send(ctx, outMsg{resp: &pb.Response{Id: req.id, Body: &pb.Response_Fetch{Fetch: res}}, mem: fetchMem})
+}
+
+func (c *conn) writeLoop(ctx context.Context) error {
+	for {
+		select {
+		case m, ok := <-c.out:
+			if !ok {
+				// The reader is done and every answer is written.
+				return c.flush()
+			}
+			err := c.write(m.resp)
+			c.release(m.mem)
+			if err != nil {
+				return err
+			}
+		case o := <-c.results:
+			err := c.write(opResponse(o))
+			c.release(o.mem)
+			<-c.inflight
+			if err != nil {
+				return err
+			}
+		case <-c.sub.signal:
+			if err := c.writePushes(); err != nil {
+				return err
+			}
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		if len(c.out) == 0 && len(c.results) == 0 {
+			if err := c.flush(); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+func (c *conn) write(r *pb.Response) error {
+	_ = c.st.SetWriteDeadline(time.Now().Add(c.s.cfg.writeTimeout))
+	return wire.Write(c.bw, r, maxResponseFrame)
+}
+
+func (c *conn) flush() error {
+	if c.bw.Buffered() == 0 {
+		return nil
+	}
+	_ = c.st.SetWriteDeadline(time.Now().Add(c.s.cfg.writeTimeout))
+	return c.bw.Flush()
+}
+
+func opResponse(o *op) *pb.Response {
+	if o.err != CodeOK {
+		return &pb.Response{Id: o.id, Body: &pb.Response_Error{Error: &pb.Error{Code: o.err.wire()}}}
+	}
+	switch o.kind {
+	case opDeposit:
+		return depositResponse(o.id, o.codes, o.retryAfter)
+	case opAck:
+		return &pb.Response{Id: o.id, Body: &pb.Response_Ack{Ack: &pb.AckResult{Codes: codesToWire(o.codes)}}}
+	default:
+		return &pb.Response{Id: o.id, Body: &pb.Response_Purge{Purge: &pb.PurgeResult{Deleted: uint64(o.deleted)}}}
+	}
+}
+
+// writePushes writes the queued pushes (dropping any that expired in the
+// queue), then the "more" notice if the queue overflowed.
+func (c *conn) writePushes() error {
+	items, missedFrom := c.sub.take()
+	now := c.s.cfg.now()
+	var frame []*pb.Item
+	bytes, pushed := 0, 0
+	flush := func() error {
+		if len(frame) == 0 {
+			return nil
+		}
+		err := c.write(&pb.Response{Body: &pb.Response_Push{Push: &pb.Push{Items: frame}}})
+		pushed += len(frame)
+		frame, bytes = nil, 0
+		return err
+	}
+	for _, it := range items {
+		if c.s.expired(it.deposited, now) {
+			continue
+		}
+		if len(frame) == MaxPageItems || (len(frame) > 0 && bytes+len(it.envelope) > MaxPageBytes) {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+		frame = append(frame, itemToWire(it))
+		bytes += len(it.envelope)
+		c.remember([]storedItem{it})
+	}
+	if err := flush(); err != nil {
+		return err
+	}
+	c.s.tr.pushed(pushed)
+	if missedFrom != 0 {
+		return c.write(&pb.Response{Body: &pb.Response_More{More: &pb.More{After: missedFrom - 1}}})
+	}
+	return nil
+}
+
+// subscription is an owner session's push queue, filled by the committer
+// and drained by the session's writer. It is bounded; on overflow it
+// keeps only the first seq it dropped, and the writer then sends a "more"
+// notice so the owner fetches from there.
+type subscription struct {
+	maxItems, maxBytes int
+	signal             chan struct{}
+
+	mu         sync.Mutex
+	items      []storedItem
+	bytes      int
+	missedFrom uint64
+}
+
+func newSubscription(maxItems, maxBytes int) *subscription {
+	return &subscription{maxItems: maxItems, maxBytes: maxBytes, signal: make(chan struct{}, 1)}
+}
+
+// push queues items; true if this overflowed the queue.
+func (u *subscription) push(items []storedItem) (overflowed bool) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	for _, it := range items {
+		if u.missedFrom != 0 {
+			break
+		}
+		if len(u.items) >= u.maxItems || u.bytes+len(it.envelope) > u.maxBytes {
+			u.missedFrom = it.seq
+			overflowed = true
+			break
+		}
+		u.items = append(u.items, it)
+		u.bytes += len(it.envelope)
+	}
+	select {
+	case u.signal <- struct{}{}:
+	default:
+	}
+	return overflowed
+}
+
+func (u *subscription) take() (items []storedItem, missedFrom uint64) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	items, missedFrom = u.items, u.missedFrom
+	u.items, u.bytes, u.missedFrom = nil, 0, 0
+	return items, missedFrom
+}

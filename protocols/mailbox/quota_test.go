@@ -1,0 +1,217 @@
+package mailbox
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"io"
+	"testing"
+	"time"
+
+	"github.com/kinmesh/kinmesh/protocols/mailbox/pb"
+	"github.com/kinmesh/kinmesh/storage"
+)
+
+// countItems returns how many items the relay's store holds for mbox,
+// whatever the service thinks.
+func countItems(t *testing.T, r *testRelay, mbox MailboxID) int {
+	t.Helper()
+	raw, _ := mailboxRaw(string(mbox))
+	n := 0
+	err := r.st.Namespace(namespace).List(testCtx(t), storage.ListOptions{Prefix: r.svc.prefix(raw) + "/"}, func(string, []byte) error {
+		n++
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func wantErrs(t *testing.T, res []DepositResult, want ...error) {
+	t.Helper()
+	if len(res) != len(want) {
+		t.Fatalf("%d results, want %d", len(res), len(want))
+	}
+	for i := range res {
+		if want[i] == nil && res[i].Err != nil || want[i] != nil && !errors.Is(res[i].Err, want[i]) {
+			t.Errorf("item %d: got %v, want %v", i, res[i].Err, want[i])
+		}
+	}
+}
+
+func TestMailboxFull(t *testing.T) {
+	r := startRelay(t, WithMailboxQuota(3, 2*MaxEnvelopeSize+100))
+	c := newClient(t, r)
+	k, other := newKey(t), newKey(t)
+
+	res, err := c.Deposit(testCtx(t), r.h.ID(), k.ID(), envelopes(5, 100, "full"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantErrs(t, res, nil, nil, nil, ErrMailboxFull, ErrMailboxFull)
+	if n := countItems(t, r, k.ID()); n != 3 {
+		t.Fatalf("store holds %d items, want 3", n)
+	}
+	// Other mailboxes are unaffected.
+	mustDeposit(t, c, r, other.ID(), envelopes(3, 100, "other"))
+
+	// Acking frees room.
+	s := openSession(t, c, r, k)
+	items := fetchAll(t, s)
+	if _, err := s.Ack(testCtx(t), items[0].Seq); err != nil {
+		t.Fatal(err)
+	}
+	res, _ = c.Deposit(testCtx(t), r.h.ID(), k.ID(), envelopes(2, 100, "more"))
+	wantErrs(t, res, nil, ErrMailboxFull)
+
+	// The byte quota: two large envelopes fit, the third does not.
+	big := newKey(t)
+	res, _ = c.Deposit(testCtx(t), r.h.ID(), big.ID(), envelopes(3, MaxEnvelopeSize, "big"))
+	wantErrs(t, res, nil, nil, ErrMailboxFull)
+
+	// The quota survives a restart of the service (it is on disk).
+	if err := r.svc.Close(); err != nil {
+		t.Fatal(err)
+	}
+	svc, err := NewService(r.h, r.st, WithClock(r.clock.Now), WithMailboxQuota(3, 2*MaxEnvelopeSize+100))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = svc.Close() })
+	res, _ = c.Deposit(testCtx(t), r.h.ID(), k.ID(), envelopes(1, 100, "after restart"))
+	wantErrs(t, res, ErrMailboxFull)
+}
+
+func TestDepositorRateLimit(t *testing.T) {
+	r := startRelay(t, WithDepositorRate(5, 1<<20))
+	c, c2 := newClient(t, r), newClient(t, r)
+	k := newKey(t)
+	res, err := c.Deposit(testCtx(t), r.h.ID(), k.ID(), envelopes(8, 100, "rate"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantErrs(t, res, nil, nil, nil, nil, nil, ErrRateLimited, ErrRateLimited, ErrRateLimited)
+	if ra := res[5].RetryAfter; ra <= 0 || ra > 13*time.Second {
+		t.Fatalf("RetryAfter = %v, want about 12s (one token at 5/min)", ra)
+	}
+	if n := countItems(t, r, k.ID()); n != 5 {
+		t.Fatalf("store holds %d items, want 5", n)
+	}
+	// Another depositor is unaffected.
+	mustDeposit(t, c2, r, k.ID(), envelopes(5, 100, "other"))
+	// Tokens come back with time.
+	r.clock.Advance(12 * time.Second)
+	res, _ = c.Deposit(testCtx(t), r.h.ID(), k.ID(), envelopes(2, 100, "later"))
+	wantErrs(t, res, nil, ErrRateLimited)
+	r.clock.Advance(time.Minute)
+	mustDeposit(t, c, r, k.ID(), envelopes(5, 100, "much later"))
+
+	// The byte rate.
+	r2 := startRelay(t, WithDepositorRate(1000, 2*MaxEnvelopeSize))
+	c3 := newClient(t, r2)
+	res, _ = c3.Deposit(testCtx(t), r2.h.ID(), k.ID(), envelopes(3, MaxEnvelopeSize, "bytes"))
+	wantErrs(t, res, nil, nil, ErrRateLimited)
+}
+
+func TestMaxDepositors(t *testing.T) {
+	r := startRelay(t, WithMaxDepositors(1))
+	k := newKey(t)
+	mustDeposit(t, newClient(t, r), r, k.ID(), envelopes(1, 10, "first"))
+	res, _ := newClient(t, r).Deposit(testCtx(t), r.h.ID(), k.ID(), envelopes(1, 10, "second"))
+	wantErrs(t, res, ErrRateLimited)
+	// Idle depositors are forgotten after a minute.
+	r.clock.Advance(time.Minute)
+	mustDeposit(t, newClient(t, r), r, k.ID(), envelopes(1, 10, "third"))
+}
+
+func TestTooLargeAndMalformed(t *testing.T) {
+	r := startRelay(t)
+	c := newClient(t, r)
+	k := newKey(t)
+	id := rawID(k.ID())
+
+	// Client side: unsendable envelopes are reported, the rest stored.
+	envs := [][]byte{[]byte("ok-1"), make([]byte, MaxEnvelopeSize+1), nil, []byte("ok-2")}
+	res, err := c.Deposit(testCtx(t), r.h.ID(), k.ID(), envs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantErrs(t, res, nil, ErrEnvelopeTooLarge, ErrMalformed, nil)
+	if _, err := c.Deposit(testCtx(t), r.h.ID(), "not-a-mailbox", envs); !errors.Is(err, ErrBadMailboxID) {
+		t.Fatalf("bad mailbox id: %v", err)
+	}
+
+	s := openRaw(t, c, r)
+	// Relay side, per item: the large envelope is refused, the others stored.
+	s.send(depositReq(1, id, []byte("ok-3"), make([]byte, MaxEnvelopeSize+1), []byte("ok-4")))
+	m := s.recv()
+	if codes := m.GetDeposit().GetCodes(); len(codes) != 3 || codes[0] != pb.Code_CODE_OK || codes[1] != pb.Code_CODE_TOO_LARGE || codes[2] != pb.Code_CODE_OK {
+		t.Fatalf("got %v, want ok, too large, ok", m)
+	}
+	// Whole requests.
+	tooMany := make([][]byte, MaxBatchItems+1)
+	for i := range tooMany {
+		tooMany[i] = []byte("x")
+	}
+	// Over MaxBatchBytes, but within the frame cap.
+	tooBig := envelopes(MaxBatchBytes/(64<<10), 64<<10, "big")
+	tooBig = append(tooBig, []byte("one more"))
+	tests := []struct {
+		name string
+		req  *pb.Request
+		want pb.Code
+	}{
+		{"too many envelopes", depositReq(2, id, tooMany...), pb.Code_CODE_BATCH_TOO_LARGE},
+		{"too many bytes", depositReq(3, id, tooBig...), pb.Code_CODE_BATCH_TOO_LARGE},
+		{"short mailbox id", depositReq(4, id[:31], []byte("x")), pb.Code_CODE_MALFORMED},
+		{"no envelopes", depositReq(5, id), pb.Code_CODE_MALFORMED},
+		{"empty envelope", depositReq(6, id, []byte("x"), nil), pb.Code_CODE_MALFORMED},
+		{"no body", &pb.Request{Id: 7}, pb.Code_CODE_MALFORMED},
+		{"request id 0", depositReq(0, id, []byte("x")), pb.Code_CODE_MALFORMED},
+		{"short auth key", authReq(8, make([]byte, 31), make([]byte, 64)), pb.Code_CODE_MALFORMED},
+		{"too many acks", &pb.Request{Id: 9, Body: &pb.Request_Ack{Ack: &pb.Ack{Seqs: make([]uint64, MaxAckSeqs+1)}}}, pb.Code_CODE_BATCH_TOO_LARGE},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s.send(tt.req)
+			m := s.recv()
+			if m.GetId() != tt.req.GetId() || s.errCode(m) != tt.want {
+				t.Fatalf("got %v, want error %v for request %d", m, tt.want, tt.req.GetId())
+			}
+		})
+	}
+	// A frame that is no protobuf: answered, and the stream goes on.
+	s.sendBytes([]byte{3, 0xff, 0xff, 0xff})
+	if got := s.errCode(s.recv()); got != pb.Code_CODE_MALFORMED {
+		t.Fatalf("garbage frame: got %v, want MALFORMED", got)
+	}
+	s.send(&pb.Request{Id: 10, Body: &pb.Request_Ping{Ping: &pb.Ping{}}})
+	if m := s.recv(); m.GetPong() == nil || m.GetId() != 10 {
+		t.Fatalf("ping after garbage: %v", m)
+	}
+	// An oversized frame: refused before reading it, and the stream ends.
+	s.sendBytes(binary.AppendUvarint(nil, maxRequestFrame+1))
+	if m := s.recv(); s.errCode(m) != pb.Code_CODE_BATCH_TOO_LARGE || m.GetId() != 0 {
+		t.Fatalf("oversized frame: got %v", m)
+	}
+	if _, err := s.rd.ReadBytes(maxResponseFrame); !errors.Is(err, io.EOF) {
+		t.Fatalf("after an oversized frame: %v, want EOF", err)
+	}
+
+	// Only the valid envelopes were stored.
+	all := fetchAll(t, openSession(t, c, r, k))
+	var got []string
+	for _, it := range all {
+		got = append(got, string(it.Envelope))
+	}
+	want := []string{"ok-1", "ok-2", "ok-3", "ok-4"}
+	if len(got) != len(want) {
+		t.Fatalf("stored %q, want %q", got, want)
+	}
+	for i := range want {
+		if !bytes.Equal([]byte(got[i]), []byte(want[i])) {
+			t.Fatalf("stored %q, want %q", got, want)
+		}
+	}
+}

@@ -1,0 +1,260 @@
+package mailbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/kinmesh/kinmesh/storage"
+)
+
+// namespace is the store namespace the relay keeps mailboxes in.
+const namespace = "mailbox"
+
+// Service is the relay side of the mailbox protocol: it stores deposits,
+// serves owner sessions and pushes new deposits to them. Create it with
+// NewService; Close stops it.
+type Service struct {
+	h     host.Host
+	store *storage.Store
+	ns    *storage.Namespace
+	cfg   config
+	log   *slog.Logger
+	tr    tracer
+	lim   *limiter
+	width int64 // quota bucket width, seconds
+
+	ctx    context.Context // cancelled by Close
+	cancel context.CancelFunc
+	ops    chan *op
+	wg     sync.WaitGroup // handlers, committer, janitor
+
+	mu       sync.Mutex // guards closed, subs, sessions
+	closed   bool
+	subs     map[[idRawSize]byte]map[*subscription]struct{}
+	sessions int
+
+	metas map[[idRawSize]byte]*meta // committer only: write-through cache of mailbox records
+
+	closeOnce sync.Once
+}
+
+// NewService starts serving /kinmesh/mailbox/1.0.0 on h, keeping mailboxes
+// in st's "mailbox" namespace. st must outlive the Service: close the
+// Service first.
+//
+// Defaults (see the Option functions): the real clock; MaxAge (15 days);
+// slog.Default(); no metrics; per mailbox DefaultMaxItems envelopes and
+// DefaultMaxBytes bytes; per depositor DefaultDepositsPerMinute envelopes
+// and DefaultDepositBytesPerMinute bytes per minute, 65,536 depositors
+// tracked; push queues of 256 items and 1 MiB per session; unauthenticated
+// streams idle for 30 s, owner sessions idle for 3 min and writes taking
+// 30 s are cut.
+func NewService(h host.Host, st *storage.Store, opts ...Option) (*Service, error) {
+	if h == nil || st == nil {
+		return nil, errors.New("mailbox: NewService needs a host and a store")
+	}
+	s, err := newService(st, opts...)
+	if err != nil {
+		return nil, err
+	}
+	s.h = h
+	h.SetStreamHandler(ID, s.handle)
+	return s, nil
+}
+
+// newService builds a Service without a host (fuzz tests drive its stream
+// loop directly).
+func newService(st *storage.Store, opts ...Option) (*Service, error) {
+	cfg := defaultConfig()
+	for _, o := range opts {
+		if err := o(&cfg); err != nil {
+			return nil, err
+		}
+	}
+	if cfg.logger == nil {
+		cfg.logger = slog.Default()
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &Service{
+		store:  st,
+		ns:     st.Namespace(namespace),
+		cfg:    cfg,
+		log:    cfg.logger.With("component", "mailbox"),
+		tr:     tracer{cfg.tracer},
+		lim:    newLimiter(cfg.now, cfg.ratePerMin, cfg.rateBytesPerMin, cfg.maxDepositors),
+		width:  max(int64(cfg.maxAge/time.Second)/90, 1),
+		ctx:    ctx,
+		cancel: cancel,
+		ops:    make(chan *op, 256),
+		subs:   make(map[[idRawSize]byte]map[*subscription]struct{}),
+		metas:  make(map[[idRawSize]byte]*meta),
+	}
+	s.wg.Add(2)
+	go s.commitLoop()
+	go s.janitor()
+	return s, nil
+}
+
+// Close stops serving: it removes the stream handler, ends every stream
+// (owner sessions see their stream reset), fails requests not yet
+// committed with ErrUnavailable and waits for its goroutines. It does not
+// close the store. It is safe to call more than once.
+func (s *Service) Close() error {
+	s.closeOnce.Do(func() {
+		s.mu.Lock()
+		s.closed = true
+		s.mu.Unlock()
+		if s.h != nil {
+			s.h.RemoveStreamHandler(ID)
+		}
+		s.cancel()
+		s.wg.Wait()
+	})
+	return nil
+}
+
+// Sessions returns how many authenticated owner sessions are open.
+func (s *Service) Sessions() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.sessions
+}
+
+// enter registers a stream handler run; false once Close has begun.
+func (s *Service) enter() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.wg.Add(1)
+	return true
+}
+
+func (s *Service) handle(st network.Stream) {
+	if !s.enter() {
+		_ = st.Reset()
+		return
+	}
+	defer s.wg.Done()
+	if err := st.Scope().SetService(ServiceName); err != nil {
+		s.log.Debug("stream refused by resource manager", "err", err)
+		_ = st.Reset()
+		return
+	}
+	c := s.newConn(st, st.Scope(), st.Conn().RemotePeer(), s.h.ID())
+	c.serve()
+}
+
+// janitor forgets idle depositors once a minute.
+func (s *Service) janitor() {
+	defer s.wg.Done()
+	t := time.NewTicker(time.Minute)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-t.C:
+			s.lim.sweep()
+		}
+	}
+}
+
+// subscribe registers a session for pushes to mbox.
+func (s *Service) subscribe(mbox [idRawSize]byte, sub *subscription) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	m := s.subs[mbox]
+	if m == nil {
+		m = make(map[*subscription]struct{})
+		s.subs[mbox] = m
+	}
+	m[sub] = struct{}{}
+	s.sessions++
+}
+
+func (s *Service) unsubscribe(mbox [idRawSize]byte, sub *subscription) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	m := s.subs[mbox]
+	if _, ok := m[sub]; !ok {
+		return
+	}
+	delete(m, sub)
+	if len(m) == 0 {
+		delete(s.subs, mbox)
+	}
+	s.sessions--
+}
+
+// notify queues items just stored in mbox for push to its open sessions.
+func (s *Service) notify(mbox [idRawSize]byte, items []storedItem) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for sub := range s.subs[mbox] {
+		if sub.push(items) {
+			s.tr.pushOverflow()
+		}
+	}
+}
+
+func (s *Service) prefix(mbox [idRawSize]byte) string { return s.ns.Opaque(mbox[:]) }
+
+func (s *Service) expired(deposited int64, now time.Time) bool {
+	return now.UnixNano()-deposited >= int64(s.cfg.maxAge)
+}
+
+var errPageFull = errors.New("page full")
+
+// fetch reads a page of mbox's items with seq > after, in seq order,
+// skipping items expired on the service clock.
+func (s *Service) fetch(ctx context.Context, mbox [idRawSize]byte, after uint64, limit int) (items []storedItem, more bool, bytes int, err error) {
+	prefix := s.prefix(mbox) + "/"
+	now := s.cfg.now()
+	err = s.ns.List(ctx, storage.ListOptions{Prefix: prefix, StartAfter: itemKey(prefix[:len(prefix)-1], after)}, func(key string, v []byte) error {
+		seq, ok := seqFromKey(key)
+		dep, env, vok := decodeValue(v)
+		if !ok || !vok {
+			s.log.Warn("skipping unreadable mailbox item", "key", key)
+			return nil
+		}
+		if s.expired(dep, now) {
+			return nil
+		}
+		if len(items) == limit || (len(items) > 0 && bytes+len(env) > MaxPageBytes) {
+			more = true
+			return errPageFull
+		}
+		items = append(items, storedItem{seq: seq, deposited: dep, envelope: env})
+		bytes += len(env)
+		return nil
+	})
+	if errors.Is(err, errPageFull) {
+		err = nil
+	}
+	if err != nil {
+		return nil, false, 0, fmt.Errorf("mailbox: fetch: %w", err)
+	}
+	s.tr.fetched(len(items), int64(bytes))
+	return items, more, bytes, nil
+}
+
+// peerTag marks connections with an open owner session, so the
+// connection manager trims them last.
+const peerTag = "kinmesh-mailbox-session"
+
+func (s *Service) tagPeer(p peer.ID, delta int) {
+	if s.h == nil {
+		return
+	}
+	s.h.ConnManager().UpsertTag(p, peerTag, func(v int) int { return v + delta })
+}
