@@ -11,6 +11,8 @@ import (
 
 	"github.com/BurntSushi/toml"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/kinmesh/kinmesh/protocols/mailbox"
 )
 
 // Config is a relay's whole configuration: one flat struct, filled from a
@@ -51,6 +53,21 @@ type Config struct {
 	// ReservationTTL: lifetime of a reservation before renewal (default 1h).
 	ReservationTTL Duration `toml:"reservation_ttl"`
 
+	// Mailbox quotas (protocols/mailbox: store-and-forward mail for
+	// offline devices, kept at most 15 days).
+	//
+	// MailboxMaxItems: envelopes one mailbox may hold (default 20000).
+	MailboxMaxItems int `toml:"mailbox_max_items"`
+	// MailboxMaxBytes: envelope bytes one mailbox may hold (default
+	// 128 MiB).
+	MailboxMaxBytes int64 `toml:"mailbox_max_bytes"`
+	// MailboxDepositsPerMinute: envelopes one depositor (peer id) may
+	// deposit per minute, all at once if it likes (default 3000).
+	MailboxDepositsPerMinute int `toml:"mailbox_deposits_per_minute"`
+	// MailboxDepositBytesPerMinute: envelope bytes one depositor may
+	// deposit per minute (default 64 MiB).
+	MailboxDepositBytesPerMinute int64 `toml:"mailbox_deposit_bytes_per_minute"`
+
 	// MaxMemory caps the libp2p resource manager (default 512 MiB).
 	MaxMemory int64 `toml:"max_memory"`
 	// MaxConns caps connections (default 2048); the connection manager
@@ -62,6 +79,26 @@ type Config struct {
 	// Registry receives the relay's metrics; default a new registry of its
 	// own, served on /metrics. Never the global registry.
 	Registry *prometheus.Registry `toml:"-"`
+
+	// Prekey service limits (/kinmesh/prekeys/1.0.0, see
+	// docs/protocol/prekeys.md).
+	//
+	// PrekeyFetchesPerMinute, PrekeyFetchBurst: bundle fetches one
+	// requester (peer id) may make (defaults 60 a minute, bursts of 30).
+	PrekeyFetchesPerMinute int `toml:"prekey_fetches_per_minute"`
+	PrekeyFetchBurst       int `toml:"prekey_fetch_burst"`
+	// PrekeyOneTimePerHour, PrekeyOneTimeBurst: fetches per target account
+	// that take one-time prekeys (defaults 30 an hour, bursts of 20);
+	// beyond them bundles carry the last-resort keys only.
+	PrekeyOneTimePerHour int `toml:"prekey_one_time_per_hour"`
+	PrekeyOneTimeBurst   int `toml:"prekey_one_time_burst"`
+	// PrekeyOwnerOpsPerMinute, PrekeyOwnerBurst: publish, status and purge
+	// requests one peer may make (defaults 6 a minute, bursts of 12).
+	PrekeyOwnerOpsPerMinute int `toml:"prekey_owner_ops_per_minute"`
+	PrekeyOwnerBurst        int `toml:"prekey_owner_burst"`
+	// PrekeyMaxAccounts: accounts whose prekeys the relay keeps (default
+	// 100000; about 300 KB each at most).
+	PrekeyMaxAccounts int `toml:"prekey_max_accounts"`
 }
 
 // Duration is a time.Duration that reads "90s" / "2m" from TOML.
@@ -170,13 +207,29 @@ func (c *Config) applyDefaults() error {
 	if c.MaxMemory == 0 {
 		c.MaxMemory = 512 << 20
 	}
-	for name, v := range map[string]int{"max_reservations": c.MaxReservations, "max_reservations_per_ip": c.MaxReservationsPerIP, "max_circuits": c.MaxCircuits, "max_conns": c.MaxConns} {
+	setInt(&c.MailboxMaxItems, mailbox.DefaultMaxItems)
+	setInt(&c.MailboxDepositsPerMinute, mailbox.DefaultDepositsPerMinute)
+	if c.MailboxMaxBytes == 0 {
+		c.MailboxMaxBytes = mailbox.DefaultMaxBytes
+	}
+	if c.MailboxDepositBytesPerMinute == 0 {
+		c.MailboxDepositBytesPerMinute = mailbox.DefaultDepositBytesPerMinute
+	}
+	for name, v := range map[string]int{"max_reservations": c.MaxReservations, "max_reservations_per_ip": c.MaxReservationsPerIP, "max_circuits": c.MaxCircuits, "max_conns": c.MaxConns, "mailbox_max_items": c.MailboxMaxItems, "mailbox_deposits_per_minute": c.MailboxDepositsPerMinute} {
 		if v < 0 {
 			return fmt.Errorf("%w: %s must be positive, got %d", ErrConfig, name, v)
 		}
 	}
+	for name, v := range map[string]int64{"mailbox_max_bytes": c.MailboxMaxBytes, "mailbox_deposit_bytes_per_minute": c.MailboxDepositBytesPerMinute} {
+		if v < mailbox.MaxEnvelopeSize {
+			return fmt.Errorf("%w: %s must be at least %d (one envelope), got %d", ErrConfig, name, mailbox.MaxEnvelopeSize, v)
+		}
+	}
 	if c.CircuitDuration < 0 || c.CircuitBytes < 0 || c.ReservationTTL < 0 || c.MaxMemory < 0 {
 		return fmt.Errorf("%w: durations and sizes must be positive", ErrConfig)
+	}
+	if err := c.applyPrekeyDefaults(); err != nil {
+		return err
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)

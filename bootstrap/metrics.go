@@ -8,6 +8,8 @@ import (
 	relayv2 "github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/relay"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/kinmesh/kinmesh/protocols/mailbox"
 )
 
 // metrics are the relay's own counters, served on /metrics next to
@@ -32,6 +34,12 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 		}, func() float64 { return float64(m.circuits.Load()) }),
 	)
 	return m
+}
+
+// mailboxTracer exports the mailbox service's metrics (kinmesh_mailbox_*)
+// on the relay's registry.
+func (m *metrics) mailboxTracer(reg prometheus.Registerer) mailbox.MetricsTracer {
+	return mailbox.NewMetricsTracer(reg)
 }
 
 // relayTracer feeds libp2p's relay metrics and our own counts.

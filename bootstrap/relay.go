@@ -21,7 +21,9 @@ import (
 	relayv2 "github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/relay"
 	ma "github.com/multiformats/go-multiaddr"
 
+	"github.com/kinmesh/kinmesh/protocols/mailbox"
 	"github.com/kinmesh/kinmesh/protocols/netkit"
+	"github.com/kinmesh/kinmesh/protocols/prekeys"
 	"github.com/kinmesh/kinmesh/storage"
 )
 
@@ -37,7 +39,9 @@ type Relay struct {
 	relay   *relayv2.Relay
 	dht     *dht.IpfsDHT
 	keeper  *netkit.Keeper
+	mailbox *mailbox.Service
 	metrics *metrics
+	prekeys *prekeys.Service
 
 	httpSrv *http.Server
 	httpLn  net.Listener
@@ -185,6 +189,18 @@ func (r *Relay) startServices(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("keep fellow relays: %w", err)
 	}
+	r.mailbox, err = mailbox.NewService(r.host, r.store,
+		mailbox.WithMailboxQuota(r.cfg.MailboxMaxItems, r.cfg.MailboxMaxBytes),
+		mailbox.WithDepositorRate(r.cfg.MailboxDepositsPerMinute, r.cfg.MailboxDepositBytesPerMinute),
+		mailbox.WithLogger(r.log),
+		mailbox.WithMetricsTracer(r.metrics.mailboxTracer(r.cfg.Registry)),
+	)
+	if err != nil {
+		return fmt.Errorf("start mailbox service: %w", err)
+	}
+	if err := r.startPrekeys(); err != nil {
+		return err
+	}
 	return nil
 }
 
@@ -198,6 +214,9 @@ func (r *Relay) Close() error {
 			errs = append(errs, r.httpSrv.Shutdown(ctx))
 			cancel()
 		}
+		if r.mailbox != nil {
+			errs = append(errs, r.mailbox.Close())
+		}
 		if r.keeper != nil {
 			errs = append(errs, r.keeper.Close())
 		}
@@ -206,6 +225,9 @@ func (r *Relay) Close() error {
 		}
 		if r.relay != nil {
 			errs = append(errs, r.relay.Close())
+		}
+		if r.prekeys != nil {
+			errs = append(errs, r.prekeys.Close())
 		}
 		if r.host != nil {
 			errs = append(errs, r.host.Close())
@@ -224,6 +246,9 @@ func (r *Relay) Host() host.Host { return r.host }
 
 // ID returns the relay's peer id.
 func (r *Relay) ID() peer.ID { return r.host.ID() }
+
+// Mailbox returns the relay's mailbox service.
+func (r *Relay) Mailbox() *mailbox.Service { return r.mailbox }
 
 // Store returns the relay's store, for the protocol services it runs.
 func (r *Relay) Store() *storage.Store { return r.store }
