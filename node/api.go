@@ -38,7 +38,9 @@ type apiServer struct {
 	srv   *http.Server
 	// addrPath is DataDir/api.addr.
 	addrPath string
-	wg       sync.WaitGroup
+	// done is closed when the server shuts down, ending event streams.
+	done chan struct{}
+	wg   sync.WaitGroup
 }
 
 func startAPI(n *Node, addr string) (*apiServer, error) {
@@ -55,7 +57,7 @@ func startAPI(n *Node, addr string) (*apiServer, error) {
 		ln.Close()
 		return nil, fmt.Errorf("write %s: %w", addrPath, err)
 	}
-	a := &apiServer{n: n, token: token, ln: ln, addrPath: addrPath}
+	a := &apiServer{n: n, token: token, ln: ln, addrPath: addrPath, done: make(chan struct{})}
 	a.srv = &http.Server{
 		Handler:           a.routes(),
 		ReadHeaderTimeout: 5 * time.Second,
@@ -74,6 +76,7 @@ func startAPI(n *Node, addr string) (*apiServer, error) {
 func (a *apiServer) close() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
+	close(a.done)
 	err := a.srv.Shutdown(ctx)
 	a.wg.Wait()
 	if rmErr := os.Remove(a.addrPath); rmErr != nil && !errors.Is(rmErr, os.ErrNotExist) {
@@ -122,6 +125,7 @@ func loadOrCreateToken(path string) ([]byte, error) {
 func (a *apiServer) routes() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/node", a.getNode)
+	a.v1Routes(mux)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "not_found", "no such endpoint: "+r.Method+" "+r.URL.Path+" (see docs/api.md)")
 	})

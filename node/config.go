@@ -45,6 +45,9 @@ type Config struct {
 	// RelayBackoff is the first wait before re-dialing a relay that went
 	// away (default 500ms, doubling up to 30s).
 	RelayBackoff time.Duration
+	// RetryMin is the first wait before retrying an undelivered message
+	// (default 1s, doubling up to 5m).
+	RetryMin time.Duration
 }
 
 // ErrConfig means the configuration is unusable; the message says which

@@ -22,6 +22,8 @@ import (
 	"github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/client"
 	ma "github.com/multiformats/go-multiaddr"
 
+	"github.com/kinmesh/kinmesh/protocols/contact"
+	"github.com/kinmesh/kinmesh/protocols/message"
 	"github.com/kinmesh/kinmesh/protocols/netkit"
 	"github.com/kinmesh/kinmesh/storage"
 )
@@ -60,6 +62,17 @@ type Node struct {
 
 	api *apiServer
 
+	// acctMu guards the account and what hangs off it.
+	acctMu   sync.Mutex
+	acct     *account
+	contacts *contactBook
+	msg      *message.Service
+	events   *eventHub
+
+	bg     sync.WaitGroup // background work (DHT publishing)
+	bgStop context.CancelFunc
+	bgCtx  context.Context
+
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -71,11 +84,15 @@ func New(cfg Config) (*Node, error) {
 		return nil, err
 	}
 	relays, _ := netkit.ParsePeers(cfg.Bootstrap)
+	bgCtx, bgStop := context.WithCancel(context.Background())
 	return &Node{
 		cfg:          cfg,
 		log:          cfg.Logger,
 		relays:       relays,
 		reservations: map[peer.ID]time.Time{},
+		events:       newEventHub(),
+		bgCtx:        bgCtx,
+		bgStop:       bgStop,
 	}, nil
 }
 
@@ -126,6 +143,17 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	if err != nil {
 		return fmt.Errorf("keep relays: %w", err)
 	}
+	if n.acct, err = n.loadAccount(ctx); err != nil {
+		return err
+	}
+	if n.acct != nil {
+		n.acctMu.Lock()
+		err = n.startMessaging(nil)
+		n.acctMu.Unlock()
+		if err != nil {
+			return err
+		}
+	}
 	if n.cfg.API != "" {
 		if n.api, err = startAPI(n, n.cfg.API); err != nil {
 			return err
@@ -163,6 +191,7 @@ func (n *Node) startHost(key crypto.PrivKey) error {
 				dht.Mode(dht.ModeClient),
 				dht.ProtocolPrefix(netkit.DHTPrefix),
 				dht.BootstrapPeers(relayIDs...),
+				dht.NamespacedValidator(contact.DHTNamespace, contact.Validator{}),
 			)
 			n.dht = d
 			return d, err
@@ -253,6 +282,11 @@ func (n *Node) Close() error {
 		var errs []error
 		if n.api != nil {
 			errs = append(errs, n.api.close())
+		}
+		n.bgStop()
+		n.bg.Wait()
+		if n.msg != nil {
+			errs = append(errs, n.msg.Close())
 		}
 		if n.keeper != nil {
 			errs = append(errs, n.keeper.Close())

@@ -32,6 +32,14 @@ func commands() []command {
 		{"relay", "run a bootstrap relay", runRelay},
 		{"testnet", "run a whole network (relays and devices) on this machine", runTestnet},
 		{"status", "show a running node's status (GET /v1/node)", runStatus},
+		{"policy", "show the privacy policy a node ships", runPolicy},
+		{"account", "show or create the account (kinmesh account create …)", runAccount},
+		{"invite", "print this account's invite for a contact", runInvite},
+		{"contacts", "list contacts, or add one from an invite", runContacts},
+		{"send", "send a message to a contact or group", runSend},
+		{"inbox", "show a conversation", runInbox},
+		{"watch", "print events as they happen", runWatch},
+		{"groups", "list, create and change groups", runGroups},
 		{"version", "print the version", runVersion},
 	}
 }

@@ -37,6 +37,11 @@ func (n *Network) Steps() []Step {
 			return fmt.Sprintf("%d devices × %d relays", len(n.Devices), len(n.Relays)), nil
 		}},
 		{"devices reach each other through a relay circuit", stepCircuitPing},
+		{"every device creates an account", stepAccounts},
+		{"devices exchange invites", stepInvites},
+		{"an online message is delivered at once", stepOnlineMessage},
+		{"an offline device gets its mail after a restart", stepOfflineMessage},
+		{"a family group reaches every member", stepGroup},
 	}
 }
 

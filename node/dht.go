@@ -1,0 +1,50 @@
+package node
+
+import (
+	"context"
+	"time"
+
+	"github.com/kinmesh/kinmesh/protocols/contact"
+)
+
+// publishRecord publishes the account's signed contact record in the
+// kinmesh DHT under /kmc/<account id>, so contacts can refresh it (new
+// home relays, new device). It retries with backoff until it succeeds or
+// the node closes.
+func (n *Node) publishRecord() {
+	a := n.acct
+	if a == nil || n.dht == nil {
+		return
+	}
+	key, raw := contact.DHTKey(a.identity.AccountID()), a.record.Raw
+	n.bg.Go(func() {
+		backoff := time.Second
+		for n.bgCtx.Err() == nil {
+			ctx, cancel := context.WithTimeout(n.bgCtx, 30*time.Second)
+			err := n.dht.PutValue(ctx, key, raw)
+			cancel()
+			if err == nil {
+				n.log.Debug("contact record published in the DHT")
+				return
+			}
+			n.log.Debug("publish contact record", "err", err)
+			t := time.NewTimer(backoff)
+			select {
+			case <-n.bgCtx.Done():
+				t.Stop()
+				return
+			case <-t.C:
+			}
+			backoff = min(2*backoff, 10*time.Minute)
+		}
+	})
+}
+
+// LookupRecord fetches an account's newest contact record from the DHT.
+func (n *Node) LookupRecord(ctx context.Context, id string) (contact.Signed, error) {
+	raw, err := n.dht.GetValue(ctx, "/"+contact.DHTNamespace+"/"+id)
+	if err != nil {
+		return contact.Signed{}, err
+	}
+	return contact.Parse(raw)
+}

@@ -1,0 +1,72 @@
+// Package message is kinmesh's messaging engine: 1:1 and group messages,
+// end-to-end encrypted, delivered directly when the recipient's device is
+// reachable and otherwise stored and forwarded by the recipient's home
+// relays for at most 15 days. It implements the direct-delivery protocol
+// /kinmesh/msg/1.0.0 and drives the mailbox and prekeys protocols.
+//
+// # Sending
+//
+//	Send(to, text)
+//	  → Content{id, sent_at, seq, text}                 (pb.Content)
+//	  → pairwise Double Ratchet (e2ee.Session)           (PQXDH first, from a
+//	     bundle fetched from a home relay of the recipient, or from the invite)
+//	  → sealed-sender envelope to the recipient's mailbox key (e2ee.SealEnvelope),
+//	     carrying our identity and signed contact record
+//	  → the message (state pending), the session's next state and a delivery
+//	     job are committed in one synced batch, then Send returns.
+//
+// A lane per recipient then moves its jobs, in order:
+//
+//  1. direct: if one of the recipient's devices is connected, or can be
+//     dialed within DirectTimeout at <home relay>/p2p-circuit/p2p/<device>,
+//     the envelopes go in Deliver frames on /kinmesh/msg/1.0.0; the device
+//     answers after it has durably stored them → state sent. Over a limited
+//     relay circuit only small batches go (signalling-sized, ≤ 64 KiB);
+//     larger ones use the mailbox, which pushes them to an online recipient
+//     at once anyway;
+//  2. otherwise the same envelope bytes are deposited on every home relay
+//     of the recipient (mailbox.Client.Deposit) → state queued(n relays);
+//     relays that fail are retried until all hold it;
+//  3. nothing worked → stays pending, retried with exponential backoff.
+//
+// The E2EE delivery receipt from the recipient moves the message to
+// delivered, a read receipt to read. A message still undelivered after
+// MaxAge (15 days) becomes expired: the relays have dropped it by then.
+//
+// # Receiving
+//
+// Envelopes arrive on the direct protocol and from an owner session on each
+// of our home relays (fetched backlog, then pushes). Each batch is processed
+// under one lock and committed in one synced write: duplicate envelopes
+// (the same bytes from several relays, or direct and relayed) are recognised
+// by their hash and dropped; the envelope is opened with our mailbox key;
+// the payload decrypted with the sender's pairwise session (or a new one,
+// from a PQXDH initial message, consuming one-time prekeys) or group sender
+// key; the claimed sender checked against the session's authenticated
+// identity; the message stored, and a delivery receipt encrypted and queued
+// to the sender in the same batch. Only after the commit are relay items
+// acked (deleted) and direct deliveries answered, so a crash loses nothing
+// and replays nothing.
+//
+// # Ordering
+//
+// Each sender numbers its messages per conversation (seq) and stamps
+// strictly increasing sent_at times. Messages are listed by (sent_at, seq):
+// each sender's messages keep the sender's order, whatever order they
+// arrived in.
+//
+// # Groups
+//
+// A group has an id, a name and members. Control messages (GroupUpdate)
+// travel pairwise; each member encrypts its group messages once with its
+// own sender key (e2ee.SenderKey), distributed pairwise to the other
+// members, and seals the same ciphertext to every member's mailbox. When a
+// member is removed (or leaves) every remaining member rotates its sender
+// key and distributes the new one to the remaining members only, so the
+// removed member can't read what follows.
+//
+// # Storage
+//
+// Everything lives in the device store's "message" namespace (sealed at
+// rest); keys that would name a contact or conversation are opaque.
+package message

@@ -1,0 +1,167 @@
+package message
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/peerstore"
+
+	"github.com/kinmesh/kinmesh/protocols/mailbox"
+)
+
+// relayLink is our owner session on one of our home relays: it drains
+// the mailbox, then takes pushes, and reconnects with backoff.
+type relayLink struct {
+	relay     peer.AddrInfo
+	connected bool
+	lastErr   string
+}
+
+// RelayState is the state of our mailbox on one home relay.
+type RelayState struct {
+	Relay     peer.ID
+	Connected bool   // an owner session is open: new mail is pushed at once
+	LastError string // why it is not, if it is not
+}
+
+// Relays returns the state of our mailbox sessions.
+func (s *Service) Relays() []RelayState {
+	s.relayMu.Lock()
+	defer s.relayMu.Unlock()
+	var out []RelayState
+	for _, r := range s.cfg.Account.Record.Relays() {
+		l := s.relays[r.ID]
+		if l == nil {
+			continue
+		}
+		out = append(out, RelayState{Relay: r.ID, Connected: l.connected, LastError: l.lastErr})
+	}
+	return out
+}
+
+func (s *Service) startRelay(r peer.AddrInfo) {
+	l := &relayLink{relay: r}
+	s.relayMu.Lock()
+	s.relays[r.ID] = l
+	s.relayMu.Unlock()
+	s.wg.Go(func() { s.relayLoop(l) })
+}
+
+func (s *Service) setLink(l *relayLink, connected bool, err error) {
+	s.relayMu.Lock()
+	l.connected = connected
+	l.lastErr = ""
+	if err != nil {
+		l.lastErr = err.Error()
+	}
+	s.relayMu.Unlock()
+}
+
+func (s *Service) relayLoop(l *relayLink) {
+	backoff := 500 * time.Millisecond
+	for s.ctx.Err() == nil {
+		err := s.relaySession(l)
+		s.setLink(l, false, err)
+		if s.ctx.Err() != nil {
+			return
+		}
+		s.log.Debug("mailbox session ended", "relay", l.relay.ID, "err", err)
+		t := time.NewTimer(time.Duration(float64(backoff) * (0.8 + 0.4*rand.Float64())))
+		select {
+		case <-s.ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		backoff = min(2*backoff, 30*time.Second)
+	}
+}
+
+// relaySession runs one owner session until it ends.
+func (s *Service) relaySession(l *relayLink) error {
+	s.cfg.Host.Peerstore().AddAddrs(l.relay.ID, l.relay.Addrs, peerstore.PermanentAddrTTL)
+	ctx, cancel := context.WithTimeout(s.ctx, 20*time.Second)
+	sess, err := s.cfg.Mailbox.Open(ctx, l.relay.ID, s.cfg.Account.MailboxAuth)
+	cancel()
+	if err != nil {
+		return err
+	}
+	defer sess.Close()
+	s.setLink(l, true, nil)
+	if err := s.drain(sess, 0); err != nil {
+		return err
+	}
+	for {
+		select {
+		case <-s.ctx.Done():
+			return nil
+		case <-sess.Done():
+			return sess.Err()
+		case p := <-sess.Pushed():
+			if p.Missed {
+				if err := s.drain(sess, p.FetchAfter); err != nil {
+					return err
+				}
+				continue
+			}
+			if err := s.take(sess, p.Items); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// drain fetches and processes everything after seq.
+func (s *Service) drain(sess *mailbox.Session, after uint64) error {
+	for {
+		ctx, cancel := context.WithTimeout(s.ctx, 30*time.Second)
+		items, more, err := sess.Fetch(ctx, after, mailbox.MaxPageItems)
+		cancel()
+		if err != nil {
+			return err
+		}
+		if err := s.take(sess, items); err != nil {
+			return err
+		}
+		if len(items) > 0 {
+			after = items[len(items)-1].Seq
+		}
+		if !more || len(items) == 0 {
+			return nil
+		}
+	}
+}
+
+// take processes items and acks (deletes on the relay) the ones handled
+// for good. A transient failure ends the session, so the items come again.
+func (s *Service) take(sess *mailbox.Session, items []mailbox.Item) error {
+	if len(items) == 0 {
+		return nil
+	}
+	envs := make([][]byte, len(items))
+	for i, it := range items {
+		envs[i] = it.Envelope
+	}
+	errs := s.receive(envs)
+	var acks []uint64
+	var transient error
+	for i, err := range errs {
+		if errors.Is(err, errTransient) {
+			transient = err
+			continue
+		}
+		acks = append(acks, items[i].Seq)
+	}
+	if len(acks) > 0 {
+		ctx, cancel := context.WithTimeout(s.ctx, 30*time.Second)
+		_, err := sess.Ack(ctx, acks...)
+		cancel()
+		if err != nil {
+			return err
+		}
+	}
+	return transient
+}

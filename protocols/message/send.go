@@ -1,0 +1,203 @@
+package message
+
+import (
+	"context"
+	"encoding/hex"
+	"fmt"
+	"unicode/utf8"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/kinmesh/kinmesh/protocols/e2ee"
+	"github.com/kinmesh/kinmesh/protocols/message/pb"
+)
+
+// Send sends text to a contact. It returns once the message is durably
+// recorded (state pending) and queued for delivery; delivery proceeds in
+// the background and state changes arrive as events. Concurrent Sends
+// share one synced commit (group commit), so many senders, or one app
+// sending from several goroutines, don't pay one fsync per message.
+func (s *Service) Send(ctx context.Context, to e2ee.AccountID, text string) (*Message, error) {
+	if err := checkText(text); err != nil {
+		return nil, err
+	}
+	if _, ok := s.cfg.Contacts.Contact(to); !ok {
+		return nil, ErrUnknownContact
+	}
+	if s.cfg.Contacts.Blocked(to) {
+		return nil, ErrBlocked
+	}
+	req := &sendReq{to: to, text: text, done: make(chan struct{})}
+	select {
+	case s.sends <- req:
+	case <-s.ctx.Done():
+		return nil, ErrClosed
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	select {
+	case <-req.done:
+		return req.msg, req.err
+	case <-s.ctx.Done():
+		return nil, ErrClosed
+	}
+}
+
+// sendReq is one Send waiting for the batcher.
+type sendReq struct {
+	to   e2ee.AccountID
+	text string
+	done chan struct{}
+	msg  *Message
+	err  error
+}
+
+// maxSendBatch caps how many Sends share one commit.
+const maxSendBatch = 128
+
+// sendLoop takes queued Sends and commits them in batches: whatever
+// queued up while the previous commit was syncing goes in the next.
+func (s *Service) sendLoop() {
+	for {
+		var batch []*sendReq
+		select {
+		case <-s.ctx.Done():
+			return
+		case r := <-s.sends:
+			batch = append(batch, r)
+		}
+	more:
+		for len(batch) < maxSendBatch {
+			select {
+			case r := <-s.sends:
+				batch = append(batch, r)
+			default:
+				break more
+			}
+		}
+		s.sendBatch(batch)
+	}
+}
+
+func (s *Service) sendBatch(batch []*sendReq) {
+	s.mu.Lock()
+	t := s.begin()
+	var ok []*sendReq
+	for _, r := range batch {
+		if r.msg, r.err = t.stageSend(r.to, r.text); r.err == nil {
+			ok = append(ok, r)
+		}
+	}
+	if err := t.commit(); err != nil {
+		for _, r := range ok {
+			r.msg, r.err = nil, err
+		}
+		ok = nil
+	}
+	s.mu.Unlock()
+	woken := map[e2ee.AccountID]bool{}
+	for _, r := range ok {
+		if !woken[r.to] {
+			s.wake(r.to)
+			woken[r.to] = true
+		}
+	}
+	for _, r := range batch {
+		close(r.done)
+	}
+}
+
+// stageSend stages one 1:1 message in t: the message, the session's next
+// state and its delivery job.
+func (t *tx) stageSend(to e2ee.AccountID, text string) (*Message, error) {
+	rec, ok := t.s.cfg.Contacts.Contact(to)
+	if !ok {
+		return nil, ErrUnknownContact
+	}
+	seq, sentAt, err := t.nextSeq(string(to))
+	if err != nil {
+		return nil, err
+	}
+	m := &Message{
+		ID: newID(), From: string(t.s.me), To: string(to), Text: text,
+		SentAt: sentAt, Seq: seq, State: StatePending,
+	}
+	content, err := encodeContent(m, &pb.Content{Body: &pb.Content_Text{Text: &pb.Text{Text: text}}})
+	if err != nil {
+		return nil, err
+	}
+	j := &job{MsgID: m.ID, To: to}
+	switch env, err := t.encryptPairwise(rec, content, nil); {
+	case err == nil:
+		j.Envelope = env
+	case err == errNoSession:
+		j.Content = content
+	default:
+		return nil, err
+	}
+	t.putMessage(m)
+	if err := t.addJob(j); err != nil {
+		return nil, err
+	}
+	out := *m
+	return &out, nil
+}
+
+func checkText(text string) error {
+	switch {
+	case text == "":
+		return ErrEmpty
+	case len(text) > MaxTextLen:
+		return ErrTooLong
+	case !utf8.ValidString(text):
+		return fmt.Errorf("message: text is not valid UTF-8")
+	}
+	return nil
+}
+
+// encodeContent fills a Content's header from m and encodes it.
+func encodeContent(m *Message, c *pb.Content) ([]byte, error) {
+	id, err := hex.DecodeString(m.ID)
+	if err != nil {
+		return nil, err
+	}
+	c.Id = id
+	c.SentAt = m.SentAt.UnixMilli()
+	c.Seq = m.Seq
+	c.Group = m.Group
+	b, err := proto.Marshal(c)
+	if err != nil {
+		return nil, err
+	}
+	if len(b) > MaxContentSize {
+		return nil, ErrTooLong
+	}
+	return b, nil
+}
+
+// Messages returns the conversation with a contact or group, oldest first
+// in each sender's order.
+func (s *Service) Messages(ctx context.Context, with string) ([]Message, error) {
+	var out []Message
+	err := s.ns.List(ctx, listPrefix(s.keyMsgPrefix(with)), func(_ string, v []byte) error {
+		var m Message
+		if err := jsonUnmarshal(v, &m); err != nil {
+			return err
+		}
+		out = append(out, m)
+		return nil
+	})
+	return out, err
+}
+
+// Message returns one message by id.
+func (s *Service) Message(id string) (*Message, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	m, err := s.begin().Message(id)
+	if err != nil || m == nil {
+		return nil, false
+	}
+	out := *m
+	return &out, true
+}

@@ -1,0 +1,221 @@
+package message
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/kinmesh/kinmesh/protocols/contact"
+	"github.com/kinmesh/kinmesh/protocols/e2ee"
+	"github.com/kinmesh/kinmesh/protocols/mailbox"
+	"github.com/kinmesh/kinmesh/protocols/prekeys"
+	"github.com/kinmesh/kinmesh/storage"
+)
+
+// Account is the local account's key material, as the engine needs it.
+type Account struct {
+	Identity *e2ee.Identity
+	// MailboxKey opens sealed envelopes addressed to us.
+	MailboxKey *e2ee.MailboxKey
+	// MailboxAuth proves ownership of our mailbox on our home relays.
+	MailboxAuth mailbox.Key
+	// Record is our signed contact record; it travels as the certificate
+	// of every envelope we send, so recipients can answer. Its HomeRelays
+	// are where we fetch our mail.
+	Record contact.Signed
+}
+
+// Contacts is the address book the engine consults.
+type Contacts interface {
+	// Contact returns the contact's current signed record (contacts and
+	// people known through groups alike).
+	Contact(id e2ee.AccountID) (contact.Signed, bool)
+	// Blocked reports whether id is blocked: nothing is sent to it and
+	// everything from it is dropped.
+	Blocked(id e2ee.AccountID) bool
+	// InviteBundle returns the prekey bundle that came with the contact's
+	// invite, if any, so a session can start without reaching a relay.
+	InviteBundle(id e2ee.AccountID) *e2ee.Bundle
+	// Learn offers a validly signed record of someone who wrote to us (an
+	// envelope's certificate). The book keeps it if it is new or newer.
+	Learn(rec contact.Signed)
+}
+
+// Config is what the engine needs. Host, Store, Account, Contacts, Mailbox
+// and Prekeys are required.
+type Config struct {
+	Host     host.Host
+	Store    *storage.Store
+	Account  Account
+	Contacts Contacts
+	Mailbox  *mailbox.Client
+	Prekeys  *prekeys.Client
+	// InitialPrekeys is our prekey store, used when the engine's store
+	// holds none yet (the first start after account creation).
+	InitialPrekeys *e2ee.PrekeyStore
+	// MaintainInterval is how often our prekeys on our home relays are
+	// checked, topped up and rotated (default 6h; also at start).
+	MaintainInterval time.Duration
+
+	// Logger (default: discard).
+	Logger *slog.Logger
+	// Now is the clock for message times and expiry (default time.Now).
+	Now func() time.Time
+	// OnEvent, if set, is called (from one goroutine, in order) with every
+	// event; it must not block for long.
+	OnEvent func(Event)
+	// RetryMin and RetryMax bound the backoff of undelivered jobs
+	// (defaults 1s and 5m).
+	RetryMin, RetryMax time.Duration
+	// DirectTimeout bounds an attempt to reach a recipient's device
+	// directly before falling back to its relays (default 3s).
+	DirectTimeout time.Duration
+	// ExpiryInterval is how often undelivered messages are checked for
+	// MaxAge (default 1h).
+	ExpiryInterval time.Duration
+}
+
+// Service is a running messaging engine.
+type Service struct {
+	cfg Config
+	log *slog.Logger
+	ns  *storage.Namespace
+	me  e2ee.AccountID
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	// mu serializes every change of crypto and message state: sessions,
+	// prekeys, sender keys, groups, messages, jobs. Network I/O never
+	// happens under it.
+	mu sync.Mutex
+
+	lanesMu sync.Mutex
+	lanes   map[e2ee.AccountID]chan struct{} // wake channel per running lane
+
+	events chan Event
+	sends  chan *sendReq
+
+	relayMu sync.Mutex
+	relays  map[peer.ID]*relayLink
+
+	// consumed tracks one-time prekeys consumed while a prekey maintenance
+	// round runs (nil otherwise), so its result can't resurrect them.
+	consumed []e2ee.PrekeyID
+	tracking bool
+
+	closeOnce sync.Once
+}
+
+// New starts the engine: it registers the /kinmesh/msg/1.0.0 handler,
+// opens owner sessions on our home relays to receive mail, and resumes the
+// delivery of every job left from before.
+func New(cfg Config) (*Service, error) {
+	switch {
+	case cfg.Host == nil, cfg.Store == nil, cfg.Account.Identity == nil, cfg.Account.MailboxKey == nil,
+		cfg.Contacts == nil, cfg.Mailbox == nil, cfg.Prekeys == nil:
+		return nil, errors.New("message: New needs Host, Store, Account, Contacts, Mailbox and Prekeys")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.RetryMin <= 0 {
+		cfg.RetryMin = time.Second
+	}
+	if cfg.RetryMax <= 0 {
+		cfg.RetryMax = 5 * time.Minute
+	}
+	if cfg.DirectTimeout <= 0 {
+		cfg.DirectTimeout = 3 * time.Second
+	}
+	if cfg.ExpiryInterval <= 0 {
+		cfg.ExpiryInterval = time.Hour
+	}
+	if cfg.MaintainInterval <= 0 {
+		cfg.MaintainInterval = 6 * time.Hour
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &Service{
+		cfg:    cfg,
+		log:    cfg.Logger,
+		ns:     cfg.Store.Namespace("message"),
+		me:     cfg.Account.Identity.AccountID(),
+		ctx:    ctx,
+		cancel: cancel,
+		lanes:  map[e2ee.AccountID]chan struct{}{},
+		events: make(chan Event, 1024),
+		sends:  make(chan *sendReq, maxSendBatch),
+		relays: map[peer.ID]*relayLink{},
+	}
+	if err := s.initPrekeys(); err != nil {
+		cancel()
+		return nil, err
+	}
+	s.wg.Go(s.emitLoop)
+	s.wg.Go(s.sendLoop)
+	cfg.Host.SetStreamHandler(ID, s.handleDeliver)
+	for _, r := range cfg.Account.Record.Relays() {
+		s.startRelay(r)
+	}
+	if err := s.resumeLanes(); err != nil {
+		s.Close()
+		return nil, err
+	}
+	s.wg.Go(s.expiryLoop)
+	s.wg.Go(s.maintainLoop)
+	return s, nil
+}
+
+// Close stops the engine: removes the handler, ends relay sessions and
+// lanes, and waits for them. Jobs left undone resume at the next New.
+// It is safe to call more than once.
+func (s *Service) Close() error {
+	s.closeOnce.Do(func() {
+		s.cfg.Host.RemoveStreamHandler(ID)
+		s.cancel()
+		s.wg.Wait()
+	})
+	return nil
+}
+
+// emit queues an event for OnEvent.
+func (s *Service) emit(e Event) {
+	if s.cfg.OnEvent == nil {
+		return
+	}
+	select {
+	case s.events <- e:
+	case <-s.ctx.Done():
+	}
+}
+
+func (s *Service) emitLoop() {
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case e := <-s.events:
+			s.cfg.OnEvent(e)
+		}
+	}
+}
+
+// Me returns our account id.
+func (s *Service) Me() e2ee.AccountID { return s.me }
+
+func newID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return fmt.Sprintf("%x", b)
+}
