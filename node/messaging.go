@@ -211,3 +211,13 @@ func (n *Node) Subscribe() (<-chan Event, func()) {
 		n.events.mu.Unlock()
 	}
 }
+
+// MaintainPrekeys checks, tops up and rotates this account's prekeys on
+// its home relays now (it also happens at start and every 6 hours).
+func (n *Node) MaintainPrekeys(ctx context.Context) error {
+	m, err := n.messaging()
+	if err != nil {
+		return err
+	}
+	return m.MaintainPrekeys(ctx)
+}

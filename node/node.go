@@ -191,6 +191,11 @@ func (n *Node) startHost(key crypto.PrivKey) error {
 				dht.Mode(dht.ModeClient),
 				dht.ProtocolPrefix(netkit.DHTPrefix),
 				dht.BootstrapPeers(relayIDs...),
+				// A device's routing table is its relays, the kinmesh
+				// DHT's servers: with fewer than 10 peers it would be
+				// refreshed (lookups to every relay) every 2 minutes
+				// forever. Lookups start from the relays either way.
+				dht.DisableAutoRefresh(),
 				dht.NamespacedValidator(contact.DHTNamespace, contact.Validator{}),
 			)
 			n.dht = d

@@ -25,6 +25,7 @@ type pkg struct {
 	Deps       []string
 	GoFiles    []string
 	TestGoFiles, XTestGoFiles []string
+	TestImports, XTestImports []string
 }
 
 func listPackages(t *testing.T) []pkg {
@@ -95,6 +96,21 @@ func TestImportDirection(t *testing.T) {
 				if strings.Contains(d, "libp2p") || d == "net" || d == "net/http" {
 					t.Errorf("%s imports %s: e2ee does no networking", p.ImportPath, d)
 				}
+			}
+		}
+	}
+}
+
+// TestTestImports: tests of the libraries don't reach into internal/
+// either; whole-network tests live in internal/.
+func TestTestImports(t *testing.T) {
+	for _, p := range listPackages(t) {
+		if under(p.ImportPath, "internal") || under(p.ImportPath, "cmd") {
+			continue
+		}
+		for _, imp := range append(p.TestImports, p.XTestImports...) {
+			if under(imp, "internal") {
+				t.Errorf("tests of %s import %s; move the test to internal/", p.ImportPath, imp)
 			}
 		}
 	}

@@ -236,3 +236,46 @@ func scanDir(t *testing.T, dir string, needle []byte) (string, bool) {
 	}
 	return hit, hit != ""
 }
+
+// TestSessionFromRelayBundles: contacts added without a prekey bundle in
+// the invite: each side fetches the other's bundle from its home relays
+// (consuming a one-time prekey there), establishes a session and writes.
+func TestSessionFromRelayBundles(t *testing.T) {
+	n := startNet(t, Config{Relays: 2, Devices: 2})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	accounts(t, ctx, n)
+	a, b := n.Devices[0], n.Devices[1]
+	for _, pair := range [][2]*Device{{a, b}, {b, a}} {
+		inv, err := pair[0].Node().Invite()
+		if err != nil {
+			t.Fatal(err)
+		}
+		inv.Bundle = nil // nothing to start a session with but the relays
+		if _, err := pair[1].Node().AddContact(ctx, inv.String()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The owners publish their prekeys when their engines start; wait
+	// until both relays hold one-time prekeys of both accounts.
+	for _, d := range []*Device{a, b} {
+		if err := d.Node().MaintainPrekeys(ctx); err != nil {
+			t.Fatalf("%s: publish prekeys: %v", d.Name, err)
+		}
+	}
+	if _, err := a.Node().Send(ctx, b.AccountID(), "first contact"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Node().Send(ctx, a.AccountID(), "hello back"); err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range []struct {
+		d    *Device
+		with string
+		text string
+	}{{b, a.AccountID(), "first contact"}, {a, b.AccountID(), "hello back"}} {
+		if _, err := WaitMessages(ctx, w.d, w.with, func(ms []message.Message) bool { return HasText(ms, w.text, message.StateReceived) }); err != nil {
+			t.Fatal(err)
+		}
+	}
+}

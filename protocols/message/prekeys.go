@@ -61,6 +61,10 @@ func (s *Service) maintainLoop() {
 // a relay runs low (each relay its own disjoint share), and publishes.
 // The new prekey store is persisted before any relay sees a new key.
 func (s *Service) MaintainPrekeys(ctx context.Context) error {
+	// One round at a time: two rounds from the same store would each
+	// publish keys the other's result forgets.
+	s.maintainMu.Lock()
+	defer s.maintainMu.Unlock()
 	var relays []peer.ID
 	for _, r := range s.cfg.Account.Record.Relays() {
 		s.cfg.Host.Peerstore().AddAddrs(r.ID, r.Addrs, peerstore.PermanentAddrTTL)

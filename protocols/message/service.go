@@ -109,8 +109,9 @@ type Service struct {
 
 	// consumed tracks one-time prekeys consumed while a prekey maintenance
 	// round runs (nil otherwise), so its result can't resurrect them.
-	consumed []e2ee.PrekeyID
-	tracking bool
+	consumed   []e2ee.PrekeyID
+	tracking   bool
+	maintainMu sync.Mutex
 
 	closeOnce sync.Once
 }
