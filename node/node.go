@@ -121,7 +121,9 @@ func (n *Node) Start(ctx context.Context) (err error) {
 		}
 	}()
 	n.start = n.cfg.Now()
-	opts := []storage.Option{storage.WithLogger(n.log), storage.WithProfile(storage.ProfileDevice), storage.WithClock(n.cfg.Now)}
+	// Writes that make a promise (a message sent or received) commit
+	// synced batches; the rest needn't wait for the disk.
+	opts := []storage.Option{storage.WithLogger(n.log), storage.WithProfile(storage.ProfileDevice), storage.WithClock(n.cfg.Now), storage.WithSyncWrites(false)}
 	if len(n.cfg.Passphrase) > 0 {
 		opts = append(opts, storage.WithPassphrase(n.cfg.Passphrase))
 	}

@@ -94,7 +94,16 @@ func (b *Batch) fail(err error) error {
 // WithSyncWrites says. On success the batch is empty again and can be
 // reused; on failure nothing was written and Commit may be retried, except
 // after an error adding an operation, which Commit keeps returning.
-func (b *Batch) Commit(ctx context.Context) error {
+func (b *Batch) Commit(ctx context.Context) error { return b.commit(ctx, true) }
+
+// CommitUnsynced writes every operation atomically like Commit, but
+// returns without waiting for the disk unless the store syncs every write
+// (WithSyncWrites). The batch survives a crash of the process (it is in
+// the operating system's cache), not a power loss: use it for state that
+// can be recomputed or repeated, never for a promise made to someone else.
+func (b *Batch) CommitUnsynced(ctx context.Context) error { return b.commit(ctx, false) }
+
+func (b *Batch) commit(ctx context.Context, sync bool) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.err != nil {
@@ -110,7 +119,7 @@ func (b *Batch) Commit(ctx context.Context) error {
 	if len(b.ops) == 0 {
 		return nil
 	}
-	err := b.s.update(true, func(txn *badger.Txn) error {
+	err := b.s.update(sync, func(txn *badger.Txn) error {
 		for _, w := range b.ops {
 			if err := w.apply(b.s, txn); err != nil {
 				if errors.Is(err, badger.ErrTxnTooBig) {

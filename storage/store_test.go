@@ -1342,3 +1342,33 @@ func TestConcurrentUse(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+func TestBatchCommitUnsynced(t *testing.T) {
+	dir := t.TempDir()
+	s, err := storage.Open(dir, storage.WithSyncWrites(false), storage.WithSweepInterval(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns := s.Namespace("t")
+	b := s.NewBatch()
+	if err := b.Put(ns, "k", []byte("v")); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.CommitUnsynced(context.Background()); err != nil {
+		t.Fatalf("CommitUnsynced: %v", err)
+	}
+	if got, err := ns.Get(context.Background(), "k"); err != nil || string(got) != "v" {
+		t.Fatalf("Get after CommitUnsynced = %q, %v", got, err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s, err = storage.Open(dir, storage.WithSweepInterval(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if got, err := s.Namespace("t").Get(context.Background(), "k"); err != nil || string(got) != "v" {
+		t.Fatalf("after reopen: got %q, %v", got, err)
+	}
+}

@@ -385,6 +385,9 @@ func (s *Service) recordTransport(rec contact.Signed, jobs []*job, sent []bool, 
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	t := s.begin()
+	// Transport bookkeeping: if lost, the job is simply moved again and the
+	// recipient drops the duplicate.
+	t.lazy = true
 	var changed []*Message
 	moved := 0
 	for i, j := range jobs {

@@ -18,8 +18,9 @@ import (
 // envelope that will never be readable.
 var errTransient = errors.New("message: temporary failure, try again")
 
-// receiveChunk bounds how many envelopes one commit covers.
-const receiveChunk = 32
+// receiveChunk bounds how many envelopes one commit covers (and keeps a
+// commit well inside the device store's transaction size).
+const receiveChunk = 128
 
 // receive processes envelopes, in order. For each it returns nil when the
 // envelope is handled for good (stored, a duplicate, or dropped on
@@ -80,6 +81,9 @@ func (s *Service) receiveChunk(envs [][]byte) []error {
 		}
 	}
 	events = append(events, t.unpark(delivered)...)
+	// A chunk that stored no new message (receipts, duplicates) need not
+	// wait for the disk: losing it leaves a state to be moved again.
+	t.lazy = len(delivered) == 0 && len(t.memKeys) == 0 && len(t.groups) == 0
 	for from, ids := range delivered {
 		if err := t.queueReceipt(from, pb.Receipt_DELIVERED, ids); err != nil {
 			s.log.Debug("queue delivery receipt", "to", from, "err", err)

@@ -103,6 +103,10 @@ type tx struct {
 	jobSeq   uint64
 	// keysArrived are members whose group sender keys this tx applied.
 	keysArrived []e2ee.AccountID
+	// lazy commits without waiting for the disk: for changes that can be
+	// recomputed or repeated (transport bookkeeping, receipts), never for
+	// a message we promise to keep.
+	lazy bool
 	after       []func() // run after a successful commit
 }
 
@@ -311,7 +315,11 @@ func (t *tx) commit() error {
 		return err
 	}
 	if t.b.Len() > 0 {
-		if err := t.b.Commit(t.ctx()); err != nil {
+		commit := t.b.Commit
+		if t.lazy {
+			commit = t.b.CommitUnsynced
+		}
+		if err := commit(t.ctx()); err != nil {
 			return fmt.Errorf("message: commit: %w", err)
 		}
 	}
