@@ -176,6 +176,9 @@ type profileSizes struct {
 	// gcAfterSweep is how many bytes of values a sweep must delete to run
 	// value-log GC right after it.
 	gcAfterSweep int64
+	// numCompactors is Badger's NumCompactors; 0 means the store compacts
+	// on demand instead (compact.go).
+	numCompactors int
 }
 
 func (p Profile) sizes() profileSizes {
@@ -190,6 +193,7 @@ func (p Profile) sizes() profileSizes {
 			valueLogFileSize: 128 << 20,
 			valueThreshold:   1 << 10,
 			gcAfterSweep:     64 << 20,
+			numCompactors:    2,
 		}
 	}
 	return profileSizes{
@@ -202,6 +206,7 @@ func (p Profile) sizes() profileSizes {
 		valueLogFileSize: 16 << 20,
 		valueThreshold:   1 << 10,
 		gcAfterSweep:     4 << 20,
+		numCompactors:    0,
 	}
 }
 
@@ -210,8 +215,10 @@ func (p Profile) sizes() profileSizes {
 // Common to both profiles: no compression (values are ciphertext, which does
 // not compress), hence no block cache (Badger reads uncompressed, unencrypted
 // blocks straight from the memory-mapped tables) and no index cache (indexes
-// are read from the mapped tables too); two compactors (the minimum Badger
-// accepts); no expvar metrics.
+// are read from the mapped tables too); no expvar metrics. The relay runs two
+// compactors (the minimum Badger accepts besides none); a device runs none
+// and the store compacts on demand (compact.go), because Badger's idle
+// compactors alone cost an idle device more CPU than everything else.
 func badgerOptions(dir string, p Profile, sync bool, logger badger.Logger) badger.Options {
 	sz := p.sizes()
 	o := badger.DefaultOptions(dir)
@@ -222,7 +229,7 @@ func badgerOptions(dir string, p Profile, sync bool, logger badger.Logger) badge
 	o.IndexCacheSize = 0
 	o.MetricsEnabled = false
 	o.NumGoroutines = 1
-	o.NumCompactors = 2
+	o.NumCompactors = sz.numCompactors
 	o.NumVersionsToKeep = 1
 	o.DetectConflicts = true
 	o.MemTableSize = sz.memTableSize

@@ -53,9 +53,11 @@ type Store struct {
 	bg        sync.WaitGroup
 	sweepKick chan struct{}
 	gcKick    chan struct{}
-	sweepMu   sync.Mutex // one sweep at a time
-	closeOnce sync.Once
-	closeErr  error
+	// compactKick wakes compactLoop; nil when Badger compacts by itself.
+	compactKick chan struct{}
+	sweepMu     sync.Mutex // one sweep at a time
+	closeOnce   sync.Once
+	closeErr    error
 }
 
 // Open opens the store in dir, creating dir (mode 0700), the Badger files and
@@ -151,6 +153,11 @@ func newStore(dir string, cfg config, log *slog.Logger, db *badger.DB) (*Store, 
 	if cfg.sweepInterval > 0 || cfg.gcInterval > 0 {
 		s.bg.Add(1)
 		go s.background()
+	}
+	if cfg.profile.sizes().numCompactors == 0 {
+		s.compactKick = make(chan struct{}, 1)
+		s.bg.Add(1)
+		go s.compactLoop()
 	}
 	log.Debug("store open", "dir", dir, "profile", cfg.profile, "sync_writes", cfg.syncWrites, "new", check == nil)
 	return s, nil
@@ -380,6 +387,7 @@ func (s *Store) update(sync bool, fn func(txn *badger.Txn) error) error {
 		if err != nil {
 			return err
 		}
+		s.kickCompact()
 		if sync && !s.cfg.syncWrites {
 			return s.db.Sync()
 		}
