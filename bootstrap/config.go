@@ -76,6 +76,9 @@ type Config struct {
 
 	// Logger receives the relay's logs (default: discard).
 	Logger *slog.Logger `toml:"-"`
+	// Now is the clock of the store and the services (default time.Now).
+	// Tests inject one to check the 15-day expiry.
+	Now func() time.Time `toml:"-"`
 	// Registry receives the relay's metrics; default a new registry of its
 	// own, served on /metrics. Never the global registry.
 	Registry *prometheus.Registry `toml:"-"`
@@ -233,6 +236,9 @@ func (c *Config) applyDefaults() error {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Now == nil {
+		c.Now = time.Now
 	}
 	if c.Registry == nil {
 		c.Registry = prometheus.NewRegistry()

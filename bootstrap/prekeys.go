@@ -38,6 +38,7 @@ func (c *Config) applyPrekeyDefaults() error {
 // startPrekeys starts the prekey service on the relay's host and store.
 func (r *Relay) startPrekeys() error {
 	svc, err := prekeys.NewService(r.host, r.store,
+		prekeys.WithClock(r.cfg.Now),
 		prekeys.WithLogger(r.log),
 		prekeys.WithMetricsTracer(prekeys.NewMetricsTracer(r.cfg.Registry)),
 		prekeys.WithFetchRate(r.cfg.PrekeyFetchesPerMinute, r.cfg.PrekeyFetchBurst),

@@ -86,7 +86,7 @@ func (r *Relay) Start(ctx context.Context) (err error) {
 		}
 	}()
 	r.start = time.Now()
-	r.store, err = storage.Open(r.cfg.DataDir, storage.WithLogger(r.log), storage.WithProfile(storage.ProfileRelay))
+	r.store, err = storage.Open(r.cfg.DataDir, storage.WithLogger(r.log), storage.WithProfile(storage.ProfileRelay), storage.WithClock(r.cfg.Now))
 	if err != nil {
 		return fmt.Errorf("open relay store: %w", err)
 	}
@@ -190,6 +190,7 @@ func (r *Relay) startServices(ctx context.Context) error {
 		return fmt.Errorf("keep fellow relays: %w", err)
 	}
 	r.mailbox, err = mailbox.NewService(r.host, r.store,
+		mailbox.WithClock(r.cfg.Now),
 		mailbox.WithMailboxQuota(r.cfg.MailboxMaxItems, r.cfg.MailboxMaxBytes),
 		mailbox.WithDepositorRate(r.cfg.MailboxDepositsPerMinute, r.cfg.MailboxDepositBytesPerMinute),
 		mailbox.WithLogger(r.log),

@@ -221,3 +221,30 @@ func (n *Node) MaintainPrekeys(ctx context.Context) error {
 	}
 	return m.MaintainPrekeys(ctx)
 }
+
+// ExpireNow marks outgoing messages undelivered for 15 days as expired
+// now, rather than at the next hourly check (an app may call it when it
+// comes to the foreground). It returns how many expired.
+func (n *Node) ExpireNow() (int, error) {
+	m, err := n.messaging()
+	if err != nil {
+		return 0, err
+	}
+	return m.ExpireNow()
+}
+
+// MailboxSessions returns on how many home relays this account's mailbox
+// is open (new mail is pushed at once).
+func (n *Node) MailboxSessions() int {
+	m, err := n.messaging()
+	if err != nil {
+		return 0
+	}
+	c := 0
+	for _, r := range m.Relays() {
+		if r.Connected {
+			c++
+		}
+	}
+	return c
+}

@@ -83,6 +83,37 @@ func TestOfflineMessage(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
+	// Delivered: gone from every relay (b acks each copy as it drains).
+	for _, r := range n.Relays {
+		waitRelayEmpty(ctx, t, r)
+	}
+}
+
+// waitRelayEmpty waits until r holds no mailbox items.
+func waitRelayEmpty(ctx context.Context, t *testing.T, r *Relay) {
+	t.Helper()
+	waitRelayItems(ctx, t, r, 0)
+}
+
+// waitRelayItems waits until r holds exactly want mailbox items.
+func waitRelayItems(ctx context.Context, t *testing.T, r *Relay, want int) {
+	t.Helper()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		got, err := r.MailboxItems(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got == want {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("%s holds %d items, want %d", r.Name, got, want)
+		case <-tick.C:
+		}
+	}
 }
 
 func TestGroupAddRemove(t *testing.T) {

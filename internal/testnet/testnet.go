@@ -18,6 +18,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -25,6 +26,7 @@ import (
 
 	"github.com/kinmesh/kinmesh/bootstrap"
 	"github.com/kinmesh/kinmesh/node"
+	"github.com/kinmesh/kinmesh/storage"
 )
 
 // Config sizes the network.
@@ -37,6 +39,9 @@ type Config struct {
 	Logger  *slog.Logger
 	// RelayHTTP serves each relay's ops endpoint on 127.0.0.1:0.
 	RelayHTTP bool
+	// Now, if set, is every member's clock (tests move it to check
+	// expiry); default time.Now.
+	Now func() time.Time
 }
 
 // Network is a running testnet.
@@ -175,6 +180,7 @@ func Start(ctx context.Context, cfg Config) (_ *Network, err error) {
 			Bootstrap: relayAddrs,
 			API:       "127.0.0.1:0",
 			Logger:    n.log.With("member", d.Name),
+			Now:       cfg.Now,
 		}
 		n.Devices = append(n.Devices, d)
 		if err := d.Start(ctx); err != nil {
@@ -194,6 +200,7 @@ func (n *Network) startRelay(ctx context.Context, name string, fellows []string)
 		Listen:    []string{"/ip4/127.0.0.1/tcp/0", "/ip4/127.0.0.1/udp/0/quic-v1"},
 		Bootstrap: fellows,
 		Logger:    n.log.With("member", name),
+		Now:       n.cfg.Now,
 		// Every device of the testnet comes from 127.0.0.1.
 		MaxReservationsPerIP: 1024,
 	}
@@ -276,4 +283,20 @@ func (n *Network) Close() error {
 		n.tempDir = false
 	}
 	return errors.Join(errs...)
+}
+
+// MailboxItems counts the envelopes the relay holds in all mailboxes.
+func (r *Relay) MailboxItems(ctx context.Context) (int, error) {
+	rl := r.Relay()
+	if rl == nil {
+		return 0, fmt.Errorf("%s is stopped", r.Name)
+	}
+	n := 0
+	err := rl.Store().Namespace("mailbox").List(ctx, storage.ListOptions{}, func(k string, _ []byte) error {
+		if !strings.HasSuffix(k, ".m") {
+			n++
+		}
+		return nil
+	})
+	return n, err
 }

@@ -101,20 +101,30 @@ func (s *Service) lane(to e2ee.AccountID, wake chan struct{}) {
 	}
 }
 
-// loadJobs returns the recipient's jobs that still need transport.
+// loadJobs returns up to maxLaneJobs of the recipient's jobs that still
+// need transport, in order: first the ones no relay or device holds yet,
+// then the ones some relays hold but not all. So a relay that stays down
+// can't keep the lane busy with the same jobs while new ones wait.
 func (s *Service) loadJobs(to e2ee.AccountID, relays int) ([]*job, error) {
-	var out []*job
+	var fresh, partial []*job
 	err := s.ns.List(s.ctx, listPrefix(s.keyJobPrefix(to)), func(k string, v []byte) error {
 		j := &job{}
 		if err := jsonUnmarshal(v, j); err != nil {
 			return err
 		}
 		j.Key = k
-		if !j.done(relays) && len(out) < maxLaneJobs {
-			out = append(out, j)
+		switch {
+		case j.done(relays):
+		case len(j.Relays) == 0:
+			if len(fresh) < maxLaneJobs {
+				fresh = append(fresh, j)
+			}
+		case len(partial) < maxLaneJobs:
+			partial = append(partial, j)
 		}
 		return nil
 	})
+	out := append(fresh, partial[:min(len(partial), maxLaneJobs-len(fresh))]...)
 	return out, err
 }
 
@@ -125,10 +135,14 @@ func (s *Service) laneRound(to e2ee.AccountID) (busy, progress bool, err error) 
 	if !ok {
 		return false, false, nil
 	}
+	roundStart := time.Now()
 	jobs, err := s.loadJobs(to, len(rec.HomeRelays))
 	if err != nil || len(jobs) == 0 {
 		return false, false, err
 	}
+	defer func() {
+		s.log.Debug("lane round", "to", to, "jobs", len(jobs), "busy", busy, "progress", progress, "took", time.Since(roundStart))
+	}()
 	if err := s.encryptJobs(rec, jobs); err != nil {
 		return true, false, err
 	}
@@ -341,6 +355,9 @@ func (s *Service) depositAll(rec contact.Signed, jobs []*job) map[int][]string {
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	for _, r := range rec.Relays() {
+		if s.relayResting(r.ID) {
+			continue
+		}
 		rid := r.ID.String()
 		var idx []int
 		var envs [][]byte
@@ -362,8 +379,10 @@ func (s *Service) depositAll(rec contact.Signed, jobs []*job) map[int][]string {
 				cancel()
 				if err != nil {
 					s.log.Debug("deposit failed", "relay", r.ID, "err", err)
+					s.relayFailed(r.ID)
 					return
 				}
+				s.relayOK(r.ID)
 				mu.Lock()
 				for k, dr := range res {
 					if dr.Err == nil {
@@ -382,6 +401,26 @@ func (s *Service) depositAll(rec contact.Signed, jobs []*job) map[int][]string {
 // sent when a device took it, queued(n) while relays hold it. It returns
 // how many jobs moved.
 func (s *Service) recordTransport(rec contact.Signed, jobs []*job, sent []bool, deposited map[int][]string) (int, error) {
+	const per = maxTxOps / 4 // a job and its message: 3 writes
+	moved := 0
+	for start := 0; start < len(jobs); start += per {
+		end := min(start+per, len(jobs))
+		sub := map[int][]string{}
+		for i := start; i < end; i++ {
+			if d, ok := deposited[i]; ok {
+				sub[i-start] = d
+			}
+		}
+		n, err := s.recordTransportChunk(rec, jobs[start:end], sent[start:end], sub)
+		moved += n
+		if err != nil {
+			return moved, err
+		}
+	}
+	return moved, nil
+}
+
+func (s *Service) recordTransportChunk(rec contact.Signed, jobs []*job, sent []bool, deposited map[int][]string) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	t := s.begin()
@@ -484,4 +523,34 @@ func depositChunk(envs [][]byte, start int) int {
 		end++
 	}
 	return end
+}
+
+// relayRest is how long a relay that failed a deposit is skipped: it
+// doubles per failure from 1s to 2m. Skipping it keeps every lane from
+// waiting out a dead relay's dial timeout round after round.
+type relayRest struct {
+	until   time.Time
+	backoff time.Duration
+}
+
+func (s *Service) relayResting(p peer.ID) bool {
+	s.restMu.Lock()
+	defer s.restMu.Unlock()
+	r, ok := s.rest[p]
+	return ok && time.Now().Before(r.until)
+}
+
+func (s *Service) relayFailed(p peer.ID) {
+	s.restMu.Lock()
+	defer s.restMu.Unlock()
+	r := s.rest[p]
+	r.backoff = min(max(2*r.backoff, time.Second), 2*time.Minute)
+	r.until = time.Now().Add(r.backoff)
+	s.rest[p] = r
+}
+
+func (s *Service) relayOK(p peer.ID) {
+	s.restMu.Lock()
+	defer s.restMu.Unlock()
+	delete(s.rest, p)
 }

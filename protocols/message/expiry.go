@@ -3,6 +3,7 @@ package message
 import (
 	"context"
 	"encoding/hex"
+	"slices"
 	"time"
 
 	"github.com/kinmesh/kinmesh/protocols/e2ee"
@@ -32,25 +33,40 @@ func (s *Service) expiryLoop() {
 // injected clock.
 func (s *Service) ExpireNow() (int, error) {
 	now := s.cfg.Now()
-	type hit struct {
-		key   string
-		j     job
-		msgID string
-	}
-	var hits []hit
+	var hits []expiredJob
 	err := s.ns.List(s.ctx, listPrefix("j/"), func(k string, v []byte) error {
 		var j job
 		if err := jsonUnmarshal(v, &j); err != nil {
 			return err
 		}
 		if now.Sub(j.Created) >= MaxAge {
-			hits = append(hits, hit{k, j, j.MsgID})
+			hits = append(hits, expiredJob{k, j, j.MsgID})
 		}
 		return nil
 	})
 	if err != nil || len(hits) == 0 {
 		return 0, err
 	}
+	const per = maxTxOps / 4
+	total := 0
+	for start := 0; start < len(hits); start += per {
+		n, err := s.expire(hits[start:min(start+per, len(hits))])
+		total += n
+		if err != nil {
+			return total, err
+		}
+	}
+	return total, nil
+}
+
+// expiredJob is a delivery job past MaxAge.
+type expiredJob struct {
+	key   string
+	j     job
+	msgID string
+}
+
+func (s *Service) expire(hits []expiredJob) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	t := s.begin()
@@ -86,6 +102,20 @@ func (s *Service) MarkRead(ctx context.Context, with string) (int, error) {
 	if err != nil {
 		return 0, err
 	}
+	msgs = slices.DeleteFunc(msgs, func(m Message) bool { return !m.Incoming || m.State == StateRead })
+	const per = maxTxOps / 4
+	total := 0
+	for start := 0; start < len(msgs); start += per {
+		n, err := s.markRead(msgs[start:min(start+per, len(msgs))])
+		total += n
+		if err != nil {
+			return total, err
+		}
+	}
+	return total, nil
+}
+
+func (s *Service) markRead(msgs []Message) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	t := s.begin()
@@ -104,7 +134,7 @@ func (s *Service) MarkRead(ctx context.Context, with string) (int, error) {
 	}
 	for from, ids := range bySender {
 		for len(ids) > 0 {
-			chunk := ids[:min(len(ids), 512)]
+			chunk := ids[:min(len(ids), maxReceiptIDs)]
 			ids = ids[len(chunk):]
 			if err := t.queueReceipt(from, pb.Receipt_READ, chunk); err != nil {
 				s.log.Debug("queue read receipt", "to", from, "err", err)

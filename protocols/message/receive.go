@@ -12,15 +12,19 @@ import (
 	"github.com/kinmesh/kinmesh/protocols/contact"
 	"github.com/kinmesh/kinmesh/protocols/e2ee"
 	"github.com/kinmesh/kinmesh/protocols/message/pb"
+	"github.com/kinmesh/kinmesh/storage"
 )
 
 // errTransient marks a failure worth retrying (storage), as opposed to an
 // envelope that will never be readable.
 var errTransient = errors.New("message: temporary failure, try again")
 
-// receiveChunk bounds how many envelopes one commit covers (and keeps a
-// commit well inside the device store's transaction size).
+// receiveChunk bounds how many envelopes one commit covers.
 const receiveChunk = 128
+
+// errUnstorable: processing this one envelope would stage more than one
+// store transaction can hold; it is dropped rather than retried forever.
+var errUnstorable = errors.New("message: envelope's effects too large to store")
 
 // receive processes envelopes, in order. For each it returns nil when the
 // envelope is handled for good (stored, a duplicate, or dropped on
@@ -28,11 +32,35 @@ const receiveChunk = 128
 // again, or the reason it is unreadable. Callers ack (relay) or answer OK
 // (direct) only for nil.
 func (s *Service) receive(envs [][]byte) []error {
-	errs := make([]error, 0, len(envs))
-	for start := 0; start < len(envs); start += receiveChunk {
-		errs = append(errs, s.receiveChunk(envs[start:min(start+receiveChunk, len(envs))])...)
+	errs := make([]error, len(envs))
+	limit := receiveChunk
+	for i := 0; i < len(envs); {
+		n, chunkErrs, tooBig := s.receiveChunk(envs[i:min(i+limit, len(envs))])
+		switch {
+		case tooBig && limit > 1:
+			limit /= 2
+		case tooBig:
+			s.dropUnstorable(envs[i])
+			errs[i] = errUnstorable
+			i++
+		default:
+			copy(errs[i:], chunkErrs[:n])
+			i += n
+			limit = receiveChunk
+		}
 	}
 	return errs
+}
+
+// dropUnstorable remembers an envelope as processed without acting on it.
+func (s *Service) dropUnstorable(env []byte) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t := s.begin()
+	t.markSeen(sha256.Sum256(env))
+	if err := t.commit(); err != nil {
+		s.log.Warn("dropping an oversized envelope failed", "err", err)
+	}
 }
 
 // inbound is what one envelope became.
@@ -41,14 +69,22 @@ type inbound struct {
 	content *pb.Content
 }
 
-func (s *Service) receiveChunk(envs [][]byte) []error {
+// receiveChunk processes envelopes in one transaction, stopping early when
+// the transaction has staged maxTxOps writes. It returns how many it
+// consumed and their results; tooBig when the commit didn't fit.
+func (s *Service) receiveChunk(envs [][]byte) (int, []error, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	t := s.begin()
 	errs := make([]error, len(envs))
 	var events []Event
 	delivered := map[e2ee.AccountID][][]byte{}
+	n := 0
 	for i, env := range envs {
+		if i > 0 && t.ops() >= maxTxOps {
+			break
+		}
+		n = i + 1
 		h := sha256.Sum256(env)
 		seen, err := t.Seen(h)
 		if err != nil {
@@ -81,25 +117,28 @@ func (s *Service) receiveChunk(envs [][]byte) []error {
 		}
 	}
 	events = append(events, t.unpark(delivered)...)
-	// A chunk that stored no new message (receipts, duplicates) need not
-	// wait for the disk: losing it leaves a state to be moved again.
-	t.lazy = len(delivered) == 0 && len(t.memKeys) == 0 && len(t.groups) == 0
 	for from, ids := range delivered {
 		if err := t.queueReceipt(from, pb.Receipt_DELIVERED, ids); err != nil {
 			s.log.Debug("queue delivery receipt", "to", from, "err", err)
 		}
 	}
+	// A chunk that stored no new message (receipts, duplicates) need not
+	// wait for the disk: losing it leaves a state to be moved again.
+	t.lazy = len(delivered) == 0 && len(t.memKeys) == 0 && len(t.groups) == 0
 	if err := t.commit(); err != nil {
+		if errors.Is(err, storage.ErrTooLarge) {
+			return 0, nil, true
+		}
 		s.log.Warn("storing received messages failed", "err", err)
-		for i := range errs {
+		for i := range errs[:n] {
 			errs[i] = errTransient
 		}
-		return errs
+		return n, errs, false
 	}
 	for _, e := range events {
 		s.emit(e)
 	}
-	return errs
+	return n, errs, false
 }
 
 var (
@@ -201,7 +240,9 @@ func (t *tx) applyReceipt(from e2ee.AccountID, r *pb.Receipt) []Event {
 	}
 	var events []Event
 	done := map[string]bool{}
-	for _, raw := range r.GetIds() {
+	ids := r.GetIds()
+	ids = ids[:min(len(ids), maxReceiptIDs)]
+	for _, raw := range ids {
 		id := hex.EncodeToString(raw)
 		m, err := t.Message(id)
 		if err != nil || m == nil || m.Incoming {

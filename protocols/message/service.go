@@ -107,6 +107,9 @@ type Service struct {
 	relayMu sync.Mutex
 	relays  map[peer.ID]*relayLink
 
+	restMu sync.Mutex
+	rest   map[peer.ID]relayRest // relays skipped after failed deposits
+
 	// consumed tracks one-time prekeys consumed while a prekey maintenance
 	// round runs (nil otherwise), so its result can't resurrect them.
 	consumed   []e2ee.PrekeyID
@@ -158,6 +161,7 @@ func New(cfg Config) (*Service, error) {
 		events: make(chan Event, 1024),
 		sends:  make(chan *sendReq, maxSendBatch),
 		relays: map[peer.ID]*relayLink{},
+		rest:   map[peer.ID]relayRest{},
 	}
 	if err := s.initPrekeys(); err != nil {
 		cancel()

@@ -106,8 +106,22 @@ type tx struct {
 	// lazy commits without waiting for the disk: for changes that can be
 	// recomputed or repeated (transport bookkeeping, receipts), never for
 	// a message we promise to keep.
-	lazy bool
-	after       []func() // run after a successful commit
+	lazy  bool
+	after []func() // run after a successful commit
+}
+
+// maxTxOps bounds the writes one transaction stages, so a commit stays
+// well within the device store's transaction limit (a few thousand small
+// entries): callers that may stage many split their work.
+const maxTxOps = 400
+
+// maxReceiptIDs caps the message ids one receipt carries or is acted on.
+const maxReceiptIDs = 128
+
+// ops estimates how many store writes commit would make.
+func (t *tx) ops() int {
+	return 2*len(t.msgs) + len(t.sessions) + len(t.convs) + len(t.jobs) + 2*len(t.delJobs) +
+		2*len(t.seen) + len(t.groups) + len(t.myKeys) + len(t.memKeys) + 2
 }
 
 func (s *Service) begin() *tx {
