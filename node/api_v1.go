@@ -79,6 +79,7 @@ func (a *apiServer) v1Routes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /v1/groups", a.getGroups)
 	mux.HandleFunc("POST /v1/groups/{id}/members", a.postGroupMembers)
 	mux.HandleFunc("GET /v1/events", a.getEvents)
+	mux.HandleFunc("GET /v1/node/peers", a.getPeers)
 }
 
 func (a *apiServer) getPolicy(w http.ResponseWriter, _ *http.Request) {

@@ -48,6 +48,18 @@ type Config struct {
 	// RetryMin is the first wait before retrying an undelivered message
 	// (default 1s, doubling up to 5m).
 	RetryMin time.Duration
+
+	// LabPublicCIDRs is a lab setting, for network-namespace testbeds
+	// (internal/nattest) only; never set it on a real device. A lab may
+	// only use 198.18.0.0/15 (RFC 2544 benchmarking space), which
+	// go-multiaddr calls unroutable, so go-libp2p would never hole-punch
+	// there. The ranges listed (each inside 198.18.0.0/15) count as the
+	// public internet for hole punching: the node then runs its own DCUtR
+	// service offering its own and observed addresses in these ranges; the
+	// rest of 198.18.0.0/15 is the lab's private LANs. Library globals are
+	// left alone. Default empty: go-libp2p's hole punching, unchanged. See
+	// docs/decisions.md.
+	LabPublicCIDRs []netip.Prefix
 }
 
 // ErrConfig means the configuration is unusable; the message says which
@@ -66,6 +78,9 @@ func (c *Config) applyDefaults() error {
 	}
 	if _, err := netkit.ParsePeers(c.Bootstrap); err != nil {
 		return fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	if err := checkLabCIDRs(c.LabPublicCIDRs); err != nil {
+		return err
 	}
 	if c.API != "" {
 		if err := checkLoopback(c.API); err != nil {

@@ -15,7 +15,11 @@
 // expires. While a reservation lasts the node advertises
 // <relay addr>/p2p/<relay id>/p2p-circuit among its addresses, and
 // contacts reach it there (see docs/decisions.md for why the node manages
-// reservations itself rather than through libp2p's AutoRelay).
+// reservations itself rather than through libp2p's AutoRelay). Peers
+// (GET /v1/node/peers) tells direct connections from relayed ones and
+// reports each peer's latest hole punch. In a network-namespace lab,
+// Config.LabPublicCIDRs says which lab addresses count as public, so hole
+// punching works there too (see lab.go).
 //
 // The libp2p peer id is the host's own key, kept in the store; it is
 // deliberately not the account identity.

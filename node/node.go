@@ -60,6 +60,8 @@ type Node struct {
 	rsvMu        sync.Mutex
 	reservations map[peer.ID]time.Time // relay → reservation expiry
 
+	hp holePunching // DCUtR hole punching and its tracker (peers.go, lab.go)
+
 	api *apiServer
 
 	// acctMu guards the account and what hangs off it.
@@ -186,7 +188,6 @@ func (n *Node) startHost(key crypto.PrivKey) error {
 		libp2p.ResourceManager(rm),
 		libp2p.ConnectionManager(cm),
 		libp2p.UserAgent("kinmesh-node/" + netkit.Version),
-		libp2p.EnableHolePunching(),
 		libp2p.AddrsFactory(n.withCircuitAddrs),
 		libp2p.Routing(func(h host.Host) (routing.PeerRouting, error) {
 			d, err := dht.New(h,
@@ -204,6 +205,7 @@ func (n *Node) startHost(key crypto.PrivKey) error {
 			return d, err
 		}),
 	}
+	opts = append(opts, n.hp.hostOptions(&n.cfg)...)
 	if n.cfg.Registry != nil {
 		opts = append(opts, libp2p.PrometheusRegisterer(n.cfg.Registry))
 	} else {
@@ -214,6 +216,9 @@ func (n *Node) startHost(key crypto.PrivKey) error {
 		return fmt.Errorf("start node host on %v: %w (is the port in use?)", n.cfg.Listen, err)
 	}
 	n.host = h
+	if err := n.hp.startLab(&n.cfg); err != nil {
+		return err
+	}
 	n.emitter, err = h.EventBus().Emitter(new(event.EvtAutoRelayAddrsUpdated))
 	if err != nil {
 		return fmt.Errorf("node event emitter: %w", err)
@@ -304,6 +309,7 @@ func (n *Node) Close() error {
 		if n.dht != nil {
 			errs = append(errs, n.dht.Close())
 		}
+		errs = append(errs, n.hp.close())
 		if n.host != nil {
 			errs = append(errs, n.host.Close())
 		}

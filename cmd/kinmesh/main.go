@@ -32,6 +32,7 @@ func commands() []command {
 		{"relay", "run a bootstrap relay", runRelay},
 		{"testnet", "run a whole network (relays and devices) on this machine", runTestnet},
 		{"status", "show a running node's status (GET /v1/node)", runStatus},
+		{"peers", "show a running node's connected peers, direct or relayed", runPeers},
 		{"policy", "show the privacy policy a node ships", runPolicy},
 		{"account", "show or create the account (kinmesh account create …)", runAccount},
 		{"invite", "print this account's invite for a contact", runInvite},

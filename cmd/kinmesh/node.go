@@ -30,6 +30,9 @@ func runNode(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	)
 	fs.Var(&listen, "listen", "multiaddr to listen on (repeatable; default TCP and QUIC on all interfaces, random ports)")
 	fs.Var(&boot, "bootstrap", "relay multiaddr ending in /p2p/<id> (repeatable)")
+	var labPublic prefixFlag
+	fs.Var(&labPublic, labPublicFlag, "lab setting, testbeds only: a range inside 198.18.0.0/15 that counts as public (repeatable)")
+	hideFlags(fs, nodeSynopsis, stdout, labPublicFlag)
 	logger := logFlags(fs, stderr)
 	if err := parse(fs, args); err != nil {
 		return err
@@ -53,6 +56,8 @@ func runNode(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		Bootstrap:  boot,
 		API:        *api,
 		Logger:     log,
+
+		LabPublicCIDRs: labPublic,
 	})
 	if err != nil {
 		return err
@@ -62,6 +67,9 @@ func runNode(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	if len(boot) == 0 {
 		log.Warn("no --bootstrap relays: this node will reach no one")
+	}
+	if len(labPublic) > 0 {
+		log.Warn("lab setting on: hole punching treats these lab ranges as public; never use it outside a testbed", "lab_public_cidrs", labPublic.String())
 	}
 	fmt.Fprintf(stdout, "node %s\n  local API http://%s (token in %s)\n", n.ID(), n.APIAddr(), *data+"/"+node.TokenFile)
 	<-ctx.Done()

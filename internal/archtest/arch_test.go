@@ -18,12 +18,12 @@ import (
 const module = "github.com/kinmesh/kinmesh"
 
 type pkg struct {
-	ImportPath string
-	Dir        string
-	Doc        string
-	Name       string
-	Deps       []string
-	GoFiles    []string
+	ImportPath                string
+	Dir                       string
+	Doc                       string
+	Name                      string
+	Deps                      []string
+	GoFiles                   []string
 	TestGoFiles, XTestGoFiles []string
 	TestImports, XTestImports []string
 }
