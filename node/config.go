@@ -48,6 +48,10 @@ type Config struct {
 	// RetryMin is the first wait before retrying an undelivered message
 	// (default 1s, doubling up to 5m).
 	RetryMin time.Duration
+	// RehomeAfter is how long a home relay may stay unreachable before the
+	// account moves its mail to another bootstrap relay (default 24h);
+	// RehomeCheck how often that is checked (default 10m).
+	RehomeAfter, RehomeCheck time.Duration
 
 	// LabPublicCIDRs is a lab setting, for network-namespace testbeds
 	// (internal/nattest) only; never set it on a real device. A lab may
@@ -92,6 +96,12 @@ func (c *Config) applyDefaults() error {
 	}
 	if c.Now == nil {
 		c.Now = time.Now
+	}
+	if c.RehomeAfter <= 0 {
+		c.RehomeAfter = 24 * time.Hour
+	}
+	if c.RehomeCheck <= 0 {
+		c.RehomeCheck = 10 * time.Minute
 	}
 	return nil
 }

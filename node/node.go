@@ -59,6 +59,7 @@ type Node struct {
 
 	rsvMu        sync.Mutex
 	reservations map[peer.ID]time.Time // relay → reservation expiry
+	downSince    map[peer.ID]time.Time // relay → when its link went down (cfg.Now)
 
 	hp holePunching // DCUtR hole punching and its tracker (peers.go, lab.go)
 
@@ -92,6 +93,7 @@ func New(cfg Config) (*Node, error) {
 		log:          cfg.Logger,
 		relays:       relays,
 		reservations: map[peer.ID]time.Time{},
+		downSince:    map[peer.ID]time.Time{},
 		events:       newEventHub(),
 		bgCtx:        bgCtx,
 		bgStop:       bgStop,
@@ -147,6 +149,8 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	if err != nil {
 		return fmt.Errorf("keep relays: %w", err)
 	}
+	n.bg.Go(n.watchRelays)
+	n.bg.Go(n.homesLoop)
 	if n.acct, err = n.loadAccount(ctx); err != nil {
 		return err
 	}

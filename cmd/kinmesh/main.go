@@ -147,7 +147,36 @@ func logFlags(fs *flag.FlagSet, stderr io.Writer) func() (*slog.Logger, error) {
 		if l <= slog.LevelDebug {
 			libp2pLevel = slog.LevelDebug
 		}
-		gologshim.SetDefaultHandler(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: libp2pLevel}))
+		gologshim.SetDefaultHandler(shutdownNoiseFilter{slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: libp2pLevel})})
 		return slog.New(h), nil
 	}
+}
+
+// shutdownNoiseFilter drops libp2p's reports that a listener it is
+// closing was closed: routine when a process stops (or a start fails and
+// unwinds), and alarming on a user's terminal.
+type shutdownNoiseFilter struct{ slog.Handler }
+
+func (f shutdownNoiseFilter) Handle(ctx context.Context, r slog.Record) error {
+	noise := false
+	r.Attrs(func(a slog.Attr) bool {
+		v := a.Value.String()
+		if strings.Contains(v, "listener closed") || strings.Contains(v, "use of closed network connection") {
+			noise = true
+			return false
+		}
+		return true
+	})
+	if noise {
+		return nil
+	}
+	return f.Handler.Handle(ctx, r)
+}
+
+func (f shutdownNoiseFilter) WithAttrs(as []slog.Attr) slog.Handler {
+	return shutdownNoiseFilter{f.Handler.WithAttrs(as)}
+}
+
+func (f shutdownNoiseFilter) WithGroup(name string) slog.Handler {
+	return shutdownNoiseFilter{f.Handler.WithGroup(name)}
 }

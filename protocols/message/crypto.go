@@ -16,7 +16,7 @@ var errNoSession = errors.New("message: no session yet")
 func (s *Service) seal(rec contact.Signed, typ e2ee.ContentType, payload []byte) ([]byte, error) {
 	return e2ee.SealEnvelope(rec.MailboxKey, e2ee.EnvelopeContent{
 		Sender:      s.cfg.Account.Identity.Public(),
-		Certificate: s.cfg.Account.Record.Raw,
+		Certificate: s.record().Raw,
 		Type:        typ,
 		Payload:     payload,
 	})

@@ -66,7 +66,7 @@ func (s *Service) MaintainPrekeys(ctx context.Context) error {
 	s.maintainMu.Lock()
 	defer s.maintainMu.Unlock()
 	var relays []peer.ID
-	for _, r := range s.cfg.Account.Record.Relays() {
+	for _, r := range s.record().Relays() {
 		s.cfg.Host.Peerstore().AddAddrs(r.ID, r.Addrs, peerstore.PermanentAddrTTL)
 		relays = append(relays, r.ID)
 	}

@@ -18,6 +18,7 @@ type relayLink struct {
 	relay     peer.AddrInfo
 	connected bool
 	lastErr   string
+	stop      context.CancelFunc
 }
 
 // RelayState is the state of our mailbox on one home relay.
@@ -32,7 +33,7 @@ func (s *Service) Relays() []RelayState {
 	s.relayMu.Lock()
 	defer s.relayMu.Unlock()
 	var out []RelayState
-	for _, r := range s.cfg.Account.Record.Relays() {
+	for _, r := range s.record().Relays() {
 		l := s.relays[r.ID]
 		if l == nil {
 			continue
@@ -43,11 +44,22 @@ func (s *Service) Relays() []RelayState {
 }
 
 func (s *Service) startRelay(r peer.AddrInfo) {
-	l := &relayLink{relay: r}
+	ctx, cancel := context.WithCancel(s.ctx)
+	l := &relayLink{relay: r, stop: cancel}
 	s.relayMu.Lock()
 	s.relays[r.ID] = l
 	s.relayMu.Unlock()
-	s.wg.Go(func() { s.relayLoop(l) })
+	s.wg.Go(func() { s.relayLoop(ctx, l) })
+}
+
+// stopRelay ends our mailbox session on a relay that is no longer a home.
+func (s *Service) stopRelay(id peer.ID) {
+	s.relayMu.Lock()
+	defer s.relayMu.Unlock()
+	if l, ok := s.relays[id]; ok {
+		l.stop()
+		delete(s.relays, id)
+	}
 }
 
 func (s *Service) setLink(l *relayLink, connected bool, err error) {
@@ -60,18 +72,18 @@ func (s *Service) setLink(l *relayLink, connected bool, err error) {
 	s.relayMu.Unlock()
 }
 
-func (s *Service) relayLoop(l *relayLink) {
+func (s *Service) relayLoop(ctx context.Context, l *relayLink) {
 	backoff := 500 * time.Millisecond
-	for s.ctx.Err() == nil {
-		err := s.relaySession(l)
+	for ctx.Err() == nil {
+		err := s.relaySession(ctx, l)
 		s.setLink(l, false, err)
-		if s.ctx.Err() != nil {
+		if ctx.Err() != nil {
 			return
 		}
 		s.log.Debug("mailbox session ended", "relay", l.relay.ID, "err", err)
 		t := time.NewTimer(time.Duration(float64(backoff) * (0.8 + 0.4*rand.Float64())))
 		select {
-		case <-s.ctx.Done():
+		case <-ctx.Done():
 			t.Stop()
 			return
 		case <-t.C:
@@ -81,10 +93,10 @@ func (s *Service) relayLoop(l *relayLink) {
 }
 
 // relaySession runs one owner session until it ends.
-func (s *Service) relaySession(l *relayLink) error {
+func (s *Service) relaySession(ctx context.Context, l *relayLink) error {
 	s.cfg.Host.Peerstore().AddAddrs(l.relay.ID, l.relay.Addrs, peerstore.PermanentAddrTTL)
-	ctx, cancel := context.WithTimeout(s.ctx, 20*time.Second)
-	sess, err := s.cfg.Mailbox.Open(ctx, l.relay.ID, s.cfg.Account.MailboxAuth)
+	octx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	sess, err := s.cfg.Mailbox.Open(octx, l.relay.ID, s.cfg.Account.MailboxAuth)
 	cancel()
 	if err != nil {
 		return err
@@ -96,7 +108,7 @@ func (s *Service) relaySession(l *relayLink) error {
 	}
 	for {
 		select {
-		case <-s.ctx.Done():
+		case <-ctx.Done():
 			return nil
 		case <-sess.Done():
 			return sess.Err()

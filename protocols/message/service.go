@@ -107,6 +107,9 @@ type Service struct {
 	relayMu sync.Mutex
 	relays  map[peer.ID]*relayLink
 
+	recMu sync.Mutex
+	rec   contact.Signed // our current record (Account.Record, then UpdateRecord)
+
 	restMu sync.Mutex
 	rest   map[peer.ID]relayRest // relays skipped after failed deposits
 
@@ -170,6 +173,7 @@ func New(cfg Config) (*Service, error) {
 	s.wg.Go(s.emitLoop)
 	s.wg.Go(s.sendLoop)
 	cfg.Host.SetStreamHandler(ID, s.handleDeliver)
+	s.rec = cfg.Account.Record
 	for _, r := range cfg.Account.Record.Relays() {
 		s.startRelay(r)
 	}
@@ -214,6 +218,51 @@ func (s *Service) emitLoop() {
 			s.cfg.OnEvent(e)
 		}
 	}
+}
+
+// record returns our current signed contact record.
+func (s *Service) record() contact.Signed {
+	s.recMu.Lock()
+	defer s.recMu.Unlock()
+	return s.rec
+}
+
+// UpdateRecord makes rec our contact record: envelopes carry it from now
+// on, so contacts learn it with our next message, and our mailbox moves to
+// its home relays (sessions on relays no longer listed end; new ones
+// start; prekeys are published there).
+func (s *Service) UpdateRecord(rec contact.Signed) {
+	s.recMu.Lock()
+	old := s.rec
+	s.rec = rec
+	s.recMu.Unlock()
+	keep := map[peer.ID]bool{}
+	for _, r := range rec.Relays() {
+		keep[r.ID] = true
+	}
+	for _, r := range old.Relays() {
+		if !keep[r.ID] {
+			s.stopRelay(r.ID)
+		}
+	}
+	s.relayMu.Lock()
+	var start []peer.AddrInfo
+	for _, r := range rec.Relays() {
+		if _, ok := s.relays[r.ID]; !ok {
+			start = append(start, r)
+		}
+	}
+	s.relayMu.Unlock()
+	for _, r := range start {
+		s.startRelay(r)
+	}
+	s.wg.Go(func() {
+		ctx, cancel := context.WithTimeout(s.ctx, 2*time.Minute)
+		defer cancel()
+		if err := s.MaintainPrekeys(ctx); err != nil && s.ctx.Err() == nil {
+			s.log.Debug("prekeys on new home relays", "err", err)
+		}
+	})
 }
 
 // Me returns our account id.

@@ -1,0 +1,160 @@
+package node
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+)
+
+// Home relays. An account keeps its mail and prekeys on k home relays,
+// listed in its signed contact record. When one has been unreachable for
+// RehomeAfter (default 24 h) and another bootstrap relay is up, the node
+// replaces it: a new record (seq+1) goes out with every envelope from then
+// on and into the DHT, the mailbox session moves, and prekeys are
+// published on the new relay. Contacts that still deposit on the old relay
+// lose nothing while the other homes hold the same envelopes.
+
+// watchRelays notes when each bootstrap relay went down, on every change
+// of the relay links.
+func (n *Node) watchRelays() {
+	for {
+		changed := n.keeper.Changed()
+		now := n.cfg.Now()
+		n.rsvMu.Lock()
+		for _, s := range n.keeper.State() {
+			if s.Connected {
+				delete(n.downSince, s.ID)
+			} else if _, ok := n.downSince[s.ID]; !ok {
+				n.downSince[s.ID] = now
+			}
+		}
+		n.rsvMu.Unlock()
+		select {
+		case <-n.bgCtx.Done():
+			return
+		case <-changed:
+		}
+	}
+}
+
+// homesLoop checks the home relays every RehomeCheck and refreshes the
+// contacts' records from the DHT every hour.
+func (n *Node) homesLoop() {
+	check := time.NewTicker(n.cfg.RehomeCheck)
+	defer check.Stop()
+	refresh := time.NewTicker(time.Hour)
+	defer refresh.Stop()
+	for {
+		select {
+		case <-n.bgCtx.Done():
+			return
+		case <-check.C:
+			if _, err := n.CheckHomes(n.bgCtx); err != nil {
+				n.log.Debug("check home relays", "err", err)
+			}
+		case <-refresh.C:
+			n.RefreshContacts(n.bgCtx)
+		}
+	}
+}
+
+// CheckHomes replaces home relays that have been down for RehomeAfter
+// with bootstrap relays that are up, and reports whether it did. It runs
+// every RehomeCheck; tests call it with an injected clock.
+func (n *Node) CheckHomes(ctx context.Context) (bool, error) {
+	n.acctMu.Lock()
+	defer n.acctMu.Unlock()
+	a := n.acct
+	if a == nil {
+		return false, nil
+	}
+	now := n.cfg.Now()
+	homes := make([]peer.AddrInfo, 0, len(a.HomeRelays))
+	for _, h := range a.HomeRelays {
+		ai, err := peer.AddrInfoFromString(h)
+		if err != nil {
+			return false, err
+		}
+		homes = append(homes, *ai)
+	}
+	isHome := func(id peer.ID) bool {
+		return slices.ContainsFunc(homes, func(h peer.AddrInfo) bool { return h.ID == id })
+	}
+	n.rsvMu.Lock()
+	var spares []peer.AddrInfo
+	for _, r := range n.relays {
+		_, down := n.downSince[r.ID]
+		if !isHome(r.ID) && !down && n.reservations[r.ID].After(time.Now()) {
+			spares = append(spares, r)
+		}
+	}
+	changed := false
+	for i, h := range homes {
+		since, down := n.downSince[h.ID]
+		if !down && !slices.ContainsFunc(n.relays, func(r peer.AddrInfo) bool { return r.ID == h.ID }) {
+			since, down = n.start, true // not a bootstrap relay any more: down since start
+		}
+		if !down || now.Sub(since) < n.cfg.RehomeAfter || len(spares) == 0 {
+			continue
+		}
+		n.log.Info("moving home relay", "from", h.ID, "to", spares[0].ID, "down_for", now.Sub(since).Round(time.Minute))
+		homes[i], spares = spares[0], spares[1:]
+		changed = true
+	}
+	n.rsvMu.Unlock()
+	if !changed {
+		return false, nil
+	}
+	next := *a
+	next.HomeRelays = nil
+	for _, h := range homes {
+		next.HomeRelays = append(next.HomeRelays, relayAddr(h))
+	}
+	rec, err := n.signRecord(&next, a.record.Seq+1)
+	if err != nil {
+		return false, err
+	}
+	info, err := json.Marshal(next.Account)
+	if err != nil {
+		return false, err
+	}
+	ns := n.store.Namespace("account")
+	b := n.store.NewBatch()
+	if err := b.Put(ns, keyAccount, info); err != nil {
+		return false, err
+	}
+	if err := b.Put(ns, keyRecord, rec.Raw); err != nil {
+		return false, err
+	}
+	if err := b.Commit(ctx); err != nil {
+		return false, fmt.Errorf("store new home relays: %w", err)
+	}
+	a.Account, a.record = next.Account, rec
+	n.msg.UpdateRecord(rec)
+	n.publishRecord()
+	return true, nil
+}
+
+// RefreshContacts looks every contact's record up in the DHT and keeps the
+// newer ones (new home relays, new device).
+func (n *Node) RefreshContacts(ctx context.Context) {
+	book, err := n.contactBook()
+	if err != nil || n.dht == nil {
+		return
+	}
+	for _, c := range book.list() {
+		lctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+		rec, err := n.LookupRecord(lctx, c.ID)
+		cancel()
+		if err == nil && string(rec.AccountID()) == c.ID {
+			book.Learn(rec)
+		}
+		if ctx.Err() != nil {
+			return
+		}
+	}
+}
