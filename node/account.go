@@ -21,7 +21,8 @@ import (
 	"github.com/kinmesh/kinmesh/storage"
 )
 
-// PolicyVersion is the version of the privacy policy this node ships.
+// PolicyVersion is the version of the privacy policy this node ships
+// (Config.PolicyVersion can stand in for a newer build in tests).
 const PolicyVersion = "2026-11-01"
 
 //go:embed policy.md
@@ -88,9 +89,11 @@ type Account struct {
 	CreatedAt        time.Time `json:"created_at"`
 	PolicyVersion    string    `json:"policy_version"`
 	PolicyAcceptedAt time.Time `json:"policy_accepted_at"`
-	ParentalConsent  bool      `json:"parental_consent,omitempty"`
-	HomeRelays       []string  `json:"home_relays"`
-	Fingerprint      string    `json:"fingerprint"`
+	// CreatedPolicy is the version accepted at account creation.
+	CreatedPolicy   string   `json:"created_policy,omitempty"`
+	ParentalConsent bool     `json:"parental_consent,omitempty"`
+	HomeRelays      []string `json:"home_relays"`
+	Fingerprint     string   `json:"fingerprint"`
 }
 
 // account is the loaded account: its public face and its keys.
@@ -113,7 +116,7 @@ const (
 
 // checkNewAccount validates a request against the profile rules, the age
 // gate and the policy; it stores nothing.
-func checkNewAccount(req NewAccount, now time.Time) (NewAccount, error) {
+func checkNewAccount(req NewAccount, now time.Time, policy string) (NewAccount, error) {
 	req.Name = strings.TrimSpace(req.Name)
 	req.Country = strings.ToUpper(strings.TrimSpace(req.Country))
 	req.Gender = strings.TrimSpace(req.Gender)
@@ -146,7 +149,7 @@ func checkNewAccount(req NewAccount, now time.Time) (NewAccount, error) {
 	if euCountries[req.Country] && age < EUConsentAge && !req.ParentalConsent {
 		return req, ErrParentalConsent
 	}
-	if req.AcceptPolicy != PolicyVersion {
+	if req.AcceptPolicy != policy {
 		return req, ErrPolicyNotAccepted
 	}
 	return req, nil
@@ -169,7 +172,7 @@ func (n *Node) CreateAccount(ctx context.Context, req NewAccount) (*Account, err
 		return nil, ErrNotStarted
 	}
 	now := n.cfg.Now()
-	req, err := checkNewAccount(req, now)
+	req, err := checkNewAccount(req, now, n.cfg.PolicyVersion)
 	if err != nil {
 		return nil, err
 	}
@@ -202,8 +205,9 @@ func (n *Node) CreateAccount(ctx context.Context, req NewAccount) (*Account, err
 		Account: Account{
 			ID: string(id.AccountID()), Name: req.Name, BirthDate: req.BirthDate,
 			Country: req.Country, Gender: req.Gender, CreatedAt: now,
-			PolicyVersion: PolicyVersion, PolicyAcceptedAt: now, ParentalConsent: req.ParentalConsent,
-			HomeRelays: homes, Fingerprint: id.Public().Fingerprint(),
+			PolicyVersion: n.cfg.PolicyVersion, PolicyAcceptedAt: now, ParentalConsent: req.ParentalConsent,
+			CreatedPolicy: n.cfg.PolicyVersion,
+			HomeRelays:    homes, Fingerprint: id.Public().Fingerprint(),
 		},
 		identity: id, mailboxKey: mk, mailboxAuth: auth,
 	}
@@ -354,4 +358,12 @@ func (n *Node) Invite() (contact.Invite, error) {
 		return contact.Invite{}, err
 	}
 	return contact.Invite{Record: a.record, Bundle: raw}, nil
+}
+
+// createdPolicy is the policy version accepted at account creation.
+func (a Account) createdPolicy() string {
+	if a.CreatedPolicy != "" {
+		return a.CreatedPolicy
+	}
+	return a.PolicyVersion
 }

@@ -20,6 +20,7 @@ var errorCodes = []struct {
 	{ErrAgeRestricted, http.StatusUnprocessableEntity, "age_restricted"},
 	{ErrParentalConsent, http.StatusUnprocessableEntity, "parental_consent_required"},
 	{ErrPolicyNotAccepted, http.StatusUnprocessableEntity, "policy_not_accepted"},
+	{ErrPolicyVersion, http.StatusUnprocessableEntity, "wrong_policy_version"},
 	{ErrInvalidProfile, http.StatusUnprocessableEntity, "invalid_profile"},
 	{ErrAccountExists, http.StatusConflict, "account_exists"},
 	{ErrNoAccount, http.StatusConflict, "no_account"},
@@ -35,6 +36,7 @@ var errorCodes = []struct {
 	{message.ErrGroupTooLarge, http.StatusUnprocessableEntity, "group_too_large"},
 	{message.ErrBadName, http.StatusUnprocessableEntity, "invalid_group_name"},
 	{message.ErrClosed, http.StatusServiceUnavailable, "shutting_down"},
+	{message.ErrBadLocation, http.StatusUnprocessableEntity, "invalid_location"},
 	{ErrNotStarted, http.StatusServiceUnavailable, "not_started"},
 }
 
@@ -67,8 +69,13 @@ func decode(w http.ResponseWriter, r *http.Request, v any) bool {
 
 func (a *apiServer) v1Routes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /v1/policy", a.getPolicy)
+	mux.HandleFunc("POST /v1/policy/accept", a.postPolicyAccept)
+	mux.HandleFunc("GET /v1/settings", a.getSettings)
+	mux.HandleFunc("POST /v1/settings", a.postSettings)
 	mux.HandleFunc("POST /v1/account", a.postAccount)
 	mux.HandleFunc("GET /v1/account", a.getAccount)
+	mux.HandleFunc("DELETE /v1/account", a.deleteAccount)
+	mux.HandleFunc("GET /v1/export", a.getExport)
 	mux.HandleFunc("GET /v1/invite", a.getInvite)
 	mux.HandleFunc("POST /v1/contacts", a.postContact)
 	mux.HandleFunc("GET /v1/contacts", a.getContacts)
@@ -79,12 +86,57 @@ func (a *apiServer) v1Routes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /v1/groups", a.getGroups)
 	mux.HandleFunc("POST /v1/groups/{id}/members", a.postGroupMembers)
 	mux.HandleFunc("GET /v1/events", a.getEvents)
+	mux.HandleFunc("POST /v1/location", a.postLocation)
+	mux.HandleFunc("GET /v1/locations", a.getLocations)
+	mux.HandleFunc("POST /v1/blocks", a.postBlock)
+	mux.HandleFunc("GET /v1/blocks", a.getBlocks)
+	mux.HandleFunc("DELETE /v1/blocks/{id}", a.deleteBlock)
 	mux.HandleFunc("GET /v1/node/peers", a.getPeers)
 }
 
 func (a *apiServer) getPolicy(w http.ResponseWriter, _ *http.Request) {
-	v, text := Policy()
-	writeJSON(w, http.StatusOK, map[string]string{"version": v, "text": text})
+	_, text := Policy()
+	writeJSON(w, http.StatusOK, map[string]string{"version": a.n.cfg.PolicyVersion, "text": text})
+}
+
+func (a *apiServer) postPolicyAccept(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		Version string `json:"version"`
+	}
+	if !decode(w, r, &req) {
+		return
+	}
+	v, err := a.n.AcceptPolicy(r.Context(), req.Version)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, v)
+}
+
+func (a *apiServer) getSettings(w http.ResponseWriter, r *http.Request) {
+	v, err := a.n.SettingsView(r.Context())
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, v)
+}
+
+func (a *apiServer) postSettings(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		DiagnosticsSharing *bool `json:"diagnostics_sharing"`
+		CallQualitySharing *bool `json:"call_quality_sharing"`
+	}
+	if !decode(w, r, &req) {
+		return
+	}
+	v, err := a.n.UpdateSettings(r.Context(), req.DiagnosticsSharing, req.CallQualitySharing)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, v)
 }
 
 func (a *apiServer) postAccount(w http.ResponseWriter, r *http.Request) {
@@ -272,4 +324,98 @@ func (a *apiServer) getEvents(w http.ResponseWriter, r *http.Request) {
 		}
 		fl.Flush()
 	}
+}
+
+func (a *apiServer) postBlock(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		Contact string `json:"contact"`
+	}
+	if !decode(w, r, &req) {
+		return
+	}
+	b, err := a.n.BlockContact(r.Context(), req.Contact)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, map[string]any{"block": b})
+}
+
+func (a *apiServer) getBlocks(w http.ResponseWriter, _ *http.Request) {
+	bs, err := a.n.Blocks()
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"blocks": bs})
+}
+
+func (a *apiServer) deleteBlock(w http.ResponseWriter, r *http.Request) {
+	if err := a.n.UnblockContact(r.Context(), r.PathValue("id")); err != nil {
+		writeErr(w, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (a *apiServer) postLocation(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		To        []string `json:"to"`
+		Lat       float64  `json:"lat"`
+		Lon       float64  `json:"lon"`
+		AccuracyM float64  `json:"accuracy_m"`
+		Minutes   float64  `json:"minutes"`
+		Stop      bool     `json:"stop"`
+	}
+	if !decode(w, r, &req) {
+		return
+	}
+	if len(req.To) == 0 {
+		writeError(w, http.StatusUnprocessableEntity, "invalid_location", "say whom to share with: \"to\": [contact ids]")
+		return
+	}
+	d := time.Duration(req.Minutes * float64(time.Minute))
+	if err := a.n.ShareLocation(r.Context(), req.To, req.Lat, req.Lon, req.AccuracyM, d, req.Stop); err != nil {
+		writeErr(w, err)
+		return
+	}
+	if d == 0 {
+		d = message.DefaultLocationShare
+	}
+	resp := map[string]any{"shared_with": len(req.To), "stopped": req.Stop}
+	if !req.Stop {
+		resp["expires_at"] = a.n.cfg.Now().Add(d)
+	}
+	writeJSON(w, http.StatusOK, resp)
+}
+
+func (a *apiServer) getLocations(w http.ResponseWriter, r *http.Request) {
+	ls, err := a.n.Locations(r.Context())
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	if ls == nil {
+		ls = []message.Location{}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"locations": ls})
+}
+
+func (a *apiServer) deleteAccount(w http.ResponseWriter, r *http.Request) {
+	d, err := a.n.DeleteAccount(r.Context())
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, d)
+}
+
+func (a *apiServer) getExport(w http.ResponseWriter, r *http.Request) {
+	e, err := a.n.Export(r.Context())
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	w.Header().Set("Content-Disposition", `attachment; filename="kinmesh-export.json"`)
+	writeJSON(w, http.StatusOK, e)
 }

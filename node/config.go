@@ -48,6 +48,10 @@ type Config struct {
 	// RetryMin is the first wait before retrying an undelivered message
 	// (default 1s, doubling up to 5m).
 	RetryMin time.Duration
+	// PolicyVersion is the privacy policy version this node ships
+	// (default the package's PolicyVersion). Tests set it to act as a
+	// newer build whose policy the user has not accepted yet.
+	PolicyVersion string
 	// RehomeAfter is how long a home relay may stay unreachable before the
 	// account moves its mail to another bootstrap relay (default 24h);
 	// RehomeCheck how often that is checked (default 10m).
@@ -96,6 +100,9 @@ func (c *Config) applyDefaults() error {
 	}
 	if c.Now == nil {
 		c.Now = time.Now
+	}
+	if c.PolicyVersion == "" {
+		c.PolicyVersion = PolicyVersion
 	}
 	if c.RehomeAfter <= 0 {
 		c.RehomeAfter = 24 * time.Hour

@@ -44,7 +44,6 @@ type contactEntry struct {
 	Bundle  []byte    `json:"bundle,omitempty"`
 	AddedAt time.Time `json:"added_at"`
 	Source  string    `json:"source"`
-	Blocked bool      `json:"blocked,omitempty"`
 
 	rec    contact.Signed
 	bundle *e2ee.Bundle
@@ -59,11 +58,16 @@ type contactBook struct {
 
 	mu      sync.RWMutex
 	entries map[e2ee.AccountID]*contactEntry
+	blocks  *blockList
 }
 
-func loadContacts(ctx context.Context, ns *storage.Namespace, me e2ee.AccountID, now func() time.Time) (*contactBook, error) {
-	b := &contactBook{ns: ns, now: now, me: me, entries: map[e2ee.AccountID]*contactEntry{}}
-	err := ns.List(ctx, storage.ListOptions{}, func(_ string, v []byte) error {
+func loadContacts(ctx context.Context, ns, blocks *storage.Namespace, me e2ee.AccountID, now func() time.Time) (*contactBook, error) {
+	bl, err := loadBlocks(ctx, blocks)
+	if err != nil {
+		return nil, err
+	}
+	b := &contactBook{ns: ns, now: now, me: me, entries: map[e2ee.AccountID]*contactEntry{}, blocks: bl}
+	err = ns.List(ctx, storage.ListOptions{}, func(_ string, v []byte) error {
 		e := &contactEntry{}
 		if err := json.Unmarshal(v, e); err != nil {
 			return err
@@ -139,8 +143,8 @@ func (b *contactBook) Contact(id e2ee.AccountID) (contact.Signed, bool) {
 func (b *contactBook) Blocked(id e2ee.AccountID) bool {
 	b.mu.RLock()
 	defer b.mu.RUnlock()
-	e, ok := b.entries[id]
-	return ok && e.Blocked
+	_, ok := b.blocks.m[id]
+	return ok
 }
 
 // InviteBundle implements message.Contacts.
@@ -180,8 +184,10 @@ func (b *contactBook) list() []Contact {
 	b.mu.RLock()
 	defer b.mu.RUnlock()
 	out := make([]Contact, 0, len(b.entries))
-	for _, e := range b.entries {
-		out = append(out, e.view())
+	for id, e := range b.entries {
+		c := e.view()
+		_, c.Blocked = b.blocks.m[id]
+		out = append(out, c)
 	}
 	slices.SortFunc(out, func(x, y Contact) int { return strings.Compare(x.Name+x.ID, y.Name+y.ID) })
 	return out
@@ -190,7 +196,7 @@ func (b *contactBook) list() []Contact {
 func (e *contactEntry) view() Contact {
 	c := Contact{
 		ID: string(e.rec.AccountID()), Name: e.rec.Name, AddedAt: e.AddedAt, Source: e.Source,
-		Blocked: e.Blocked, Fingerprint: e.rec.Identity.Fingerprint(),
+		Fingerprint: e.rec.Identity.Fingerprint(),
 	}
 	for _, h := range e.rec.HomeRelays {
 		c.HomeRelays = append(c.HomeRelays, h.String())
@@ -234,3 +240,5 @@ func (n *Node) contactBook() (*contactBook, error) {
 	}
 	return n.contacts, nil
 }
+
+func accountID(s string) e2ee.AccountID { return e2ee.AccountID(s) }

@@ -17,7 +17,7 @@ import (
 func (n *Node) startMessaging(pk *e2ee.PrekeyStore) error {
 	a := n.acct
 	if n.contacts == nil {
-		book, err := loadContacts(context.Background(), n.store.Namespace("contacts"), a.identity.AccountID(), n.cfg.Now)
+		book, err := loadContacts(context.Background(), n.store.Namespace("contacts"), n.store.Namespace("blocks"), a.identity.AccountID(), n.cfg.Now)
 		if err != nil {
 			return err
 		}

@@ -23,6 +23,7 @@ import (
 	ma "github.com/multiformats/go-multiaddr"
 
 	"github.com/kinmesh/kinmesh/protocols/contact"
+	"github.com/kinmesh/kinmesh/protocols/e2ee"
 	"github.com/kinmesh/kinmesh/protocols/message"
 	"github.com/kinmesh/kinmesh/protocols/netkit"
 	"github.com/kinmesh/kinmesh/storage"
@@ -71,6 +72,10 @@ type Node struct {
 	contacts *contactBook
 	msg      *message.Service
 	events   *eventHub
+
+	// purgers are extra purges features add to account deletion (e.g.
+	// the discovery directory), run per home relay.
+	purgers []func(ctx context.Context, relay peer.ID, id *e2ee.Identity) error
 
 	bg     sync.WaitGroup // background work (DHT publishing)
 	bgStop context.CancelFunc
@@ -151,6 +156,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	}
 	n.bg.Go(n.watchRelays)
 	n.bg.Go(n.homesLoop)
+	n.bg.Go(n.purgeLoop)
 	if n.acct, err = n.loadAccount(ctx); err != nil {
 		return err
 	}

@@ -41,6 +41,10 @@ func commands() []command {
 		{"inbox", "show a conversation", runInbox},
 		{"watch", "print events as they happen", runWatch},
 		{"groups", "list, create and change groups", runGroups},
+		{"block", "block or unblock an account, or list blocks", runBlock},
+		{"location", "share your location with contacts, or see theirs", runLocation},
+		{"settings", "optional data collection and policy consent", runSettings},
+		{"export", "write everything the node holds as JSON", runExport},
 		{"version", "print the version", runVersion},
 	}
 }

@@ -20,10 +20,11 @@ import (
 // call to the daemon's local API (docs/api.md).
 
 func runAccount(ctx context.Context, args []string, stdout, _ io.Writer) error {
-	fs := newFlags("account", `account [--data DIR] [create --name NAME --birth-date YYYY-MM-DD [--country CC] [--accept-policy VERSION]]
+	fs := newFlags("account", `account [--data DIR] [create --name NAME --birth-date YYYY-MM-DD [--country CC] [--accept-policy VERSION] | delete --yes]
 
-Without "create": shows the account. With it: creates one (accepting the
-privacy policy: read it first with "kinmesh policy").`, stdout)
+Without a verb: shows the account. "create" creates one (accepting the
+privacy policy: read it first with "kinmesh policy"). "delete --yes"
+deletes it: from this device, and from every home relay.`, stdout)
 	client := clientFlags(fs)
 	var (
 		name    = fs.String("name", "", "profile name (create)")
@@ -33,8 +34,10 @@ privacy policy: read it first with "kinmesh policy").`, stdout)
 		accept  = fs.String("accept-policy", "", "the policy version you accept (create; see kinmesh policy)")
 		consent = fs.Bool("parental-consent", false, "a parent consents (EU users aged 13-15)")
 	)
+	yes := fs.Bool("yes", false, "confirm account deletion")
 	create := len(args) > 0 && args[0] == "create"
-	if create {
+	del := len(args) > 0 && args[0] == "delete"
+	if create || del {
 		args = args[1:]
 	}
 	if err := parse(fs, args); err != nil {
@@ -43,6 +46,12 @@ privacy policy: read it first with "kinmesh policy").`, stdout)
 	c, err := client()
 	if err != nil {
 		return err
+	}
+	if del {
+		if !*yes {
+			return fmt.Errorf("%w: deleting the account can't be undone: add --yes", errUsage)
+		}
+		return deleteAccount(ctx, c, stdout)
 	}
 	var out struct {
 		Account node.Account `json:"account"`

@@ -125,8 +125,10 @@ var (
 // Event is something the app may want to show at once.
 type Event struct {
 	// Type is "message" (a new incoming message), "state" (an outgoing
-	// message changed state) or "group" (a group changed).
-	Type    string   `json:"type"`
-	Message *Message `json:"message,omitempty"`
-	Group   *Group   `json:"group,omitempty"`
+	// message changed state), "group" (a group changed) or "location" (a
+	// contact's shared position changed; without coordinates: stopped).
+	Type     string    `json:"type"`
+	Message  *Message  `json:"message,omitempty"`
+	Group    *Group    `json:"group,omitempty"`
+	Location *Location `json:"location,omitempty"`
 }

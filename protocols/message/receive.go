@@ -202,6 +202,8 @@ func (t *tx) apply(in inbound) ([]Event, []byte) {
 		return t.applyGroupUpdate(in.from, c.Group, body.GroupUpdate), nil
 	case *pb.Content_SenderKey:
 		return t.applySenderKey(in.from, c.Group, body.SenderKey), nil
+	case *pb.Content_Location:
+		return t.applyLocation(in.from, c, body.Location), nil
 	}
 	return nil, nil
 }

@@ -12,3 +12,5 @@ func listPrefix(p string) storage.ListOptions { return storage.ListOptions{Prefi
 func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }
 
 func timeFromMs(ms int64) time.Time { return time.UnixMilli(ms) }
+
+func jsonMarshal(v any) ([]byte, error) { return json.Marshal(v) }

@@ -242,6 +242,7 @@ type Content struct {
 	//	*Content_Receipt
 	//	*Content_GroupUpdate
 	//	*Content_SenderKey
+	//	*Content_Location
 	Body          isContent_Body `protobuf_oneof:"body"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -348,6 +349,15 @@ func (x *Content) GetSenderKey() *SenderKey {
 	return nil
 }
 
+func (x *Content) GetLocation() *Location {
+	if x != nil {
+		if x, ok := x.Body.(*Content_Location); ok {
+			return x.Location
+		}
+	}
+	return nil
+}
+
 type isContent_Body interface {
 	isContent_Body()
 }
@@ -368,6 +378,10 @@ type Content_SenderKey struct {
 	SenderKey *SenderKey `protobuf:"bytes,13,opt,name=sender_key,json=senderKey,proto3,oneof"`
 }
 
+type Content_Location struct {
+	Location *Location `protobuf:"bytes,14,opt,name=location,proto3,oneof"`
+}
+
 func (*Content_Text) isContent_Body() {}
 
 func (*Content_Receipt) isContent_Body() {}
@@ -375,6 +389,8 @@ func (*Content_Receipt) isContent_Body() {}
 func (*Content_GroupUpdate) isContent_Body() {}
 
 func (*Content_SenderKey) isContent_Body() {}
+
+func (*Content_Location) isContent_Body() {}
 
 type Text struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -598,6 +614,84 @@ func (x *SenderKey) GetDistribution() []byte {
 	return nil
 }
 
+// Location is a live location shared with the recipient until `until`.
+// Location travels only in this message type.
+type Location struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Lat           float64                `protobuf:"fixed64,1,opt,name=lat,proto3" json:"lat,omitempty"`
+	Lon           float64                `protobuf:"fixed64,2,opt,name=lon,proto3" json:"lon,omitempty"`
+	AccuracyM     float32                `protobuf:"fixed32,3,opt,name=accuracy_m,json=accuracyM,proto3" json:"accuracy_m,omitempty"`
+	Until         int64                  `protobuf:"varint,4,opt,name=until,proto3" json:"until,omitempty"` // Unix ms: the recipient drops it then
+	Stop          bool                   `protobuf:"varint,5,opt,name=stop,proto3" json:"stop,omitempty"`   // the sender stopped sharing
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Location) Reset() {
+	*x = Location{}
+	mi := &file_protocols_message_pb_message_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Location) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Location) ProtoMessage() {}
+
+func (x *Location) ProtoReflect() protoreflect.Message {
+	mi := &file_protocols_message_pb_message_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Location.ProtoReflect.Descriptor instead.
+func (*Location) Descriptor() ([]byte, []int) {
+	return file_protocols_message_pb_message_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *Location) GetLat() float64 {
+	if x != nil {
+		return x.Lat
+	}
+	return 0
+}
+
+func (x *Location) GetLon() float64 {
+	if x != nil {
+		return x.Lon
+	}
+	return 0
+}
+
+func (x *Location) GetAccuracyM() float32 {
+	if x != nil {
+		return x.AccuracyM
+	}
+	return 0
+}
+
+func (x *Location) GetUntil() int64 {
+	if x != nil {
+		return x.Until
+	}
+	return 0
+}
+
+func (x *Location) GetStop() bool {
+	if x != nil {
+		return x.Stop
+	}
+	return false
+}
+
 var File_protocols_message_pb_message_proto protoreflect.FileDescriptor
 
 const file_protocols_message_pb_message_proto_rawDesc = "" +
@@ -617,7 +711,7 @@ const file_protocols_message_pb_message_proto_rawDesc = "" +
 	"\tMALFORMED\x10\x01\x12\r\n" +
 	"\tTOO_LARGE\x10\x02\x12\x10\n" +
 	"\fRATE_LIMITED\x10\x03\x12\f\n" +
-	"\bINTERNAL\x10\x04\"\xc5\x02\n" +
+	"\bINTERNAL\x10\x04\"\xfe\x02\n" +
 	"\aContent\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\fR\x02id\x12\x17\n" +
 	"\asent_at\x18\x02 \x01(\x03R\x06sentAt\x12\x10\n" +
@@ -628,7 +722,8 @@ const file_protocols_message_pb_message_proto_rawDesc = "" +
 	"\areceipt\x18\v \x01(\v2\x18.kinmesh.message.ReceiptH\x00R\areceipt\x12A\n" +
 	"\fgroup_update\x18\f \x01(\v2\x1c.kinmesh.message.GroupUpdateH\x00R\vgroupUpdate\x12;\n" +
 	"\n" +
-	"sender_key\x18\r \x01(\v2\x1a.kinmesh.message.SenderKeyH\x00R\tsenderKeyB\x06\n" +
+	"sender_key\x18\r \x01(\v2\x1a.kinmesh.message.SenderKeyH\x00R\tsenderKey\x127\n" +
+	"\blocation\x18\x0e \x01(\v2\x19.kinmesh.message.LocationH\x00R\blocationB\x06\n" +
 	"\x04body\"\x1a\n" +
 	"\x04Text\x12\x12\n" +
 	"\x04text\x18\x01 \x01(\tR\x04text\"o\n" +
@@ -645,7 +740,14 @@ const file_protocols_message_pb_message_proto_rawDesc = "" +
 	"\arecords\x18\x04 \x03(\fR\arecords\x12\x12\n" +
 	"\x04left\x18\x05 \x01(\bR\x04left\"/\n" +
 	"\tSenderKey\x12\"\n" +
-	"\fdistribution\x18\x01 \x01(\fR\fdistributionB1Z/github.com/kinmesh/kinmesh/protocols/message/pbb\x06proto3"
+	"\fdistribution\x18\x01 \x01(\fR\fdistribution\"w\n" +
+	"\bLocation\x12\x10\n" +
+	"\x03lat\x18\x01 \x01(\x01R\x03lat\x12\x10\n" +
+	"\x03lon\x18\x02 \x01(\x01R\x03lon\x12\x1d\n" +
+	"\n" +
+	"accuracy_m\x18\x03 \x01(\x02R\taccuracyM\x12\x14\n" +
+	"\x05until\x18\x04 \x01(\x03R\x05until\x12\x12\n" +
+	"\x04stop\x18\x05 \x01(\bR\x04stopB1Z/github.com/kinmesh/kinmesh/protocols/message/pbb\x06proto3"
 
 var (
 	file_protocols_message_pb_message_proto_rawDescOnce sync.Once
@@ -660,7 +762,7 @@ func file_protocols_message_pb_message_proto_rawDescGZIP() []byte {
 }
 
 var file_protocols_message_pb_message_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_protocols_message_pb_message_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_protocols_message_pb_message_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_protocols_message_pb_message_proto_goTypes = []any{
 	(DeliverAck_Status)(0), // 0: kinmesh.message.DeliverAck.Status
 	(Receipt_Kind)(0),      // 1: kinmesh.message.Receipt.Kind
@@ -671,6 +773,7 @@ var file_protocols_message_pb_message_proto_goTypes = []any{
 	(*Receipt)(nil),        // 6: kinmesh.message.Receipt
 	(*GroupUpdate)(nil),    // 7: kinmesh.message.GroupUpdate
 	(*SenderKey)(nil),      // 8: kinmesh.message.SenderKey
+	(*Location)(nil),       // 9: kinmesh.message.Location
 }
 var file_protocols_message_pb_message_proto_depIdxs = []int32{
 	0, // 0: kinmesh.message.DeliverAck.statuses:type_name -> kinmesh.message.DeliverAck.Status
@@ -678,12 +781,13 @@ var file_protocols_message_pb_message_proto_depIdxs = []int32{
 	6, // 2: kinmesh.message.Content.receipt:type_name -> kinmesh.message.Receipt
 	7, // 3: kinmesh.message.Content.group_update:type_name -> kinmesh.message.GroupUpdate
 	8, // 4: kinmesh.message.Content.sender_key:type_name -> kinmesh.message.SenderKey
-	1, // 5: kinmesh.message.Receipt.kind:type_name -> kinmesh.message.Receipt.Kind
-	6, // [6:6] is the sub-list for method output_type
-	6, // [6:6] is the sub-list for method input_type
-	6, // [6:6] is the sub-list for extension type_name
-	6, // [6:6] is the sub-list for extension extendee
-	0, // [0:6] is the sub-list for field type_name
+	9, // 5: kinmesh.message.Content.location:type_name -> kinmesh.message.Location
+	1, // 6: kinmesh.message.Receipt.kind:type_name -> kinmesh.message.Receipt.Kind
+	7, // [7:7] is the sub-list for method output_type
+	7, // [7:7] is the sub-list for method input_type
+	7, // [7:7] is the sub-list for extension type_name
+	7, // [7:7] is the sub-list for extension extendee
+	0, // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_protocols_message_pb_message_proto_init() }
@@ -696,6 +800,7 @@ func file_protocols_message_pb_message_proto_init() {
 		(*Content_Receipt)(nil),
 		(*Content_GroupUpdate)(nil),
 		(*Content_SenderKey)(nil),
+		(*Content_Location)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -703,7 +808,7 @@ func file_protocols_message_pb_message_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_protocols_message_pb_message_proto_rawDesc), len(file_protocols_message_pb_message_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   7,
+			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -1,0 +1,98 @@
+package node
+
+import (
+	"context"
+	"time"
+
+	"github.com/kinmesh/kinmesh/protocols/message"
+)
+
+// ExportFormat names the export document's format; ExportVersion its
+// version. docs/export.md documents every field.
+const (
+	ExportFormat  = "kinmesh-export"
+	ExportVersion = 1
+)
+
+// Export is everything this node holds of the account, as one JSON
+// document (GET /v1/export). Keys are not part of it: an export is for
+// the user to read and take elsewhere, not a backup to restore from.
+type Export struct {
+	Format     string    `json:"format"`
+	Version    int       `json:"version"`
+	ExportedAt time.Time `json:"exported_at"`
+
+	Account        Account            `json:"account"`
+	Settings       Settings           `json:"settings"`
+	ConsentHistory []ConsentEvent     `json:"consent_history"`
+	Contacts       []ExportContact    `json:"contacts"`
+	Blocks         []Block            `json:"blocks"`
+	Groups         []message.Group    `json:"groups"`
+	Messages       []message.Message  `json:"messages"`
+	Locations      []message.Location `json:"locations"`
+	// Moments and Calls are filled by the moments and calls features; they
+	// are always present (empty until then).
+	Moments []any `json:"moments"`
+	Calls   []any `json:"calls"`
+}
+
+// ExportContact is a contact with its signed record.
+type ExportContact struct {
+	Contact
+	// Record is the contact's signed contact record (protobuf bytes,
+	// base64 in JSON), verifiable with protocols/contact.
+	Record []byte `json:"record"`
+}
+
+// Export builds the export document.
+func (n *Node) Export(ctx context.Context) (*Export, error) {
+	acct, err := n.Account()
+	if err != nil {
+		return nil, err
+	}
+	m, err := n.messaging()
+	if err != nil {
+		return nil, err
+	}
+	e := &Export{
+		Format: ExportFormat, Version: ExportVersion, ExportedAt: n.cfg.Now(), Account: *acct,
+		Contacts: []ExportContact{}, Groups: []message.Group{}, Messages: []message.Message{},
+		Locations: []message.Location{}, Moments: []any{}, Calls: []any{},
+	}
+	view, err := n.SettingsView(ctx)
+	if err != nil {
+		return nil, err
+	}
+	e.Settings = view.Settings
+	if e.ConsentHistory, err = n.ConsentHistory(ctx); err != nil {
+		return nil, err
+	}
+	book, err := n.contactBook()
+	if err != nil {
+		return nil, err
+	}
+	for _, c := range book.list() {
+		rec, _ := book.Contact(accountID(c.ID))
+		e.Contacts = append(e.Contacts, ExportContact{Contact: c, Record: rec.Raw})
+	}
+	if e.Blocks, err = n.Blocks(); err != nil {
+		return nil, err
+	}
+	if gs, err := m.Groups(ctx); err != nil {
+		return nil, err
+	} else if gs != nil {
+		e.Groups = gs
+	}
+	if err := m.AllMessages(ctx, func(msg message.Message) error {
+		e.Messages = append(e.Messages, msg)
+		return nil
+	}); err != nil {
+		return nil, err
+	}
+	if ls, err := m.Locations(ctx); err != nil {
+		return nil, err
+	} else if ls != nil {
+		e.Locations = ls
+	}
+	return e, nil
+}
