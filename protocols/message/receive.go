@@ -204,6 +204,8 @@ func (t *tx) apply(in inbound) ([]Event, []byte) {
 		return t.applySenderKey(in.from, c.Group, body.SenderKey), nil
 	case *pb.Content_Location:
 		return t.applyLocation(in.from, c, body.Location), nil
+	case *pb.Content_Control:
+		return t.applyControl(in.from, body.Control), nil
 	}
 	return nil, nil
 }

@@ -71,6 +71,10 @@ type Config struct {
 	// OnEvent, if set, is called (from one goroutine, in order) with every
 	// event; it must not block for long.
 	OnEvent func(Event)
+	// OnControl, if set, receives other features' controls (SendControl),
+	// after they are durably received, under the engine's lock: it must
+	// not call back into the engine, and should only queue work.
+	OnControl func(from e2ee.AccountID, kind string, payload []byte)
 	// RetryMin and RetryMax bound the backoff of undelivered jobs
 	// (defaults 1s and 5m).
 	RetryMin, RetryMax time.Duration

@@ -243,6 +243,7 @@ type Content struct {
 	//	*Content_GroupUpdate
 	//	*Content_SenderKey
 	//	*Content_Location
+	//	*Content_Control
 	Body          isContent_Body `protobuf_oneof:"body"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -358,6 +359,15 @@ func (x *Content) GetLocation() *Location {
 	return nil
 }
 
+func (x *Content) GetControl() *Control {
+	if x != nil {
+		if x, ok := x.Body.(*Content_Control); ok {
+			return x.Control
+		}
+	}
+	return nil
+}
+
 type isContent_Body interface {
 	isContent_Body()
 }
@@ -382,6 +392,10 @@ type Content_Location struct {
 	Location *Location `protobuf:"bytes,14,opt,name=location,proto3,oneof"`
 }
 
+type Content_Control struct {
+	Control *Control `protobuf:"bytes,15,opt,name=control,proto3,oneof"`
+}
+
 func (*Content_Text) isContent_Body() {}
 
 func (*Content_Receipt) isContent_Body() {}
@@ -391,6 +405,8 @@ func (*Content_GroupUpdate) isContent_Body() {}
 func (*Content_SenderKey) isContent_Body() {}
 
 func (*Content_Location) isContent_Body() {}
+
+func (*Content_Control) isContent_Body() {}
 
 type Text struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -692,6 +708,61 @@ func (x *Location) GetStop() bool {
 	return false
 }
 
+// Control carries another feature's pairwise, end-to-end encrypted
+// payload (e.g. a moments audience key). The engine delivers it like any
+// message and hands it to the feature registered for kind.
+type Control struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Kind          string                 `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
+	Payload       []byte                 `protobuf:"bytes,2,opt,name=payload,proto3" json:"payload,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Control) Reset() {
+	*x = Control{}
+	mi := &file_protocols_message_pb_message_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Control) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Control) ProtoMessage() {}
+
+func (x *Control) ProtoReflect() protoreflect.Message {
+	mi := &file_protocols_message_pb_message_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Control.ProtoReflect.Descriptor instead.
+func (*Control) Descriptor() ([]byte, []int) {
+	return file_protocols_message_pb_message_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *Control) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *Control) GetPayload() []byte {
+	if x != nil {
+		return x.Payload
+	}
+	return nil
+}
+
 var File_protocols_message_pb_message_proto protoreflect.FileDescriptor
 
 const file_protocols_message_pb_message_proto_rawDesc = "" +
@@ -711,7 +782,7 @@ const file_protocols_message_pb_message_proto_rawDesc = "" +
 	"\tMALFORMED\x10\x01\x12\r\n" +
 	"\tTOO_LARGE\x10\x02\x12\x10\n" +
 	"\fRATE_LIMITED\x10\x03\x12\f\n" +
-	"\bINTERNAL\x10\x04\"\xfe\x02\n" +
+	"\bINTERNAL\x10\x04\"\xb4\x03\n" +
 	"\aContent\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\fR\x02id\x12\x17\n" +
 	"\asent_at\x18\x02 \x01(\x03R\x06sentAt\x12\x10\n" +
@@ -723,7 +794,8 @@ const file_protocols_message_pb_message_proto_rawDesc = "" +
 	"\fgroup_update\x18\f \x01(\v2\x1c.kinmesh.message.GroupUpdateH\x00R\vgroupUpdate\x12;\n" +
 	"\n" +
 	"sender_key\x18\r \x01(\v2\x1a.kinmesh.message.SenderKeyH\x00R\tsenderKey\x127\n" +
-	"\blocation\x18\x0e \x01(\v2\x19.kinmesh.message.LocationH\x00R\blocationB\x06\n" +
+	"\blocation\x18\x0e \x01(\v2\x19.kinmesh.message.LocationH\x00R\blocation\x124\n" +
+	"\acontrol\x18\x0f \x01(\v2\x18.kinmesh.message.ControlH\x00R\acontrolB\x06\n" +
 	"\x04body\"\x1a\n" +
 	"\x04Text\x12\x12\n" +
 	"\x04text\x18\x01 \x01(\tR\x04text\"o\n" +
@@ -747,7 +819,10 @@ const file_protocols_message_pb_message_proto_rawDesc = "" +
 	"\n" +
 	"accuracy_m\x18\x03 \x01(\x02R\taccuracyM\x12\x14\n" +
 	"\x05until\x18\x04 \x01(\x03R\x05until\x12\x12\n" +
-	"\x04stop\x18\x05 \x01(\bR\x04stopB1Z/github.com/kinmesh/kinmesh/protocols/message/pbb\x06proto3"
+	"\x04stop\x18\x05 \x01(\bR\x04stop\"7\n" +
+	"\aControl\x12\x12\n" +
+	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x18\n" +
+	"\apayload\x18\x02 \x01(\fR\apayloadB1Z/github.com/kinmesh/kinmesh/protocols/message/pbb\x06proto3"
 
 var (
 	file_protocols_message_pb_message_proto_rawDescOnce sync.Once
@@ -762,7 +837,7 @@ func file_protocols_message_pb_message_proto_rawDescGZIP() []byte {
 }
 
 var file_protocols_message_pb_message_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_protocols_message_pb_message_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_protocols_message_pb_message_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
 var file_protocols_message_pb_message_proto_goTypes = []any{
 	(DeliverAck_Status)(0), // 0: kinmesh.message.DeliverAck.Status
 	(Receipt_Kind)(0),      // 1: kinmesh.message.Receipt.Kind
@@ -774,20 +849,22 @@ var file_protocols_message_pb_message_proto_goTypes = []any{
 	(*GroupUpdate)(nil),    // 7: kinmesh.message.GroupUpdate
 	(*SenderKey)(nil),      // 8: kinmesh.message.SenderKey
 	(*Location)(nil),       // 9: kinmesh.message.Location
+	(*Control)(nil),        // 10: kinmesh.message.Control
 }
 var file_protocols_message_pb_message_proto_depIdxs = []int32{
-	0, // 0: kinmesh.message.DeliverAck.statuses:type_name -> kinmesh.message.DeliverAck.Status
-	5, // 1: kinmesh.message.Content.text:type_name -> kinmesh.message.Text
-	6, // 2: kinmesh.message.Content.receipt:type_name -> kinmesh.message.Receipt
-	7, // 3: kinmesh.message.Content.group_update:type_name -> kinmesh.message.GroupUpdate
-	8, // 4: kinmesh.message.Content.sender_key:type_name -> kinmesh.message.SenderKey
-	9, // 5: kinmesh.message.Content.location:type_name -> kinmesh.message.Location
-	1, // 6: kinmesh.message.Receipt.kind:type_name -> kinmesh.message.Receipt.Kind
-	7, // [7:7] is the sub-list for method output_type
-	7, // [7:7] is the sub-list for method input_type
-	7, // [7:7] is the sub-list for extension type_name
-	7, // [7:7] is the sub-list for extension extendee
-	0, // [0:7] is the sub-list for field type_name
+	0,  // 0: kinmesh.message.DeliverAck.statuses:type_name -> kinmesh.message.DeliverAck.Status
+	5,  // 1: kinmesh.message.Content.text:type_name -> kinmesh.message.Text
+	6,  // 2: kinmesh.message.Content.receipt:type_name -> kinmesh.message.Receipt
+	7,  // 3: kinmesh.message.Content.group_update:type_name -> kinmesh.message.GroupUpdate
+	8,  // 4: kinmesh.message.Content.sender_key:type_name -> kinmesh.message.SenderKey
+	9,  // 5: kinmesh.message.Content.location:type_name -> kinmesh.message.Location
+	10, // 6: kinmesh.message.Content.control:type_name -> kinmesh.message.Control
+	1,  // 7: kinmesh.message.Receipt.kind:type_name -> kinmesh.message.Receipt.Kind
+	8,  // [8:8] is the sub-list for method output_type
+	8,  // [8:8] is the sub-list for method input_type
+	8,  // [8:8] is the sub-list for extension type_name
+	8,  // [8:8] is the sub-list for extension extendee
+	0,  // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_protocols_message_pb_message_proto_init() }
@@ -801,6 +878,7 @@ func file_protocols_message_pb_message_proto_init() {
 		(*Content_GroupUpdate)(nil),
 		(*Content_SenderKey)(nil),
 		(*Content_Location)(nil),
+		(*Content_Control)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -808,7 +886,7 @@ func file_protocols_message_pb_message_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_protocols_message_pb_message_proto_rawDesc), len(file_protocols_message_pb_message_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   8,
+			NumMessages:   9,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
