@@ -41,6 +41,12 @@ func (n *Network) Steps() []Step {
 		{"an online message is delivered at once", stepOnlineMessage},
 		{"an offline device gets its mail after a restart", stepOfflineMessage},
 		{"a family group reaches every member", stepGroup},
+		{"optional data collection waits for consent", stepConsent},
+		{"a blocked contact's messages are dropped", stepBlock},
+		{"a location is shared for 15 minutes", stepLocation},
+		{"an export holds everything", stepExport},
+		// Keep last: it removes an account.
+		{"an account is deleted and purged from its relays", stepDelete},
 	}
 }
 
