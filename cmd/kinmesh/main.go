@@ -112,16 +112,26 @@ func newFlags(name, synopsis string, stdout io.Writer) *flag.FlagSet {
 	return fs
 }
 
-// parse parses args, turning flag errors into usage errors.
+// parse parses args, turning flag errors into usage errors; arguments
+// left over are an error.
 func parse(fs *flag.FlagSet, args []string) error {
+	if err := parseWithArgs(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("%w: unexpected argument %q (see kinmesh %s --help)", errUsage, fs.Arg(0), fs.Name())
+	}
+	return nil
+}
+
+// parseWithArgs parses args, turning flag errors into usage errors, and
+// leaves positional arguments in fs.Args().
+func parseWithArgs(fs *flag.FlagSet, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return err
 		}
 		return fmt.Errorf("%w: %v (see kinmesh %s --help)", errUsage, err, fs.Name())
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("%w: unexpected argument %q (see kinmesh %s --help)", errUsage, fs.Arg(0), fs.Name())
 	}
 	return nil
 }

@@ -149,8 +149,8 @@ func runSend(ctx context.Context, args []string, stdout, _ io.Writer) error {
 	fs := newFlags("send", "send --data DIR --to ID TEXT…\n\nSends a message to a contact or group (id from kinmesh contacts / groups).", stdout)
 	client := clientFlags(fs)
 	to := fs.String("to", "", "contact account id or group id")
-	if err := fs.Parse(args); err != nil {
-		return parse(fs, args)
+	if err := parseWithArgs(fs, args); err != nil {
+		return err
 	}
 	text := strings.Join(fs.Args(), " ")
 	if *to == "" || text == "" {
