@@ -103,6 +103,25 @@ func (b *Batch) Commit(ctx context.Context) error { return b.commit(ctx, true) }
 // can be recomputed or repeated, never for a promise made to someone else.
 func (b *Batch) CommitUnsynced(ctx context.Context) error { return b.commit(ctx, false) }
 
+// Sync flushes every write committed so far (CommitUnsynced batches, and
+// single writes of a store opened WithSyncWrites(false)) to disk. Callers
+// that commit unsynced under a lock and sync after releasing it let
+// concurrent writers share one fsync (group commit): a Sync covers every
+// write that returned before it started.
+func (s *Store) Sync(ctx context.Context) error {
+	if err := s.acquire(); err != nil {
+		return err
+	}
+	defer s.release()
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := s.db.Sync(); err != nil {
+		return fmt.Errorf("storage: sync: %w", err)
+	}
+	return nil
+}
+
 func (b *Batch) commit(ctx context.Context, sync bool) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()

@@ -1372,3 +1372,32 @@ func TestBatchCommitUnsynced(t *testing.T) {
 		t.Fatalf("after reopen: got %q, %v", got, err)
 	}
 }
+
+func TestSync(t *testing.T) {
+	s, err := storage.Open(t.TempDir(), storage.WithSyncWrites(false), storage.WithSweepInterval(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns := s.Namespace("t")
+	b := s.NewBatch()
+	if err := b.Put(ns, "k", []byte("v")); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.CommitUnsynced(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Sync(context.Background()); err != nil {
+		t.Fatalf("Sync: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := s.Sync(ctx); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Sync with a cancelled context = %v, want context.Canceled", err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Sync(context.Background()); !errors.Is(err, storage.ErrClosed) {
+		t.Fatalf("Sync after Close = %v, want ErrClosed", err)
+	}
+}

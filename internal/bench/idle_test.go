@@ -162,7 +162,7 @@ func table(fps map[string]footprint) string {
 
 // build builds the main package pkg into dir as `make build` builds
 // kinmesh (a static binary: CGO_ENABLED=0), and returns its path.
-func build(ctx context.Context, b *testing.B, dir, pkg string) string {
+func build(ctx context.Context, b testing.TB, dir, pkg string) string {
 	b.Helper()
 	out := filepath.Join(dir, filepath.Base(pkg))
 	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, pkg)

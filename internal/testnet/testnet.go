@@ -42,6 +42,9 @@ type Config struct {
 	// Now, if set, is every member's clock (tests move it to check
 	// expiry); default time.Now.
 	Now func() time.Time
+	// Relay, if set, adjusts each relay's configuration before it starts
+	// (benchmarks raise the mailbox quotas).
+	Relay func(*bootstrap.Config)
 }
 
 // Network is a running testnet.
@@ -206,6 +209,9 @@ func (n *Network) startRelay(ctx context.Context, name string, fellows []string)
 	}
 	if n.cfg.RelayHTTP {
 		r.cfg.HTTP = "127.0.0.1:0"
+	}
+	if n.cfg.Relay != nil {
+		n.cfg.Relay(&r.cfg)
 	}
 	if err := r.Start(ctx); err != nil {
 		return nil, err

@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/network"
@@ -17,6 +18,7 @@ import (
 	"github.com/kinmesh/kinmesh/protocols/contact"
 	"github.com/kinmesh/kinmesh/protocols/e2ee"
 	"github.com/kinmesh/kinmesh/protocols/mailbox"
+	"github.com/kinmesh/kinmesh/storage"
 )
 
 // maxLaneJobs is how many jobs a lane moves per round.
@@ -41,21 +43,13 @@ func (s *Service) wake(to e2ee.AccountID) {
 	s.wg.Go(func() { s.lane(to, w) })
 }
 
-// resumeLanes starts a lane for every recipient with jobs left.
+// resumeLanes loads the job index and starts a lane for every recipient
+// with jobs left.
 func (s *Service) resumeLanes() error {
-	seen := map[e2ee.AccountID]bool{}
-	err := s.ns.List(s.ctx, listPrefix("j/"), func(_ string, v []byte) error {
-		var j job
-		if err := jsonUnmarshal(v, &j); err != nil {
-			return err
-		}
-		seen[j.To] = true
-		return nil
-	})
-	for to := range seen {
+	for _, to := range s.jobIndex().recipients() {
 		s.wake(to)
 	}
-	return err
+	return nil
 }
 
 // lane moves the jobs of one recipient, in order, until none needs
@@ -104,28 +98,31 @@ func (s *Service) lane(to e2ee.AccountID, wake chan struct{}) {
 // loadJobs returns up to maxLaneJobs of the recipient's jobs that still
 // need transport, in order: first the ones no relay or device holds yet,
 // then the ones some relays hold but not all. So a relay that stays down
-// can't keep the lane busy with the same jobs while new ones wait.
+// can't keep the lane busy with the same jobs while new ones wait. They
+// come from the job index; jobs it doesn't hold in memory are read by key.
 func (s *Service) loadJobs(to e2ee.AccountID, relays int) ([]*job, error) {
-	var fresh, partial []*job
-	err := s.ns.List(s.ctx, listPrefix(s.keyJobPrefix(to)), func(k string, v []byte) error {
+	entries := s.jobIndex().pick(to, relays, maxLaneJobs)
+	out := make([]*job, 0, len(entries))
+	for _, e := range entries {
 		j := &job{}
-		if err := jsonUnmarshal(v, j); err != nil {
-			return err
-		}
-		j.Key = k
-		switch {
-		case j.done(relays):
-		case len(j.Relays) == 0:
-			if len(fresh) < maxLaneJobs {
-				fresh = append(fresh, j)
+		if e.job != nil {
+			*j = *e.job
+		} else {
+			v, err := s.ns.Get(s.ctx, e.key)
+			if errors.Is(err, storage.ErrNotFound) {
+				continue // delivered meanwhile
 			}
-		case len(partial) < maxLaneJobs:
-			partial = append(partial, j)
+			if err != nil {
+				return out, err
+			}
+			if err := jsonUnmarshal(v, j); err != nil {
+				return out, err
+			}
 		}
-		return nil
-	})
-	out := append(fresh, partial[:min(len(partial), maxLaneJobs-len(fresh))]...)
-	return out, err
+		j.Key, j.Relays, j.Sent, j.gen = e.key, slices.Clone(e.relays), e.sent, e.gen
+		out = append(out, j)
+	}
+	return out, nil
 }
 
 // laneRound does one round of delivery work. busy says jobs remain that
@@ -146,9 +143,20 @@ func (s *Service) laneRound(to e2ee.AccountID) (busy, progress bool, err error) 
 	if err := s.encryptJobs(rec, jobs); err != nil {
 		return true, false, err
 	}
+	if err := s.sealJobs(rec, jobs); err != nil {
+		return true, false, err
+	}
 	ready := slices.DeleteFunc(slices.Clone(jobs), func(j *job) bool { return j.Envelope == nil })
 	if len(ready) == 0 {
 		return true, false, nil
+	}
+	// Nothing leaves before the commit that encrypted it is on disk.
+	var gen uint64
+	for _, j := range ready {
+		gen = max(gen, j.gen)
+	}
+	if err := s.eng.sync.wait(s.ctx, s.cfg.Store, gen); err != nil {
+		return true, false, err
 	}
 	var sent []bool
 	var deposited map[int][]string
@@ -199,9 +207,11 @@ func (s *Service) laneRound(to e2ee.AccountID) (busy, progress bool, err error) 
 }
 
 // encryptJobs encrypts jobs that were queued before a session existed,
-// fetching a bundle from the recipient's relays first if needed.
+// fetching a bundle from the recipient's relays first if needed. The
+// encrypted jobs are written without waiting for the disk: the lane waits
+// for it before they leave.
 func (s *Service) encryptJobs(rec contact.Signed, jobs []*job) error {
-	need := slices.ContainsFunc(jobs, func(j *job) bool { return j.Envelope == nil })
+	need := slices.ContainsFunc(jobs, func(j *job) bool { return j.Envelope == nil && j.Payload == nil })
 	if !need {
 		return nil
 	}
@@ -222,17 +232,47 @@ func (s *Service) encryptJobs(rec contact.Signed, jobs []*job) error {
 	defer s.mu.Unlock()
 	t := s.begin()
 	for _, j := range jobs {
-		if j.Envelope != nil {
+		if j.Envelope != nil || j.Payload != nil {
 			continue
 		}
-		env, err := t.encryptPairwise(rec, j.Content, bundle)
+		typ, payload, err := t.ratchetPairwise(rec, j.Content, bundle)
 		if err != nil {
 			return err
 		}
-		j.Envelope, j.Content = env, nil
+		j.Type, j.Payload, j.Content = typ, payload, nil
 		t.updateJob(j)
 	}
-	return t.commit()
+	if err := t.flush(); err != nil {
+		return err
+	}
+	for _, j := range jobs {
+		j.gen = max(j.gen, t.gen)
+	}
+	return nil
+}
+
+// sealJobs seals the envelopes of jobs that have their payload only, on
+// every core, outside the engine's lock.
+func (s *Service) sealJobs(rec contact.Signed, jobs []*job) error {
+	var todo []*job
+	for _, j := range jobs {
+		if j.Envelope == nil && j.Payload != nil {
+			todo = append(todo, j)
+		}
+	}
+	err := parallel(len(todo), func(i int) error {
+		env, err := s.seal(rec, todo[i].Type, todo[i].Payload)
+		todo[i].Envelope = env
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	idx := s.jobIndex()
+	for _, j := range todo {
+		idx.sealed(j)
+	}
+	return nil
 }
 
 func (s *Service) fetchBundle(rec contact.Signed) (*e2ee.Bundle, error) {
@@ -269,23 +309,40 @@ func (s *Service) tryDirect(rec contact.Signed, jobs []*job) []bool {
 			}
 		}
 	}
-	for start := 0; start < budget; start += maxDirectBatch {
+	// Up to maxDirectInFlight frames at once, each on its own stream: the
+	// device works on them side by side (its fsyncs shared), and the
+	// ratchet takes messages in any order.
+	var (
+		wg     sync.WaitGroup
+		failed atomic.Bool
+		slots  = make(chan struct{}, maxDirectInFlight)
+	)
+	for start := 0; start < budget && !failed.Load(); start += maxDirectBatch {
 		end := min(start+maxDirectBatch, budget)
 		envs := make([][]byte, 0, end-start)
 		for _, j := range jobs[start:end] {
 			envs = append(envs, j.Envelope)
 		}
-		ok, err := s.deliver(dev, envs)
-		if err != nil {
-			s.log.Debug("direct delivery failed", "to", rec.AccountID(), "err", err)
-			break
-		}
-		for i, o := range ok {
-			sent[start+i] = o
-		}
+		slots <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-slots }()
+			ok, err := s.deliver(dev, envs)
+			if err != nil {
+				s.log.Debug("direct delivery failed", "to", rec.AccountID(), "err", err)
+				failed.Store(true)
+				return
+			}
+			for i, o := range ok {
+				sent[start+i] = o
+			}
+		})
 	}
+	wg.Wait()
 	return sent
 }
+
+// maxDirectInFlight is how many Deliver frames a lane has in flight.
+const maxDirectInFlight = 4
 
 // connected reports whether one of rec's devices is connected now.
 func (s *Service) connected(rec contact.Signed) bool {
@@ -317,6 +374,11 @@ func (s *Service) reach(rec contact.Signed) (peer.ID, bool, bool) {
 		}
 	}
 	for _, d := range rec.Devices {
+		// A device that didn't answer lately is most likely offline: don't
+		// hold every round of the lane for a dial timeout.
+		if s.eng.dials.resting(d) {
+			continue
+		}
 		var addrs []ma.Multiaddr
 		for _, r := range rec.HomeRelays {
 			addrs = append(addrs, r.Encapsulate(ma.StringCast("/p2p-circuit")))
@@ -325,8 +387,10 @@ func (s *Service) reach(rec contact.Signed) (peer.ID, bool, bool) {
 		err := h.Connect(ctx, peer.AddrInfo{ID: d, Addrs: addrs})
 		cancel()
 		if err == nil {
+			s.eng.dials.ok(d)
 			return d, allLimited(h.Network().ConnsToPeer(d)), true
 		}
+		s.eng.dials.failed(d, time.Second, time.Minute)
 	}
 	return "", false, false
 }
@@ -441,6 +505,7 @@ func (s *Service) recordTransportChunk(rec contact.Signed, jobs []*job, sent []b
 				j.Relays = append(j.Relays, r)
 			}
 		}
+		j.Payload = nil // the envelope is stored from now on
 		if j.MsgID == "" {
 			// Receipts and control messages need no state: once moved,
 			// they are done.
@@ -531,6 +596,38 @@ func depositChunk(envs [][]byte, start int) int {
 type relayRest struct {
 	until   time.Time
 	backoff time.Duration
+}
+
+// rests are peers skipped for a while after failures (devices that didn't
+// answer a dial: from 1s doubling to 1m).
+type rests struct {
+	mu sync.Mutex
+	m  map[peer.ID]relayRest
+}
+
+func (r *rests) resting(p peer.ID) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	x, ok := r.m[p]
+	return ok && time.Now().Before(x.until)
+}
+
+func (r *rests) failed(p peer.ID, first, most time.Duration) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.m == nil {
+		r.m = map[peer.ID]relayRest{}
+	}
+	x := r.m[p]
+	x.backoff = min(max(2*x.backoff, first), most)
+	x.until = time.Now().Add(x.backoff)
+	r.m[p] = x
+}
+
+func (r *rests) ok(p peer.ID) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	delete(r.m, p)
 }
 
 func (s *Service) relayResting(p peer.ID) bool {

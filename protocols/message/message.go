@@ -131,4 +131,5 @@ type Event struct {
 	Message  *Message  `json:"message,omitempty"`
 	Group    *Group    `json:"group,omitempty"`
 	Location *Location `json:"location,omitempty"`
+	Call     any       `json:"call,omitempty"` // "call.<state>" events: the call (a calls.Info, set by node)
 }

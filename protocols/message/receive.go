@@ -9,7 +9,6 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
-	"github.com/kinmesh/kinmesh/protocols/contact"
 	"github.com/kinmesh/kinmesh/protocols/e2ee"
 	"github.com/kinmesh/kinmesh/protocols/message/pb"
 	"github.com/kinmesh/kinmesh/storage"
@@ -26,30 +25,154 @@ const receiveChunk = 128
 // store transaction can hold; it is dropped rather than retried forever.
 var errUnstorable = errors.New("message: envelope's effects too large to store")
 
-// receive processes envelopes, in order. For each it returns nil when the
-// envelope is handled for good (stored, a duplicate, or dropped on
-// purpose: blocked sender, unreadable), errTransient when it should come
-// again, or the reason it is unreadable. Callers ack (relay) or answer OK
-// (direct) only for nil.
+// receive processes envelopes. For each it returns nil when the envelope
+// is handled for good (stored, a duplicate, or dropped on purpose:
+// blocked sender, unreadable), errTransient when it should come again, or
+// the reason it is unreadable. Callers ack (relay) or answer OK (direct)
+// only for nil, and receive returns only once what it stored is on disk.
+//
+// The work comes in three steps. Claim: copies of one envelope arriving
+// at once (from each home relay, or direct and relayed) are processed
+// once; envelopes another call claimed first are left to it. Open: the
+// sealed-sender envelopes of the new ones are opened outside s.mu, on
+// every core (an X-Wing HPKE decapsulation each, the costly part).
+// Apply: in order, in transactions of up to receiveChunk envelopes under
+// s.mu (decrypt, store, queue receipts), each written without waiting for
+// the disk; then one wait for the disk covers them all. The envelopes
+// left to another call are then looked at again, once it has finished:
+// normally they are processed by then.
 func (s *Service) receive(envs [][]byte) []error {
 	errs := make([]error, len(envs))
+	if len(envs) == 0 {
+		return errs
+	}
+	hs := make([][32]byte, len(envs))
+	for i, env := range envs {
+		hs[i] = sha256.Sum256(env)
+	}
+	mine, wait := s.eng.claims.claim(hs)
+	var own []int
+	for i := range envs {
+		if mine[i] {
+			own = append(own, i)
+		}
+	}
+	s.receiveOwn(envs, hs, own, errs)
+	s.eng.claims.release(hs, mine)
+	var later []int
+	for i := range envs {
+		if mine[i] {
+			continue
+		}
+		select {
+		case <-wait[i]:
+			later = append(later, i)
+		case <-s.ctx.Done():
+			errs[i] = errTransient
+		}
+	}
+	if len(later) > 0 {
+		sub := make([][]byte, len(later))
+		for k, i := range later {
+			sub[k] = envs[i]
+		}
+		for k, err := range s.receive(sub) {
+			errs[later[k]] = err
+		}
+	}
+	return errs
+}
+
+// opened is an envelope opened ahead of its transaction.
+type opened struct {
+	done bool
+	c    e2ee.EnvelopeContent
+	err  error
+}
+
+// receiveOwn processes envs[i] for i in own (claimed by this call) and
+// sets errs[i].
+func (s *Service) receiveOwn(envs [][]byte, hs [][32]byte, own []int, errs []error) {
+	if len(own) == 0 {
+		return
+	}
+	oenvs, ohs, pre := make([][]byte, len(own)), make([][32]byte, len(own)), make([]opened, len(own))
+	var todo []int
+	for k, i := range own {
+		oenvs[k], ohs[k] = envs[i], hs[i]
+		// Processed before (another relay's copy, a retry): nothing to open.
+		if seen, err := s.ns.Has(s.ctx, keySeen(hs[i])); err != nil || !seen {
+			todo = append(todo, k)
+		}
+	}
+	_ = parallel(len(todo), func(x int) error {
+		k := todo[x]
+		pre[k].c, pre[k].err = s.cfg.Account.MailboxKey.OpenEnvelope(oenvs[k])
+		pre[k].done = true
+		return nil
+	})
+	out := make([]error, len(own))
+	var txs []*tx
+	var done []int // how many of own each tx in txs covered, cumulatively
 	limit := receiveChunk
-	for i := 0; i < len(envs); {
-		n, chunkErrs, tooBig := s.receiveChunk(envs[i:min(i+limit, len(envs))])
+	for i := 0; i < len(own); {
+		end := min(i+limit, len(own))
+		n, chunkErrs, t, tooBig := s.receiveChunk(oenvs[i:end], ohs[i:end], pre[i:end])
 		switch {
 		case tooBig && limit > 1:
 			limit /= 2
 		case tooBig:
-			s.dropUnstorable(envs[i])
-			errs[i] = errUnstorable
+			s.dropUnstorable(oenvs[i])
+			out[i] = errUnstorable
 			i++
 		default:
-			copy(errs[i:], chunkErrs[:n])
+			copy(out[i:], chunkErrs[:n])
 			i += n
 			limit = receiveChunk
+			if t != nil {
+				txs = append(txs, t)
+				done = append(done, i)
+				// Wake lanes now (receipts to send): they encrypt while
+				// the disk syncs and wait for it before sending.
+				for _, f := range t.after {
+					f()
+				}
+			}
 		}
 	}
-	return errs
+	// One wait for the disk for every transaction above.
+	var gen uint64
+	for _, t := range txs {
+		if !t.lazy {
+			gen = max(gen, t.gen)
+		}
+	}
+	if err := s.eng.sync.wait(s.ctx, s.cfg.Store, gen); err != nil {
+		s.log.Warn("storing received messages failed", "err", err)
+		from := 0
+		for x, t := range txs {
+			if !t.lazy {
+				for k := from; k < done[x]; k++ {
+					out[k] = errTransient
+				}
+			}
+			from = done[x]
+		}
+		for x := len(txs) - 1; x >= 0; x-- {
+			if !txs[x].lazy {
+				txs = txs[:x]
+				break
+			}
+		}
+	}
+	for _, t := range txs {
+		for _, e := range t.events {
+			s.emit(e)
+		}
+	}
+	for k, i := range own {
+		errs[i] = out[k]
+	}
 }
 
 // dropUnstorable remembers an envelope as processed without acting on it.
@@ -69,15 +192,18 @@ type inbound struct {
 	content *pb.Content
 }
 
-// receiveChunk processes envelopes in one transaction, stopping early when
-// the transaction has staged maxTxOps writes. It returns how many it
-// consumed and their results; tooBig when the commit didn't fit.
-func (s *Service) receiveChunk(envs [][]byte) (int, []error, bool) {
+// receiveChunk processes envelopes (with their hashes, and opened ahead
+// where pre says so) in one transaction, stopping early when it has
+// staged maxTxOps writes, and writes it without waiting for the disk. It
+// returns how many it consumed, their results and the written transaction
+// (nil if nothing was written), whose events and after-commit actions are
+// the caller's once it is durable; tooBig when it didn't fit in one
+// write.
+func (s *Service) receiveChunk(envs [][]byte, hs [][32]byte, pre []opened) (int, []error, *tx, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	t := s.begin()
 	errs := make([]error, len(envs))
-	var events []Event
 	delivered := map[e2ee.AccountID][][]byte{}
 	n := 0
 	for i, env := range envs {
@@ -85,7 +211,7 @@ func (s *Service) receiveChunk(envs [][]byte) (int, []error, bool) {
 			break
 		}
 		n = i + 1
-		h := sha256.Sum256(env)
+		h := hs[i]
 		seen, err := t.Seen(h)
 		if err != nil {
 			errs[i] = errTransient
@@ -94,7 +220,15 @@ func (s *Service) receiveChunk(envs [][]byte) (int, []error, bool) {
 		if seen {
 			continue
 		}
-		in, err := t.open(env)
+		var in inbound
+		switch {
+		case !pre[i].done:
+			in, err = t.open(env)
+		case pre[i].err != nil:
+			err = pre[i].err
+		default:
+			in, err = t.decrypt(pre[i].c)
+		}
 		switch {
 		case errors.Is(err, errParked):
 			t.park(h, env, in)
@@ -111,12 +245,12 @@ func (s *Service) receiveChunk(envs [][]byte) (int, []error, bool) {
 		}
 		t.markSeen(h)
 		evs, ack := t.apply(in)
-		events = append(events, evs...)
+		t.events = append(t.events, evs...)
 		if ack != nil {
 			delivered[in.from] = append(delivered[in.from], ack)
 		}
 	}
-	events = append(events, t.unpark(delivered)...)
+	t.events = append(t.events, t.unpark(delivered)...)
 	for from, ids := range delivered {
 		if err := t.queueReceipt(from, pb.Receipt_DELIVERED, ids); err != nil {
 			s.log.Debug("queue delivery receipt", "to", from, "err", err)
@@ -125,20 +259,17 @@ func (s *Service) receiveChunk(envs [][]byte) (int, []error, bool) {
 	// A chunk that stored no new message (receipts, duplicates) need not
 	// wait for the disk: losing it leaves a state to be moved again.
 	t.lazy = len(delivered) == 0 && len(t.memKeys) == 0 && len(t.groups) == 0
-	if err := t.commit(); err != nil {
+	if err := t.flush(); err != nil {
 		if errors.Is(err, storage.ErrTooLarge) {
-			return 0, nil, true
+			return 0, nil, nil, true
 		}
 		s.log.Warn("storing received messages failed", "err", err)
 		for i := range errs[:n] {
 			errs[i] = errTransient
 		}
-		return n, errs, false
+		return n, errs, nil, false
 	}
-	for _, e := range events {
-		s.emit(e)
-	}
-	return n, errs, false
+	return n, errs, t, false
 }
 
 var (
@@ -156,6 +287,13 @@ func (t *tx) open(env []byte) (inbound, error) {
 	if err != nil {
 		return inbound{}, err
 	}
+	return t.decrypt(c)
+}
+
+// decrypt decrypts an opened envelope's payload, checking that the
+// claimed sender is the one the session authenticates.
+func (t *tx) decrypt(c e2ee.EnvelopeContent) (inbound, error) {
+	var err error
 	from := c.Sender.AccountID()
 	if t.s.cfg.Contacts.Blocked(from) {
 		return inbound{}, errDropped
@@ -179,7 +317,7 @@ func (t *tx) open(env []byte) (inbound, error) {
 	if err := c.CheckSender(auth); err != nil {
 		return inbound{}, err
 	}
-	if rec, err := contact.Parse(c.Certificate); err == nil && rec.AccountID() == from {
+	if rec, ok := t.s.eng.certs.parse(c.Certificate); ok && rec.AccountID() == from {
 		t.s.cfg.Contacts.Learn(rec)
 	}
 	var content pb.Content
@@ -276,13 +414,9 @@ func (t *tx) applyReceipt(from e2ee.AccountID, r *pb.Receipt) []Event {
 // dropJobs deletes the jobs for messages in ids to recipient: delivered,
 // so nothing more to move.
 func (t *tx) dropJobs(to e2ee.AccountID, ids map[string]bool) {
-	_ = t.s.ns.List(t.ctx(), listPrefix(t.s.keyJobPrefix(to)), func(k string, v []byte) error {
-		var j job
-		if jsonUnmarshal(v, &j) == nil && ids[j.MsgID] {
-			t.deleteJob(k)
-		}
-		return nil
-	})
+	for _, k := range t.s.jobIndex().jobsFor(to, ids) {
+		t.deleteJob(k)
+	}
 }
 
 // queueReceipt encrypts a receipt for ids and queues it to from.
@@ -297,9 +431,9 @@ func (t *tx) queueReceipt(to e2ee.AccountID, kind pb.Receipt_Kind, ids [][]byte)
 		return err
 	}
 	j := &job{To: to}
-	switch env, err := t.encryptPairwise(rec, content, nil); {
+	switch typ, payload, err := t.ratchetPairwise(rec, content, nil); {
 	case err == nil:
-		j.Envelope = env
+		j.Type, j.Payload = typ, payload
 	case errors.Is(err, errNoSession):
 		j.Content = content
 	default:

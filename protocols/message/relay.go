@@ -126,54 +126,104 @@ func (s *Service) relaySession(ctx context.Context, l *relayLink) error {
 	}
 }
 
-// drain fetches and processes everything after seq.
+// drain fetches and processes everything after seq. It pipelines: the
+// next page is fetched while the current one is processed, and a page's
+// ack (a synced delete on the relay) runs while the next is processed.
 func (s *Service) drain(sess *mailbox.Session, after uint64) error {
-	for {
-		ctx, cancel := context.WithTimeout(s.ctx, 30*time.Second)
-		items, more, err := sess.Fetch(ctx, after, mailbox.MaxPageItems)
-		cancel()
-		if err != nil {
-			return err
-		}
-		if err := s.take(sess, items); err != nil {
-			return err
-		}
-		if len(items) > 0 {
-			after = items[len(items)-1].Seq
-		}
-		if !more || len(items) == 0 {
+	next := s.fetchPage(sess, after)
+	var acked chan error // the previous page's ack, if one is in flight
+	waitAck := func() error {
+		if acked == nil {
 			return nil
 		}
+		err := <-acked
+		acked = nil
+		return err
 	}
+	for {
+		p := <-next
+		next = nil
+		if p.err != nil {
+			return errors.Join(p.err, waitAck())
+		}
+		if p.more && len(p.items) > 0 {
+			next = s.fetchPage(sess, p.items[len(p.items)-1].Seq)
+		}
+		acks, transient := s.process(p.items)
+		err := waitAck()
+		if err == nil && len(acks) > 0 {
+			acked = make(chan error, 1)
+			go func() { acked <- s.ack(sess, acks) }()
+		}
+		if err == nil {
+			err = transient
+		}
+		if err != nil || next == nil {
+			if next != nil {
+				<-next
+			}
+			return errors.Join(err, waitAck())
+		}
+	}
+}
+
+// page is one fetched page of a mailbox.
+type page struct {
+	items []mailbox.Item
+	more  bool
+	err   error
+}
+
+// fetchPage fetches the page after seq in the background.
+func (s *Service) fetchPage(sess *mailbox.Session, after uint64) <-chan page {
+	out := make(chan page, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(s.ctx, 30*time.Second)
+		defer cancel()
+		items, more, err := sess.Fetch(ctx, after, mailbox.MaxPageItems)
+		out <- page{items, more, err}
+	}()
+	return out
 }
 
 // take processes items and acks (deletes on the relay) the ones handled
 // for good. A transient failure ends the session, so the items come again.
 func (s *Service) take(sess *mailbox.Session, items []mailbox.Item) error {
+	acks, transient := s.process(items)
+	if err := s.ack(sess, acks); err != nil {
+		return err
+	}
+	return transient
+}
+
+// process receives items and returns the seqs to ack and, if some failed
+// for now, a transient error.
+func (s *Service) process(items []mailbox.Item) ([]uint64, error) {
 	if len(items) == 0 {
-		return nil
+		return nil, nil
 	}
 	envs := make([][]byte, len(items))
 	for i, it := range items {
 		envs[i] = it.Envelope
 	}
-	errs := s.receive(envs)
 	var acks []uint64
 	var transient error
-	for i, err := range errs {
+	for i, err := range s.receive(envs) {
 		if errors.Is(err, errTransient) {
 			transient = err
 			continue
 		}
 		acks = append(acks, items[i].Seq)
 	}
-	if len(acks) > 0 {
-		ctx, cancel := context.WithTimeout(s.ctx, 30*time.Second)
-		_, err := sess.Ack(ctx, acks...)
-		cancel()
-		if err != nil {
-			return err
-		}
+	return acks, transient
+}
+
+func (s *Service) ack(sess *mailbox.Session, seqs []uint64) error {
+	if len(seqs) == 0 {
+		return nil
 	}
-	return transient
+	ctx, cancel := context.WithTimeout(s.ctx, 30*time.Second)
+	defer cancel()
+	_, err := sess.Ack(ctx, seqs...)
+	return err
 }

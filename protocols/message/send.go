@@ -3,11 +3,16 @@ package message
 import (
 	"context"
 	"encoding/hex"
+	"errors"
 	"fmt"
+	"runtime"
+	"sync"
+	"sync/atomic"
 	"unicode/utf8"
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/kinmesh/kinmesh/protocols/contact"
 	"github.com/kinmesh/kinmesh/protocols/e2ee"
 	"github.com/kinmesh/kinmesh/protocols/message/pb"
 )
@@ -79,6 +84,9 @@ func (s *Service) sendLoop() {
 	}
 }
 
+// sendBatch stages a batch of Sends, writes it under s.mu and waits for
+// the disk after releasing it. The lanes are woken before that wait: they
+// seal the envelopes while the disk syncs, and send them once it has.
 func (s *Service) sendBatch(batch []*sendReq) {
 	s.mu.Lock()
 	t := s.begin()
@@ -88,18 +96,21 @@ func (s *Service) sendBatch(batch []*sendReq) {
 			ok = append(ok, r)
 		}
 	}
-	if err := t.commit(); err != nil {
+	err := t.flush()
+	s.mu.Unlock()
+	if err == nil {
+		woken := map[e2ee.AccountID]bool{}
+		for _, r := range ok {
+			if !woken[r.to] {
+				s.wake(r.to)
+				woken[r.to] = true
+			}
+		}
+		err = t.durable()
+	}
+	if err != nil {
 		for _, r := range ok {
 			r.msg, r.err = nil, err
-		}
-		ok = nil
-	}
-	s.mu.Unlock()
-	woken := map[e2ee.AccountID]bool{}
-	for _, r := range ok {
-		if !woken[r.to] {
-			s.wake(r.to)
-			woken[r.to] = true
 		}
 	}
 	for _, r := range batch {
@@ -108,7 +119,9 @@ func (s *Service) sendBatch(batch []*sendReq) {
 }
 
 // stageSend stages one 1:1 message in t: the message, the session's next
-// state and its delivery job.
+// state and its delivery job with the encrypted payload (the lane seals
+// it; while there is no session, the job keeps the content and the lane
+// encrypts it later).
 func (t *tx) stageSend(to e2ee.AccountID, text string) (*Message, error) {
 	rec, ok := t.s.cfg.Contacts.Contact(to)
 	if !ok {
@@ -127,9 +140,9 @@ func (t *tx) stageSend(to e2ee.AccountID, text string) (*Message, error) {
 		return nil, err
 	}
 	j := &job{MsgID: m.ID, To: to}
-	switch env, err := t.encryptPairwise(rec, content, nil); {
+	switch typ, payload, err := t.ratchetPairwise(rec, content, nil); {
 	case err == nil:
-		j.Envelope = env
+		j.Type, j.Payload = typ, payload
 	case err == errNoSession:
 		j.Content = content
 	default:
@@ -141,6 +154,78 @@ func (t *tx) stageSend(to e2ee.AccountID, text string) (*Message, error) {
 	}
 	out := *m
 	return &out, nil
+}
+
+// ratchetPairwise is encryptPairwise without the sealing: it encrypts
+// content with the current session (starting one from bundle, or the
+// invite's bundle, if there is none), stages the session's next state
+// and returns the envelope's content type and payload.
+func (t *tx) ratchetPairwise(rec contact.Signed, content []byte, bundle *e2ee.Bundle) (e2ee.ContentType, []byte, error) {
+	to := rec.AccountID()
+	ss, err := t.Sessions(to)
+	if err != nil {
+		return 0, nil, err
+	}
+	if len(ss) == 0 {
+		if bundle == nil {
+			bundle = t.s.cfg.Contacts.InviteBundle(to)
+		}
+		if bundle == nil {
+			return 0, nil, errNoSession
+		}
+		if bundle.Identity.AccountID() != to {
+			return 0, nil, fmt.Errorf("message: bundle is not %s's: %w", to, e2ee.ErrSignature)
+		}
+		sess, err := e2ee.Initiate(t.s.cfg.Account.Identity, bundle)
+		if err != nil {
+			return 0, nil, fmt.Errorf("message: start session with %s: %w", to, err)
+		}
+		ss = []*e2ee.Session{sess}
+	}
+	msg, next, err := ss[0].Encrypt(content, nil)
+	if err != nil {
+		return 0, nil, fmt.Errorf("message: encrypt: %w", err)
+	}
+	typ := e2ee.ContentRatchet
+	if e2ee.IsInitialMessage(msg) {
+		typ = e2ee.ContentPreKeyMessage
+	}
+	t.setSessions(to, append([]*e2ee.Session{next}, ss[1:]...))
+	return typ, msg, nil
+}
+
+// parallel runs f(0) … f(n-1) on up to GOMAXPROCS goroutines and returns
+// the first error.
+func parallel(n int, f func(int) error) error {
+	workers := min(n, runtime.GOMAXPROCS(0))
+	if workers <= 1 {
+		for i := range n {
+			if err := f(i); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	var (
+		next atomic.Int64
+		wg   sync.WaitGroup
+		errs = make([]error, workers)
+	)
+	for w := range workers {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= n {
+					return
+				}
+				if err := f(i); err != nil && errs[w] == nil {
+					errs[w] = err
+				}
+			}
+		})
+	}
+	wg.Wait()
+	return errors.Join(errs...)
 }
 
 func checkText(text string) error {

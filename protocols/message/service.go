@@ -123,6 +123,10 @@ type Service struct {
 	tracking   bool
 	maintainMu sync.Mutex
 
+	// eng is the in-memory state beside the store: job index, group
+	// commit, envelopes being received (store.go).
+	eng engineState
+
 	closeOnce sync.Once
 }
 

@@ -2,12 +2,17 @@ package message
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
+	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/kinmesh/kinmesh/protocols/contact"
 	"github.com/kinmesh/kinmesh/protocols/e2ee"
 	"github.com/kinmesh/kinmesh/storage"
 )
@@ -55,8 +60,11 @@ func (s *Service) keyMemberKey(g string, from e2ee.AccountID) string {
 	return "K/" + s.opaque(g) + "/" + s.opaque(string(from))
 }
 
-// job is a unit of delivery work: one envelope (or, until a session
-// exists, the plaintext content) for one recipient.
+// job is a unit of delivery work: one envelope for one recipient. Until a
+// session exists it holds the plaintext content; then the encrypted
+// payload, until the lane seals it into the envelope outside the engine's
+// lock (sealing, an X-Wing HPKE encapsulation, is the costly part of a
+// send); the envelope is stored with the job's next transport update.
 type job struct {
 	Key   string         `json:"-"`
 	Seq   uint64         `json:"seq"`
@@ -65,14 +73,22 @@ type job struct {
 	Group string         `json:"group,omitempty"`
 	// Content is the encoded pb.Content, kept only until the recipient has
 	// a session (then Envelope replaces it).
-	Content  []byte `json:"content,omitempty"`
-	Envelope []byte `json:"envelope,omitempty"`
+	Content []byte `json:"content,omitempty"`
+	// Payload is the encrypted content (of envelope content type Type)
+	// until it is sealed into Envelope.
+	Payload  []byte           `json:"payload,omitempty"`
+	Type     e2ee.ContentType `json:"type,omitempty"`
+	Envelope []byte           `json:"envelope,omitempty"`
 	Created  time.Time
 	// Relays that durably hold the envelope; Sent when a device took it.
 	Relays   []string `json:"relays,omitempty"`
 	Sent     bool     `json:"sent,omitempty"`
 	Attempts int      `json:"attempts,omitempty"`
 	LastErr  string   `json:"last_err,omitempty"`
+
+	// gen is the write generation (syncer) that must be on disk before
+	// the envelope leaves: the commit that encrypted it.
+	gen uint64
 }
 
 // done reports whether the job needs no more transport: handed to the
@@ -84,8 +100,17 @@ type convState struct {
 	LastMs int64  `json:"last_ms"`
 }
 
-// tx stages a set of changes under s.mu and commits them in one synced
-// batch. Reads go through it so they see its own staged writes.
+// tx stages a set of changes under s.mu and commits them in one batch.
+// Reads go through it so they see its own staged writes.
+//
+// A commit writes the batch without waiting for the disk while s.mu is
+// held (flush), so the next transaction reads it at once, and waits for a
+// sync after (durable), which concurrent commits share: the disk's fsync
+// latency no longer holds the lock, and a burst of commits costs one or
+// two fsyncs. Nothing that depends on a commit leaves the device (an
+// envelope sent, an answer OK, a relay ack, Send returning) before it is
+// durable; lanes wait for the generation of the commit that encrypted a
+// job before sending it.
 type tx struct {
 	s        *Service
 	b        *storage.Batch
@@ -95,6 +120,7 @@ type tx struct {
 	convs    map[string]*convState
 	msgs     map[string]*Message // by id
 	jobs     []*job
+	newJobs  map[string]bool // keys of the jobs this tx adds
 	delJobs  []string
 	seen     map[[32]byte]bool
 	groups   map[string]*Group
@@ -106,8 +132,10 @@ type tx struct {
 	// lazy commits without waiting for the disk: for changes that can be
 	// recomputed or repeated (transport bookkeeping, receipts), never for
 	// a message we promise to keep.
-	lazy  bool
-	after []func() // run after a successful commit
+	lazy   bool
+	after  []func() // run after a successful commit
+	events []Event  // emitted once durable (receive)
+	gen    uint64   // write generation of the flushed batch (0: nothing written)
 }
 
 // maxTxOps bounds the writes one transaction stages, so a commit stays
@@ -257,6 +285,10 @@ func (t *tx) addJob(j *job) error {
 	if j.Created.IsZero() {
 		j.Created = t.s.cfg.Now()
 	}
+	if t.newJobs == nil {
+		t.newJobs = map[string]bool{}
+	}
+	t.newJobs[j.Key] = true
 	t.jobs = append(t.jobs, j)
 	return nil
 }
@@ -274,9 +306,19 @@ func (t *tx) Seen(h [32]byte) (bool, error) {
 
 func (t *tx) markSeen(h [32]byte) { t.seen[h] = true }
 
-// commit writes everything staged in one synced batch, then runs the
-// after-commit actions.
+// commit writes everything staged and, unless the tx is lazy, waits until
+// it is on disk; then it runs the after-commit actions.
 func (t *tx) commit() error {
+	if err := t.flush(); err != nil {
+		return err
+	}
+	return t.durable()
+}
+
+// flush writes everything staged in one batch, without waiting for the
+// disk, and updates the job index. Call it with s.mu held; then durable,
+// after releasing s.mu where possible.
+func (t *tx) flush() error {
 	for a, ss := range t.sessions {
 		raw := make([][]byte, len(ss))
 		for i, sess := range ss {
@@ -305,7 +347,11 @@ func (t *tx) commit() error {
 			return err
 		}
 	}
+	idx := t.s.jobIndex()
 	for _, j := range t.jobs {
+		if !t.newJobs[j.Key] && !idx.has(j.Key) {
+			continue // deleted meanwhile (its receipt came): don't bring it back
+		}
 		if err := t.put(j.Key, j); err != nil {
 			return err
 		}
@@ -328,12 +374,22 @@ func (t *tx) commit() error {
 	if err := t.commitGroups(); err != nil {
 		return err
 	}
-	if t.b.Len() > 0 {
-		commit := t.b.Commit
-		if t.lazy {
-			commit = t.b.CommitUnsynced
-		}
-		if err := commit(t.ctx()); err != nil {
+	if t.b.Len() == 0 {
+		return nil
+	}
+	if err := t.b.CommitUnsynced(t.ctx()); err != nil {
+		return fmt.Errorf("message: commit: %w", err)
+	}
+	t.gen = t.s.eng.sync.wrote()
+	idx.apply(t)
+	return nil
+}
+
+// durable waits until the flushed batch is on disk (not for a lazy tx),
+// then runs the after-commit actions.
+func (t *tx) durable() error {
+	if !t.lazy && t.gen > 0 {
+		if err := t.s.eng.sync.wait(t.ctx(), t.s.cfg.Store, t.gen); err != nil {
 			return fmt.Errorf("message: commit: %w", err)
 		}
 	}
@@ -341,4 +397,379 @@ func (t *tx) commit() error {
 		f()
 	}
 	return nil
+}
+
+// engineState is the engine's state beside the store: the job index, the
+// syncer and the envelopes being received. Its zero value is ready.
+type engineState struct {
+	sync   syncer
+	jobs   jobIndex
+	claims claims
+	certs  certCache
+	dials  rests
+}
+
+// certCache remembers the sender certificates (signed contact records)
+// that verified, by hash: every envelope carries its sender's, and
+// checking its signatures again for each costs as much as opening the
+// envelope.
+type certCache struct {
+	mu sync.Mutex
+	m  map[[32]byte]contact.Signed
+}
+
+// maxCachedCerts bounds the cache; when full it starts over.
+const maxCachedCerts = 1024
+
+// parse is contact.Parse, remembering the records that verified.
+func (c *certCache) parse(raw []byte) (contact.Signed, bool) {
+	h := sha256.Sum256(raw)
+	c.mu.Lock()
+	rec, ok := c.m[h]
+	c.mu.Unlock()
+	if ok {
+		return rec, true
+	}
+	rec, err := contact.Parse(raw)
+	if err != nil {
+		return contact.Signed{}, false
+	}
+	c.mu.Lock()
+	if c.m == nil || len(c.m) >= maxCachedCerts {
+		c.m = map[[32]byte]contact.Signed{}
+	}
+	c.m[h] = rec
+	c.mu.Unlock()
+	return rec, true
+}
+
+// syncer shares fsyncs between commits (group commit): each flushed batch
+// takes a generation; wait returns once a sync that started after the
+// batch was written has finished. One sync runs at a time, and whoever
+// waits when it ends starts the next, for everything written meanwhile.
+type syncer struct {
+	written atomic.Uint64
+	mu      sync.Mutex
+	synced  uint64
+	round   chan struct{} // closed when the running sync ends; nil if none runs
+}
+
+// wrote records a write and returns its generation.
+func (y *syncer) wrote() uint64 { return y.written.Add(1) }
+
+// wait returns once generation gen is on disk.
+func (y *syncer) wait(ctx context.Context, st *storage.Store, gen uint64) error {
+	y.mu.Lock()
+	for y.synced < gen {
+		if y.round != nil {
+			round := y.round
+			y.mu.Unlock()
+			select {
+			case <-round:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+			y.mu.Lock()
+			continue
+		}
+		round := make(chan struct{})
+		y.round = round
+		target := y.written.Load()
+		y.mu.Unlock()
+		err := st.Sync(ctx)
+		y.mu.Lock()
+		if err == nil && target > y.synced {
+			y.synced = target
+		}
+		y.round = nil
+		close(round)
+		if err != nil {
+			y.mu.Unlock()
+			return err
+		}
+	}
+	y.mu.Unlock()
+	return nil
+}
+
+// jobIndex holds every delivery job in memory, by key, by recipient (in
+// job order) and by message, so that a lane finds its work and a receipt
+// its jobs without listing the store (a listing also walks every deleted
+// job until compaction removes it). It mirrors the store's "j/" keys: it
+// is loaded from them once and then changed only by committed
+// transactions (tx.flush, under s.mu). Entries keep their job, envelope
+// included, while it has gone nowhere yet, up to maxCachedJobBytes in all;
+// other jobs are read from the store when a lane needs them.
+type jobIndex struct {
+	mu     sync.Mutex
+	loaded bool
+	byKey  map[string]*jobEntry
+	byTo   map[e2ee.AccountID]*jobQueue
+	byMsg  map[string][]*jobEntry
+	cached int // bytes of envelopes and contents held by entries
+}
+
+// maxCachedJobBytes bounds the job bytes the index keeps in memory.
+const maxCachedJobBytes = 8 << 20
+
+type jobEntry struct {
+	key    string
+	to     e2ee.AccountID
+	msgID  string
+	relays []string
+	sent   bool
+	gen    uint64
+	job    *job // nil: read it from the store
+	gone   bool
+}
+
+// done is job.done for the entry.
+func (e *jobEntry) done(n int) bool { return e.sent || (n > 0 && len(e.relays) >= n) }
+
+// jobQueue is a recipient's jobs in job order; deleted entries are
+// skipped and swept out once they are the majority.
+type jobQueue struct {
+	list []*jobEntry
+	live int
+}
+
+// jobIndex returns the loaded index.
+func (s *Service) jobIndex() *jobIndex {
+	idx := &s.eng.jobs
+	idx.mu.Lock()
+	defer idx.mu.Unlock()
+	if !idx.loaded {
+		idx.load(s)
+	}
+	return idx
+}
+
+// load reads every job from the store. Called with idx.mu held.
+func (idx *jobIndex) load(s *Service) {
+	idx.byKey = map[string]*jobEntry{}
+	idx.byTo = map[e2ee.AccountID]*jobQueue{}
+	idx.byMsg = map[string][]*jobEntry{}
+	err := s.ns.List(s.ctx, listPrefix("j/"), func(k string, v []byte) error {
+		j := &job{}
+		if err := jsonUnmarshal(v, j); err != nil {
+			s.log.Warn("unreadable delivery job dropped from the index", "err", err)
+			return nil
+		}
+		j.Key = k
+		idx.put(j, 0)
+		return nil
+	})
+	if err != nil && s.ctx.Err() == nil {
+		s.log.Warn("loading delivery jobs", "err", err)
+	}
+	idx.loaded = true
+}
+
+func (idx *jobIndex) has(key string) bool {
+	idx.mu.Lock()
+	defer idx.mu.Unlock()
+	_, ok := idx.byKey[key]
+	return ok
+}
+
+// apply records a committed transaction's job changes.
+func (idx *jobIndex) apply(t *tx) {
+	if len(t.jobs) == 0 && len(t.delJobs) == 0 {
+		return
+	}
+	idx.mu.Lock()
+	defer idx.mu.Unlock()
+	for _, j := range t.jobs {
+		gen := uint64(0)
+		if t.newJobs[j.Key] || !t.lazy {
+			gen = t.gen
+		}
+		if t.newJobs[j.Key] || idx.byKey[j.Key] != nil {
+			idx.put(j, gen)
+		}
+	}
+	for _, k := range t.delJobs {
+		idx.remove(k)
+	}
+}
+
+// put adds or updates the entry for j. gen, if not 0, is the write
+// generation the job's envelope needs on disk. Called with idx.mu held.
+func (idx *jobIndex) put(j *job, gen uint64) {
+	e := idx.byKey[j.Key]
+	if e == nil {
+		e = &jobEntry{key: j.Key, to: j.To, msgID: j.MsgID}
+		idx.byKey[j.Key] = e
+		q := idx.byTo[j.To]
+		if q == nil {
+			q = &jobQueue{}
+			idx.byTo[j.To] = q
+		}
+		q.list = append(q.list, e)
+		q.live++
+		if e.msgID != "" {
+			idx.byMsg[e.msgID] = append(idx.byMsg[e.msgID], e)
+		}
+	}
+	e.relays, e.sent = slices.Clone(j.Relays), j.Sent
+	if gen > e.gen {
+		e.gen = gen
+	}
+	idx.uncache(e)
+	// Keep what has gone nowhere yet: a lane will want it soon.
+	if !j.Sent && len(j.Relays) == 0 {
+		idx.cache(e, j)
+	}
+}
+
+func jobBytes(j *job) int { return len(j.Envelope) + len(j.Content) + len(j.Payload) }
+
+// cache keeps a copy of j in e if the budget allows.
+func (idx *jobIndex) cache(e *jobEntry, j *job) {
+	if size := jobBytes(j); idx.cached+size <= maxCachedJobBytes {
+		c := *j
+		c.Relays = nil
+		e.job = &c
+		idx.cached += size
+	}
+}
+
+func (idx *jobIndex) uncache(e *jobEntry) {
+	if e.job != nil {
+		idx.cached -= jobBytes(e.job)
+		e.job = nil
+	}
+}
+
+// sealed records the envelope a lane sealed for j, so the job is not
+// sealed again before its next transport update stores the envelope.
+func (idx *jobIndex) sealed(j *job) {
+	idx.mu.Lock()
+	defer idx.mu.Unlock()
+	if e := idx.byKey[j.Key]; e != nil && e.job != nil && e.job.Envelope == nil {
+		idx.uncache(e)
+		idx.cache(e, j)
+	}
+}
+
+// remove deletes the entry for key. Called with idx.mu held.
+func (idx *jobIndex) remove(key string) {
+	e := idx.byKey[key]
+	if e == nil {
+		return
+	}
+	delete(idx.byKey, key)
+	idx.uncache(e)
+	e.gone = true
+	if e.msgID != "" {
+		rest := slices.DeleteFunc(idx.byMsg[e.msgID], func(x *jobEntry) bool { return x == e })
+		if len(rest) == 0 {
+			delete(idx.byMsg, e.msgID)
+		} else {
+			idx.byMsg[e.msgID] = rest
+		}
+	}
+	q := idx.byTo[e.to]
+	q.live--
+	switch {
+	case q.live == 0:
+		delete(idx.byTo, e.to)
+	case q.live < len(q.list)/2:
+		q.list = slices.DeleteFunc(q.list, func(x *jobEntry) bool { return x.gone })
+	}
+}
+
+// recipients returns every recipient with jobs.
+func (idx *jobIndex) recipients() []e2ee.AccountID {
+	idx.mu.Lock()
+	defer idx.mu.Unlock()
+	out := make([]e2ee.AccountID, 0, len(idx.byTo))
+	for to := range idx.byTo {
+		out = append(out, to)
+	}
+	return out
+}
+
+// pick returns up to max of to's jobs that still need transport, in
+// order: first those no relay or device holds yet, then those some relays
+// hold but not all of n. Entries without their job come back with job nil
+// and the key to read it by.
+func (idx *jobIndex) pick(to e2ee.AccountID, n, max int) []jobEntry {
+	idx.mu.Lock()
+	defer idx.mu.Unlock()
+	q := idx.byTo[to]
+	if q == nil {
+		return nil
+	}
+	var fresh, partial []jobEntry
+	for _, e := range q.list {
+		switch {
+		case e.gone || e.done(n):
+		case len(e.relays) == 0:
+			fresh = append(fresh, *e)
+		case len(partial) < max:
+			partial = append(partial, *e)
+		}
+		if len(fresh) == max {
+			break
+		}
+	}
+	return append(fresh, partial[:min(len(partial), max-len(fresh))]...)
+}
+
+// jobsFor returns the keys of to's jobs for the messages in ids.
+func (idx *jobIndex) jobsFor(to e2ee.AccountID, ids map[string]bool) []string {
+	idx.mu.Lock()
+	defer idx.mu.Unlock()
+	var keys []string
+	for id := range ids {
+		for _, e := range idx.byMsg[id] {
+			if e.to == to {
+				keys = append(keys, e.key)
+			}
+		}
+	}
+	return keys
+}
+
+// claims are the envelopes being received right now, by hash, so that
+// copies of one envelope arriving at once (from several relays, or direct
+// and relayed) are opened and processed once: whoever claims it first
+// does the work; the others wait for it and then find it processed.
+type claims struct {
+	mu sync.Mutex
+	m  map[[32]byte]chan struct{}
+}
+
+// claim claims the hashes not claimed yet: mine[i] says hs[i] is now
+// ours; otherwise wait[i] is closed when its holder releases it (a hash
+// twice in hs: the second waits for the first).
+func (c *claims) claim(hs [][32]byte) (mine []bool, wait []chan struct{}) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil {
+		c.m = map[[32]byte]chan struct{}{}
+	}
+	mine, wait = make([]bool, len(hs)), make([]chan struct{}, len(hs))
+	for i, h := range hs {
+		if ch, ok := c.m[h]; ok {
+			wait[i] = ch
+			continue
+		}
+		c.m[h] = make(chan struct{})
+		mine[i] = true
+	}
+	return mine, wait
+}
+
+// release releases the hashes claimed (mine).
+func (c *claims) release(hs [][32]byte, mine []bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i, h := range hs {
+		if mine[i] {
+			close(c.m[h])
+			delete(c.m, h)
+		}
+	}
 }
