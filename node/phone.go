@@ -1,0 +1,347 @@
+package node
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/peerstore"
+	"github.com/libp2p/go-libp2p/core/protocol"
+	msmux "github.com/multiformats/go-multistream"
+
+	"github.com/kinmesh/kinmesh/protocols/discovery"
+	"github.com/kinmesh/kinmesh/protocols/e2ee"
+	"github.com/kinmesh/kinmesh/storage"
+)
+
+// Phone number link. The account links an optional phone number on one of
+// its home relays (the "phone relay"): the relay texts a code through its
+// SMS gateway, the user types it back, and the relay enrols the account's
+// signed contact record in its discovery directory under the number, so
+// that people who have the number in their address book find the account
+// (discovery.go). The number itself stays on this device, in the "phone"
+// namespace; the relay keeps only its OPRF output
+// (docs/protocol/discovery.md). Nothing is automatic: every step is a call
+// of the user's.
+
+// Phone errors. The API maps each to its own code (docs/api.md, "Phone
+// number and contact discovery"); the relay's refusals come as the
+// sentinels of protocols/discovery (ErrWrongCode, ErrCodeExpired, …).
+var (
+	// ErrInvalidPhoneNumber: the number is not in international form.
+	ErrInvalidPhoneNumber = errors.New("node: not a valid phone number: use the international form, + and the country code (e.g. +351 912 345 678)")
+	// ErrNoPhoneCode: no code was requested, or the last one is void.
+	ErrNoPhoneCode = errors.New("node: no verification code pending; ask for one with POST /v1/phone")
+	// ErrInvalidCode: what was typed is not a 6-digit code.
+	ErrInvalidCode = errors.New("node: a verification code is 6 digits")
+	// ErrPhoneRelayUnreachable: none of the home relays answered.
+	ErrPhoneRelayUnreachable = errors.New("node: could not reach a home relay; try again when online")
+)
+
+// PhoneStatus is the account's phone link as the API shows it, to the
+// account's owner only.
+type PhoneStatus struct {
+	// Number is the verified number ("" if none).
+	Number string `json:"number,omitempty"`
+	// Verified: Number is linked and discoverable on Relay since
+	// VerifiedAt.
+	Verified   bool       `json:"verified"`
+	VerifiedAt *time.Time `json:"verified_at,omitempty"`
+	// Relay is the peer id of the relay holding the link.
+	Relay string `json:"relay,omitempty"`
+	// Pending is a number waiting for its code, if any.
+	Pending *PendingPhone `json:"pending,omitempty"`
+}
+
+// PendingPhone is a verification in progress.
+type PendingPhone struct {
+	Number        string    `json:"number"`
+	Relay         string    `json:"relay"`
+	CodeExpiresAt time.Time `json:"code_expires_at"`
+	AttemptsLeft  int       `json:"attempts_left"`
+}
+
+// phoneState is what the "phone" namespace keeps.
+type phoneState struct {
+	Number     string    `json:"number,omitempty"`
+	Relay      string    `json:"relay,omitempty"` // full multiaddr
+	VerifiedAt time.Time `json:"verified_at,omitzero"`
+
+	PendingNumber  string    `json:"pending_number,omitempty"`
+	PendingRelay   string    `json:"pending_relay,omitempty"`
+	PendingExpires time.Time `json:"pending_expires,omitzero"`
+	AttemptsLeft   int       `json:"attempts_left,omitempty"`
+}
+
+const (
+	phoneNamespace = "phone"
+	keyPhoneState  = "state"
+)
+
+func (n *Node) loadPhone(ctx context.Context) (phoneState, error) {
+	var st phoneState
+	b, err := n.store.Namespace(phoneNamespace).Get(ctx, keyPhoneState)
+	if errors.Is(err, storage.ErrNotFound) {
+		return st, nil
+	}
+	if err != nil {
+		return st, fmt.Errorf("load phone state: %w", err)
+	}
+	return st, json.Unmarshal(b, &st)
+}
+
+func (n *Node) savePhone(ctx context.Context, st phoneState) error {
+	b, err := json.Marshal(st)
+	if err != nil {
+		return err
+	}
+	if err := n.store.Namespace(phoneNamespace).Put(ctx, keyPhoneState, b); err != nil {
+		return fmt.Errorf("store phone state: %w", err)
+	}
+	return nil
+}
+
+func (st phoneState) view(now time.Time) *PhoneStatus {
+	out := &PhoneStatus{Number: st.Number, Verified: st.Number != ""}
+	if out.Verified {
+		at := st.VerifiedAt
+		out.VerifiedAt = &at
+		out.Relay = relayID(st.Relay)
+	}
+	if st.PendingNumber != "" && now.Before(st.PendingExpires) {
+		out.Pending = &PendingPhone{
+			Number: st.PendingNumber, Relay: relayID(st.PendingRelay),
+			CodeExpiresAt: st.PendingExpires, AttemptsLeft: st.AttemptsLeft,
+		}
+	}
+	return out
+}
+
+func relayID(addr string) string {
+	ai, err := peer.AddrInfoFromString(addr)
+	if err != nil {
+		return ""
+	}
+	return ai.ID.String()
+}
+
+// phoneAccount returns the account and a discovery client.
+func (n *Node) phoneAccount() (*account, *discovery.Client, error) {
+	if n.host == nil {
+		return nil, nil, ErrNotStarted
+	}
+	n.acctMu.Lock()
+	a := n.acct
+	n.acctMu.Unlock()
+	if a == nil {
+		return nil, nil, ErrNoAccount
+	}
+	c, err := discovery.NewClient(n.host, discovery.WithClientLogger(n.log))
+	if err != nil {
+		return nil, nil, err
+	}
+	return a, c, nil
+}
+
+// phoneRelays returns the relays to use, as dialable peers: prefer first
+// (if set), then the account's home relays, connected ones first.
+func (n *Node) phoneRelays(a *account, prefer string) []peer.AddrInfo {
+	addrs := slices.Clone(a.HomeRelays)
+	if prefer != "" {
+		addrs = append([]string{prefer}, slices.DeleteFunc(addrs, func(s string) bool { return relayID(s) == relayID(prefer) })...)
+	}
+	var up, down []peer.AddrInfo
+	for _, s := range addrs {
+		ai, err := peer.AddrInfoFromString(s)
+		if err != nil {
+			continue
+		}
+		n.host.Peerstore().AddAddrs(ai.ID, ai.Addrs, peerstore.TempAddrTTL)
+		if n.host.Network().Connectedness(ai.ID) == network.Connected || (prefer != "" && relayID(prefer) == ai.ID.String()) {
+			up = append(up, *ai)
+		} else {
+			down = append(down, *ai)
+		}
+	}
+	return append(up, down...)
+}
+
+// relayAnswered reports whether err is a relay's answer (or a client-side
+// verdict on it), as opposed to failing to reach the relay.
+func relayAnswered(err error) bool {
+	var de *discovery.Error
+	return err == nil || errors.As(err, &de) || errors.Is(err, discovery.ErrBadProof) ||
+		errors.Is(err, discovery.ErrKeyChanged) || errors.Is(err, discovery.ErrProtocol) ||
+		errors.Is(err, discovery.ErrInvalidNumber) || errors.Is(err, discovery.ErrMalformed)
+}
+
+// unreachable wraps a failure to reach relays.
+func unreachable(err error) error {
+	if relayAnswered(err) {
+		return err
+	}
+	return fmt.Errorf("%w: %w", ErrPhoneRelayUnreachable, err)
+}
+
+// RequestPhoneCode asks a home relay to text a verification code to
+// number (international form; spaces, dashes and parentheses are fine).
+// The relay of an already verified number is asked first, so the account
+// keeps one phone relay. The code is valid for 10 minutes; submit it with
+// ConfirmPhoneCode.
+func (n *Node) RequestPhoneCode(ctx context.Context, number string) (*PhoneStatus, error) {
+	num, err := discovery.ParseNumber(number)
+	if err != nil {
+		return nil, fmt.Errorf("%w (%v)", ErrInvalidPhoneNumber, err)
+	}
+	a, c, err := n.phoneAccount()
+	if err != nil {
+		return nil, err
+	}
+	n.phoneMu.Lock()
+	defer n.phoneMu.Unlock()
+	st, err := n.loadPhone(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var last error = ErrPhoneRelayUnreachable
+	for _, r := range n.phoneRelays(a, st.Relay) {
+		res, err := c.RequestCode(ctx, r.ID, a.identity, num)
+		if !relayAnswered(err) {
+			last = unreachable(err)
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		st.PendingNumber, st.PendingRelay = string(num), relayAddr(r)
+		st.PendingExpires, st.AttemptsLeft = res.CodeExpires, res.AttemptsLeft
+		if err := n.savePhone(ctx, st); err != nil {
+			return nil, err
+		}
+		n.log.Info("phone verification code requested", "relay", r.ID)
+		return st.view(n.cfg.Now()), nil
+	}
+	return nil, last
+}
+
+// ConfirmPhoneCode submits the code texted to the pending number. On
+// success the number is linked to the account on the relay that sent it
+// and enrolled in its discovery directory (replacing a number verified
+// before, which leaves the directory).
+func (n *Node) ConfirmPhoneCode(ctx context.Context, code string) (*PhoneStatus, error) {
+	code, ok := discovery.NormalizeCode(code)
+	if !ok {
+		return nil, ErrInvalidCode
+	}
+	a, c, err := n.phoneAccount()
+	if err != nil {
+		return nil, err
+	}
+	n.phoneMu.Lock()
+	defer n.phoneMu.Unlock()
+	st, err := n.loadPhone(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if st.PendingNumber == "" {
+		return nil, ErrNoPhoneCode
+	}
+	relay, err := peer.AddrInfoFromString(st.PendingRelay)
+	if err != nil {
+		return nil, fmt.Errorf("pending phone relay: %w", err)
+	}
+	n.host.Peerstore().AddAddrs(relay.ID, relay.Addrs, peerstore.TempAddrTTL)
+	n.acctMu.Lock()
+	rec := a.record
+	n.acctMu.Unlock()
+	res, err := c.VerifyCode(ctx, relay.ID, a.identity, code, rec)
+	switch {
+	case err == nil:
+	case errors.Is(err, discovery.ErrWrongCode):
+		st.AttemptsLeft = res.AttemptsLeft
+		return nil, errors.Join(err, n.savePhone(ctx, st))
+	case errors.Is(err, discovery.ErrCodeExpired), errors.Is(err, discovery.ErrNoCode), errors.Is(err, discovery.ErrTooManyAttempts):
+		st.PendingNumber, st.PendingRelay, st.PendingExpires, st.AttemptsLeft = "", "", time.Time{}, 0
+		return nil, errors.Join(err, n.savePhone(ctx, st))
+	default:
+		return nil, unreachable(err)
+	}
+	old := st.Relay
+	st = phoneState{Number: st.PendingNumber, Relay: st.PendingRelay, VerifiedAt: res.VerifiedAt}
+	if err := n.savePhone(ctx, st); err != nil {
+		return nil, err
+	}
+	if old != "" && relayID(old) != relay.ID.String() {
+		// The previous number's entry lives on another relay: remove it.
+		if ai, err := peer.AddrInfoFromString(old); err == nil {
+			n.host.Peerstore().AddAddrs(ai.ID, ai.Addrs, peerstore.TempAddrTTL)
+			if _, err := c.Unenrol(ctx, ai.ID, a.identity); err != nil {
+				n.log.Warn("remove the previous number from its relay's directory", "relay", ai.ID, "err", err)
+			}
+		}
+	}
+	n.log.Info("phone number verified", "relay", relay.ID)
+	return st.view(n.cfg.Now()), nil
+}
+
+// Phone returns the account's phone link, as this device knows it.
+func (n *Node) Phone(ctx context.Context) (*PhoneStatus, error) {
+	if _, _, err := n.phoneAccount(); err != nil {
+		return nil, err
+	}
+	st, err := n.loadPhone(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return st.view(n.cfg.Now()), nil
+}
+
+// UnlinkPhone removes the number: the relay deletes the link and the
+// directory entry (and any pending code), then the device forgets the
+// number. If the relay can't be reached nothing changes; retry.
+func (n *Node) UnlinkPhone(ctx context.Context) (*PhoneStatus, error) {
+	a, c, err := n.phoneAccount()
+	if err != nil {
+		return nil, err
+	}
+	n.phoneMu.Lock()
+	defer n.phoneMu.Unlock()
+	st, err := n.loadPhone(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for _, addr := range []string{st.Relay, st.PendingRelay} {
+		ai, err := peer.AddrInfoFromString(addr)
+		if err != nil {
+			continue
+		}
+		n.host.Peerstore().AddAddrs(ai.ID, ai.Addrs, peerstore.TempAddrTTL)
+		if _, err := c.Unenrol(ctx, ai.ID, a.identity); err != nil {
+			return nil, unreachable(err)
+		}
+	}
+	if err := n.store.Namespace(phoneNamespace).Delete(ctx, keyPhoneState); err != nil {
+		return nil, err
+	}
+	return phoneState{}.view(n.cfg.Now()), nil
+}
+
+// purgeDiscovery is the account-deletion purge of one relay: the number
+// link, directory entry and pending code (see delete.go's purgers).
+func (n *Node) purgeDiscovery(ctx context.Context, relay peer.ID, id *e2ee.Identity) error {
+	c, err := discovery.NewClient(n.host, discovery.WithClientLogger(n.log))
+	if err != nil {
+		return err
+	}
+	_, err = c.Unenrol(ctx, relay, id)
+	var unsupported msmux.ErrNotSupported[protocol.ID]
+	if err != nil && !errors.As(err, &unsupported) { // a relay without discovery holds nothing
+		return fmt.Errorf("discovery: %w", err)
+	}
+	return nil
+}
