@@ -80,6 +80,11 @@ const (
 	// ContentReceipt is a delivery or read receipt: a ratchet message whose
 	// plaintext is a receipt, typed so it is not shown as a message.
 	ContentReceipt ContentType = 4
+	// ContentPresence is a presence beacon (protocols/presence): a signed
+	// online/offline status sealed straight to the contact's mailbox key,
+	// never stored by relays. Typed so nothing else ever opens it as a
+	// message.
+	ContentPresence ContentType = 5
 )
 
 // String names the content type.
@@ -93,6 +98,8 @@ func (t ContentType) String() string {
 		return "sender-key"
 	case ContentReceipt:
 		return "receipt"
+	case ContentPresence:
+		return "presence"
 	}
 	return fmt.Sprintf("content-type-%d", uint8(t))
 }
