@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/kinmesh/kinmesh/protocols/calls"
 )
 
 // These tests need neither root nor network namespaces.
@@ -142,13 +144,15 @@ func TestWriteMarkdown(t *testing.T) {
 	a, b := &Device{Name: "d1", NAT: EIM}, &Device{Name: "d3", NAT: Symmetric}
 	rep := Report{Results: []PairResult{
 		{A: a, B: b, Expected: PathRelay, Connected: true, Path: PathRelay, FirstConn: 80 * time.Millisecond,
-			HolePunch: "failed after 3 attempts", MsgAB: 300 * time.Millisecond, MsgBA: 250 * time.Millisecond},
+			HolePunch: "failed after 3 attempts", MsgAB: 300 * time.Millisecond, MsgBA: 250 * time.Millisecond,
+			Call: CallResult{Expected: PathRelay, Connected: true, Path: PathRelay, Local: "srflx", Remote: "relay", Setup: 120 * time.Millisecond,
+				Stats: calls.Stats{Codec: "opus,vp8", Width: 320, Height: 240, FPS: 15, FramesReceived: 30, RTTMS: 1.5}}},
 		{A: a, B: a, Expected: PathDirect, Path: PathNone, Err: errors.New("boom")},
 	}}
 	var buf bytes.Buffer
 	rep.WriteMarkdown(&buf)
 	out := buf.String()
-	for _, want := range []string{"# NAT matrix", "| eim | symmetric | relay | yes | relay | 80 ms | – | – | failed after 3 attempts | 300 ms | 250 ms |", "| FAIL |", "1 of 2 pairs", "boom"} {
+	for _, want := range []string{"# NAT matrix", "| eim | symmetric | relay | yes | relay | 80 ms | – | – | failed after 3 attempts | 300 ms | 250 ms | relay | relay (srflx ↔ relay) | 120 ms | opus+vp8 320x240 15 fps, rtt 1.5 ms, lost 0 |", "| FAIL |", "1 of 2 pairs", "boom"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("report lacks %q:\n%s", want, out)
 		}
@@ -159,6 +163,21 @@ func TestWriteMarkdown(t *testing.T) {
 			if got := strings.Count(line, "|"); got != len(columns)+1 {
 				t.Errorf("header has %d separators, want %d", got, len(columns)+1)
 			}
+		}
+	}
+}
+
+func TestExpectCall(t *testing.T) {
+	for _, tt := range []struct {
+		a, b NAT
+		want Path
+	}{
+		{EIM, EIM, PathDirect}, {EIM, Symmetric, PathRelay}, {EIM, Firewall, PathDirect}, {EIM, NoNAT, PathDirect},
+		{Symmetric, Symmetric, PathRelay}, {Symmetric, Firewall, PathRelay}, {Symmetric, NoNAT, PathDirect},
+		{Firewall, Firewall, PathDirect}, {Firewall, NoNAT, PathDirect}, {NoNAT, NoNAT, PathDirect},
+	} {
+		if got, back := ExpectCall(tt.a, tt.b), ExpectCall(tt.b, tt.a); got != tt.want || back != tt.want {
+			t.Errorf("%s–%s: got %s / %s, want %s", tt.a, tt.b, got, back, tt.want)
 		}
 	}
 }

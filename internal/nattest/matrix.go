@@ -2,6 +2,7 @@ package nattest
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"slices"
@@ -64,11 +65,8 @@ func (l *Lab) Pairs() ([][2]*Device, error) {
 }
 
 // PairResult is what the matrix records for one pair of devices. A is
-// the side that sends first, so it dials B (through B's relays).
-//
-// Extension point: when calls (WebRTC) land, add a Call field here (path
-// direct/ICE srflx or relayed/TURN, time to connect), fill it in RunPair
-// after the message exchange, and add its column to columns below.
+// the side that sends first, so it dials B (through B's relays), and
+// calls B (calls.go).
 type PairResult struct {
 	A, B     *Device
 	Expected Path
@@ -88,7 +86,11 @@ type PairResult struct {
 	// MsgAB and MsgBA are from each send until the recipient had the
 	// message and the sender its delivery receipt (0: didn't happen).
 	MsgAB, MsgBA time.Duration
-	// Settle is how long the pair took in all (until the path was final).
+	// Call is the pair's call (A calls B after the messages): its path,
+	// direct (ICE host/srflx/prflx) or relay (TURN), and media.
+	Call CallResult
+	// Settle is how long the pair took in all (until the path was final,
+	// and the call ended).
 	Settle time.Duration
 	// Err says what went wrong, if anything.
 	Err error
@@ -97,7 +99,7 @@ type PairResult struct {
 // OK reports whether the pair met the goal: connected, on the expected
 // path, a message each way.
 func (r PairResult) OK() bool {
-	return r.Err == nil && r.Connected && r.Path == r.Expected && r.MsgAB > 0 && r.MsgBA > 0
+	return r.Err == nil && r.Connected && r.Path == r.Expected && r.MsgAB > 0 && r.MsgBA > 0 && r.Call.OK()
 }
 
 // Timeouts bound each step of RunPair.
@@ -179,6 +181,11 @@ func RunPair(ctx context.Context, a, b *Device, to Timeouts) (res PairResult) {
 		res.DirectVia = append(res.DirectVia, t)
 	}
 	slices.Sort(res.DirectVia)
+	if res.Err == nil {
+		res.Call = RunCall(ctx, a, b, to.Interval)
+	} else {
+		res.Call = CallResult{Expected: ExpectCall(a.NAT, b.NAT), Path: PathNone, Err: errors.New("skipped: the messages failed")}
+	}
 	return res
 }
 
@@ -363,6 +370,7 @@ var columns = []column{
 	{"hole punch (DCUtR)", func(r PairResult) string { return r.HolePunch }},
 	{"message A→B", func(r PairResult) string { return ms(r.MsgAB, r.MsgAB > 0) }},
 	{"message B→A", func(r PairResult) string { return ms(r.MsgBA, r.MsgBA > 0) }},
+	callColumns[0], callColumns[1], callColumns[2], callColumns[3],
 	{"pair took", func(r PairResult) string { return r.Settle.Round(100 * time.Millisecond).String() }},
 	{"result", func(r PairResult) string {
 		if r.OK() {
@@ -432,6 +440,19 @@ func (r Report) WriteMarkdown(w io.Writer) {
 	fmt.Fprintln(w, "(connections: the daemons' own open times; messages: polled every 100 ms,")
 	fmt.Fprintln(w, "so add up to ~100 ms plus a CLI round trip).")
 	fmt.Fprintln(w)
+	fmt.Fprintln(w, "Then A calls B (`kinmesh call`, `kinmesh answer`: WebRTC, both daemons")
+	fmt.Fprintln(w, "playing their test clips, Opus and VP8 320×240 at 15 fps) and holds the")
+	fmt.Fprintln(w, "call until B has received two seconds of A's video. Each device gets STUN")
+	fmt.Fprintln(w, "and TURN from its first relay (short-lived credentials over libp2p). The")
+	fmt.Fprintln(w, "call path is A's daemon's view (`kinmesh calls ID --json`): *direct* when")
+	fmt.Fprintln(w, "ICE connected host, server-reflexive (srflx) or peer-reflexive (prflx)")
+	fmt.Fprintln(w, "candidates, *relay* when one end is a TURN relay candidate; the candidate")
+	fmt.Fprintln(w, "types of A's selected pair are in brackets (A's ↔ B's). Call media is UDP")
+	fmt.Fprintln(w, "only, so unlike the libp2p connection (which may use TCP) a symmetric NAT")
+	fmt.Fprintln(w, "stays on TURN against a firewall that drops unsolicited UDP. Call setup is")
+	fmt.Fprintln(w, "from the offer to connected (ICE + DTLS), as A's daemon measured it;")
+	fmt.Fprintln(w, "media is what B measured (RTT from RTCP).")
+	fmt.Fprintln(w)
 	fmt.Fprintln(w, "| NAT type | router |")
 	fmt.Fprintln(w, "| --- | --- |")
 	for _, n := range NATs {
@@ -454,10 +475,12 @@ func (r Report) WriteMarkdown(w io.Writer) {
 			fmt.Fprintf(w, "- %s–%s: %v\n", res.A.NAT, res.B.NAT, res.Err)
 			failed = true
 		}
+		if res.Call.Err != nil {
+			fmt.Fprintf(w, "- %s–%s call: %v\n", res.A.NAT, res.B.NAT, res.Call.Err)
+			failed = true
+		}
 	}
 	if failed {
 		fmt.Fprintln(w)
 	}
-	fmt.Fprintln(w, "Calls (WebRTC: ICE srflx vs TURN) are not in kinmesh yet; they will add a")
-	fmt.Fprintln(w, "column here.")
 }

@@ -69,6 +69,8 @@ func TestNATMatrix(t *testing.T) {
 		t.Logf("%-9s → %-9s expected %-6s got %-6s first conn %v, direct after %v via %v, hole punch %s, messages %v / %v, took %v, err %v",
 			r.A.NAT, r.B.NAT, r.Expected, r.Path, r.FirstConn.Round(time.Millisecond), r.DirectAfter.Round(time.Millisecond), r.DirectVia,
 			r.HolePunch, r.MsgAB.Round(time.Millisecond), r.MsgBA.Round(time.Millisecond), r.Settle.Round(time.Millisecond), r.Err)
+		t.Logf("%-9s → %-9s call: expected %-6s got %-6s (%s ↔ %s) setup %v, rang after %v, B received %+v, err %v",
+			r.A.NAT, r.B.NAT, r.Call.Expected, r.Call.Path, r.Call.Local, r.Call.Remote, r.Call.Setup, r.Call.Ring.Round(time.Millisecond), r.Call.Stats, r.Call.Err)
 		results = append(results, r)
 	}
 	rep := Report{Results: results, Setup: setup, Total: time.Since(begin), Machine: machine()}
@@ -90,8 +92,12 @@ func TestNATMatrix(t *testing.T) {
 			t.Errorf("%s – %s: never connected", r.A.NAT, r.B.NAT)
 		case r.Path != r.Expected:
 			t.Errorf("%s – %s: ended %s, want %s (hole punch: %s)", r.A.NAT, r.B.NAT, r.Path, r.Expected, r.HolePunch)
+		case r.Call.Err != nil:
+			t.Errorf("%s – %s call: %v", r.A.NAT, r.B.NAT, r.Call.Err)
+		case r.Call.Path != r.Call.Expected:
+			t.Errorf("%s – %s call: path %s (%s ↔ %s), want %s", r.A.NAT, r.B.NAT, r.Call.Path, r.Call.Local, r.Call.Remote, r.Call.Expected)
 		case !r.OK():
-			t.Errorf("%s – %s: messages %v / %v", r.A.NAT, r.B.NAT, r.MsgAB, r.MsgBA)
+			t.Errorf("%s – %s: messages %v / %v, call %+v", r.A.NAT, r.B.NAT, r.MsgAB, r.MsgBA, r.Call)
 		}
 	}
 }

@@ -1,0 +1,156 @@
+package calls
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/kinmesh/kinmesh/protocols/calls/testmedia"
+)
+
+// connectedCall sets up a call from a to b, both sending the test clips,
+// and waits until both sides are connected.
+func connectedCall(t *testing.T, ctx context.Context, a, b *device, o Options) (out, in Info) {
+	t.Helper()
+	if o.Media == nil {
+		o.Media = media(t)
+	}
+	c, err := a.svc.Call(ctx, b.account(), o)
+	if err != nil {
+		t.Fatalf("Call: %v", err)
+	}
+	ring := b.incoming(ctx, a.account())
+	if _, err := b.svc.Accept(ctx, ring.ID, Options{Media: media(t)}); err != nil {
+		t.Fatalf("Accept: %v", err)
+	}
+	out = a.waitState(ctx, c.ID(), StateConnected)
+	in = b.waitState(ctx, ring.ID, StateConnected)
+	return out, in
+}
+
+// plausible waits until the call's statistics show the test clips
+// arriving, and checks them.
+func plausible(t *testing.T, ctx context.Context, d *device, id string) Info {
+	t.Helper()
+	// Wait until they settle: under a loaded scheduler (-race, a busy
+	// machine) the players and receivers may lag for a moment.
+	i := d.poll(ctx, id, "statistics of the received clips", func(i Info) bool {
+		s := i.Stats
+		return s != nil && s.FramesReceived >= 20 && s.Width > 0 && s.RTTMS > 0 && s.PacketsReceived > 50 &&
+			s.FPS >= testmedia.FPS*0.6 && s.FPS <= testmedia.FPS*1.4 && s.JitterMS < 200
+	})
+	s := i.Stats
+	if s.Codec != "opus,vp8" || s.AudioCodec != "opus" || s.VideoCodec != "vp8" {
+		t.Errorf("codecs %q (%q, %q), want opus,vp8", s.Codec, s.AudioCodec, s.VideoCodec)
+	}
+	if s.Width != testmedia.Width || s.Height != testmedia.Height {
+		t.Errorf("resolution %dx%d, want %dx%d", s.Width, s.Height, testmedia.Width, testmedia.Height)
+	}
+	if s.FPS < testmedia.FPS*0.6 || s.FPS > testmedia.FPS*1.4 {
+		t.Errorf("frame rate %.1f, want about %d", s.FPS, testmedia.FPS)
+	}
+	if s.RTTMS <= 0 || s.RTTMS > 500 {
+		t.Errorf("RTT %.3f ms on loopback", s.RTTMS)
+	}
+	if s.JitterMS < 0 || s.JitterMS > 200 || s.PacketsLost < 0 || s.PacketsLost > s.PacketsReceived/10 {
+		t.Errorf("jitter %.2f ms, lost %d of %d: implausible on loopback", s.JitterMS, s.PacketsLost, s.PacketsReceived)
+	}
+	if s.BytesSent == 0 || s.BytesReceived == 0 {
+		t.Errorf("bytes sent %d, received %d", s.BytesSent, s.BytesReceived)
+	}
+	return i
+}
+
+func TestDirectCall(t *testing.T) {
+	r := startRelay(t)
+	a, b := newDevice(t, deviceConfig{relay: r}), newDevice(t, deviceConfig{relay: r})
+	befriend(t, a, b)
+	ctx := testCtx(t, 60*time.Second)
+	out, in := connectedCall(t, ctx, a, b, Options{})
+	for _, i := range []Info{out, in} {
+		if i.Path != PathDirect {
+			t.Errorf("%s side: path %q (%s/%s), want direct", i.Direction, i.Path, i.LocalCandidate, i.RemoteCandidate)
+		}
+		if i.SetupMS <= 0 || i.ConnectedAt.IsZero() || i.AnsweredAt.IsZero() {
+			t.Errorf("%s side: setup %d ms, answered %v, connected %v", i.Direction, i.SetupMS, i.AnsweredAt, i.ConnectedAt)
+		}
+	}
+	if out.Direction != DirectionOut || in.Direction != DirectionIn || out.Peer != string(b.account()) || in.Peer != string(a.account()) {
+		t.Errorf("directions/peers: out %+v in %+v", out, in)
+	}
+	if !out.Audio || !out.Video || !in.Audio || !in.Video {
+		t.Errorf("media flags: out %v/%v in %v/%v", out.Audio, out.Video, in.Audio, in.Video)
+	}
+	plausible(t, ctx, a, out.ID)
+	plausible(t, ctx, b, in.ID)
+
+	// The caller hangs up: both end, and the call stays readable with its
+	// statistics.
+	if err := a.svc.HangUp(ctx, out.ID); err != nil {
+		t.Fatal(err)
+	}
+	endA := a.waitState(ctx, out.ID, StateEnded)
+	endB := b.waitState(ctx, in.ID, StateEnded)
+	if endA.Reason != ReasonHangup || endB.Reason != ReasonRemoteHangup {
+		t.Errorf("reasons %q / %q, want hangup / remote_hangup", endA.Reason, endB.Reason)
+	}
+	for _, d := range []struct {
+		d  *device
+		id string
+	}{{a, out.ID}, {b, in.ID}} {
+		i, err := d.d.svc.Get(d.id)
+		if err != nil {
+			t.Fatalf("Get after the end: %v", err)
+		}
+		if i.Stats == nil || i.Stats.FramesReceived < 20 || i.DurationS <= 0 || i.EndedAt.IsZero() {
+			t.Errorf("ended call %+v, stats %+v: want its duration and last statistics", i, i.Stats)
+		}
+		if l := d.d.svc.List(); len(l) != 1 || l[0].ID != d.id {
+			t.Errorf("List: %+v", l)
+		}
+		if err := d.d.svc.HangUp(ctx, d.id); err != nil {
+			t.Errorf("hanging up an ended call: %v", err)
+		}
+		if _, err := d.d.svc.Accept(ctx, d.id, Options{}); !errors.Is(err, ErrNotRinging) {
+			t.Errorf("accepting an ended call: %v, want ErrNotRinging", err)
+		}
+	}
+}
+
+func TestForcedRelayCall(t *testing.T) {
+	r := startRelay(t)
+	a, b := newDevice(t, deviceConfig{relay: r}), newDevice(t, deviceConfig{relay: r})
+	befriend(t, a, b)
+	ctx := testCtx(t, 60*time.Second)
+	out, in := connectedCall(t, ctx, a, b, Options{ForceRelay: true})
+	if out.Path != PathRelay || out.LocalCandidate != "relay" || !out.ForceRelay {
+		t.Errorf("caller: path %q (%s/%s), force relay %v; want relay from a relay candidate", out.Path, out.LocalCandidate, out.RemoteCandidate, out.ForceRelay)
+	}
+	if in.Path != PathRelay || in.RemoteCandidate != "relay" {
+		t.Errorf("callee: path %q (%s/%s), want the caller's relay candidate", in.Path, in.LocalCandidate, in.RemoteCandidate)
+	}
+	plausible(t, ctx, b, in.ID)
+	st := r.srv.Stats()
+	if st.Allocations == 0 || st.RelayedPackets < 50 || st.RelayedBytes < 10_000 {
+		t.Fatalf("TURN server stats %+v: want the call's media through an allocation", st)
+	}
+	if err := b.svc.HangUp(ctx, in.ID); err != nil {
+		t.Fatal(err)
+	}
+	if i := a.waitState(ctx, out.ID, StateEnded); i.Reason != ReasonRemoteHangup {
+		t.Errorf("caller's reason %q, want remote_hangup", i.Reason)
+	}
+	b.waitState(ctx, in.ID, StateEnded)
+	// The call's allocations end with it (the account's quota is free
+	// again at once, not when they would have timed out).
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for r.srv.Stats().Allocations != 0 {
+		select {
+		case <-tick.C:
+		case <-ctx.Done():
+			t.Fatalf("allocations left after the call: %+v", r.srv.Stats())
+		}
+	}
+}

@@ -1,0 +1,148 @@
+package calls
+
+import (
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/pion/ice/v4"
+	"github.com/pion/interceptor"
+	"github.com/pion/interceptor/pkg/nack"
+	"github.com/pion/interceptor/pkg/report"
+	"github.com/pion/interceptor/pkg/stats"
+	"github.com/pion/webrtc/v4"
+
+	"github.com/kinmesh/kinmesh/protocols/pionlog"
+)
+
+// The codecs calls negotiate: Opus for audio; VP8, then H.264
+// (constrained baseline, packetization mode 1) for video. Fewer codecs
+// than pion's defaults keep the SDP small.
+var (
+	videoFeedback = []webrtc.RTCPFeedback{{Type: "ccm", Parameter: "fir"}, {Type: "nack"}, {Type: "nack", Parameter: "pli"}}
+	audioCodecs   = []webrtc.RTPCodecParameters{{
+		RTPCodecCapability: webrtc.RTPCodecCapability{MimeType: webrtc.MimeTypeOpus, ClockRate: 48000, Channels: 2, SDPFmtpLine: "minptime=10;useinbandfec=1"},
+		PayloadType:        111,
+	}}
+	videoCodecs = []webrtc.RTPCodecParameters{{
+		RTPCodecCapability: webrtc.RTPCodecCapability{MimeType: webrtc.MimeTypeVP8, ClockRate: 90000, RTCPFeedback: videoFeedback},
+		PayloadType:        96,
+	}, {
+		RTPCodecCapability: webrtc.RTPCodecCapability{
+			MimeType: webrtc.MimeTypeH264, ClockRate: 90000, RTCPFeedback: videoFeedback,
+			SDPFmtpLine: "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f",
+		},
+		PayloadType: 102,
+	}}
+)
+
+// peerConfig is what a call's peer connection is built from.
+type peerConfig struct {
+	servers    []webrtc.ICEServer
+	forceRelay bool
+	loopback   bool
+	log        *slog.Logger
+}
+
+// newPeer builds a peer connection with its own interceptors (NACK, RTCP
+// sender and receiver reports, and a stats recorder whose Getter the call
+// reads RTT, jitter and loss from).
+func newPeer(pc peerConfig) (*webrtc.PeerConnection, stats.Getter, error) {
+	lf := pionlog.Factory(pc.log)
+	m := &webrtc.MediaEngine{}
+	for _, c := range audioCodecs {
+		if err := m.RegisterCodec(c, webrtc.RTPCodecTypeAudio); err != nil {
+			return nil, nil, err
+		}
+	}
+	for _, c := range videoCodecs {
+		if err := m.RegisterCodec(c, webrtc.RTPCodecTypeVideo); err != nil {
+			return nil, nil, err
+		}
+	}
+	reg := &interceptor.Registry{}
+	if err := webrtc.ConfigureNackWithOptions(m, reg,
+		[]nack.GeneratorOption{nack.WithGeneratorLoggerFactory(lf)}, nack.WithResponderLoggerFactory(lf)); err != nil {
+		return nil, nil, err
+	}
+	if err := webrtc.ConfigureRTCPReportsWithOptions(reg,
+		[]report.ReceiverOption{report.WithReceiverLoggerFactory(lf)}, report.WithSenderLoggerFactory(lf)); err != nil {
+		return nil, nil, err
+	}
+	sf, err := stats.NewInterceptor(stats.WithLoggerFactory(lf))
+	if err != nil {
+		return nil, nil, err
+	}
+	var (
+		getterMu sync.Mutex
+		getter   stats.Getter
+	)
+	sf.OnNewPeerConnection(func(_ string, g stats.Getter) {
+		getterMu.Lock()
+		getter = g
+		getterMu.Unlock()
+	})
+	reg.Add(sf)
+
+	se := webrtc.SettingEngine{LoggerFactory: lf}
+	se.SetICEMulticastDNSMode(ice.MulticastDNSModeDisabled)
+	se.SetNetworkTypes([]webrtc.NetworkType{webrtc.NetworkTypeUDP4, webrtc.NetworkTypeUDP6})
+	se.SetIncludeLoopbackCandidate(pc.loopback)
+	// Disconnected after 4 s without consent responses (then an ICE
+	// restart), failed after 15 s, keepalives every second.
+	se.SetICETimeouts(4*time.Second, 15*time.Second, time.Second)
+	// pion's controlling agent waits before it nominates a pair with a
+	// relay (2 s) or peer-reflexive (1 s) candidate, in case a better pair
+	// turns up: half a second is enough for host and reflexive checks to
+	// answer (NAT traversal mostly ends on a peer-reflexive pair), and a
+	// relay-only call has nothing better to wait for.
+	se.SetPrflxAcceptanceMinWait(500 * time.Millisecond)
+	se.SetRelayAcceptanceMinWait(500 * time.Millisecond)
+	if pc.forceRelay {
+		se.SetRelayAcceptanceMinWait(0)
+	}
+
+	api := webrtc.NewAPI(webrtc.WithMediaEngine(m), webrtc.WithInterceptorRegistry(reg), webrtc.WithSettingEngine(se))
+	cfg := webrtc.Configuration{ICEServers: pc.servers, BundlePolicy: webrtc.BundlePolicyMaxBundle, RTCPMuxPolicy: webrtc.RTCPMuxPolicyRequire}
+	if pc.forceRelay {
+		cfg.ICETransportPolicy = webrtc.ICETransportPolicyRelay
+	}
+	p, err := api.NewPeerConnection(cfg)
+	if err != nil {
+		return nil, nil, fmt.Errorf("calls: new peer connection: %w", err)
+	}
+	getterMu.Lock()
+	g := getter
+	getterMu.Unlock()
+	if g == nil {
+		_ = p.Close()
+		return nil, nil, fmt.Errorf("calls: new peer connection: no stats recorder")
+	}
+	return p, g, nil
+}
+
+// candidateTypes returns the types of the selected candidate pair's ends
+// ("", "" before one is selected).
+func candidateTypes(p *webrtc.PeerConnection) (local, remote string) {
+	sctp := p.SCTP()
+	if sctp == nil || sctp.Transport() == nil || sctp.Transport().ICETransport() == nil {
+		return "", ""
+	}
+	pair, err := sctp.Transport().ICETransport().GetSelectedCandidatePair()
+	if err != nil || pair == nil || pair.Local == nil || pair.Remote == nil {
+		return "", ""
+	}
+	return pair.Local.Typ.String(), pair.Remote.Typ.String()
+}
+
+// pathOf is "relay" if either end of the pair is a TURN relay candidate.
+func pathOf(local, remote string) string {
+	switch {
+	case local == "" || remote == "":
+		return ""
+	case local == webrtc.ICECandidateTypeRelay.String() || remote == webrtc.ICECandidateTypeRelay.String():
+		return PathRelay
+	}
+	return PathDirect
+}
