@@ -1,0 +1,162 @@
+package blobs
+
+import (
+	"context"
+	"crypto/rand"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/peerstore"
+	"go.uber.org/goleak"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/kinmesh/kinmesh/protocols/wire"
+	"github.com/kinmesh/kinmesh/storage"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m,
+		goleak.IgnoreTopFunction("github.com/ipfs/go-log/v2/writer.(*MirrorWriter).logRoutine"),
+		goleak.IgnoreTopFunction("go.opencensus.io/stats/view.(*worker).start"),
+		goleak.IgnoreAnyFunction("github.com/libp2p/go-libp2p/p2p/transport/quicreuse.(*reuse).gc"),
+	)
+}
+
+var discard = slog.New(slog.DiscardHandler)
+
+func marshal(m proto.Message) []byte {
+	b, err := proto.Marshal(m)
+	if err != nil {
+		panic(err)
+	}
+	return b
+}
+
+func newHost(t testing.TB) host.Host {
+	t.Helper()
+	h, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"), libp2p.DisableMetrics())
+	if err != nil {
+		t.Fatalf("libp2p.New: %v", err)
+	}
+	t.Cleanup(func() { _ = h.Close() })
+	return h
+}
+
+// testRelay is a relay host with a blob service on a real store. Stop and
+// Start close and reopen both, as a relay restart would.
+type testRelay struct {
+	t    testing.TB
+	h    host.Host
+	dir  string
+	opts []Option
+	st   *storage.Store
+	svc  *Service
+}
+
+// relaxed lifts the rate limits, for tests about something else.
+var relaxed = []Option{WithPutRate(1<<20, 1<<20), WithGetRate(1<<20, 1<<20)}
+
+func startRelay(t testing.TB, opts ...Option) *testRelay {
+	t.Helper()
+	r := &testRelay{t: t, h: newHost(t), dir: t.TempDir(), opts: opts}
+	r.Start()
+	t.Cleanup(r.Stop)
+	return r
+}
+
+func (r *testRelay) Start() {
+	r.t.Helper()
+	st, err := storage.Open(r.dir, storage.WithProfile(storage.ProfileRelay), storage.WithLogger(discard))
+	if err != nil {
+		r.t.Fatalf("storage.Open: %v", err)
+	}
+	svc, err := NewService(r.h, st, append([]Option{WithLogger(discard)}, r.opts...)...)
+	if err != nil {
+		_ = st.Close()
+		r.t.Fatalf("NewService: %v", err)
+	}
+	r.st, r.svc = st, svc
+}
+
+func (r *testRelay) Stop() {
+	if r.svc == nil {
+		return
+	}
+	if err := r.svc.Close(); err != nil {
+		r.t.Errorf("Service.Close: %v", err)
+	}
+	if err := r.svc.Close(); err != nil {
+		r.t.Errorf("second Service.Close: %v", err)
+	}
+	if err := r.st.Close(); err != nil {
+		r.t.Errorf("Store.Close: %v", err)
+	}
+	r.svc, r.st = nil, nil
+}
+
+func (r *testRelay) ID() peer.ID { return r.h.ID() }
+
+// keys counts the keys in the relay's blob namespace.
+func (r *testRelay) keys(t testing.TB) int {
+	t.Helper()
+	n := 0
+	err := r.st.Namespace(Namespace).List(context.Background(), storage.ListOptions{}, func(string, []byte) error {
+		n++
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func newClient(t testing.TB, relays ...*testRelay) *Client {
+	t.Helper()
+	h := newHost(t)
+	for _, r := range relays {
+		h.Peerstore().AddAddrs(r.h.ID(), r.h.Addrs(), peerstore.PermanentAddrTTL)
+	}
+	c, err := NewClient(h, WithClientLogger(discard))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func testCtx(t testing.TB) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func randKey(t testing.TB) *[32]byte {
+	var k [32]byte
+	if _, err := rand.Read(k[:]); err != nil {
+		t.Fatal(err)
+	}
+	return &k
+}
+
+// sealed seals n random bytes under a fresh key.
+func sealed(t testing.TB, n int) (*Sealed, *[32]byte, []byte) {
+	t.Helper()
+	data := make([]byte, n)
+	_, _ = rand.Read(data)
+	k := randKey(t)
+	s, err := Seal(k, data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, k, data
+}
+
+// rawStream opens a blob stream by hand, for tests of hostile clients.
+func rawStream(t testing.TB, c *Client, relay peer.ID, fn func(network.Stream, *wire.Reader) error) error {
+	t.Helper()
+	return c.roundTrip(testCtx(t), relay, fn)
+}

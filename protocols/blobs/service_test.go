@@ -1,0 +1,250 @@
+package blobs
+
+import (
+	"bytes"
+	"crypto/ed25519"
+	"crypto/rand"
+	"errors"
+	"testing"
+
+	"github.com/libp2p/go-libp2p/core/network"
+
+	"github.com/kinmesh/kinmesh/protocols/wire"
+)
+
+func deleteKeyOf(t testing.TB, id BlobID) ed25519.PrivateKey {
+	t.Helper()
+	return DeleteKey(bytes.Repeat([]byte{42}, 32), id)
+}
+
+func mustPut(t testing.TB, c *Client, r *testRelay, s *Sealed) Usage {
+	t.Helper()
+	u, err := c.Put(testCtx(t), r.ID(), s, deleteKeyOf(t, s.ID).Public().(ed25519.PublicKey))
+	if err != nil {
+		t.Fatalf("Put: %v", err)
+	}
+	return u
+}
+
+// TestPutGetDelete: a blob goes up, comes back verified and decrypts; a
+// second upload is not sent again; a valid proof deletes it and frees the
+// quota; nothing is left on disk.
+func TestPutGetDelete(t *testing.T) {
+	r := startRelay(t, relaxed...)
+	c := newClient(t, r)
+	other := newClient(t, r)
+	s, k, data := sealed(t, 600<<10)
+	u := mustPut(t, c, r, s)
+	if want := (Usage{Bytes: 3 * ChunkSize, Blobs: 1}); u != want {
+		t.Fatalf("usage after put: got %+v, want %+v", u, want)
+	}
+	if got := r.svc.Usage(); got != u {
+		t.Fatalf("relay usage: got %+v, want %+v", got, u)
+	}
+	if u2 := mustPut(t, c, r, s); u2 != (Usage{}) {
+		t.Fatalf("second put: usage %+v, want none (already stored)", u2)
+	}
+	chunks, err := other.Get(testCtx(t), r.ID(), s.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := Open(k, chunks)
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("fetched blob does not open to the data: %v", err)
+	}
+	present, err := other.Has(testCtx(t), r.ID(), []BlobID{s.ID, {}})
+	if err != nil || len(present) != 2 || !present[0] || present[1] {
+		t.Fatalf("Has: %v, %v; want [true false]", present, err)
+	}
+	// A proof by another key is refused; the right one deletes.
+	wrong := SignDelete(DeleteKey(bytes.Repeat([]byte{1}, 32), s.ID), s.ID)
+	if err := other.Delete(testCtx(t), r.ID(), s.ID, wrong); !errors.Is(err, ErrUnauthorized) {
+		t.Fatalf("delete with a wrong proof: got %v, want ErrUnauthorized", err)
+	}
+	// Anyone holding the proof may delete (it travels in tombstones).
+	if err := other.Delete(testCtx(t), r.ID(), s.ID, SignDelete(deleteKeyOf(t, s.ID), s.ID)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := other.Get(testCtx(t), r.ID(), s.ID); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("get after delete: got %v, want ErrNotFound", err)
+	}
+	if err := other.Delete(testCtx(t), r.ID(), s.ID, SignDelete(deleteKeyOf(t, s.ID), s.ID)); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("second delete: got %v, want ErrNotFound", err)
+	}
+	if got := r.svc.Usage(); got != (Usage{}) {
+		t.Fatalf("relay usage after delete: %+v", got)
+	}
+	if n := r.keys(t); n != 1 { // the totals record
+		t.Fatalf("%d keys left in the namespace, want 1 (totals)", n)
+	}
+}
+
+// TestQuotas: the uploader's blob count and the relay's budget are
+// enforced with typed errors, and survive a restart.
+func TestQuotas(t *testing.T) {
+	r := startRelay(t, append(relaxed, WithUploaderQuota(4*ChunkSize, 2), WithRelayBudget(5*ChunkSize))...)
+	a, b := newClient(t, r), newClient(t, r)
+	s1, _, _ := sealed(t, 10)
+	s2, _, _ := sealed(t, 10)
+	s3, _, _ := sealed(t, 10)
+	big, _, _ := sealed(t, 3*chunkPlain) // 4 chunks
+	mustPut(t, a, r, s1)
+	mustPut(t, a, r, s2)
+	if _, err := a.Put(testCtx(t), r.ID(), s3, deleteKeyOf(t, s3.ID).Public().(ed25519.PublicKey)); !errors.Is(err, ErrQuota) {
+		t.Fatalf("third blob: got %v, want ErrQuota", err)
+	}
+	if _, err := b.Put(testCtx(t), r.ID(), big, deleteKeyOf(t, big.ID).Public().(ed25519.PublicKey)); !errors.Is(err, ErrRelayFull) {
+		t.Fatalf("4 chunks on a relay holding 2 of 5: got %v, want ErrRelayFull", err)
+	}
+	r.Stop()
+	r.Start()
+	if got := r.svc.Usage(); got != (Usage{Bytes: 2 * ChunkSize, Blobs: 2}) {
+		t.Fatalf("usage after restart: %+v", got)
+	}
+	if _, err := a.Put(testCtx(t), r.ID(), s3, deleteKeyOf(t, s3.ID).Public().(ed25519.PublicKey)); !errors.Is(err, ErrQuota) {
+		t.Fatalf("after restart: got %v, want ErrQuota", err)
+	}
+	if err := a.Delete(testCtx(t), r.ID(), s1.ID, SignDelete(deleteKeyOf(t, s1.ID), s1.ID)); err != nil {
+		t.Fatal(err)
+	}
+	mustPut(t, a, r, s3)
+}
+
+// TestCorruptChunk: a chunk that doesn't match its hash ends the upload
+// with ErrCorrupt, leaves nothing behind and frees the reservation.
+func TestCorruptChunk(t *testing.T) {
+	r := startRelay(t, relaxed...)
+	c := newClient(t, r)
+	s, _, _ := sealed(t, 2*chunkPlain)
+	var code Code
+	err := rawStream(t, c, r.ID(), func(st network.Stream, rd *wire.Reader) error {
+		req := request{kind: reqPut, id: s.ID, hashes: s.Hashes, deleteKey: deleteKeyOf(t, s.ID).Public().(ed25519.PublicKey)}
+		if err := wire.Write(st, encodeRequest(req), maxRequestFrame); err != nil {
+			return err
+		}
+		if r, err := c.readResponse(st, rd); err != nil || r.code != CodeOK {
+			t.Fatalf("put answer: %+v, %v", r, err)
+		}
+		if err := wire.Write(st, encodeChunk(0, s.Chunks[0]), maxChunkFrame); err != nil {
+			return err
+		}
+		bad := bytes.Clone(s.Chunks[1])
+		bad[0] ^= 1
+		if err := wire.Write(st, encodeChunk(1, bad), maxChunkFrame); err != nil {
+			return err
+		}
+		resp, err := c.readResponse(st, rd)
+		code = resp.code
+		return err
+	})
+	if err != nil || code != CodeCorrupt {
+		t.Fatalf("got code %v, err %v; want corrupt", code, err)
+	}
+	if n := r.keys(t); n != 0 {
+		t.Fatalf("%d keys left after a corrupt upload", n)
+	}
+	mustPut(t, c, r, s) // the reservation and the id are free again
+}
+
+// TestInterruptedUpload: an upload whose stream dies leaves nothing
+// visible, and a restart sweeps anything it left.
+func TestInterruptedUpload(t *testing.T) {
+	r := startRelay(t, relaxed...)
+	c := newClient(t, r)
+	s, _, _ := sealed(t, 3*chunkPlain)
+	_ = rawStream(t, c, r.ID(), func(st network.Stream, rd *wire.Reader) error {
+		req := request{kind: reqPut, id: s.ID, hashes: s.Hashes, deleteKey: deleteKeyOf(t, s.ID).Public().(ed25519.PublicKey)}
+		if err := wire.Write(st, encodeRequest(req), maxRequestFrame); err != nil {
+			return err
+		}
+		if _, err := c.readResponse(st, rd); err != nil {
+			return err
+		}
+		if err := wire.Write(st, encodeChunk(0, s.Chunks[0]), maxChunkFrame); err != nil {
+			return err
+		}
+		return errors.New("client gives up") // roundTrip resets the stream
+	})
+	if _, err := c.Get(testCtx(t), r.ID(), s.ID); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("get of an interrupted upload: got %v, want ErrNotFound", err)
+	}
+	r.Stop()
+	r.Start()
+	if n := r.keys(t); n != 0 {
+		t.Fatalf("%d keys left after restart", n)
+	}
+	mustPut(t, c, r, s)
+}
+
+// TestBadRequests: hostile first frames are refused with typed codes.
+func TestBadRequests(t *testing.T) {
+	r := startRelay(t, relaxed...)
+	c := newClient(t, r)
+	s, _, _ := sealed(t, 10)
+	lying := request{kind: reqPut, id: BlobID{1}, hashes: s.Hashes, deleteKey: make([]byte, 32)}
+	tooMany := request{kind: reqPut, hashes: make([][32]byte, MaxChunks+1), deleteKey: make([]byte, 32)}
+	tooMany.id = ComputeID(tooMany.hashes)
+	for _, tc := range []struct {
+		name string
+		req  request
+		want Code
+	}{
+		{"id not matching the hashes", lying, CodeMalformed},
+		{"too many chunks", tooMany, CodeTooLarge},
+		{"get past the end", request{kind: reqGet, id: s.ID, from: MaxChunks}, CodeMalformed},
+		{"get unknown", request{kind: reqGet, id: BlobID{9}}, CodeNotFound},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var got Code
+			err := rawStream(t, c, r.ID(), func(st network.Stream, rd *wire.Reader) error {
+				if err := wire.Write(st, encodeRequest(tc.req), 1<<20); err != nil {
+					return err
+				}
+				resp, err := c.readResponse(st, rd)
+				got = resp.code
+				return err
+			})
+			if err != nil || got != tc.want {
+				t.Fatalf("got %v (err %v), want %v", got, err, tc.want)
+			}
+		})
+	}
+}
+
+// TestRateLimit: a peer starting too many uploads is refused with a retry
+// hint.
+func TestRateLimit(t *testing.T) {
+	r := startRelay(t, WithPutRate(1, 2))
+	c := newClient(t, r)
+	s, _, _ := sealed(t, 10)
+	pub := deleteKeyOf(t, s.ID).Public().(ed25519.PublicKey)
+	for range 2 {
+		if _, err := c.Put(testCtx(t), r.ID(), s, pub); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, err := c.Put(testCtx(t), r.ID(), s, pub)
+	if !errors.Is(err, ErrRateLimited) || RetryAfter(err) <= 0 {
+		t.Fatalf("got %v (retry after %v), want ErrRateLimited with a hint", err, RetryAfter(err))
+	}
+}
+
+// TestDeleteSigned is the path other relay services use.
+func TestDeleteSigned(t *testing.T) {
+	r := startRelay(t, relaxed...)
+	c := newClient(t, r)
+	s, _, _ := sealed(t, 10)
+	mustPut(t, c, r, s)
+	ctx := testCtx(t)
+	sig := make([]byte, ed25519.SignatureSize)
+	_, _ = rand.Read(sig)
+	if err := r.svc.DeleteSigned(ctx, s.ID, sig); !errors.Is(err, ErrUnauthorized) {
+		t.Fatalf("random proof: got %v, want ErrUnauthorized", err)
+	}
+	if err := r.svc.DeleteSigned(ctx, s.ID, SignDelete(deleteKeyOf(t, s.ID), s.ID)); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.svc.DeleteSigned(ctx, s.ID, SignDelete(deleteKeyOf(t, s.ID), s.ID)); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("again: got %v, want ErrNotFound", err)
+	}
+}

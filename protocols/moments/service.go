@@ -1,0 +1,946 @@
+package moments
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"errors"
+	"fmt"
+	"hash/maphash"
+	"io"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/kinmesh/kinmesh/protocols/blobs"
+	"github.com/kinmesh/kinmesh/protocols/moments/pb"
+	"github.com/kinmesh/kinmesh/protocols/wire"
+	"github.com/kinmesh/kinmesh/storage"
+)
+
+// MediaDeleter deletes blobs on deletion proofs: the relay's blob service
+// (blobs.Service.DeleteSigned).
+type MediaDeleter interface {
+	DeleteSigned(ctx context.Context, id blobs.BlobID, sig []byte) error
+}
+
+// Service is the relay side of moments: it keeps the frames of the feeds
+// registered with it (from their topics and from Keep requests), serves
+// them to the feeds' audiences page by page, acts on tombstones and
+// withdrawals, and purges whole feeds. Create it with NewService; Close
+// stops it.
+type Service struct {
+	h      host.Host
+	local  peer.ID
+	store  *storage.Store
+	ns     *storage.Namespace
+	router *Router
+	media  MediaDeleter
+	cfg    config
+	log    *slog.Logger
+	tr     tracer
+
+	reqLim   *limiter // per peer
+	topicLim *limiter // per topic
+
+	seed  maphash.Seed
+	locks [64]sync.Mutex // per feed, striped: every change of a feed
+
+	mu     sync.Mutex // guards feeds, topics and totals
+	feeds  map[string]*feedState
+	topics map[string]topicRef
+	items  uint64
+	bytes  uint64
+
+	ctx    context.Context // cancelled by Close
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	closeMu   sync.Mutex
+	closed    bool
+	closeOnce sync.Once
+}
+
+// feedState is a feed as the relay holds it in memory (its record, "f/" F).
+// Its fields change under the feed's lock and mu together.
+type feedState struct {
+	key     string // F = Opaque(owner key)
+	owner   ed25519.PublicKey
+	epochs  []epochState
+	nextSeq uint64
+	items   uint64
+	bytes   uint64
+}
+
+type epochState struct {
+	topic      string
+	audience   ed25519.PublicKey
+	registered time.Time
+	index      uint32
+}
+
+type topicRef struct {
+	feed  string
+	epoch uint32
+}
+
+// Store keys, in the "moments" namespace, with F = Opaque(owner key),
+// T = Opaque(topic), P and I = Opaque(moment id) and Opaque(item id):
+//
+//	"f/" F                              pb.Feed: owner key, epochs, counters
+//	"t/" T                              F: which feed a topic belongs to
+//	"i/" F "/" %04x(epoch) "/" %016x(seq) pb.Stored: a kept frame
+//	"x/" F "/" P "/" I                  the key of an item of moment P (the moment and its reactions)
+//	"r/" F "/" I                        the key of reaction I, or "-" once withdrawn (TTL MarkerTTL)
+//	"n/" F "/" P                        uvarint: reactions kept for moment P
+//	"d/" F "/" P                        moment P was deleted (TTL MarkerTTL)
+//
+// Tombstones and withdrawals are kept as items with TTL MarkerTTL, so
+// friends that backfill later still learn of them.
+const (
+	keyFeed      = "f/"
+	keyTopic     = "t/"
+	keyItem      = "i/"
+	keyIndex     = "x/"
+	keyReaction  = "r/"
+	keyCount     = "n/"
+	keyDeleted   = "d/"
+	withdrawnVal = "-"
+)
+
+// NewService starts keeping moments on h: it serves /kinmesh/moments/1.0.0
+// and joins (on router) the topics of the feeds registered in st's
+// "moments" namespace. media deletes a moment's blobs when its tombstone
+// arrives (nil: media are left to their uploader). st and router must
+// outlive the Service: close the Service first.
+//
+// Defaults (see the Option functions): the real clock; slog.Default(); no
+// metrics; DefaultMaxFeeds feeds of at most DefaultFeedMaxItems frames and
+// DefaultFeedMaxBytes bytes each; DefaultReactionsPerMoment reactions per
+// moment; per peer DefaultRequestsPerMinute requests a minute (bursts of
+// DefaultRequestBurst); per topic DefaultTopicFramesPerMinute frames a
+// minute (bursts of DefaultTopicBurst); DefaultMaxEpochs topics per feed;
+// 30 s per request stream.
+func NewService(h host.Host, st *storage.Store, router *Router, media MediaDeleter, opts ...Option) (*Service, error) {
+	if h == nil || st == nil || router == nil {
+		return nil, errors.New("moments: NewService needs a host, a store and a router")
+	}
+	cfg := defaultConfig()
+	for _, o := range opts {
+		if err := o(&cfg); err != nil {
+			return nil, err
+		}
+	}
+	if cfg.logger == nil {
+		cfg.logger = slog.Default()
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &Service{
+		h: h, local: h.ID(), store: st, ns: st.Namespace(Namespace), router: router, media: media,
+		cfg: cfg, log: cfg.logger.With("component", "moments"), tr: tracer{cfg.tracer},
+		reqLim:   newLimiter(cfg.now, cfg.reqRate, cfg.reqBurst, cfg.maxTracked),
+		topicLim: newLimiter(cfg.now, cfg.topicRate, cfg.topicB, cfg.maxTracked),
+		seed:     maphash.MakeSeed(),
+		feeds:    map[string]*feedState{}, topics: map[string]topicRef{},
+		ctx: ctx, cancel: cancel,
+	}
+	if err := s.load(ctx); err != nil {
+		cancel()
+		return nil, err
+	}
+	s.joinLive()
+	s.report()
+	h.SetStreamHandler(ID, s.handle)
+	s.wg.Go(s.janitor)
+	return s, nil
+}
+
+// load reads every feed record.
+func (s *Service) load(ctx context.Context) error {
+	return s.ns.List(ctx, storage.ListOptions{Prefix: keyFeed}, func(k string, v []byte) error {
+		fs, err := decodeFeed(strings.TrimPrefix(k, keyFeed), v)
+		if err != nil {
+			s.log.Warn("skipping a malformed feed record", "err", err)
+			return nil
+		}
+		s.feeds[fs.key] = fs
+		for _, e := range fs.epochs {
+			s.topics[e.topic] = topicRef{feed: fs.key, epoch: e.index}
+		}
+		s.items += fs.items
+		s.bytes += fs.bytes
+		return nil
+	})
+}
+
+// Close stops serving and leaves the feeds' topics. It does not close the
+// store or the router. It is safe to call more than once.
+func (s *Service) Close() error {
+	s.closeOnce.Do(func() {
+		s.closeMu.Lock()
+		s.closed = true
+		s.closeMu.Unlock()
+		s.h.RemoveStreamHandler(ID)
+		s.cancel()
+		s.wg.Wait()
+		s.mu.Lock()
+		topics := make([]string, 0, len(s.topics))
+		for t := range s.topics {
+			topics = append(topics, t)
+		}
+		s.mu.Unlock()
+		for _, t := range topics {
+			s.router.Leave(t)
+		}
+	})
+	return nil
+}
+
+// Stats returns how many feeds, frames and frame bytes the relay keeps.
+func (s *Service) Stats() (feeds int, items, bytes uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.feeds), s.items, s.bytes
+}
+
+func (s *Service) report() {
+	f, i, b := s.Stats()
+	s.tr.kept(f, i, b)
+}
+
+func (s *Service) enter() bool {
+	s.closeMu.Lock()
+	defer s.closeMu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.wg.Add(1)
+	return true
+}
+
+func (s *Service) lock(feed string) *sync.Mutex {
+	return &s.locks[maphash.String(s.seed, feed)%uint64(len(s.locks))]
+}
+
+// live reports whether epoch i of fs is still listened to: the newest, or
+// one whose successor is younger than EpochGrace.
+func live(fs *feedState, i int, now time.Time) bool {
+	return i == len(fs.epochs)-1 || now.Sub(fs.epochs[i+1].registered) < EpochGrace
+}
+
+// joinLive joins the live topics and leaves the others.
+func (s *Service) joinLive() {
+	now := s.cfg.now()
+	var join, leave []string
+	s.mu.Lock()
+	for _, fs := range s.feeds {
+		for i, e := range fs.epochs {
+			if live(fs, i, now) {
+				join = append(join, e.topic)
+			} else {
+				leave = append(leave, e.topic)
+			}
+		}
+	}
+	s.mu.Unlock()
+	for _, t := range leave {
+		s.router.Leave(t)
+	}
+	for _, t := range join {
+		if err := s.router.Join(t, s.validate, s.onGossip); err != nil {
+			s.log.Warn("join a feed's topic", "err", err)
+		}
+	}
+}
+
+// janitor leaves topics past their grace window.
+func (s *Service) janitor() {
+	t := time.NewTicker(s.cfg.janitor)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-t.C:
+			s.joinLive()
+		}
+	}
+}
+
+// keysOf returns the keys that verify topic's frames, and whether the
+// topic is live (frames are kept only on live topics; backfill serves all).
+func (s *Service) keysOf(topic string) (ref topicRef, keys feedKeys, isLive, ok bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ref, ok = s.topics[topic]
+	if !ok {
+		return ref, feedKeys{}, false, false
+	}
+	fs := s.feeds[ref.feed]
+	for i, e := range fs.epochs {
+		if e.index == ref.epoch {
+			return ref, feedKeys{owner: fs.owner, audience: e.audience}, live(fs, i, s.cfg.now()), true
+		}
+	}
+	return ref, feedKeys{}, false, false
+}
+
+// validate is every kept topic's gossipsub validator.
+func (s *Service) validate(topic string, _ peer.ID, data []byte) error {
+	_, keys, isLive, ok := s.keysOf(topic)
+	if !ok {
+		return ErrUnknownTopic
+	}
+	if !isLive {
+		return fmt.Errorf("topic rotated away: %w", ErrStale)
+	}
+	if _, err := checkFrame(data, topic, keys, s.cfg.now(), MaxGossipAge); err != nil {
+		return err
+	}
+	if ok, _ := s.topicLim.take(topic); !ok {
+		return ErrRateLimited
+	}
+	return nil
+}
+
+// onGossip keeps a frame a topic delivered.
+func (s *Service) onGossip(topic string, _ peer.ID, data []byte) {
+	ref, keys, isLive, ok := s.keysOf(topic)
+	if !ok || !isLive {
+		return
+	}
+	f, err := checkFrame(data, topic, keys, s.cfg.now(), MaxGossipAge+time.Minute)
+	if err != nil {
+		return
+	}
+	if _, err := s.keep(s.ctx, ref, data, f, false); err != nil && !errors.Is(err, ErrDeleted) {
+		s.log.Debug("keep a gossiped frame", "kind", f.kind, "err", err)
+	}
+}
+
+type stream interface {
+	io.Reader
+	io.Writer
+	SetDeadline(time.Time) error
+}
+
+func (s *Service) handle(st network.Stream) {
+	if !s.enter() {
+		_ = st.Reset()
+		return
+	}
+	defer s.wg.Done()
+	if err := st.Scope().SetService(ServiceName); err != nil {
+		_ = st.Reset()
+		return
+	}
+	stop := context.AfterFunc(s.ctx, func() { _ = st.Reset() })
+	defer stop()
+	if err := s.serve(s.ctx, st, st.Scope(), st.Conn().RemotePeer()); err != nil {
+		s.log.Debug("stream ended", "peer", st.Conn().RemotePeer(), "err", err)
+		_ = st.Reset()
+		return
+	}
+	_ = st.Close()
+}
+
+type memScope interface {
+	ReserveMemory(size int, prio uint8) error
+	ReleaseMemory(size int)
+}
+
+// serve answers the one request a stream carries.
+func (s *Service) serve(ctx context.Context, st stream, scope memScope, remote peer.ID) error {
+	if err := st.SetDeadline(time.Now().Add(s.cfg.timeout)); err != nil {
+		return err
+	}
+	if scope != nil {
+		if err := scope.ReserveMemory(maxRequestFrame, network.ReservationPriorityMedium); err != nil {
+			return s.reply(st, "unknown", response{code: CodeUnavailable})
+		}
+		defer scope.ReleaseMemory(maxRequestFrame)
+	}
+	b, err := wire.NewReader(st).ReadBytes(maxRequestFrame)
+	if err != nil {
+		if errors.Is(err, wire.ErrTooLarge) {
+			return s.reply(st, "unknown", response{code: CodeTooLarge})
+		}
+		return err
+	}
+	req, code := decodeRequest(b)
+	if code != CodeOK {
+		return s.reply(st, req.kind.String(), response{code: code})
+	}
+	if ok, wait := s.reqLim.take(string(remote)); !ok {
+		return s.reply(st, req.kind.String(), response{code: CodeRateLimited, retryAfter: wait})
+	}
+	var r response
+	switch req.kind {
+	case reqRegister:
+		r = s.register(ctx, req)
+	case reqKeep:
+		r = s.keepRequest(ctx, req)
+	case reqBackfill:
+		r = s.backfill(ctx, req, remote)
+	case reqPurge:
+		r = s.purge(ctx, req, remote)
+	}
+	return s.reply(st, req.kind.String(), r)
+}
+
+func (s *Service) reply(st stream, op string, r response) error {
+	s.tr.request(op, r.code)
+	return wire.Write(st, encodeResponse(r), maxResponseFrame)
+}
+
+// fresh reports whether a signed request's time is close to ours.
+func (s *Service) fresh(t time.Time) bool {
+	now := s.cfg.now()
+	return t.After(now.Add(-RequestMaxSkew)) && t.Before(now.Add(RequestMaxSkew))
+}
+
+// register adds a topic to a feed (creating the feed) and joins it.
+func (s *Service) register(ctx context.Context, req request) response {
+	if !s.fresh(req.time) || !ed25519.Verify(req.owner, registerMessage(s.local, req.owner, req.topic, req.audience, req.time), req.sig) {
+		return response{code: CodeUnauthorized}
+	}
+	fk := s.ns.Opaque(req.owner)
+	code, dropped := s.addEpoch(ctx, fk, req)
+	// Topics are left only without the feed's lock: a topic's delivery
+	// may be waiting for it.
+	for _, e := range dropped {
+		s.router.Leave(e.topic)
+		if err := s.dropEpoch(ctx, fk, e.index); err != nil {
+			s.log.Warn("register: drop the oldest epoch", "err", err)
+		}
+	}
+	if code == CodeOK {
+		s.joinLive()
+		s.report()
+	}
+	return response{code: code}
+}
+
+// addEpoch records a registered topic, creating the feed if need be. It
+// returns the epochs dropped beyond WithMaxEpochs.
+func (s *Service) addEpoch(ctx context.Context, fk string, req request) (Code, []epochState) {
+	l := s.lock(fk)
+	l.Lock()
+	defer l.Unlock()
+	s.mu.Lock()
+	fs, exists := s.feeds[fk]
+	ref, taken := s.topics[req.topic]
+	full := len(s.feeds) >= s.cfg.maxFeeds
+	var cp feedState
+	if exists {
+		cp = *fs
+		cp.epochs = append([]epochState(nil), fs.epochs...)
+	}
+	s.mu.Unlock()
+	switch {
+	case taken && ref.feed != fk:
+		return CodeUnauthorized, nil
+	case taken:
+		return CodeOK, nil // registered before
+	case !exists && full:
+		return CodeQuota, nil
+	case !exists:
+		cp = feedState{key: fk, owner: req.owner, nextSeq: 1}
+	}
+	idx := uint32(0)
+	if n := len(cp.epochs); n > 0 {
+		idx = cp.epochs[n-1].index + 1
+	}
+	cp.epochs = append(cp.epochs, epochState{topic: req.topic, audience: req.audience, registered: s.cfg.now(), index: idx})
+	var dropped []epochState
+	if len(cp.epochs) > s.cfg.maxEpochs {
+		dropped = cp.epochs[:len(cp.epochs)-s.cfg.maxEpochs]
+		cp.epochs = cp.epochs[len(cp.epochs)-s.cfg.maxEpochs:]
+	}
+	b := s.store.NewBatch()
+	_ = b.Put(s.ns, keyFeed+fk, cp.encode())
+	_ = b.Put(s.ns, keyTopic+s.ns.Opaque([]byte(req.topic)), []byte(fk))
+	for _, e := range dropped {
+		_ = b.Delete(s.ns, keyTopic+s.ns.Opaque([]byte(e.topic)))
+	}
+	if err := b.Commit(ctx); err != nil {
+		s.log.Warn("register: store", "err", err)
+		return CodeUnavailable, nil
+	}
+	s.mu.Lock()
+	s.feeds[fk] = &cp
+	s.topics[req.topic] = topicRef{feed: fk, epoch: idx}
+	for _, e := range dropped {
+		delete(s.topics, e.topic)
+	}
+	s.mu.Unlock()
+	return CodeOK, dropped
+}
+
+// keepRequest keeps the frames of a Keep request and republishes each
+// new one on its topic, so friends whose gossip missed it get it now.
+func (s *Service) keepRequest(ctx context.Context, req request) response {
+	ref, keys, isLive, ok := s.keysOf(req.topic)
+	if !ok {
+		return response{code: CodeNotFound}
+	}
+	if !isLive {
+		return response{code: CodeUnauthorized} // rotated away: the audience changed
+	}
+	now := s.cfg.now()
+	r := response{code: CodeOK, codes: make([]Code, len(req.frames))}
+	for i, raw := range req.frames {
+		f, err := checkFrame(raw, req.topic, keys, now, MaxKeepAge)
+		if err == nil {
+			if ok, _ := s.topicLim.take(req.topic); !ok {
+				err = ErrRateLimited
+			}
+		}
+		var fresh bool
+		if err == nil {
+			fresh, err = s.keep(ctx, ref, raw, f, true)
+		}
+		r.codes[i] = CodeOf(err)
+		if err != nil {
+			continue
+		}
+		if fresh && s.router.Joined(req.topic) && now.Sub(f.created) < MaxGossipAge {
+			if err := s.router.Publish(ctx, req.topic, raw); err != nil {
+				s.log.Debug("republish a kept frame", "err", err)
+			}
+		}
+	}
+	return r
+}
+
+// keep stores one verified frame of a feed and acts on it. It reports
+// whether the frame was new. sync commits to disk before returning (Keep
+// requests are answered only once their frames are durable).
+func (s *Service) keep(ctx context.Context, ref topicRef, raw []byte, f *frame, sync bool) (bool, error) {
+	l := s.lock(ref.feed)
+	l.Lock()
+	defer l.Unlock()
+	s.mu.Lock()
+	fs, ok := s.feeds[ref.feed]
+	var cp feedState
+	if ok {
+		cp = *fs
+	}
+	s.mu.Unlock()
+	if !ok {
+		return false, ErrUnknownTopic
+	}
+	F := ref.feed
+	P := s.ns.Opaque(f.post[:])
+	I := s.ns.Opaque(f.item[:])
+	has := func(k string) (bool, error) { return s.ns.Has(ctx, k) }
+	commit := func(b *storage.Batch) error {
+		if sync {
+			return b.Commit(ctx)
+		}
+		return b.CommitUnsynced(ctx)
+	}
+	deleted, err := has(keyDeleted + F + "/" + P)
+	if err != nil {
+		return false, fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	switch f.kind {
+	case KindPost, KindReaction:
+		if deleted {
+			return false, ErrDeleted
+		}
+		dupKey := keyIndex + F + "/" + P + "/" + I
+		if f.kind == KindReaction {
+			v, err := s.ns.Get(ctx, keyReaction+F+"/"+I)
+			switch {
+			case err == nil && string(v) == withdrawnVal:
+				return false, ErrDeleted
+			case err == nil:
+				return false, nil
+			case !errors.Is(err, storage.ErrNotFound):
+				return false, fmt.Errorf("%w: %w", ErrUnavailable, err)
+			}
+		} else if dup, err := has(dupKey); err != nil || dup {
+			return false, err
+		}
+		if cp.items+1 > s.cfg.feedItems || cp.bytes+uint64(len(raw)) > s.cfg.feedBytes {
+			return false, ErrQuota
+		}
+		b := s.store.NewBatch()
+		var count uint64
+		if f.kind == KindReaction {
+			if count, err = s.count(ctx, F, P); err != nil {
+				return false, err
+			}
+			if count >= uint64(s.cfg.reactionsPerPost) {
+				return false, ErrQuota
+			}
+			_ = b.Put(s.ns, keyCount+F+"/"+P, encodeCount(count+1))
+		}
+		ik := itemKey(F, ref.epoch, cp.nextSeq)
+		st := &pb.Stored{Seq: cp.nextSeq, Epoch: ref.epoch, Frame: raw, Kind: pb.Kind(f.kind), Post: f.post[:], Item: f.item[:], KeptMs: s.cfg.now().UnixMilli()}
+		for _, m := range f.media {
+			st.Media = append(st.Media, m[:])
+		}
+		_ = b.Put(s.ns, ik, marshal(st))
+		_ = b.Put(s.ns, dupKey, []byte(ik))
+		if f.kind == KindReaction {
+			_ = b.Put(s.ns, keyReaction+F+"/"+I, []byte(ik))
+		}
+		cp.nextSeq++
+		cp.items++
+		cp.bytes += uint64(len(raw))
+		_ = b.Put(s.ns, keyFeed+F, cp.encode())
+		if err := commit(b); err != nil {
+			return false, fmt.Errorf("%w: %w", ErrUnavailable, err)
+		}
+		s.setCounters(&cp, 1, int64(len(raw)))
+		return true, nil
+	case KindWithdraw:
+		return s.withdraw(ctx, ref, &cp, raw, f, P, I, commit)
+	case KindTombstone:
+		if deleted {
+			return false, nil
+		}
+		return true, s.tombstone(ctx, ref, &cp, raw, f, P, commit)
+	}
+	return false, ErrMalformed
+}
+
+// withdraw deletes a reaction on its author's proof and keeps the
+// withdrawal for friends that backfill later.
+func (s *Service) withdraw(ctx context.Context, ref topicRef, cp *feedState, raw []byte, f *frame, P, I string, commit func(*storage.Batch) error) (bool, error) {
+	F := ref.feed
+	rk := keyReaction + F + "/" + I
+	v, err := s.ns.Get(ctx, rk)
+	if err != nil && !errors.Is(err, storage.ErrNotFound) {
+		return false, fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	if err == nil && string(v) == withdrawnVal {
+		return false, nil
+	}
+	b := s.store.NewBatch()
+	var freed int64
+	if err == nil {
+		old, err := s.ns.Get(ctx, string(v))
+		if err != nil && !errors.Is(err, storage.ErrNotFound) {
+			return false, fmt.Errorf("%w: %w", ErrUnavailable, err)
+		}
+		if err == nil {
+			var st pb.Stored
+			if proto.Unmarshal(old, &st) == nil {
+				of, perr := parseFrame(st.GetFrame())
+				if perr != nil || !bytes.Equal(of.deleteKey, f.deleteKey) {
+					return false, fmt.Errorf("withdrawal by another key: %w", ErrSignature)
+				}
+				freed = int64(len(st.GetFrame()))
+			}
+			_ = b.Delete(s.ns, string(v))
+			_ = b.Delete(s.ns, keyIndex+F+"/"+P+"/"+I)
+			count, err := s.count(ctx, F, P)
+			if err != nil {
+				return false, err
+			}
+			if count > 0 {
+				_ = b.Put(s.ns, keyCount+F+"/"+P, encodeCount(count-1))
+			}
+		}
+	}
+	_ = b.PutTTL(s.ns, rk, []byte(withdrawnVal), MarkerTTL)
+	_ = b.PutTTL(s.ns, itemKey(F, ref.epoch, cp.nextSeq), marshal(&pb.Stored{
+		Seq: cp.nextSeq, Epoch: ref.epoch, Frame: raw, Kind: pb.Kind(f.kind), Post: f.post[:], Item: f.item[:], KeptMs: s.cfg.now().UnixMilli(),
+	}), MarkerTTL)
+	cp.nextSeq++
+	var dItems int64
+	if freed > 0 {
+		cp.items--
+		cp.bytes -= uint64(freed)
+		dItems = -1
+	}
+	_ = b.Put(s.ns, keyFeed+F, cp.encode())
+	if err := commit(b); err != nil {
+		return false, fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	s.setCounters(cp, dItems, -freed)
+	return true, nil
+}
+
+// tombstone deletes a moment with its reactions and media, and keeps the
+// tombstone for friends that backfill later.
+func (s *Service) tombstone(ctx context.Context, ref topicRef, cp *feedState, raw []byte, f *frame, P string, commit func(*storage.Batch) error) error {
+	F := ref.feed
+	b := s.store.NewBatch()
+	_ = b.PutTTL(s.ns, keyDeleted+F+"/"+P, nil, MarkerTTL)
+	_ = b.PutTTL(s.ns, itemKey(F, ref.epoch, cp.nextSeq), marshal(&pb.Stored{
+		Seq: cp.nextSeq, Epoch: ref.epoch, Frame: raw, Kind: pb.Kind(f.kind), Post: f.post[:], Item: f.item[:], KeptMs: s.cfg.now().UnixMilli(),
+	}), MarkerTTL)
+	cp.nextSeq++
+	_ = b.Put(s.ns, keyFeed+F, cp.encode())
+	if err := commit(b); err != nil {
+		return fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	s.setCounters(cp, 0, 0)
+	// The moment's items, in batches.
+	prefix := keyIndex + F + "/" + P + "/"
+	for {
+		var idx, items []string
+		err := s.ns.List(ctx, storage.ListOptions{Prefix: prefix, Limit: 256}, func(k string, v []byte) error {
+			idx = append(idx, k)
+			items = append(items, string(v))
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("%w: %w", ErrUnavailable, err)
+		}
+		if len(idx) == 0 {
+			break
+		}
+		b := s.store.NewBatch()
+		var n, size int64
+		for i, ik := range items {
+			if v, err := s.ns.Get(ctx, ik); err == nil {
+				var st pb.Stored
+				if proto.Unmarshal(v, &st) == nil {
+					n++
+					size += int64(len(st.GetFrame()))
+					if st.GetKind() == pb.Kind_KIND_REACTION {
+						_ = b.Delete(s.ns, keyReaction+F+"/"+s.ns.Opaque(st.GetItem()))
+					}
+				}
+			}
+			_ = b.Delete(s.ns, ik)
+			_ = b.Delete(s.ns, idx[i])
+		}
+		cp.items -= uint64(min(n, int64(cp.items)))
+		cp.bytes -= uint64(min(size, int64(cp.bytes)))
+		_ = b.Put(s.ns, keyFeed+F, cp.encode())
+		if err := commit(b); err != nil {
+			return fmt.Errorf("%w: %w", ErrUnavailable, err)
+		}
+		s.setCounters(cp, -n, -size)
+	}
+	if err := s.ns.Delete(ctx, keyCount+F+"/"+P); err != nil {
+		return fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	if s.media != nil {
+		for _, p := range f.proofs {
+			if err := s.media.DeleteSigned(ctx, p.id, p.sig); err != nil && !errors.Is(err, blobs.ErrNotFound) {
+				s.log.Debug("tombstone: delete media", "blob", p.id, "err", err)
+			}
+		}
+	}
+	return nil
+}
+
+// setCounters publishes a feed's new counters (cp) and moves the totals.
+func (s *Service) setCounters(cp *feedState, dItems, dBytes int64) {
+	s.mu.Lock()
+	if fs, ok := s.feeds[cp.key]; ok {
+		fs.nextSeq, fs.items, fs.bytes = cp.nextSeq, cp.items, cp.bytes
+	}
+	s.items = uint64(int64(s.items) + dItems)
+	s.bytes = uint64(int64(s.bytes) + dBytes)
+	s.mu.Unlock()
+	s.report()
+}
+
+func (s *Service) count(ctx context.Context, F, P string) (uint64, error) {
+	v, err := s.ns.Get(ctx, keyCount+F+"/"+P)
+	if errors.Is(err, storage.ErrNotFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	return decodeCount(v), nil
+}
+
+// backfill serves a page of a topic's kept frames after a seq.
+func (s *Service) backfill(ctx context.Context, req request, remote peer.ID) response {
+	ref, keys, _, ok := s.keysOf(req.topic)
+	if !ok {
+		return response{code: CodeNotFound}
+	}
+	if !s.fresh(req.time) || !ed25519.Verify(keys.audience, backfillMessage(s.local, remote, req.topic, req.after, req.time), req.sig) {
+		return response{code: CodeUnauthorized}
+	}
+	prefix := fmt.Sprintf("%s%s/%04x/", keyItem, ref.feed, ref.epoch)
+	r := response{code: CodeOK}
+	size := 0
+	err := s.ns.List(ctx, storage.ListOptions{Prefix: prefix, StartAfter: fmt.Sprintf("%s%016x", prefix, req.after), Limit: req.limit + 1}, func(_ string, v []byte) error {
+		var st pb.Stored
+		if proto.Unmarshal(v, &st) != nil {
+			return nil
+		}
+		if len(r.items) == req.limit || size+len(st.GetFrame()) > maxPageBytes {
+			r.more = true
+			return errStop
+		}
+		r.items = append(r.items, keptItem{seq: st.GetSeq(), frame: st.GetFrame()})
+		size += len(st.GetFrame())
+		return nil
+	})
+	if err != nil && !errors.Is(err, errStop) {
+		s.log.Warn("backfill: list", "err", err)
+		return response{code: CodeUnavailable}
+	}
+	return r
+}
+
+var errStop = errors.New("stop")
+
+// purge deletes a whole feed and tells the owner which media its moments
+// had, so it can delete them with their proofs.
+func (s *Service) purge(ctx context.Context, req request, remote peer.ID) response {
+	if !s.fresh(req.time) || !ed25519.Verify(req.owner, purgeMessage(s.local, remote, req.owner, req.time), req.sig) {
+		return response{code: CodeUnauthorized}
+	}
+	fk := s.ns.Opaque(req.owner)
+	s.mu.Lock()
+	fs, ok := s.feeds[fk]
+	var topics []string
+	if ok {
+		for _, e := range fs.epochs {
+			topics = append(topics, e.topic)
+		}
+	}
+	s.mu.Unlock()
+	if !ok {
+		return response{code: CodeOK}
+	}
+	// Leave first, without the feed's lock: a delivery may be waiting for it.
+	for _, t := range topics {
+		s.router.Leave(t)
+	}
+	l := s.lock(fk)
+	l.Lock()
+	defer l.Unlock()
+	var media []blobs.BlobID
+	n := 0
+	for _, p := range []string{keyItem, keyIndex, keyReaction, keyCount, keyDeleted} {
+		deleted, err := s.deletePrefix(ctx, p+fk+"/", func(v []byte) {
+			if p != keyItem {
+				return
+			}
+			var st pb.Stored
+			if proto.Unmarshal(v, &st) == nil && st.GetKind() == pb.Kind_KIND_POST {
+				for _, m := range st.GetMedia() {
+					if id, err := blobs.BlobIDFromBytes(m); err == nil {
+						media = append(media, id)
+					}
+				}
+			}
+		})
+		if p == keyItem {
+			n = deleted
+		}
+		if err != nil {
+			s.log.Warn("purge: delete", "err", err)
+			return response{code: CodeUnavailable}
+		}
+	}
+	b := s.store.NewBatch()
+	_ = b.Delete(s.ns, keyFeed+fk)
+	for _, t := range topics {
+		_ = b.Delete(s.ns, keyTopic+s.ns.Opaque([]byte(t)))
+	}
+	if err := b.Commit(ctx); err != nil {
+		return response{code: CodeUnavailable}
+	}
+	s.mu.Lock()
+	s.items -= min(s.items, fs.items)
+	s.bytes -= min(s.bytes, fs.bytes)
+	delete(s.feeds, fk)
+	for _, t := range topics {
+		delete(s.topics, t)
+	}
+	s.mu.Unlock()
+	s.report()
+	return response{code: CodeOK, media: media, deleted: n}
+}
+
+// dropEpoch deletes the frames of a feed's epoch dropped beyond
+// WithMaxEpochs.
+func (s *Service) dropEpoch(ctx context.Context, fk string, epoch uint32) error {
+	_, err := s.deletePrefix(ctx, fmt.Sprintf("%s%s/%04x/", keyItem, fk, epoch), nil)
+	return err
+}
+
+// deletePrefix deletes every key under prefix, in batches, calling seen
+// with each value first; it returns how many it deleted.
+func (s *Service) deletePrefix(ctx context.Context, prefix string, seen func([]byte)) (int, error) {
+	n := 0
+	for {
+		var keys []string
+		err := s.ns.List(ctx, storage.ListOptions{Prefix: prefix, Limit: 512}, func(k string, v []byte) error {
+			keys = append(keys, k)
+			if seen != nil {
+				seen(v)
+			}
+			return nil
+		})
+		if err != nil {
+			return n, err
+		}
+		if len(keys) == 0 {
+			return n, nil
+		}
+		b := s.store.NewBatch()
+		for _, k := range keys {
+			_ = b.Delete(s.ns, k)
+		}
+		if err := b.Commit(ctx); err != nil {
+			return n, err
+		}
+		n += len(keys)
+	}
+}
+
+func itemKey(feed string, epoch uint32, seq uint64) string {
+	return fmt.Sprintf("%s%s/%04x/%016x", keyItem, feed, epoch, seq)
+}
+
+func (fs *feedState) encode() []byte {
+	m := &pb.Feed{OwnerKey: fs.owner, NextSeq: fs.nextSeq, Items: fs.items, Bytes: fs.bytes}
+	for _, e := range fs.epochs {
+		m.Epochs = append(m.Epochs, &pb.Epoch{Topic: e.topic, AudienceKey: e.audience, RegisteredMs: e.registered.UnixMilli(), Index: e.index})
+	}
+	return marshal(m)
+}
+
+func decodeFeed(key string, b []byte) (*feedState, error) {
+	var m pb.Feed
+	if err := proto.Unmarshal(b, &m); err != nil || len(m.GetOwnerKey()) != ed25519.PublicKeySize {
+		return nil, fmt.Errorf("feed record: %w", ErrMalformed)
+	}
+	fs := &feedState{key: key, owner: m.GetOwnerKey(), nextSeq: max(1, m.GetNextSeq()), items: m.GetItems(), bytes: m.GetBytes()}
+	for _, e := range m.GetEpochs() {
+		if !validTopic(e.GetTopic()) || len(e.GetAudienceKey()) != ed25519.PublicKeySize {
+			return nil, fmt.Errorf("feed record epoch: %w", ErrMalformed)
+		}
+		fs.epochs = append(fs.epochs, epochState{topic: e.GetTopic(), audience: e.GetAudienceKey(), registered: time.UnixMilli(e.GetRegisteredMs()), index: e.GetIndex()})
+	}
+	return fs, nil
+}
+
+func encodeCount(n uint64) []byte { return marshal(&pb.Item{Seq: n}) }
+
+func decodeCount(b []byte) uint64 {
+	var m pb.Item
+	_ = proto.Unmarshal(b, &m)
+	return m.GetSeq()
+}
+
+func marshal(m proto.Message) []byte {
+	b, err := proto.Marshal(m)
+	if err != nil {
+		panic("moments: marshal: " + err.Error())
+	}
+	return b
+}
