@@ -3,6 +3,7 @@ package bootstrap
 import (
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"strconv"
@@ -12,6 +13,7 @@ import (
 	"github.com/BurntSushi/toml"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/kinmesh/kinmesh/protocols/discovery"
 	"github.com/kinmesh/kinmesh/protocols/mailbox"
 )
 
@@ -102,6 +104,118 @@ type Config struct {
 	// PrekeyMaxAccounts: accounts whose prekeys the relay keeps (default
 	// 100000; about 300 KB each at most).
 	PrekeyMaxAccounts int `toml:"prekey_max_accounts"`
+
+	// Report queue (/kinmesh/report/1.0.0, see docs/protocol/report.md):
+	// reports, feedback and support requests from the accounts using this
+	// relay, read by the operator on the ops endpoint (loopback only).
+	//
+	// ReportRetention: how long an item stays unless marked done
+	// (default 720h, 30 days).
+	ReportRetention Duration `toml:"report_retention"`
+	// ReportsPerDay, FeedbackPerDay: submissions one account may make per
+	// UTC day (defaults 20 reports, 10 feedback and support requests).
+	ReportsPerDay  int `toml:"reports_per_day"`
+	FeedbackPerDay int `toml:"feedback_per_day"`
+	// ReportMaxItems, ReportMaxBytes: caps on both queues together
+	// (defaults 10000 items, 256 MiB).
+	ReportMaxItems int   `toml:"report_max_items"`
+	ReportMaxBytes int64 `toml:"report_max_bytes"`
+
+	// Phone verification and contact discovery (/kinmesh/discovery/1.0.0,
+	// see docs/protocol/discovery.md and docs/operator-guide.md#sms-gateways).
+	//
+	// SMSGateway: "console" (codes go to the relay's log, nothing is sent:
+	// development and testnets only) or "webhook". Default "webhook" when
+	// SMSWebhookURL is set, else "console".
+	SMSGateway string `toml:"sms_gateway"`
+	// SMSWebhookURL: where the webhook gateway POSTs {"to","text"} JSON
+	// (https, or http on loopback for a local adapter).
+	SMSWebhookURL string `toml:"sms_webhook_url"`
+	// SMSWebhookTokenFile: a file holding the webhook's bearer token.
+	SMSWebhookTokenFile string `toml:"sms_webhook_token_file"`
+	// PhoneSendsPerDay, PhoneSendBurst: codes one account may have sent
+	// (defaults 5 a day, 3 at once). PhoneNumberSendsPerDay,
+	// PhoneNumberSendBurst: codes one number may be sent (same defaults).
+	PhoneSendsPerDay       int `toml:"phone_sends_per_day"`
+	PhoneSendBurst         int `toml:"phone_send_burst"`
+	PhoneNumberSendsPerDay int `toml:"phone_number_sends_per_day"`
+	PhoneNumberSendBurst   int `toml:"phone_number_send_burst"`
+	// DiscoveryEvaluationsPerDay, DiscoveryEvaluationBurst: numbers one
+	// account may look up (defaults 1000 a day, 2000 at once).
+	DiscoveryEvaluationsPerDay int `toml:"discovery_evaluations_per_day"`
+	DiscoveryEvaluationBurst   int `toml:"discovery_evaluation_burst"`
+	// DiscoveryMaxEntries: verified numbers the directory holds (default
+	// 1000000).
+	DiscoveryMaxEntries int `toml:"discovery_max_entries"`
+	// DiscoveryAllowUnverified lets accounts without a verified number on
+	// this relay look numbers up (default false: each account that
+	// queries costs a phone number, which keeps enumeration expensive).
+	DiscoveryAllowUnverified bool `toml:"discovery_allow_unverified"`
+	// SMSConsole, with the console gateway, receives one line per code
+	// instead of the log (the CLI passes stdout). SMS, if set, is the
+	// gateway, whatever SMSGateway says (embedders, tests).
+	SMSConsole io.Writer            `toml:"-"`
+	SMS        discovery.SMSGateway `toml:"-"`
+
+	// STUN/TURN server for calls (protocols/turn; see
+	// docs/protocol/calls.md and docs/operator-guide.md, "TURN"). It
+	// relays call media for devices that can't reach each other, with
+	// short-lived credentials it issues to accounts over libp2p.
+	//
+	// TURNDisable turns it off (default false: on).
+	TURNDisable bool `toml:"turn_disable"`
+	// TURNListen: IP:port it listens on, UDP and TCP. Default: the IP of
+	// the first IPv4 listen address, port 3478 (port 0, any free port,
+	// when that listen address has port 0: tests, testnets).
+	TURNListen string `toml:"turn_listen"`
+	// TURNPublicIP: the address put in relay candidates, which devices and
+	// their peers reach the relay at. Default: the first IPv4 announce
+	// address, else TURNListen's IP, else the first specific IPv4 listen
+	// address, else the host's first global IPv4 address. Set it when the
+	// relay is behind NAT or a port forward.
+	TURNPublicIP string `toml:"turn_public_ip"`
+	// TURNNoTCP turns TURN over TCP off (default false: UDP and TCP).
+	TURNNoTCP bool `toml:"turn_no_tcp"`
+	// TURNThreads: UDP sockets sharing the port, one read loop each
+	// (default: the number of CPUs).
+	TURNThreads int `toml:"turn_threads"`
+	// TURNRelayPortMin, TURNRelayPortMax: the UDP ports allocations relay
+	// on (default 49152-65535); open them in the firewall.
+	TURNRelayPortMin int `toml:"turn_relay_port_min"`
+	TURNRelayPortMax int `toml:"turn_relay_port_max"`
+	// TURNCredentialTTL: how long issued credentials open new allocations
+	// (default 10m; allocations made in time refresh for 4h more).
+	TURNCredentialTTL Duration `toml:"turn_credential_ttl"`
+	// TURNAccountAllocations, TURNAccountBandwidth: what one account may
+	// hold: allocations (default 8) and relayed bytes per second, both
+	// directions together (default 524288, 4 Mbit/s).
+	TURNAccountAllocations int   `toml:"turn_account_allocations"`
+	TURNAccountBandwidth   int64 `toml:"turn_account_bandwidth"`
+	// TURNMaxAllocations: allocations on the relay (default 1024).
+	TURNMaxAllocations int `toml:"turn_max_allocations"`
+
+	// Moments and their media (protocols/moments, protocols/blobs; see
+	// docs/protocol/moments.md, docs/protocol/blobs.md and the operator
+	// guide, "Moments and media"). The relay keeps the feeds of the
+	// accounts using it as a home relay (encrypted frames: moments,
+	// likes, comments) until their authors delete them, and their
+	// encrypted photos and videos.
+	//
+	// MomentsMaxFeeds: feeds the relay keeps (default 100000).
+	MomentsMaxFeeds int `toml:"moments_max_feeds"`
+	// MomentsFeedMaxItems, MomentsFeedMaxBytes: frames one feed may keep
+	// and their bytes (defaults 50000 and 64 MiB).
+	MomentsFeedMaxItems int   `toml:"moments_feed_max_items"`
+	MomentsFeedMaxBytes int64 `toml:"moments_feed_max_bytes"`
+	// MomentsReactionsPerMoment: likes and comments kept per moment
+	// (default 2000).
+	MomentsReactionsPerMoment int `toml:"moments_reactions_per_moment"`
+	// MediaMaxBytes: disk budget for media, all uploaders (default 64 GiB).
+	MediaMaxBytes int64 `toml:"media_max_bytes"`
+	// MediaUploaderMaxBytes, MediaUploaderMaxBlobs: what one uploader
+	// (device) may store (defaults 2 GiB and 20000 photos or videos).
+	MediaUploaderMaxBytes int64 `toml:"media_uploader_max_bytes"`
+	MediaUploaderMaxBlobs int   `toml:"media_uploader_max_blobs"`
 }
 
 // Duration is a time.Duration that reads "90s" / "2m" from TOML.
@@ -232,6 +346,18 @@ func (c *Config) applyDefaults() error {
 		return fmt.Errorf("%w: durations and sizes must be positive", ErrConfig)
 	}
 	if err := c.applyPrekeyDefaults(); err != nil {
+		return err
+	}
+	if err := c.applyTURNDefaults(); err != nil {
+		return err
+	}
+	if err := c.applyReportDefaults(); err != nil {
+		return err
+	}
+	if err := c.applyDiscoveryDefaults(); err != nil {
+		return err
+	}
+	if err := c.applyMomentsDefaults(); err != nil {
 		return err
 	}
 	if c.Logger == nil {

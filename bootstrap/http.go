@@ -53,7 +53,8 @@ func (r *Relay) Health() Health {
 	}
 }
 
-// Handler returns the ops endpoint: GET /healthz and GET /metrics.
+// Handler returns the ops endpoint: GET /healthz and GET /metrics, and
+// the operator's report and feedback queues (report.go, loopback only).
 func (r *Relay) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
@@ -61,6 +62,7 @@ func (r *Relay) Handler() http.Handler {
 		_ = json.NewEncoder(w).Encode(r.Health())
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(r.cfg.Registry, promhttp.HandlerOpts{}))
+	r.reportRoutes(mux)
 	return mux
 }
 
@@ -73,12 +75,20 @@ func (r *Relay) HTTPAddr() string {
 	return r.httpLn.Addr().String()
 }
 
-func (r *Relay) serveHTTP() error {
+// listenHTTP binds the ops endpoint's port. Start does it first, so a port
+// in use fails the start before anything else happens.
+func (r *Relay) listenHTTP() error {
 	ln, err := net.Listen("tcp", r.cfg.HTTP)
 	if err != nil {
 		return fmt.Errorf("ops endpoint on %s: %w (is the port in use? pick another with --http)", r.cfg.HTTP, err)
 	}
 	r.httpLn = ln
+	return nil
+}
+
+// serveHTTP serves the ops endpoint on the listener listenHTTP bound.
+func (r *Relay) serveHTTP() error {
+	ln := r.httpLn
 	r.httpSrv = &http.Server{
 		Handler:           r.Handler(),
 		ReadHeaderTimeout: 5 * time.Second,

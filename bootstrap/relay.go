@@ -21,9 +21,13 @@ import (
 	relayv2 "github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/relay"
 	ma "github.com/multiformats/go-multiaddr"
 
+	"github.com/kinmesh/kinmesh/protocols/backup"
+	"github.com/kinmesh/kinmesh/protocols/discovery"
 	"github.com/kinmesh/kinmesh/protocols/mailbox"
 	"github.com/kinmesh/kinmesh/protocols/netkit"
 	"github.com/kinmesh/kinmesh/protocols/prekeys"
+	"github.com/kinmesh/kinmesh/protocols/report"
+	"github.com/kinmesh/kinmesh/protocols/turn"
 	"github.com/kinmesh/kinmesh/storage"
 )
 
@@ -42,6 +46,13 @@ type Relay struct {
 	mailbox *mailbox.Service
 	metrics *metrics
 	prekeys *prekeys.Service
+	turn    *turn.Server
+	report  *report.Service
+
+	discovery *discovery.Service
+	sms       discovery.SMSGateway
+	backup    *backup.Service // backup.go
+	moments   *relayMoments   // moments.go
 
 	httpSrv *http.Server
 	httpLn  net.Listener
@@ -77,6 +88,11 @@ func (r *Relay) Start(ctx context.Context) (err error) {
 	// A first start that fails leaves no half-made data directory behind.
 	_, statErr := os.Stat(r.cfg.DataDir)
 	fresh := errors.Is(statErr, os.ErrNotExist)
+	if r.cfg.HTTP != "" {
+		if err := r.listenHTTP(); err != nil {
+			return err
+		}
+	}
 	defer func() {
 		if err != nil {
 			err = errors.Join(err, r.Close())
@@ -202,6 +218,21 @@ func (r *Relay) startServices(ctx context.Context) error {
 	if err := r.startPrekeys(); err != nil {
 		return err
 	}
+	if err := r.startTURN(ctx); err != nil {
+		return err
+	}
+	if err := r.startReport(); err != nil {
+		return err
+	}
+	if err := r.startDiscovery(); err != nil {
+		return err
+	}
+	if err := r.startBackup(); err != nil { // backup.go: needs discovery
+		return err
+	}
+	if err := r.startMoments(); err != nil { // moments.go
+		return err
+	}
 	return nil
 }
 
@@ -214,7 +245,10 @@ func (r *Relay) Close() error {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			errs = append(errs, r.httpSrv.Shutdown(ctx))
 			cancel()
+		} else if r.httpLn != nil {
+			errs = append(errs, r.httpLn.Close())
 		}
+		errs = append(errs, r.closeMoments()) // moments.go
 		if r.mailbox != nil {
 			errs = append(errs, r.mailbox.Close())
 		}
@@ -229,6 +263,18 @@ func (r *Relay) Close() error {
 		}
 		if r.prekeys != nil {
 			errs = append(errs, r.prekeys.Close())
+		}
+		if r.turn != nil {
+			errs = append(errs, r.turn.Close())
+		}
+		if r.report != nil {
+			errs = append(errs, r.report.Close())
+		}
+		if r.backup != nil { // before discovery, which it reads
+			errs = append(errs, r.backup.Close())
+		}
+		if r.discovery != nil {
+			errs = append(errs, r.discovery.Close())
 		}
 		if r.host != nil {
 			errs = append(errs, r.host.Close())

@@ -91,6 +91,11 @@ func (a *apiServer) v1Routes(mux *http.ServeMux) {
 	mux.HandleFunc("POST /v1/blocks", a.postBlock)
 	mux.HandleFunc("GET /v1/blocks", a.getBlocks)
 	mux.HandleFunc("DELETE /v1/blocks/{id}", a.deleteBlock)
+	a.discoveryRoutes(mux) // api_discovery.go
+	a.reportRoutes(mux)    // api_report.go
+	a.presenceRoutes(mux)  // api_presence.go
+	a.callsRoutes(mux)     // api_calls.go
+	a.recoveryRoutes(mux)  // api_recovery.go
 	mux.HandleFunc("GET /v1/node/peers", a.getPeers)
 }
 

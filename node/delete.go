@@ -28,7 +28,7 @@ import (
 // and expires there.
 
 // accountNamespaces are the store namespaces that hold account data.
-var accountNamespaces = []string{"account", "contacts", "blocks", "message"}
+var accountNamespaces = []string{"account", "contacts", "blocks", "message", "presence", "phone", "discovery", callsNamespace}
 
 // RelayPurge is one relay's answer to the purge.
 type RelayPurge struct {
@@ -75,6 +75,12 @@ func (n *Node) DeleteAccount(ctx context.Context) (*Deletion, error) {
 	n.acctMu.Lock()
 	n.acct, n.msg, n.contacts = nil, nil, nil
 	n.acctMu.Unlock()
+	if err := n.stopSocial(true); err != nil { // contacts forget our presence
+		return nil, err
+	}
+	if err := n.stopCalls(); err != nil {
+		return nil, err
+	}
 	if msg != nil {
 		if err := msg.Close(); err != nil {
 			return nil, err

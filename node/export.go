@@ -4,6 +4,7 @@ import (
 	"context"
 	"time"
 
+	"github.com/kinmesh/kinmesh/protocols/calls"
 	"github.com/kinmesh/kinmesh/protocols/message"
 )
 
@@ -30,10 +31,12 @@ type Export struct {
 	Groups         []message.Group    `json:"groups"`
 	Messages       []message.Message  `json:"messages"`
 	Locations      []message.Location `json:"locations"`
-	// Moments and Calls are filled by the moments and calls features; they
-	// are always present (empty until then).
+	// Moments is filled by the moments feature; it is always present
+	// (empty until then).
 	Moments []any `json:"moments"`
-	Calls   []any `json:"calls"`
+	// Calls is the call history, newest first, with each call's quality
+	// statistics (docs/export.md).
+	Calls []calls.Info `json:"calls"`
 }
 
 // ExportContact is a contact with its signed record.
@@ -57,7 +60,7 @@ func (n *Node) Export(ctx context.Context) (*Export, error) {
 	e := &Export{
 		Format: ExportFormat, Version: ExportVersion, ExportedAt: n.cfg.Now(), Account: *acct,
 		Contacts: []ExportContact{}, Groups: []message.Group{}, Messages: []message.Message{},
-		Locations: []message.Location{}, Moments: []any{}, Calls: []any{},
+		Locations: []message.Location{}, Moments: []any{}, Calls: n.exportCalls(),
 	}
 	view, err := n.SettingsView(ctx)
 	if err != nil {

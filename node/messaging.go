@@ -50,7 +50,11 @@ func (n *Node) startMessaging(pk *e2ee.PrekeyStore) error {
 		return fmt.Errorf("start messaging: %w", err)
 	}
 	n.publishRecord()
-	return nil
+	n.startRecovery() // recovery.go: backup upkeep
+	if err := n.startSocial(); err != nil {
+		return err
+	}
+	return n.startCalls()
 }
 
 // messaging returns the engine, or ErrNoAccount.

@@ -77,6 +77,18 @@ type Node struct {
 	// the discovery directory), run per home relay.
 	purgers []func(ctx context.Context, relay peer.ID, id *e2ee.Identity) error
 
+	// phoneMu serializes phone verification and discovery syncs (phone.go,
+	// discovery.go).
+	phoneMu sync.Mutex
+
+	// social is presence, reports and diagnostics (presence.go).
+	social social
+
+	// calls is the calls service (calls.go).
+	calls callsState
+
+	recovery recoveryState // account recovery backups (recovery.go)
+
 	bg     sync.WaitGroup // background work (DHT publishing)
 	bgStop context.CancelFunc
 	bgCtx  context.Context
@@ -305,6 +317,8 @@ func (n *Node) Close() error {
 		if n.api != nil {
 			errs = append(errs, n.api.close())
 		}
+		errs = append(errs, n.stopSocial(false)) // "offline" to contacts while relays are up
+		errs = append(errs, n.stopCalls())       // hang-ups reach the other side while relays are up
 		n.bgStop()
 		n.bg.Wait()
 		if n.msg != nil {

@@ -24,6 +24,10 @@ type Settings struct {
 	DiagnosticsSharing bool `json:"diagnostics_sharing"`
 	// CallQualitySharing lets the node share call-quality statistics.
 	CallQualitySharing bool `json:"call_quality_sharing"`
+	// CallForceRelay makes every call relay-only: the other party sees a
+	// relay's address, never this device's (not optional collection: it
+	// applies whatever the policy state; POST /v1/calls/settings).
+	CallForceRelay bool `json:"call_force_relay"`
 }
 
 // ConsentEvent is one entry of the consent history.
@@ -112,6 +116,7 @@ func (n *Node) settingsViewLocked(ctx context.Context) (*SettingsView, error) {
 	if !v.Policy.NeedsAcceptance {
 		v.Effective = st.Settings
 	}
+	v.Effective.CallForceRelay = st.Settings.CallForceRelay
 	return v, nil
 }
 

@@ -27,7 +27,7 @@ type command struct {
 }
 
 func commands() []command {
-	return []command{
+	cmds := []command{
 		{"node", "run a device node daemon with its local API", runNode},
 		{"relay", "run a bootstrap relay", runRelay},
 		{"testnet", "run a whole network (relays and devices) on this machine", runTestnet},
@@ -47,6 +47,10 @@ func commands() []command {
 		{"export", "write everything the node holds as JSON", runExport},
 		{"version", "print the version", runVersion},
 	}
+	cmds = append(cmds, phoneCommands()...)
+	cmds = append(cmds, reportCommands()...)
+	cmds = append(cmds, callsCommands()...)
+	return cmds
 }
 
 // errUsage marks errors caused by bad command-line use (exit status 2).
@@ -93,7 +97,7 @@ func usage(w io.Writer) {
 	fmt.Fprintln(w, "Usage: kinmesh <command> [flags]   (kinmesh <command> --help for its flags)")
 	fmt.Fprintln(w)
 	for _, c := range commands() {
-		fmt.Fprintf(w, "  %-9s %s\n", c.name, c.summary)
+		fmt.Fprintf(w, "  %-12s %s\n", c.name, c.summary)
 	}
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "Try the whole network on this machine: kinmesh testnet")

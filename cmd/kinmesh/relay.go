@@ -16,9 +16,15 @@ Runs a bootstrap relay: circuit relay v2 for devices behind NAT, the kinmesh
 DHT in server mode, AutoNAT service, and an ops endpoint (GET /healthz,
 GET /metrics). Settings come from --config (TOML), then KINMESH_RELAY_*
 environment variables, then flags; later ones win. SIGINT/SIGTERM stop it
-gracefully. See docs/operator-guide.md.`
+gracefully. See docs/operator-guide.md.
+
+The operator reads what users sent with "kinmesh relay reports" and
+"kinmesh relay feedback" (--help on each).`
 
 func runRelay(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && (args[0] == "reports" || args[0] == "feedback") {
+		return runRelayQueue(ctx, args[0], args[1:], stdout) // relay_reports.go
+	}
 	fs := newFlags("relay", relaySynopsis, stdout)
 	var (
 		configPath = fs.String("config", "", "TOML config file (see docs/operator-guide.md)")
