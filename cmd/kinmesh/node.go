@@ -4,8 +4,10 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/kinmesh/kinmesh/node"
 )
@@ -72,7 +74,35 @@ func runNode(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		log.Warn("lab setting on: hole punching treats these lab ranges as public; never use it outside a testbed", "lab_public_cidrs", labPublic.String())
 	}
 	fmt.Fprintf(stdout, "node %s\n  local API http://%s (token in %s)\n", n.ID(), n.APIAddr(), *data+"/"+node.TokenFile)
+	trimmer := time.AfterFunc(trimFirst, func() { trimLoop(ctx, log) })
+	defer trimmer.Stop()
 	<-ctx.Done()
 	log.Info("shutting down")
 	return n.Close()
+}
+
+// The daemon releases its start-up pages (trimStartupPages) once it has
+// settled, trimFirst after start, and again every trimEvery: a phone-sized
+// footprint while idle (docs/decisions.md, "Idle footprint").
+const (
+	trimFirst = 30 * time.Second
+	trimEvery = 10 * time.Minute
+)
+
+func trimLoop(ctx context.Context, log *slog.Logger) {
+	t := time.NewTicker(trimEvery)
+	defer t.Stop()
+	for {
+		n, err := trimStartupPages()
+		if err != nil {
+			log.Warn("trim start-up pages", "err", err)
+			return
+		}
+		log.Debug("trimmed start-up pages", "mapped_bytes", n)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }
