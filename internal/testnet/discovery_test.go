@@ -18,7 +18,7 @@ import (
 // relay keeps any of the numbers, in its files or its decrypted records.
 func TestPhoneDiscovery(t *testing.T) {
 	n := startNet(t, Config{Relays: 2, Devices: 2})
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	accounts(t, ctx, n)
 	a, b := n.Devices[0], n.Devices[1]
