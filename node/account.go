@@ -94,6 +94,9 @@ type Account struct {
 	ParentalConsent bool     `json:"parental_consent,omitempty"`
 	HomeRelays      []string `json:"home_relays"`
 	Fingerprint     string   `json:"fingerprint"`
+	// Photo is the profile photo's reference in the contact record, if
+	// there is a photo (photo.go).
+	Photo *PhotoInfo `json:"photo,omitempty"`
 }
 
 // account is the loaded account: its public face and its keys.
@@ -270,6 +273,7 @@ func (n *Node) signRecord(a *account, seq uint64) (contact.Signed, error) {
 		Devices:    []peer.ID{n.host.ID()},
 		MailboxID:  string(a.mailboxAuth.ID()),
 		MailboxKey: a.mailboxKey.Public(),
+		Photo:      a.record.Photo, // the current photo stays (photo.go)
 	}
 	return rec.Sign(a.identity)
 }
@@ -334,6 +338,7 @@ func (n *Node) Account() (*Account, error) {
 		return nil, ErrNoAccount
 	}
 	out := n.acct.Account
+	out.Photo = photoInfo(n.acct.record)
 	return &out, nil
 }
 

@@ -141,7 +141,7 @@ func (a *apiServer) auth(next http.Handler) http.Handler {
 			writeError(w, http.StatusUnauthorized, "unauthorized", "missing or wrong bearer token; it is in the node's data directory, file "+TokenFile)
 			return
 		}
-		r.Body = http.MaxBytesReader(w, r.Body, maxRequestBody)
+		r.Body = http.MaxBytesReader(w, r.Body, requestBodyLimit(r)) // api_moments.go
 		next.ServeHTTP(w, r)
 	})
 }

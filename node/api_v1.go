@@ -96,6 +96,8 @@ func (a *apiServer) v1Routes(mux *http.ServeMux) {
 	a.presenceRoutes(mux)  // api_presence.go
 	a.callsRoutes(mux)     // api_calls.go
 	a.recoveryRoutes(mux)  // api_recovery.go
+	a.momentsRoutes(mux)   // api_moments.go
+	a.photoRoutes(mux)     // api_photo.go
 	mux.HandleFunc("GET /v1/node/peers", a.getPeers)
 }
 

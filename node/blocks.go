@@ -69,6 +69,7 @@ func (n *Node) BlockContact(ctx context.Context, id string) (*Block, error) {
 		return nil, err
 	}
 	book.blocks.m[acct] = b
+	n.momentsAudienceChanged() // out of the moments audience at once
 	return &b, nil
 }
 
@@ -87,6 +88,7 @@ func (n *Node) UnblockContact(ctx context.Context, id string) error {
 		return err
 	}
 	delete(book.blocks.m, e2ee.AccountID(id))
+	n.momentsAudienceChanged()
 	return nil
 }
 

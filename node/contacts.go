@@ -219,6 +219,7 @@ func (n *Node) AddContact(ctx context.Context, invite string) (*Contact, error) 
 	if err != nil {
 		return nil, err
 	}
+	n.momentsAudienceChanged() // a new friend gets the moments key now
 	c := e.view()
 	return &c, nil
 }

@@ -28,7 +28,7 @@ import (
 // and expires there.
 
 // accountNamespaces are the store namespaces that hold account data.
-var accountNamespaces = []string{"account", "contacts", "blocks", "message", "presence", "phone", "discovery", callsNamespace}
+var accountNamespaces = []string{"account", "contacts", "blocks", "message", "presence", "phone", "discovery", callsNamespace, momentsNamespace}
 
 // RelayPurge is one relay's answer to the purge.
 type RelayPurge struct {
@@ -50,6 +50,8 @@ type purgeJob struct {
 	Identity    []byte   `json:"identity"`
 	MailboxAuth []byte   `json:"mailbox_auth"`
 	Relays      []string `json:"relays"` // full multiaddrs still to purge
+	// Photos are the profile photo blobs (hex ids) to delete (photo.go).
+	Photos []string `json:"photos,omitempty"`
 }
 
 const keyPurgeJob = "job"
@@ -67,7 +69,7 @@ func (n *Node) DeleteAccount(ctx context.Context) (*Deletion, error) {
 	if err != nil {
 		return nil, err
 	}
-	job := purgeJob{Identity: idb, MailboxAuth: authb, Relays: a.HomeRelays}
+	job := purgeJob{Identity: idb, MailboxAuth: authb, Relays: a.HomeRelays, Photos: n.photoBlobs(ctx, a)}
 	// Keep the job first: a crash from here on still finishes the purge.
 	if err := n.savePurgeJob(ctx, job); err != nil {
 		return nil, err
@@ -79,6 +81,9 @@ func (n *Node) DeleteAccount(ctx context.Context) (*Deletion, error) {
 		return nil, err
 	}
 	if err := n.stopCalls(); err != nil {
+		return nil, err
+	}
+	if err := n.stopMoments(false); err != nil {
 		return nil, err
 	}
 	if msg != nil {
@@ -147,6 +152,7 @@ func (n *Node) runPurge(ctx context.Context, job *purgeJob) map[string]error {
 	for _, r := range job.Relays {
 		wg.Go(func() {
 			err := n.purgeRelay(ctx, r, id, auth)
+			err = errors.Join(err, n.purgePhotos(ctx, r, id, job.Photos)) // photo.go
 			mu.Lock()
 			out[r] = err
 			mu.Unlock()

@@ -6,6 +6,7 @@ import (
 
 	"github.com/kinmesh/kinmesh/protocols/calls"
 	"github.com/kinmesh/kinmesh/protocols/message"
+	"github.com/kinmesh/kinmesh/protocols/moments"
 )
 
 // ExportFormat names the export document's format; ExportVersion its
@@ -31,12 +32,20 @@ type Export struct {
 	Groups         []message.Group    `json:"groups"`
 	Messages       []message.Message  `json:"messages"`
 	Locations      []message.Location `json:"locations"`
-	// Moments is filled by the moments feature; it is always present
-	// (empty until then).
-	Moments []any `json:"moments"`
+	// Moments are this account's own moments, newest first, until it
+	// deletes them, with their likes and comments; media are listed (type,
+	// size), not included (docs/export.md).
+	Moments []moments.Moment `json:"moments"`
 	// Calls is the call history, newest first, with each call's quality
 	// statistics (docs/export.md).
 	Calls []calls.Info `json:"calls"`
+	// Presence is the presence setting: "contacts" or "nobody".
+	Presence string `json:"presence"`
+	// Phone is the phone link as GET /v1/phone shows it.
+	Phone *PhoneStatus `json:"phone"`
+	// Recovery is account recovery as GET /v1/recovery shows it (never
+	// the secret or the key).
+	Recovery *RecoveryStatus `json:"recovery"`
 }
 
 // ExportContact is a contact with its signed record.
@@ -60,7 +69,10 @@ func (n *Node) Export(ctx context.Context) (*Export, error) {
 	e := &Export{
 		Format: ExportFormat, Version: ExportVersion, ExportedAt: n.cfg.Now(), Account: *acct,
 		Contacts: []ExportContact{}, Groups: []message.Group{}, Messages: []message.Message{},
-		Locations: []message.Location{}, Moments: []any{}, Calls: n.exportCalls(),
+		Locations: []message.Location{}, Moments: []moments.Moment{}, Calls: n.exportCalls(),
+	}
+	if e.Moments, err = n.exportMoments(ctx); err != nil {
+		return nil, err
 	}
 	view, err := n.SettingsView(ctx)
 	if err != nil {
@@ -68,6 +80,17 @@ func (n *Node) Export(ctx context.Context) (*Export, error) {
 	}
 	e.Settings = view.Settings
 	if e.ConsentHistory, err = n.ConsentHistory(ctx); err != nil {
+		return nil, err
+	}
+	share, err := n.loadPresenceShare(ctx)
+	if err != nil {
+		return nil, err
+	}
+	e.Presence = share.String()
+	if e.Phone, err = n.Phone(ctx); err != nil {
+		return nil, err
+	}
+	if e.Recovery, err = n.Recovery(ctx); err != nil {
 		return nil, err
 	}
 	book, err := n.contactBook()

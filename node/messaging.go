@@ -9,6 +9,7 @@ import (
 	"github.com/kinmesh/kinmesh/protocols/e2ee"
 	"github.com/kinmesh/kinmesh/protocols/mailbox"
 	"github.com/kinmesh/kinmesh/protocols/message"
+	"github.com/kinmesh/kinmesh/protocols/moments"
 	"github.com/kinmesh/kinmesh/protocols/prekeys"
 )
 
@@ -44,6 +45,7 @@ func (n *Node) startMessaging(pk *e2ee.PrekeyStore) error {
 		Logger:         n.log.With("component", "message"),
 		Now:            n.cfg.Now,
 		OnEvent:        n.events.publish,
+		OnControl:      n.onControl,
 		RetryMin:       n.cfg.RetryMin,
 	})
 	if err != nil {
@@ -54,7 +56,24 @@ func (n *Node) startMessaging(pk *e2ee.PrekeyStore) error {
 	if err := n.startSocial(); err != nil {
 		return err
 	}
+	if err := n.startMoments(); err != nil { // moments.go
+		return err
+	}
 	return n.startCalls()
+}
+
+// onControl hands each feature the controls of its kinds (message
+// controls: other features' payloads on the pairwise sessions). It is
+// called under the messaging engine's lock: features only queue work.
+func (n *Node) onControl(from e2ee.AccountID, kind string, payload []byte) {
+	switch kind {
+	case moments.ControlKey, moments.ControlKeyRequest:
+		n.momentsControl(from, kind, payload)
+	case ControlRestored:
+		// A contact restored its account on a new device, which lost our
+		// moments key: send it again, as if it had asked.
+		n.momentsControl(from, moments.ControlKeyRequest, nil)
+	}
 }
 
 // messaging returns the engine, or ErrNoAccount.

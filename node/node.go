@@ -88,6 +88,9 @@ type Node struct {
 	calls callsState
 
 	recovery recoveryState // account recovery backups (recovery.go)
+	photo    photoState    // profile photo changes (photo.go)
+
+	mom momentsState // the moments engine and its router (moments.go)
 
 	bg     sync.WaitGroup // background work (DHT publishing)
 	bgStop context.CancelFunc
@@ -168,6 +171,12 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	}
 	n.bg.Go(n.watchRelays)
 	n.bg.Go(n.homesLoop)
+	// Purges of every feature, registered before the retry loop starts
+	// so a purge left pending by a deleted account (no account loaded)
+	// still covers them: reports and directory (presence.go, phone.go),
+	// backups (recovery.go).
+	n.purgers = append(n.purgers, n.purgeReports, n.purgeDiscovery, n.purgeBackup)
+	n.purgers = append(n.purgers, n.purgeMoments) // moments feed and media (moments.go)
 	n.bg.Go(n.purgeLoop)
 	if n.acct, err = n.loadAccount(ctx); err != nil {
 		return err
@@ -319,6 +328,7 @@ func (n *Node) Close() error {
 		}
 		errs = append(errs, n.stopSocial(false)) // "offline" to contacts while relays are up
 		errs = append(errs, n.stopCalls())       // hang-ups reach the other side while relays are up
+		errs = append(errs, n.stopMoments(true))
 		n.bgStop()
 		n.bg.Wait()
 		if n.msg != nil {

@@ -98,7 +98,6 @@ func (p presenceBook) Blocked(id e2ee.AccountID) bool { return p.b.Blocked(id) }
 // held, from startMessaging.
 func (n *Node) startSocial() error {
 	n.social.once.Do(func() {
-		n.purgers = append(n.purgers, n.purgeReports, n.purgeDiscovery)
 		if n.cfg.Registry != nil {
 			n.social.tracer = presence.NewMetricsTracer(n.cfg.Registry)
 		}

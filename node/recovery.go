@@ -192,12 +192,11 @@ type Restored struct {
 }
 
 // startRecovery starts the backup upkeep for the loaded account (once per
-// Node) and registers the account-deletion purge of the backups. Called
+// Node; Start registers the account-deletion purge of the backups). Called
 // from startMessaging with acctMu held: it must not take recovery.mu.
 func (n *Node) startRecovery() {
 	n.recovery.once.Do(func() {
 		n.recovery.kick = make(chan struct{}, 1)
-		n.purgers = append(n.purgers, n.purgeBackup)
 		n.bg.Go(n.recoveryLoop)
 	})
 	n.kickRecovery()

@@ -17,6 +17,7 @@ import (
 	relayv2 "github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/relay"
 
 	"github.com/kinmesh/kinmesh/protocols/backup"
+	"github.com/kinmesh/kinmesh/protocols/blobs"
 	"github.com/kinmesh/kinmesh/protocols/discovery"
 	"github.com/kinmesh/kinmesh/protocols/e2ee"
 	"github.com/kinmesh/kinmesh/protocols/mailbox"
@@ -27,11 +28,12 @@ import (
 
 // backupRelay is the part of a bootstrap relay recovery needs (node
 // never links bootstrap): circuit relay, mailbox, prekeys, discovery with
-// a console SMS gateway, and backups, on one real store.
+// a console SMS gateway, backups and blobs, on one real store.
 type backupRelay struct {
 	h      host.Host
 	gw     *discovery.ConsoleGateway
 	backup *backup.Service
+	blobs  *blobs.Service // profile photos (photo_test.go)
 }
 
 func startBackupRelay(t *testing.T) *backupRelay {
@@ -65,7 +67,12 @@ func startBackupRelay(t *testing.T) *backupRelay {
 	if err != nil {
 		t.Fatal(err)
 	}
+	bl, err := blobs.NewService(h, st, blobs.WithLogger(discardLog))
+	if err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(func() {
+		bl.Close()
 		bk.Close()
 		disc.Close()
 		pk.Close()
@@ -74,7 +81,7 @@ func startBackupRelay(t *testing.T) *backupRelay {
 		h.Close()
 		st.Close()
 	})
-	return &backupRelay{h: h, gw: gw, backup: bk}
+	return &backupRelay{h: h, gw: gw, backup: bk, blobs: bl}
 }
 
 func (r *backupRelay) addr() string { return netkit.P2PAddrs(r.h.ID(), r.h.Addrs())[0] }

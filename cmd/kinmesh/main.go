@@ -50,6 +50,8 @@ func commands() []command {
 	cmds = append(cmds, phoneCommands()...)
 	cmds = append(cmds, reportCommands()...)
 	cmds = append(cmds, callsCommands()...)
+	cmds = append(cmds, recoveryCommands()...)
+	cmds = append(cmds, momentsCommands()...)
 	return cmds
 }
 

@@ -37,6 +37,7 @@ func (n *Network) Steps() []Step {
 		}},
 		{"devices reach each other through a relay circuit", stepCircuitPing},
 		{"every device creates an account", stepAccounts},
+		{"sign-up refuses under-13s, and EU teens without a parent's consent", stepAgeGate},
 		{"devices exchange invites", stepInvites},
 		{"an online message is delivered at once", stepOnlineMessage},
 		{"an offline device gets its mail after a restart", stepOfflineMessage},
@@ -50,7 +51,9 @@ func (n *Network) Steps() []Step {
 		{"a location is shared for 15 minutes", stepLocation},
 		{"two devices hold a call, peer to peer", stepCall},
 		{"a call forced through a relay's TURN server", stepRelayCall},
+		{"a profile photo is sealed on the relays and opened by a contact", stepPhoto},
 		{"a lost phone's account is recovered on a new one", stepRecovery},
+		{"a moment with a photo is posted, liked and deleted", stepMoments},
 		{"an export holds everything", stepExport},
 		// Keep last: it removes an account.
 		{"an account is deleted and purged from its relays", stepDelete},

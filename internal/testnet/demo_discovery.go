@@ -3,6 +3,7 @@ package testnet
 import (
 	"context"
 	"fmt"
+	"strings"
 
 	"github.com/kinmesh/kinmesh/node"
 	"github.com/kinmesh/kinmesh/protocols/discovery"
@@ -77,6 +78,20 @@ func stepDiscovery(ctx context.Context, n *Network) (string, error) {
 	if _, err := b.AddContactRecord(ctx, res.Matches[0].Record()); err != nil {
 		return "", err
 	}
-	return fmt.Sprintf("%d numbers verified; %s found %q among %d numbers (relays saw blinded values only)",
+	// No relay's store (decrypted) holds any number of the book.
+	var needles [][]byte
+	for _, s := range book {
+		num, err := discovery.ParseNumber(s)
+		if err != nil {
+			return "", err
+		}
+		needles = append(needles, []byte(num), []byte(strings.TrimPrefix(string(num), "+")))
+	}
+	if where, err := relayNamespacesHold(ctx, n, []string{discovery.Namespace, "backup"}, needles...); err != nil {
+		return "", err
+	} else if where != "" {
+		return "", fmt.Errorf("%s holds a phone number", where)
+	}
+	return fmt.Sprintf("%d numbers verified; %s found %q among %d numbers (relays saw blinded values only; their stores scanned: no number in them)",
 		len(n.Devices), n.Devices[1].Name, res.Matches[0].Contact.Name, len(book)), nil
 }

@@ -2,10 +2,12 @@ package testnet
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
 
+	"github.com/kinmesh/kinmesh/node"
 	"github.com/kinmesh/kinmesh/protocols/message"
 )
 
@@ -72,7 +74,11 @@ func stepLocation(ctx context.Context, n *Network) (string, error) {
 		}
 		if len(ls) == 1 {
 			l := ls[0]
-			return fmt.Sprintf("%s shares %.4f,%.4f with %s until %s (then it is gone from %s's device)", a.Name, l.Lat, l.Lon, b.Name, l.ExpiresAt.Format("15:04"), b.Name), nil
+			gone, err := demoLocationExpiry(ctx, b, a)
+			if err != nil {
+				return "", err
+			}
+			return fmt.Sprintf("%s shares %.4f,%.4f with %s until %s (then it is gone from %s's device); %s", a.Name, l.Lat, l.Lon, b.Name, l.ExpiresAt.Format("15:04"), b.Name, gone), nil
 		}
 		select {
 		case <-ctx.Done():
@@ -87,12 +93,24 @@ func stepExport(ctx context.Context, n *Network) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	return fmt.Sprintf("%s's export: %d contacts, %d groups, %d messages, %d blocks, %d consent events",
-		n.Devices[0].Name, len(e.Contacts), len(e.Groups), len(e.Messages), len(e.Blocks), len(e.ConsentHistory)), nil
+	phone := "no phone"
+	if e.Phone != nil && e.Phone.Verified {
+		phone = "phone " + e.Phone.Number
+	}
+	return fmt.Sprintf("%s's export: %d contacts, %d groups, %d messages, %d blocks, %d consent events, %d calls, presence %q, %s",
+		n.Devices[0].Name, len(e.Contacts), len(e.Groups), len(e.Messages), len(e.Blocks), len(e.ConsentHistory), len(e.Calls), e.Presence, phone), nil
 }
 
 func stepDelete(ctx context.Context, n *Network) (string, error) {
 	d := n.Devices[len(n.Devices)-1]
+	inv, err := d.Node().Invite()
+	if err != nil {
+		return "", err
+	}
+	acct, err := d.Node().Account()
+	if err != nil {
+		return "", err
+	}
 	res, err := d.Node().DeleteAccount(ctx)
 	if err != nil {
 		return "", err
@@ -106,5 +124,57 @@ func stepDelete(ctx context.Context, n *Network) (string, error) {
 	if len(res.Pending) > 0 {
 		return "", fmt.Errorf("relays did not confirm the purge: %v", res.Pending)
 	}
-	return fmt.Sprintf("%s deleted its account: wiped locally, purge confirmed by %d relays %v", d.Name, len(confirmed), confirmed), nil
+	// Nothing of it is left: not on the device, not in any relay's store
+	// (scanned, decrypted), and its photo can't be fetched.
+	if _, err := d.Node().Account(); !errors.Is(err, node.ErrNoAccount) {
+		return "", fmt.Errorf("the account can still be read: %v", err)
+	}
+	if where, err := relaysHold(ctx, n, []byte(inv.Record.AccountID()), inv.Record.Identity.Sign); err != nil {
+		return "", err
+	} else if where != "" {
+		return "", fmt.Errorf("%s still holds the deleted account", where)
+	}
+	photo := "no photo"
+	if acct.Photo != nil {
+		if err := photoGone(ctx, n, acct.Photo.Blob); err != nil {
+			return "", err
+		}
+		photo = "its photo blob gone"
+	}
+	return fmt.Sprintf("%s deleted its account: wiped locally, purge confirmed by %d relays %v; relay stores scanned: nothing of it left, %s",
+		d.Name, len(confirmed), confirmed, photo), nil
+}
+
+// demoLocationExpiry: from shares its location with to for 2 seconds; to
+// sees it, then sees it expire.
+func demoLocationExpiry(ctx context.Context, from, to *Device) (string, error) {
+	const d = 2 * time.Second
+	if err := from.Node().ShareLocation(ctx, []string{to.AccountID()}, 41.1579, -8.6291, 30, d, false); err != nil {
+		return "", err
+	}
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	seen := false
+	start := time.Now()
+	for {
+		ls, err := to.Node().Locations(ctx)
+		if err != nil {
+			return "", err
+		}
+		has := false
+		for _, l := range ls {
+			has = has || l.From == from.AccountID()
+		}
+		switch {
+		case has:
+			seen = true
+		case seen:
+			return fmt.Sprintf("a %s share from %s to %s expired on %s's device after %s", d, from.Name, to.Name, to.Name, time.Since(start).Round(100*time.Millisecond)), nil
+		}
+		select {
+		case <-ctx.Done():
+			return "", fmt.Errorf("the %s location share (seen: %v) did not expire: %w", d, seen, ctx.Err())
+		case <-tick.C:
+		}
+	}
 }

@@ -109,6 +109,17 @@ func stepRecovery(ctx context.Context, n *Network) (string, error) {
 		return "", fmt.Errorf("%s restored %s %q with %d contacts, want %s %q with %d", d.Name,
 			res.Account.ID, res.Account.Name, res.Contacts, before.ID, before.Name, len(contacts))
 	}
+	photo := ""
+	if before.Photo != nil {
+		after, err := d.Node().Account()
+		if err != nil {
+			return "", err
+		}
+		if after.Photo == nil || after.Photo.Blob != before.Photo.Blob {
+			return "", fmt.Errorf("%s's profile photo was not restored: %+v", d.Name, after.Photo)
+		}
+		photo = ", its profile photo kept"
+	}
 	// The new phone writes first; its contact answers on the new session.
 	const hello, reply = "new phone, same me 📱", "welcome back!"
 	if _, err := d.Node().Send(ctx, friend.AccountID(), hello); err != nil {
@@ -123,6 +134,6 @@ func stepRecovery(ctx context.Context, n *Network) (string, error) {
 	if _, err := WaitMessages(ctx, d, friend.AccountID(), func(ms []message.Message) bool { return HasText(ms, reply, "") }); err != nil {
 		return "", err
 	}
-	return fmt.Sprintf("%s lost its phone (%s…) and restored %q on a new one (%s…) from its number and secret: %d contacts back, %s writes to it again",
-		d.Name, oldPeer.String()[:16], res.Account.Name, d.Node().ID().String()[:16], res.Contacts, friend.Name), nil
+	return fmt.Sprintf("%s lost its phone (%s…) and restored %q on a new one (%s…) from its number and secret: %d contacts back%s, %s writes to it again",
+		d.Name, oldPeer.String()[:16], res.Account.Name, d.Node().ID().String()[:16], res.Contacts, photo, friend.Name), nil
 }

@@ -45,7 +45,26 @@ func stepPresence(ctx context.Context, n *Network) (string, error) {
 	if err := c.Node().SetPresenceShare(ctx, node.PresenceContacts); err != nil {
 		return "", err
 	}
-	return fmt.Sprintf("%d contacts see %s online; %s chose \"nobody\" and vanished from %s's view (then shared again)", seen, a.Name, c.Name, a.Name), nil
+	// A blocked contact gets no presence, and shows none.
+	b := n.Devices[1]
+	if _, err := a.Node().BlockContact(ctx, b.AccountID()); err != nil {
+		return "", err
+	}
+	r2, err := a.Node().AnnouncePresence(ctx)
+	if err != nil {
+		return "", err
+	}
+	if r2.Sent >= r.Sent {
+		return "", fmt.Errorf("%s blocked %s, yet told %d contacts it is online (%d before)", a.Name, b.Name, r2.Sent, r.Sent)
+	}
+	if p, err := a.Node().PresenceOf(b.AccountID()); err != nil || p.Online || p.LastSeen != nil {
+		return "", fmt.Errorf("%s sees blocked %s: %+v, %v", a.Name, b.Name, p, err)
+	}
+	if err := a.Node().UnblockContact(ctx, b.AccountID()); err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("%d contacts see %s online; %s chose \"nobody\" and vanished from %s's view (then shared again); blocked %s was told nothing and showed nothing (then unblocked)",
+		seen, a.Name, c.Name, a.Name, b.Name), nil
 }
 
 // stepReport: device-3 reports device-2, disclosing one of its messages.

@@ -175,6 +175,12 @@ func TestExport(t *testing.T) {
 	if _, err := a.Node().BlockContact(ctx, c.AccountID()); err != nil {
 		t.Fatal(err)
 	}
+	if err := a.Node().SetPresenceShare(ctx, "nobody"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.VerifyPhone(ctx, a, "+351 91 555 0202"); err != nil {
+		t.Fatal(err)
+	}
 	e, err := a.Node().Export(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -210,6 +216,9 @@ func TestExport(t *testing.T) {
 		{"groups", len(back.Groups), len(gs)},
 		{"messages", len(back.Messages), len(msgs)},
 		{"consent history", len(back.ConsentHistory), len(hist)},
+		{"presence", back.Presence, "nobody"},
+		{"phone", back.Phone != nil && back.Phone.Verified && back.Phone.Number == "+351915550202", true},
+		{"recovery", back.Recovery != nil && !back.Recovery.Enabled && back.Recovery.PhoneVerified, true},
 	}
 	for _, c := range checks {
 		if c.got != c.want {

@@ -5,9 +5,11 @@
 // A Record names the account's identity (e2ee.PublicIdentity), its profile
 // name, its k home relays (full multiaddrs ending in /p2p/<relay>), the
 // libp2p peer ids of its devices, and its mailbox: the relay-facing mailbox
-// id and the sealed-sender public key. A contact reaches a device by
-// dialing <home relay>/p2p-circuit/p2p/<device> and, when that fails,
-// deposits the sealed envelope in the mailbox on every home relay.
+// id and the sealed-sender public key; optionally, a reference to the
+// account's encrypted profile photo (PhotoRef, photo.go). A contact
+// reaches a device by dialing <home relay>/p2p-circuit/p2p/<device> and,
+// when that fails, deposits the sealed envelope in the mailbox on every
+// home relay.
 //
 // Records are signed by the identity key over
 //

@@ -132,4 +132,6 @@ type Event struct {
 	Group    *Group    `json:"group,omitempty"`
 	Location *Location `json:"location,omitempty"`
 	Call     any       `json:"call,omitempty"` // "call.<state>" events: the call (a calls.Info, set by node)
+	// Moment is set by node on "moment.<type>" events: a moments.Event.
+	Moment any `json:"moment,omitempty"`
 }

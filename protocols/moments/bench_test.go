@@ -297,11 +297,16 @@ func runPropagation(tb testing.TB, ctx context.Context, mkHost func(i int) host.
 			cancel()
 		}
 	}
-	for range msgs {
-		for _, s := range []struct {
+	for i := range msgs {
+		type job struct {
 			p   *propNet
 			msg []byte
-		}{{bn, payload()}, {mn, momentFrame(ep.topic)}} {
+		}
+		round := []job{{bn, payload()}, {mn, momentFrame(ep.topic)}}
+		if i%2 == 1 { // alternate who goes first: neither always follows the other's GC
+			round[0], round[1] = round[1], round[0]
+		}
+		for _, s := range round {
 			sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 			err := s.p.send(sctx, s.msg, true)
 			cancel()

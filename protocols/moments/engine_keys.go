@@ -363,6 +363,19 @@ func (e *Engine) HandleControl(from e2ee.AccountID, kind string, payload []byte)
 	wake(e.wakeInbox)
 }
 
+// StoreControl keeps a moments control received while no engine runs on
+// st (the messaging engine started first, or the moments engine is
+// stopping): the next New applies it. Other kinds are ignored.
+func StoreControl(ctx context.Context, st *storage.Store, from e2ee.AccountID, kind string, payload []byte) error {
+	if kind != ControlKey && kind != ControlKeyRequest {
+		return nil
+	}
+	var r [4]byte
+	_, _ = rand.Read(r[:])
+	k := fmt.Sprintf("%s%020d%x", dkInbox, time.Now().UnixNano(), r)
+	return st.Namespace(Namespace).Put(ctx, k, marshal(&pb.Inbox{From: string(from), Kind: kind, Payload: payload}))
+}
+
 func (e *Engine) inboxLoop() {
 	for {
 		e.drainInbox(e.ctx)

@@ -404,6 +404,60 @@ func (e *Engine) Moments(ctx context.Context, limit int) ([]Moment, error) {
 	return out, nil
 }
 
+// Page lists at most limit moments (1 to 200; 0 means 50) newest first,
+// without those of blocked accounts, starting after cursor ("" for the
+// newest). next is the cursor of the following page, "" after the last.
+// A cursor stays valid when moments are added or deleted.
+func (e *Engine) Page(ctx context.Context, cursor string, limit int) (ms []Moment, next string, err error) {
+	switch {
+	case limit == 0:
+		limit = 50
+	case limit < 0 || limit > 200:
+		return nil, "", fmt.Errorf("moments: page of %d (1 to 200): %w", limit, ErrMalformed)
+	}
+	opts := storage.ListOptions{Prefix: dkPost}
+	if cursor != "" {
+		if len(cursor) > 64 || strings.ContainsAny(cursor, "\x00") {
+			return nil, "", fmt.Errorf("moments: cursor %q: %w", cursor, ErrMalformed)
+		}
+		opts.StartAfter = dkPost + cursor
+	}
+	var sps []*pb.StoredPost
+	last := ""
+	more := false
+	err = e.ns.List(ctx, opts, func(k string, v []byte) error {
+		if len(sps) == limit {
+			more = true
+			return errStop
+		}
+		last = k
+		var sp pb.StoredPost
+		if proto.Unmarshal(v, &sp) != nil {
+			return nil
+		}
+		if sp.GetAuthor() != string(e.me) && e.cfg.Contacts.Blocked(e2ee.AccountID(sp.GetAuthor())) {
+			return nil
+		}
+		sps = append(sps, &sp)
+		return nil
+	})
+	if err != nil && !errors.Is(err, errStop) {
+		return nil, "", err
+	}
+	ms = []Moment{}
+	for _, sp := range sps {
+		m, err := e.view(ctx, sp)
+		if err != nil {
+			return nil, "", err
+		}
+		ms = append(ms, *m)
+	}
+	if more {
+		next = strings.TrimPrefix(last, dkPost)
+	}
+	return ms, next, nil
+}
+
 // Moment returns one moment.
 func (e *Engine) Moment(ctx context.Context, id string) (*Moment, error) {
 	pid, err := parseItemID(id)

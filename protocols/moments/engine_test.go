@@ -2,10 +2,15 @@ package moments
 
 import (
 	"bytes"
+	"crypto/ed25519"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"slices"
+	"strings"
 	"testing"
+
+	"github.com/kinmesh/kinmesh/storage"
 )
 
 func photo(t testing.TB, size int, marker string) []byte {
@@ -231,5 +236,102 @@ func TestRemovedFriend(t *testing.T) {
 	ce.mu.Unlock()
 	if _, _, err := state.Decrypt(f.wrappedKey, ce.cfg.Now()); err == nil {
 		t.Fatal("the removed friend's state decrypts the new post key")
+	}
+}
+
+// TestStoreControlWhileStopped: a key that arrives while a friend's engine
+// is stopped (StoreControl, as the node does before its engine runs) is
+// applied when it starts, and the friend then reads the author's moments.
+func TestStoreControlWhileStopped(t *testing.T) {
+	ctx := testCtx(t)
+	r := startRelay(t)
+	n := newNet()
+	a := newDevice(t, n, "grandma", r)
+	b := newDevice(t, n, "mia", r)
+	befriend(a, b)
+	b.Stop()
+	// a's key goes nowhere (mia is stopped); the node would have kept it
+	// with StoreControl.
+	if err := a.engine().SyncAudience(ctx); err != nil {
+		t.Fatal(err)
+	}
+	e := a.engine()
+	e.mu.Lock()
+	o := e.own
+	key := keyDistribution{senderKey: o.sk.Distribution().Marshal(), epoch: o.cur.epoch, secret: o.cur.secret, owner: e.owner.Public().(ed25519.PublicKey)}.encode()
+	e.mu.Unlock()
+	st, err := storage.Open(b.dir, storage.WithLogger(discard))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := StoreControl(ctx, st, a.ID(), ControlKey, key); err != nil {
+		t.Fatal(err)
+	}
+	if err := StoreControl(ctx, st, a.ID(), "something/else", []byte{1}); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	m, err := a.engine().Post(ctx, "while mia was away", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.Start()
+	waitMoments(t, ctx, b, "the moment, with the key stored while stopped", has(m.ID))
+}
+
+// TestPage: pages of the feed, newest first, with cursors that survive a
+// deletion.
+func TestPage(t *testing.T) {
+	ctx := testCtx(t)
+	r := startRelay(t)
+	n := newNet()
+	a := newDevice(t, n, "grandma", r)
+	var ids []string
+	for i := range 5 {
+		m, err := a.engine().Post(ctx, fmt.Sprintf("moment %d", i), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append([]string{m.ID}, ids...) // newest first
+	}
+	var got []string
+	cursor := ""
+	for range 10 {
+		ms, next, err := a.engine().Page(ctx, cursor, 2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range ms {
+			got = append(got, m.ID)
+		}
+		if cursor == "" && len(ms) == 2 {
+			// Delete the first of the next page: the cursor still works.
+			if err := a.engine().Delete(ctx, ids[2]); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if next == "" {
+			break
+		}
+		cursor = next
+	}
+	want := []string{ids[0], ids[1], ids[3], ids[4]}
+	if !slices.Equal(got, want) {
+		t.Fatalf("pages gave %v, want %v", got, want)
+	}
+	for _, tc := range []struct {
+		name   string
+		cursor string
+		limit  int
+	}{
+		{"limit too high", "", 201},
+		{"negative limit", "", -1},
+		{"cursor too long", strings.Repeat("a", 65), 1},
+	} {
+		if _, _, err := a.engine().Page(ctx, tc.cursor, tc.limit); !errors.Is(err, ErrMalformed) {
+			t.Errorf("%s: %v, want ErrMalformed", tc.name, err)
+		}
 	}
 }
