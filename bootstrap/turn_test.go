@@ -200,6 +200,9 @@ func TestTURNRelayQuota(t *testing.T) {
 		`kinmesh_turn_allocation_requests_total{result="opened"}`:        2,
 		`kinmesh_turn_allocation_requests_total{result="account_quota"}`: 3,
 		`kinmesh_turn_credentials_total{result="ok"}`:                    1,
+		`kinmesh_turn_account_allocations_limit`:                         2,
+		`kinmesh_turn_account_bandwidth_limit_bytes`:                     float64(turn.DefaultAccountBandwidth),
+		`kinmesh_turn_allocations_limit`:                                 float64(turn.DefaultMaxAllocations),
 	} {
 		if got := metric(t, m, name); got != want {
 			t.Errorf("%s = %v, want %v", name, got, want)
@@ -207,6 +210,49 @@ func TestTURNRelayQuota(t *testing.T) {
 	}
 	if got := metric(t, m, `kinmesh_turn_auth_total{result="bad_password"}`); got < 1 {
 		t.Errorf("bad passwords counted %v, want at least 1", got)
+	}
+}
+
+// TestTURNRelayBandwidthCap: an account relaying faster than its cap
+// has the excess dropped, and /metrics counts both.
+func TestTURNRelayBandwidthCap(t *testing.T) {
+	r, cr := turnRelay(t, Config{TURNAccountBandwidth: 10_000})
+	relay, err := allocate(t, r, cr.Username, cr.Password)
+	if err != nil {
+		t.Fatal(err)
+	}
+	peer, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Close()
+	pkt := make([]byte, 1000)
+	for range 50 { // 50 kB at once against 10 kB/s
+		if _, err := relay.WriteTo(pkt, peer.LocalAddr()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	var m string
+	for {
+		m = metricsText(t, r)
+		sent := metric(t, m, `kinmesh_turn_relayed_bytes_total{direction="to_peer"}`) + metric(t, m, `kinmesh_turn_dropped_bytes_total{direction="to_peer"}`)
+		if sent >= 50_000 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("relayed + dropped %v bytes, want all 50,000 counted:\n%s", sent, m)
+		}
+		<-tick.C
+	}
+	relayed, dropped := metric(t, m, `kinmesh_turn_relayed_bytes_total{direction="to_peer"}`), metric(t, m, `kinmesh_turn_dropped_bytes_total{direction="to_peer"}`)
+	if relayed > 12_000 || dropped < 38_000 {
+		t.Errorf("/metrics: relayed %v, dropped %v bytes: want at most ~10 kB through", relayed, dropped)
+	}
+	if got := metric(t, m, `kinmesh_turn_account_bandwidth_limit_bytes`); got != 10_000 {
+		t.Errorf("kinmesh_turn_account_bandwidth_limit_bytes = %v, want 10000", got)
 	}
 }
 

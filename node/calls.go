@@ -28,9 +28,9 @@ import (
 //
 // Call-quality statistics stay on the device: they are in the call
 // history and the export, which are the user's. Sharing them outward (the
-// only outward path today is feedback diagnostics) happens only while
-// callQualityConsent() holds: CallQualityReport returns them then, and
-// ErrNoCallQualityConsent otherwise.
+// only outward path is the diagnostics record feedback may carry) happens
+// only while callQualityConsent() holds: CallQualityReport returns them
+// then, and ErrNoCallQualityConsent otherwise.
 
 // callsNamespace is the store namespace of the call history.
 const callsNamespace = "calls"
@@ -236,11 +236,33 @@ func (n *Node) Calls() ([]calls.Info, error) {
 	return svc.List(), nil
 }
 
-// CallQualityReport returns the calls' quality statistics for sharing
-// beyond this device (e.g. with feedback diagnostics), only while the
-// user consents to call-quality sharing; ErrNoCallQualityConsent
-// otherwise. Peers are left out: only quality goes.
-func (n *Node) CallQualityReport() ([]calls.Info, error) {
+// maxCallQuality bounds the calls CallQualityReport (and so the
+// diagnostics record) carries: the latest ones.
+const maxCallQuality = 20
+
+// CallQuality is one call's quality as it may leave the device: how it
+// went, never with whom or when.
+type CallQuality struct {
+	Direction       calls.Direction `json:"direction"`
+	State           calls.State     `json:"state"`
+	Reason          string          `json:"reason,omitempty"`
+	ForceRelay      bool            `json:"force_relay"`
+	Path            string          `json:"path,omitempty"`
+	LocalCandidate  string          `json:"local_candidate,omitempty"`
+	RemoteCandidate string          `json:"remote_candidate,omitempty"`
+	Restarts        int             `json:"ice_restarts,omitempty"`
+	SetupMS         int64           `json:"setup_ms,omitempty"`
+	DurationS       float64         `json:"duration_s"`
+	Stats           *calls.Stats    `json:"stats,omitempty"`
+}
+
+// CallQualityReport returns the quality statistics of the latest calls
+// (at most 20, newest first) for sharing beyond this device, only while
+// the user consents to call-quality sharing; ErrNoCallQualityConsent
+// otherwise. They name no one: no call ids, peers or times. Feedback
+// carries them in its diagnostics record (Diagnostics.CallQuality), which
+// itself leaves only with diagnostics consent and when the user asks.
+func (n *Node) CallQualityReport() ([]CallQuality, error) {
 	if !n.callQualityConsent() {
 		return nil, ErrNoCallQualityConsent
 	}
@@ -248,10 +270,13 @@ func (n *Node) CallQualityReport() ([]calls.Info, error) {
 	if err != nil {
 		return nil, err
 	}
-	out := make([]calls.Info, 0, len(all))
-	for _, i := range all {
-		i.Peer, i.ID = "", ""
-		out = append(out, i)
+	out := make([]CallQuality, 0, min(len(all), maxCallQuality))
+	for _, i := range all[:min(len(all), maxCallQuality)] {
+		out = append(out, CallQuality{
+			Direction: i.Direction, State: i.State, Reason: i.Reason, ForceRelay: i.ForceRelay,
+			Path: i.Path, LocalCandidate: i.LocalCandidate, RemoteCandidate: i.RemoteCandidate,
+			Restarts: i.Restarts, SetupMS: i.SetupMS, DurationS: i.DurationS, Stats: i.Stats,
+		})
 	}
 	return out, nil
 }

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
-	"net/http/httptest"
 	"net/netip"
 	"path/filepath"
 	"testing"
@@ -76,9 +75,8 @@ func startCallsRelay(t *testing.T) *callsRelay {
 	return &callsRelay{h: h, turn: ts}
 }
 
-// callsPair starts two nodes on r whose accounts are contacts, each with
-// the calls routes served behind the API's token check (until api_v1.go
-// registers them).
+// callsPair starts two nodes on r whose accounts are contacts, and
+// returns them with the base URLs of their local APIs.
 func callsPair(t *testing.T, r *callsRelay) (a, b *Node, apiA, apiB string) {
 	t.Helper()
 	boot := netkit.P2PAddrs(r.h.ID(), r.h.Addrs())[:1]
@@ -94,11 +92,7 @@ func callsPair(t *testing.T, r *callsRelay) (a, b *Node, apiA, apiB string) {
 		if err := n.WaitRelays(ctx, 1); err != nil {
 			t.Fatal(err)
 		}
-		mux := http.NewServeMux()
-		n.api.callsRoutes(mux)
-		srv := httptest.NewServer(n.api.auth(mux))
-		t.Cleanup(srv.Close)
-		ns, apis = append(ns, n), append(apis, srv.URL)
+		ns, apis = append(ns, n), append(apis, "http://"+n.APIAddr())
 	}
 	for _, pair := range [][2]*Node{{ns[0], ns[1]}, {ns[1], ns[0]}} {
 		inv, err := pair[0].Invite()
@@ -212,16 +206,41 @@ func TestCallsAPI(t *testing.T) {
 		t.Errorf("call %+v", got.Call)
 	}
 
-	// Call-quality statistics leave the device only with consent.
+	// Call-quality statistics leave the device only with consent: the
+	// diagnostics record feedback carries has them only then, and never
+	// says with whom.
 	if _, err := b.CallQualityReport(); !errors.Is(err, ErrNoCallQualityConsent) {
 		t.Errorf("quality report without consent: %v", err)
+	}
+	outward := func() Diagnostics {
+		t.Helper()
+		raw, err := b.diagnosticsJSON(context.Background(), 32<<10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var d Diagnostics
+		if err := json.Unmarshal(raw, &d); err != nil {
+			t.Fatal(err)
+		}
+		for _, secret := range []string{aAcct.ID, bAcct.ID, ring.ID, placed.Call.ID} {
+			if bytes.Contains(raw, []byte(secret)) {
+				t.Errorf("the diagnostics record names %q", secret)
+			}
+		}
+		return d
+	}
+	if d := outward(); d.CallQuality != nil {
+		t.Errorf("diagnostics without call-quality consent carry %+v", d.CallQuality)
 	}
 	on := true
 	if _, err := b.UpdateSettings(context.Background(), nil, &on); err != nil {
 		t.Fatal(err)
 	}
-	if rep, err := b.CallQualityReport(); err != nil || len(rep) != 1 || rep[0].Peer != "" || rep[0].Stats == nil {
+	if rep, err := b.CallQualityReport(); err != nil || len(rep) != 1 || rep[0].Stats == nil || rep[0].Path != "direct" {
 		t.Errorf("quality report with consent: %+v, %v", rep, err)
+	}
+	if d := outward(); len(d.CallQuality) != 1 || d.CallQuality[0].Stats == nil || d.CallQuality[0].Stats.Codec != "opus,vp8" {
+		t.Errorf("diagnostics with call-quality consent: %+v", d.CallQuality)
 	}
 
 	// b hangs up; both end; the call stays readable and is exported.

@@ -50,6 +50,9 @@ type Diagnostics struct {
 	// RecentErrors are the latest errors of relay links, mailbox sessions
 	// and submissions to relays, newest first.
 	RecentErrors []DiagError `json:"recent_errors"`
+	// CallQuality is the quality of the latest calls (calls.go,
+	// CallQualityReport), only while call-quality sharing is in effect.
+	CallQuality []CallQuality `json:"call_quality,omitempty"`
 }
 
 // DiagRelay is one bootstrap relay link.
@@ -158,6 +161,9 @@ func (n *Node) Diagnostics(ctx context.Context) (*Diagnostics, error) {
 	if b, err := n.store.DiskUsage(ctx); err == nil {
 		d.StoreBytes = b
 	}
+	if q, err := n.CallQualityReport(); err == nil && len(q) > 0 {
+		d.CallQuality = q
+	}
 	logged := n.social.diag.list()
 	for i := len(logged) - 1; i >= 0; i-- {
 		errs = append(errs, logged[i])
@@ -181,12 +187,13 @@ func (n *Node) diagnosticsJSON(ctx context.Context, max int) (json.RawMessage, e
 		if err != nil {
 			return nil, err
 		}
-		if len(b) <= max || len(d.RecentErrors) == 0 {
+		if len(b) <= max || len(d.RecentErrors) == 0 && len(d.CallQuality) == 0 {
 			if len(b) > max {
 				return nil, nil
 			}
 			return b, nil
 		}
 		d.RecentErrors = d.RecentErrors[:len(d.RecentErrors)/2]
+		d.CallQuality = d.CallQuality[:len(d.CallQuality)/2]
 	}
 }

@@ -289,3 +289,30 @@ func writeCallStats(w io.Writer, i calls.Info) {
 	}
 	fmt.Fprintln(w, b.String())
 }
+
+// printCallEvent prints a call.<state> event of kinmesh watch (data is
+// the event's JSON): the call's id first, to pass to kinmesh answer or
+// hangup.
+func printCallEvent(w io.Writer, typ, data string) {
+	var e struct {
+		Call calls.Info `json:"call"`
+	}
+	if json.Unmarshal([]byte(data), &e) != nil {
+		return
+	}
+	i := e.Call
+	line := fmt.Sprintf("%-15s %s %s", typ, i.ID, i.Direction)
+	switch i.Direction {
+	case calls.DirectionIn:
+		line += " from " + i.Peer
+	case calls.DirectionOut:
+		line += " to " + i.Peer
+	}
+	if i.Path != "" {
+		line += " via " + i.Path
+	}
+	if i.Reason != "" {
+		line += " (" + i.Reason + ")"
+	}
+	fmt.Fprintln(w, line)
+}

@@ -213,7 +213,7 @@ func printMessage(w io.Writer, m message.Message) {
 }
 
 func runWatch(ctx context.Context, args []string, stdout, _ io.Writer) error {
-	fs := newFlags("watch", "watch --data DIR\n\nPrints events (new messages, state changes, group changes) as they happen, until Ctrl-C.", stdout)
+	fs := newFlags("watch", "watch --data DIR\n\nPrints events (new messages, state changes, group changes, calls) as they happen, until Ctrl-C.", stdout)
 	client := clientFlags(fs)
 	asJSON := fs.Bool("json", false, "print each event's raw JSON")
 	if err := parse(fs, args); err != nil {
@@ -260,6 +260,8 @@ func runWatch(ctx context.Context, args []string, stdout, _ io.Writer) error {
 			printMessage(stdout, *e.Message)
 		case e.Group != nil:
 			fmt.Fprintf(stdout, "group   %s %q %d members\n", e.Group.ID, e.Group.Name, len(e.Group.Members))
+		case e.Call != nil:
+			printCallEvent(stdout, e.Type, data) // calls.go
 		}
 	}
 	if err := sc.Err(); err != nil && ctx.Err() == nil && !errors.Is(err, context.Canceled) {

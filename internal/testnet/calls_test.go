@@ -89,21 +89,19 @@ func TestCallsTestnet(t *testing.T) {
 	}
 	events, stop := b.Node().Subscribe()
 	defer stop()
+	cev, cstop := c.Node().Subscribe()
+	defer cstop()
 	o, _ := TestMediaOptions()
 	call, err := c.Node().Call(ctx, b.AccountID(), o)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cev, cstop := c.Node().Subscribe()
-	defer cstop()
-	if i, err := c.Node().CallInfo(call.ID()); err != nil || !i.State.Final() {
-		i, err = waitCall(ctx, cev, func(i calls.Info) bool { return i.ID == call.ID() && i.State.Final() })
-		if err != nil {
-			t.Fatal(err)
-		}
-		if i.State != calls.StateFailed || i.Reason != calls.ReasonUnavailable {
-			t.Errorf("blocked caller's call: %s", DescribeCall(i))
-		}
+	i, err := waitCall(ctx, cev, func(i calls.Info) bool { return i.ID == call.ID() && i.State.Final() })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if i.State != calls.StateFailed || i.Reason != calls.ReasonUnavailable {
+		t.Errorf("blocked caller's call: %s", DescribeCall(i))
 	}
 	for len(events) > 0 {
 		if e := <-events; e.Call != nil {

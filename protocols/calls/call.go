@@ -377,6 +377,8 @@ func (c *Call) onFrame(f frame) {
 		switch {
 		case c.dir == DirectionIn && c.phase == phaseRinging:
 			c.endWith(ReasonMissed, nil)
+		case f.reason == reasonFailed && c.phase == phaseConnecting:
+			c.endWith(ReasonFailed, nil) // the other side could not set the call up
 		default:
 			c.endWith(ReasonRemoteHangup, nil)
 		}
@@ -476,7 +478,7 @@ func (c *Call) onHangup() {
 
 // newPeer builds the call's peer connection and wires its callbacks.
 func (c *Call) newPeer() error {
-	pc, getter, err := newPeer(peerConfig{servers: c.servers, forceRelay: c.relay, loopback: c.s.cfg.loopback, log: c.s.log})
+	pc, getter, err := newPeer(peerConfig{servers: c.servers, forceRelay: c.relay, loopback: c.s.cfg.loopback, net: c.s.cfg.net, log: c.s.log})
 	if err != nil {
 		return err
 	}
@@ -734,6 +736,16 @@ func (c *Call) onLocalCandidate(cand *webrtc.ICECandidate) {
 	}
 	var f frame
 	if cand == nil {
+		if c.relay && c.localCands == 0 && c.phase < phaseConnected {
+			// Relay-only, and gathering ended without a relay candidate (the
+			// TURN server refused the allocation — a quota, credentials — or
+			// could not be reached): the call can't connect without showing
+			// this device's address, so it ends now rather than at the
+			// setup timeout.
+			c.s.log.Debug("relay-only call without a relay candidate", "call", c.id)
+			c.endWith(ReasonNoRelay, &frame{kind: kindHangup, reason: reasonFailed})
+			return
+		}
 		f = frame{kind: kindCandidate, end: true}
 	} else {
 		c.localCands++

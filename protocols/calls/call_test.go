@@ -3,10 +3,15 @@ package calls
 import (
 	"context"
 	"errors"
+	"net"
 	"testing"
 	"time"
 
+	pturn "github.com/pion/turn/v5"
+
 	"github.com/kinmesh/kinmesh/protocols/calls/testmedia"
+	"github.com/kinmesh/kinmesh/protocols/pionlog"
+	"github.com/kinmesh/kinmesh/protocols/turn"
 )
 
 // connectedCall sets up a call from a to b, both sending the test clips,
@@ -153,4 +158,79 @@ func TestForcedRelayCall(t *testing.T) {
 			t.Fatalf("allocations left after the call: %+v", r.srv.Stats())
 		}
 	}
+}
+
+// TestRelayOnlyWithoutAllocation: a relay-only call whose TURN allocation
+// is refused (here the relay holds as many allocations as it takes) fails
+// at once with no_relay, on either side, instead of waiting out its setup
+// time; the relay's cap holds.
+func TestRelayOnlyWithoutAllocation(t *testing.T) {
+	r := startRelay(t, turn.WithMaxAllocations(1))
+	holdAllocation(t, r) // someone else holds the relay's only allocation
+	a, b := newDevice(t, deviceConfig{relay: r}), newDevice(t, deviceConfig{relay: r})
+	befriend(t, a, b)
+	ctx := testCtx(t, 60*time.Second)
+
+	// The caller is relay-only.
+	c, err := a.svc.Call(ctx, b.account(), Options{Media: media(t), ForceRelay: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if i := a.waitState(ctx, c.ID(), StateFailed); i.Reason != ReasonNoRelay {
+		t.Errorf("caller: %s (%s), want failed (no_relay)", i.State, i.Reason)
+	}
+	if ring := b.incoming(ctx, a.account()); b.waitState(ctx, ring.ID, StateEnded).Reason != ReasonMissed {
+		t.Errorf("callee: want the call missed")
+	}
+
+	// The callee answers relay-only.
+	c, err = a.svc.Call(ctx, b.account(), Options{Media: media(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ring := b.incoming(ctx, a.account())
+	if _, err := b.svc.Accept(ctx, ring.ID, Options{Media: media(t), ForceRelay: true}); err != nil {
+		t.Fatal(err)
+	}
+	if i := b.waitState(ctx, ring.ID, StateFailed); i.Reason != ReasonNoRelay {
+		t.Errorf("callee: %s (%s), want failed (no_relay)", i.State, i.Reason)
+	}
+	if i := a.waitState(ctx, c.ID(), StateFailed); i.Reason != ReasonFailed {
+		t.Errorf("caller: %s (%s), want failed (the other side could not set it up)", i.State, i.Reason)
+	}
+	if st := r.srv.Stats(); st.Allocations != 1 || st.Refused < 2 {
+		t.Errorf("TURN server %+v: want its one allocation and the calls' refused", st)
+	}
+}
+
+// holdAllocation makes a TURN allocation on r for an account of its own,
+// held until the test ends.
+func holdAllocation(t *testing.T, r *relay) {
+	t.Helper()
+	cr := r.srv.Issue(make([]byte, 32))
+	conn, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := r.srv.UDPAddr().String()
+	c, err := pturn.NewClient(&pturn.ClientConfig{
+		STUNServerAddr: addr, TURNServerAddr: addr, Conn: conn,
+		Username: cr.Username, Password: cr.Password, Realm: turn.Realm,
+		RTO: 200 * time.Millisecond, LoggerFactory: pionlog.Factory(testLog()),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	alloc, err := c.AllocateWithContext(testCtx(t, 10*time.Second))
+	if err != nil {
+		t.Fatalf("allocate: %v", err)
+	}
+	t.Cleanup(func() {
+		_ = alloc.Close()
+		c.Close()
+		_ = conn.Close()
+	})
 }

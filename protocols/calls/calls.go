@@ -87,7 +87,7 @@ const (
 	ReasonSignallingLost   = "signalling_lost"   // the signalling stream broke before the call was up
 	ReasonProtocolError    = "protocol_error"    // the other side sent frames we could not use
 	ReasonRateLimited      = "rate_limited"      // the callee refused: too many invites
-	ReasonNoRelay          = "no_relay"          // relay-only was asked for and no TURN server answered
+	ReasonNoRelay          = "no_relay"          // relay-only was asked for and no TURN server gave a relay candidate
 	ReasonShutdown         = "shutdown"          // this node stopped
 	ReasonFailed           = "failed"            // the other side could not set the call up
 )

@@ -1,5 +1,7 @@
 package calls
 
+import "github.com/pion/transport/v5"
+
 // inLoop runs f in the call's loop (so it may touch the loop's state) and
 // waits for it; false if the call has ended.
 func (c *Call) inLoop(f func()) bool {
@@ -25,4 +27,13 @@ func (c *Call) breakSignalling() {
 			c.sig.reset()
 		}
 	})
+}
+
+// withNet makes the service's peer connections use n for their sockets
+// (a network tests can cut).
+func withNet(n transport.Net) Option {
+	return func(c *config) error {
+		c.net = n
+		return nil
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -253,7 +254,7 @@ func TestRingFlood(t *testing.T) {
 // TestMalformedSignalling: garbage frames, bad SDP and bad candidates end
 // the call they belong to with protocol_error; nothing else breaks.
 func TestMalformedSignalling(t *testing.T) {
-	b := newDevice(t, deviceConfig{})
+	b := newDevice(t, deviceConfig{opts: []Option{WithLimits(Limits{InvitesPerMinute: 60, InviteBurst: 20})}})
 	raw := rawCaller{newDevice(t, deviceConfig{})}
 	befriend(t, raw.device, b)
 	ctx := testCtx(t, 60*time.Second)
@@ -283,6 +284,19 @@ func TestMalformedSignalling(t *testing.T) {
 		}},
 		{"answer from the caller", func(s *sigConn) error {
 			return s.write(frame{kind: kindAnswer, sdp: "v=0\r\n"})
+		}},
+		{"malformed candidates beyond the tolerance", func(s *sigConn) error {
+			// A name, not an IP literal: refused when decoded; a few are
+			// tolerated (a peer's odd candidate), a stream of them is not.
+			for range maxMalformed + 1 {
+				if err := s.write(frame{kind: kindCandidate, candidate: "candidate:1 1 udp 2130706431 host.example 5000 typ host"}); err != nil {
+					return err
+				}
+			}
+			return nil
+		}},
+		{"oversized SDP", func(s *sigConn) error {
+			return s.write(frame{kind: kindOffer, sdp: "v=0\r\n" + strings.Repeat("a=x\r\n", MaxSDPSize/5)})
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/pion/transport/v5"
 	"github.com/pion/webrtc/v4"
 
 	"github.com/kinmesh/kinmesh/storage"
@@ -70,6 +71,7 @@ type config struct {
 	tracer     MetricsTracer
 	loopback   bool
 	maxTracked int
+	net        transport.Net // tests: the sockets pion uses (nil: the OS's); export_test.go
 }
 
 func defaultConfig() config {

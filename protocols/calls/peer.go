@@ -11,6 +11,7 @@ import (
 	"github.com/pion/interceptor/pkg/nack"
 	"github.com/pion/interceptor/pkg/report"
 	"github.com/pion/interceptor/pkg/stats"
+	"github.com/pion/transport/v5"
 	"github.com/pion/webrtc/v4"
 
 	"github.com/kinmesh/kinmesh/protocols/pionlog"
@@ -42,6 +43,7 @@ type peerConfig struct {
 	servers    []webrtc.ICEServer
 	forceRelay bool
 	loopback   bool
+	net        transport.Net // nil: the OS's sockets
 	log        *slog.Logger
 }
 
@@ -89,6 +91,9 @@ func newPeer(pc peerConfig) (*webrtc.PeerConnection, stats.Getter, error) {
 	se.SetICEMulticastDNSMode(ice.MulticastDNSModeDisabled)
 	se.SetNetworkTypes([]webrtc.NetworkType{webrtc.NetworkTypeUDP4, webrtc.NetworkTypeUDP6})
 	se.SetIncludeLoopbackCandidate(pc.loopback)
+	if pc.net != nil {
+		se.SetNet(pc.net)
+	}
 	// Disconnected after 4 s without consent responses (then an ICE
 	// restart), failed after 15 s, keepalives every second.
 	se.SetICETimeouts(4*time.Second, 15*time.Second, time.Second)

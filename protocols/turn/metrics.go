@@ -43,6 +43,9 @@ type MetricsTracer interface {
 	// Dropped: a packet of n bytes was dropped because its account was
 	// over its bandwidth cap.
 	Dropped(toPeer bool, n int)
+	// Limits: the server's caps, once when it starts: allocations per
+	// account, relayed bytes a second per account, allocations in all.
+	Limits(accountAllocations int, accountBandwidth int64, maxAllocations int)
 }
 
 // tracer makes a possibly nil MetricsTracer safe to call.
@@ -90,6 +93,12 @@ func (t tracer) dropped(toPeer bool, n int) {
 	}
 }
 
+func (t tracer) limits(acctAllocs int, acctBW int64, maxAllocs int) {
+	if t.t != nil {
+		t.t.Limits(acctAllocs, acctBW, maxAllocs)
+	}
+}
+
 type promTracer struct {
 	creds       *prometheus.CounterVec
 	auth        *prometheus.CounterVec
@@ -103,6 +112,9 @@ type promTracer struct {
 	packetsFrom prometheus.Counter
 	droppedTo   prometheus.Counter
 	droppedFrom prometheus.Counter
+	limAllocs   prometheus.Gauge
+	limBW       prometheus.Gauge
+	limTotal    prometheus.Gauge
 }
 
 // NewMetricsTracer returns a MetricsTracer that exports Prometheus metrics
@@ -117,6 +129,9 @@ type promTracer struct {
 //	kinmesh_turn_relayed_bytes_total{direction}     relayed payload bytes: to_peer, from_peer
 //	kinmesh_turn_relayed_packets_total{direction}   relayed packets
 //	kinmesh_turn_dropped_bytes_total{direction}     bytes dropped over an account's bandwidth cap
+//	kinmesh_turn_account_allocations_limit          allocations an account may hold
+//	kinmesh_turn_account_bandwidth_limit_bytes      relayed bytes a second an account may use
+//	kinmesh_turn_allocations_limit                  allocations the relay holds at most
 func NewMetricsTracer(reg prometheus.Registerer) MetricsTracer {
 	opts := func(name, help string) prometheus.CounterOpts {
 		return prometheus.CounterOpts{Namespace: "kinmesh", Subsystem: "turn", Name: name, Help: help}
@@ -142,8 +157,17 @@ func NewMetricsTracer(reg prometheus.Registerer) MetricsTracer {
 		relayedTo: relayed.WithLabelValues("to_peer"), relayedFrom: relayed.WithLabelValues("from_peer"),
 		packetsTo: packets.WithLabelValues("to_peer"), packetsFrom: packets.WithLabelValues("from_peer"),
 		droppedTo: dropped.WithLabelValues("to_peer"), droppedFrom: dropped.WithLabelValues("from_peer"),
+		limAllocs: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "kinmesh", Subsystem: "turn", Name: "account_allocations_limit", Help: "TURN allocations one account may hold at once.",
+		}),
+		limBW: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "kinmesh", Subsystem: "turn", Name: "account_bandwidth_limit_bytes", Help: "Bytes a second one account may relay over all its TURN allocations.",
+		}),
+		limTotal: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "kinmesh", Subsystem: "turn", Name: "allocations_limit", Help: "TURN allocations the relay holds at most.",
+		}),
 	}
-	reg.MustRegister(t.creds, t.auth, t.allocs, t.lifetime, t.open, t.accounts, relayed, packets, dropped)
+	reg.MustRegister(t.creds, t.auth, t.allocs, t.lifetime, t.open, t.accounts, relayed, packets, dropped, t.limAllocs, t.limBW, t.limTotal)
 	return t
 }
 
@@ -175,4 +199,10 @@ func (t *promTracer) Dropped(toPeer bool, n int) {
 		return
 	}
 	t.droppedFrom.Add(float64(n))
+}
+
+func (t *promTracer) Limits(acctAllocs int, acctBW int64, maxAllocs int) {
+	t.limAllocs.Set(float64(acctAllocs))
+	t.limBW.Set(float64(acctBW))
+	t.limTotal.Set(float64(maxAllocs))
 }

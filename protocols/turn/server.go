@@ -128,6 +128,7 @@ func NewServer(h host.Host, secret []byte, public netip.Addr, opts ...Option) (*
 		ctx:     ctx, cancel: cancel,
 	}
 	s.quota = newQuotas(s, cfg.acctAllocs, cfg.maxAllocs, float64(cfg.acctBW))
+	s.tr.limits(cfg.acctAllocs, cfg.acctBW, cfg.maxAllocs)
 	if err := s.listen(); err != nil {
 		cancel()
 		return nil, err
