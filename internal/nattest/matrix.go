@@ -74,9 +74,10 @@ type PairResult struct {
 	Connected bool
 	// Path is how they ended up connected.
 	Path Path
-	// FirstConn is from A's first send to their first connection (the
-	// relay circuit A dials); DirectAfter from the send to their first
-	// direct connection (0: none).
+	// FirstConn is from the pair's introduction (each adds the other's
+	// invite, which already sends controls) to their first connection
+	// (the relay circuit one dials); DirectAfter from the introduction to
+	// their first direct connection (0: none).
 	FirstConn, DirectAfter time.Duration
 	// DirectVia lists the transports of the direct connections ("quic",
 	// "tcp").
@@ -136,15 +137,17 @@ func RunPair(ctx context.Context, a, b *Device, to Timeouts) (res PairResult) {
 	res = PairResult{A: a, B: b, Expected: Expect(a.NAT, b.NAT), Path: PathNone}
 	start := time.Now()
 	defer func() { res.Settle = time.Since(start) }()
+	// The pair's connection is timed from the introduction: adding each
+	// other as contacts already sends controls (the moments key), which
+	// may connect them before the first message.
+	w := &pairWatch{a: a, b: b, t0: start}
 	if err := introduce(ctx, a, b); err != nil {
 		res.Err = err
 		return res
 	}
-	w := &pairWatch{a: a, b: b}
 	textAB := fmt.Sprintf("hello %s from %s", b.Name, a.Name)
 	textBA := fmt.Sprintf("hello %s from %s", a.Name, b.Name)
 	t0 := time.Now()
-	w.t0 = t0
 	if err := a.Send(ctx, b.Account, textAB); err != nil {
 		res.Err = err
 		return res
@@ -171,10 +174,10 @@ func RunPair(ctx context.Context, a, b *Device, to Timeouts) (res PairResult) {
 	res.Connected = !w.firstConn.IsZero()
 	res.Path = w.path()
 	if res.Connected {
-		res.FirstConn = w.firstConn.Sub(t0)
+		res.FirstConn = w.firstConn.Sub(start)
 	}
 	if !w.firstDirect.IsZero() {
-		res.DirectAfter = w.firstDirect.Sub(t0)
+		res.DirectAfter = w.firstDirect.Sub(start)
 	}
 	res.HolePunch = w.holePunch()
 	for t := range w.via {
@@ -436,9 +439,11 @@ func (r Report) WriteMarkdown(w io.Writer) {
 	fmt.Fprintln(w, "DCUtR hole punch over that circuit. The path is read from both daemons")
 	fmt.Fprintln(w, "(`kinmesh peers --json`, i.e. `GET /v1/node/peers`): *direct* once a")
 	fmt.Fprintln(w, "non-relayed connection exists, *relay* if only the circuit remains after")
-	fmt.Fprintln(w, "the hole punch gave up (3 attempts). Times are from A's `kinmesh send`")
-	fmt.Fprintln(w, "(connections: the daemons' own open times; messages: polled every 100 ms,")
-	fmt.Fprintln(w, "so add up to ~100 ms plus a CLI round trip).")
+	fmt.Fprintln(w, "the hole punch gave up (3 attempts). Connection times are from the")
+	fmt.Fprintln(w, "introduction (adding a contact already sends it controls, such as the")
+	fmt.Fprintln(w, "moments key, so either side may dial first; the daemons' own open times);")
+	fmt.Fprintln(w, "message times from A's `kinmesh send` (polled every 100 ms, so add up to")
+	fmt.Fprintln(w, "~100 ms plus a CLI round trip).")
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "Then A calls B (`kinmesh call`, `kinmesh answer`: WebRTC, both daemons")
 	fmt.Fprintln(w, "playing their test clips, Opus and VP8 320×240 at 15 fps) and holds the")
