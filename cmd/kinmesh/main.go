@@ -45,13 +45,13 @@ func commands() []command {
 		{"location", "share your location with contacts, or see theirs", runLocation},
 		{"settings", "optional data collection and policy consent", runSettings},
 		{"export", "write everything the node holds as JSON", runExport},
-		{"version", "print the version", runVersion},
 	}
 	cmds = append(cmds, phoneCommands()...)
 	cmds = append(cmds, reportCommands()...)
 	cmds = append(cmds, callsCommands()...)
 	cmds = append(cmds, recoveryCommands()...)
 	cmds = append(cmds, momentsCommands()...)
+	cmds = append(cmds, command{"version", "print the version", runVersion})
 	return cmds
 }
 
