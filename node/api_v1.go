@@ -79,6 +79,7 @@ func (a *apiServer) v1Routes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /v1/invite", a.getInvite)
 	mux.HandleFunc("POST /v1/contacts", a.postContact)
 	mux.HandleFunc("GET /v1/contacts", a.getContacts)
+	mux.HandleFunc("DELETE /v1/contacts/{id}", a.deleteContact)
 	mux.HandleFunc("POST /v1/messages", a.postMessage)
 	mux.HandleFunc("GET /v1/messages", a.getMessages)
 	mux.HandleFunc("POST /v1/read", a.postRead)
@@ -199,6 +200,14 @@ func (a *apiServer) getContacts(w http.ResponseWriter, _ *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"contacts": cs})
+}
+
+func (a *apiServer) deleteContact(w http.ResponseWriter, r *http.Request) {
+	if err := a.n.RemoveContact(r.Context(), r.PathValue("id")); err != nil {
+		writeErr(w, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
 }
 
 func (a *apiServer) postMessage(w http.ResponseWriter, r *http.Request) {

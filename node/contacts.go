@@ -224,6 +224,64 @@ func (n *Node) AddContact(ctx context.Context, invite string) (*Contact, error) 
 	return &c, nil
 }
 
+// remove takes id out of the address book. A fellow group member's record
+// stays, as Source "group": the group's messages still need it.
+func (b *contactBook) remove(ctx context.Context, id e2ee.AccountID, groupMember bool) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	e, ok := b.entries[id]
+	if !ok {
+		return fmt.Errorf("%w: %s", ErrUnknownContact, id)
+	}
+	if groupMember {
+		kept := *e
+		kept.Source = "group"
+		if err := b.save(ctx, &kept); err != nil {
+			return err
+		}
+		b.entries[id] = &kept
+		return nil
+	}
+	if err := b.ns.Delete(ctx, b.ns.Opaque([]byte(id))); err != nil {
+		return err
+	}
+	delete(b.entries, id)
+	return nil
+}
+
+// RemoveContact removes a contact: they are no longer a friend, so they
+// get no more presence and the moments audience rotates away from them
+// (they keep what they could already read, and can't read what comes
+// next). Conversations stay. If they share a group with us, their record
+// stays as a group member's (Source "group"), which group messages need;
+// if they write again, they come back as Source "message". Removing is
+// not blocking: BlockContact drops what they send.
+func (n *Node) RemoveContact(ctx context.Context, id string) error {
+	book, err := n.contactBook()
+	if err != nil {
+		return err
+	}
+	aid := accountID(id)
+	inGroup := false
+	if svc, err := n.messaging(); err == nil {
+		groups, err := svc.Groups(ctx)
+		if err != nil {
+			return err
+		}
+		for _, g := range groups {
+			if !g.Left && slices.Contains(g.Members, id) {
+				inGroup = true
+				break
+			}
+		}
+	}
+	if err := book.remove(ctx, aid, inGroup); err != nil {
+		return err
+	}
+	n.momentsAudienceChanged() // out of the moments audience at once
+	return nil
+}
+
 // Contacts lists every contact.
 func (n *Node) Contacts() ([]Contact, error) {
 	book, err := n.contactBook()

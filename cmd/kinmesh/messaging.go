@@ -114,11 +114,13 @@ func runInvite(ctx context.Context, args []string, stdout, _ io.Writer) error {
 }
 
 func runContacts(ctx context.Context, args []string, stdout, _ io.Writer) error {
-	fs := newFlags("contacts", "contacts --data DIR [add INVITE]\n\nLists contacts, or adds one from an invite.", stdout)
+	fs := newFlags("contacts", "contacts --data DIR [add INVITE | remove ID]\n\nLists contacts, adds one from an invite, or removes one (no more presence\nor moments for them; conversations stay; see kinmesh block to drop what\nthey send).", stdout)
 	client := clientFlags(fs)
-	var invite string
+	var invite, remove string
 	if len(args) >= 2 && args[0] == "add" {
 		invite, args = args[1], args[2:]
+	} else if len(args) >= 2 && args[0] == "remove" {
+		remove, args = args[1], args[2:]
 	}
 	if err := parse(fs, args); err != nil {
 		return err
@@ -126,6 +128,13 @@ func runContacts(ctx context.Context, args []string, stdout, _ io.Writer) error 
 	c, err := client()
 	if err != nil {
 		return err
+	}
+	if remove != "" {
+		if err := c.do(ctx, http.MethodDelete, "/v1/contacts/"+url.PathEscape(remove), nil, nil); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "removed %s\n", remove)
+		return nil
 	}
 	if invite != "" {
 		var out struct{ Contact node.Contact }

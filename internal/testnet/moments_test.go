@@ -8,12 +8,14 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"slices"
 	"testing"
 	"time"
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/kinmesh/kinmesh/node"
 	"github.com/kinmesh/kinmesh/protocols/blobs"
 	"github.com/kinmesh/kinmesh/protocols/moments"
 	"github.com/kinmesh/kinmesh/protocols/moments/pb"
@@ -323,6 +325,42 @@ func TestMomentsBackfill(t *testing.T) {
 // TestMomentsRemovedFriend: a friend left out of the audience can't read
 // the moments that follow; the others can.
 func TestMomentsRemovedFriend(t *testing.T) {
+	testRemovedFriend(t, func(ctx context.Context, a, c *Device) error {
+		au, err := a.Node().SetMomentsAudience(ctx, moments.Audience{All: true, Exclude: []string{c.AccountID()}})
+		if err != nil || !au.All || !slices.Equal(au.Exclude, []string{c.AccountID()}) {
+			return fmt.Errorf("audience %+v, %v", au, err)
+		}
+		return nil
+	})
+}
+
+// TestMomentsRemovedContact: removing a contact (DELETE /v1/contacts/{id})
+// takes them out of the audience the same way; they are gone from the
+// contact list, and a second removal is an unknown contact.
+func TestMomentsRemovedContact(t *testing.T) {
+	testRemovedFriend(t, func(ctx context.Context, a, c *Device) error {
+		if err := a.Node().RemoveContact(ctx, c.AccountID()); err != nil {
+			return err
+		}
+		cs, err := a.Node().Contacts()
+		if err != nil {
+			return err
+		}
+		for _, ct := range cs {
+			if ct.ID == c.AccountID() {
+				return fmt.Errorf("%s still listed after removal: %+v", c.Name, ct)
+			}
+		}
+		if err := a.Node().RemoveContact(ctx, c.AccountID()); !errors.Is(err, node.ErrUnknownContact) {
+			return fmt.Errorf("second removal: %v, want ErrUnknownContact", err)
+		}
+		return nil
+	})
+}
+
+// testRemovedFriend: a's friend c stops being one (remove); c keeps the
+// moment it could read and can't read the next one, which b still gets.
+func testRemovedFriend(t *testing.T, remove func(ctx context.Context, a, c *Device) error) {
 	n := startNet(t, Config{Relays: 1, Devices: 3})
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
@@ -340,9 +378,8 @@ func TestMomentsRemovedFriend(t *testing.T) {
 	for _, d := range []*Device{b, c} {
 		waitFeed(ctx, t, d, "the first moment", hasMoment(before.ID))
 	}
-	au, err := a.Node().SetMomentsAudience(ctx, moments.Audience{All: true, Exclude: []string{c.AccountID()}})
-	if err != nil || !au.All || !slices.Equal(au.Exclude, []string{c.AccountID()}) {
-		t.Fatalf("audience %+v, %v", au, err)
+	if err := remove(ctx, a, c); err != nil {
+		t.Fatal(err)
 	}
 	const secret = "not for c anymore 5d2e"
 	after, err := a.Node().PostMoment(ctx, secret, nil)

@@ -364,3 +364,39 @@ func scanNamespace(t *testing.T, r *Relay, ns string, needles [][]byte) {
 		t.Fatal(err)
 	}
 }
+
+// TestRemoveContactInGroup: removing a contact who shares a group keeps
+// their record as a group member's: the group still reaches them, and
+// they are listed with source "group", no longer a friend.
+func TestRemoveContactInGroup(t *testing.T) {
+	n := startNet(t, Config{Relays: 1, Devices: 2})
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	accounts(t, ctx, n)
+	a, b := n.Devices[0], n.Devices[1]
+	if err := Introduce(ctx, a, b); err != nil {
+		t.Fatal(err)
+	}
+	g, err := a.Node().CreateGroup(ctx, "Cousins", []string{b.AccountID()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Node().RemoveContact(ctx, b.AccountID()); err != nil {
+		t.Fatalf("RemoveContact: %v", err)
+	}
+	cs, err := a.Node().Contacts()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cs) != 1 || cs[0].ID != b.AccountID() || cs[0].Source != "group" {
+		t.Fatalf("contacts after removing a group member: %+v, want b with source group", cs)
+	}
+	if _, err := a.Node().Send(ctx, g.ID, "still family"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := WaitMessages(ctx, b, g.ID, func(ms []message.Message) bool {
+		return HasText(ms, "still family", message.StateReceived)
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
