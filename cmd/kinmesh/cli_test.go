@@ -140,6 +140,17 @@ func TestCLI(t *testing.T) {
 	if export.Format != "kinmesh-export" || export.Account.ID != ids["rosa"] || len(export.Messages) < 2 {
 		t.Fatalf("export: %+v", export)
 	}
+	if out := cli(t, "contacts", "remove", ids["mia"], "--data", data["rosa"]); !strings.Contains(out, "removed") {
+		t.Fatalf("contacts remove: %s", out)
+	}
+	// They share a group: mia stays, as a group member, not a friend.
+	if out := cli(t, "contacts", "--data", data["rosa"]); !regexp.MustCompile(ids["mia"] + `\s+group`).MatchString(out) {
+		t.Fatalf("rosa's contacts after removing mia:\n%s", out)
+	}
+	errb.Reset()
+	if code := run(context.Background(), []string{"contacts", "remove", "nobody", "--data", data["rosa"]}, io.Discard, &errb); code == 0 || !strings.Contains(errb.String(), "unknown_contact") {
+		t.Fatalf("removing an unknown contact: exit %d %s", code, errb.String())
+	}
 	errb.Reset()
 	if code := run(context.Background(), []string{"account", "delete", "--data", data["mia"]}, io.Discard, &errb); code != 2 || !strings.Contains(errb.String(), "--yes") {
 		t.Fatalf("delete without --yes: exit %d %s", code, errb.String())
