@@ -53,8 +53,8 @@ type CallResult struct {
 }
 
 // HoldCall has a call b (relay-only if relay), b answer, both sending
-// the test clips; holds the call for hold once connected; has a hang up;
-// and returns both sides' record of it.
+// the test clips; holds the call until each side has received hold's
+// worth of video; has a hang up; and returns both sides' record of it.
 func HoldCall(ctx context.Context, a, b *Device, relay bool, hold time.Duration) (CallResult, error) {
 	na, nb := a.Node(), b.Node()
 	if na == nil || nb == nil {
@@ -86,25 +86,30 @@ func HoldCall(ctx context.Context, a, b *Device, relay bool, hold time.Duration)
 	if _, err := waitCall(ctx, events, func(i calls.Info) bool { return i.ID == ring.ID && i.State == calls.StateConnected }); err != nil {
 		return CallResult{}, fmt.Errorf("the call never connected: %w", err)
 	}
-	// Hold the call until hold's worth of video has arrived.
+	// Hold the call until hold's worth of video has arrived on both sides.
 	want := int64(hold.Seconds() * 15)
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
-	for {
-		i, err := nb.CallInfo(ring.ID)
-		if err != nil {
-			return CallResult{}, err
-		}
-		if i.State.Final() {
-			return CallResult{}, fmt.Errorf("the call ended early: %s", i.Reason)
-		}
-		if i.Stats != nil && i.Stats.FramesReceived >= want {
-			break
-		}
-		select {
-		case <-ctx.Done():
-			return CallResult{}, fmt.Errorf("holding the call: %w (stats %+v)", ctx.Err(), i.Stats)
-		case <-tick.C:
+	for _, side := range []struct {
+		n  *node.Node
+		id string
+	}{{nb, ring.ID}, {na, c.ID()}} {
+		for {
+			i, err := side.n.CallInfo(side.id)
+			if err != nil {
+				return CallResult{}, err
+			}
+			if i.State.Final() {
+				return CallResult{}, fmt.Errorf("the call ended early: %s", i.Reason)
+			}
+			if i.Stats != nil && i.Stats.FramesReceived >= want {
+				break
+			}
+			select {
+			case <-ctx.Done():
+				return CallResult{}, fmt.Errorf("holding the call (%s side): %w (stats %+v)", i.Direction, ctx.Err(), i.Stats)
+			case <-tick.C:
+			}
 		}
 	}
 	if err := na.HangUp(ctx, c.ID()); err != nil {

@@ -69,7 +69,8 @@ type Call struct {
 	getter stats.Getter
 	codecs [2]string // received audio, video codec
 	frames *frameCounter
-	closed bool // no more track goroutines
+	rttMS  float64 // the last RTT measured
+	closed bool    // no more track goroutines
 }
 
 type phase uint8
@@ -969,7 +970,10 @@ func (c *Call) endWith(reason string, fr *frame) {
 		_ = c.sig.write(*fr)
 	}
 	var final *Stats
-	if c.pc != nil {
+	if c.pc != nil && c.phase >= phaseConnected {
+		// Only a call that connected has statistics (and before it did,
+		// pion may still be starting the ICE transport collectStats reads,
+		// unlocked, for the RTT).
 		final = c.collectStats()
 	}
 	now := c.s.cfg.now()

@@ -1,6 +1,11 @@
 package calls
 
-import "github.com/pion/transport/v5"
+import (
+	"sync"
+
+	"github.com/pion/transport/v5"
+	"github.com/pion/webrtc/v4"
+)
 
 // inLoop runs f in the call's loop (so it may touch the loop's state) and
 // waits for it; false if the call has ended.
@@ -36,4 +41,43 @@ func withNet(n transport.Net) Option {
 		c.net = n
 		return nil
 	}
+}
+
+// pauseLoop stops the call's loop (it is running a test event when
+// pauseLoop returns) until release is called; events wait meanwhile, as
+// they do when the loop is slow to get to them. ok is false if the call
+// has ended.
+func (c *Call) pauseLoop() (release func(), ok bool) {
+	held, rel := make(chan struct{}), make(chan struct{})
+	if !c.post(event{kind: evTest, fn: func() { close(held); <-rel }}) {
+		return nil, false
+	}
+	var once sync.Once
+	release = func() { once.Do(func() { close(rel) }) }
+	select {
+	case <-held:
+		return release, true
+	case <-c.done:
+		release()
+		return nil, false
+	}
+}
+
+// peerState is the state of the call's peer connection (new before it
+// has one).
+func (c *Call) peerState() webrtc.PeerConnectionState {
+	c.mu.Lock()
+	pc := c.pcRef
+	c.mu.Unlock()
+	if pc == nil {
+		return webrtc.PeerConnectionStateNew
+	}
+	return pc.ConnectionState()
+}
+
+// refreshedStats are the statistics of the loop's last refresh.
+func (c *Call) refreshedStats() *Stats {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.info.Stats
 }

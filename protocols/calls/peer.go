@@ -82,8 +82,15 @@ func newPeer(pc peerConfig) (*webrtc.PeerConnection, stats.Getter, error) {
 	)
 	sf.OnNewPeerConnection(func(_ string, g stats.Getter) {
 		getterMu.Lock()
+		defer getterMu.Unlock()
+		if si, ok := g.(*stats.Interceptor); ok {
+			// Called before the interceptor binds any stream.
+			k := &keptRecorders{recs: map[uint32]stats.Recorder{}}
+			si.RecorderFactory = k.wrap(si.RecorderFactory)
+			getter = k
+			return
+		}
 		getter = g
-		getterMu.Unlock()
 	})
 	reg.Add(sf)
 
@@ -125,6 +132,44 @@ func newPeer(pc peerConfig) (*webrtc.PeerConnection, stats.Getter, error) {
 		return nil, nil, fmt.Errorf("calls: new peer connection: no stats recorder")
 	}
 	return p, g, nil
+}
+
+// keptRecorders is a call's stats.Getter: the stats interceptor's
+// recorders, kept once their streams end. pion unbinds a stream from the
+// interceptor, which forgets its recorder, when the stream's receiver or
+// sender stops: when the peer connection closes, and pion closes it by
+// itself on the other side's DTLS close_notify, which may well come
+// before the other side's Hangup frame. The interceptor's own Get then
+// has nothing for the streams of a call that is just ending, while a
+// stopped recorder still holds the stream's final statistics.
+type keptRecorders struct {
+	mu   sync.Mutex
+	recs map[uint32]stats.Recorder // by SSRC
+}
+
+// wrap returns f, keeping the recorders it makes (the latest for an SSRC
+// bound again).
+func (k *keptRecorders) wrap(f stats.RecorderFactory) stats.RecorderFactory {
+	return func(ssrc uint32, clockRate float64) stats.Recorder {
+		r := f(ssrc, clockRate)
+		k.mu.Lock()
+		k.recs[ssrc] = r
+		k.mu.Unlock()
+		return r
+	}
+}
+
+// Get returns the statistics of stream ssrc, live or ended; nil if it
+// never had any.
+func (k *keptRecorders) Get(ssrc uint32) *stats.Stats {
+	k.mu.Lock()
+	r, ok := k.recs[ssrc]
+	k.mu.Unlock()
+	if !ok {
+		return nil
+	}
+	st := r.GetStats()
+	return &st
 }
 
 // candidateTypes returns the types of the selected candidate pair's ends

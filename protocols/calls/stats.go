@@ -1,6 +1,7 @@
 package calls
 
 import (
+	"cmp"
 	"time"
 
 	"github.com/pion/webrtc/v4"
@@ -9,7 +10,9 @@ import (
 // collectStats reads the call's statistics: RTP counters, jitter, loss
 // and round-trip times from the stats interceptor (RTCP sender and
 // receiver reports), the received codecs, and the video frame counter.
-// nil before the call has a peer connection.
+// nil before the call has a peer connection. The streams' statistics
+// outlive the connection (keptRecorders), so they never fall back, not
+// even once it has closed.
 func (c *Call) collectStats() *Stats {
 	c.mu.Lock()
 	pc, g, fc, codecs := c.pcRef, c.getter, c.frames, c.codecs
@@ -17,16 +20,7 @@ func (c *Call) collectStats() *Stats {
 	if pc == nil || g == nil {
 		return nil
 	}
-	st := &Stats{AudioCodec: codecs[0], VideoCodec: codecs[1]}
-	for _, name := range codecs {
-		if name == "" {
-			continue
-		}
-		if st.Codec != "" {
-			st.Codec += ","
-		}
-		st.Codec += name
-	}
+	st := &Stats{Codec: codecList(codecs[0], codecs[1]), AudioCodec: codecs[0], VideoCodec: codecs[1]}
 	for _, r := range pc.GetReceivers() {
 		for _, t := range r.Tracks() {
 			s := g.Get(uint32(t.SSRC()))
@@ -43,9 +37,8 @@ func (c *Call) collectStats() *Stats {
 	var rtt time.Duration
 	n := 0
 	for _, snd := range pc.GetSenders() {
-		if snd.Track() == nil {
-			continue
-		}
+		// Not only senders with a track: a stopped sender (the connection
+		// closed) has none, but its streams' statistics are still there.
 		for _, enc := range snd.GetParameters().Encodings {
 			s := g.Get(uint32(enc.SSRC))
 			if s == nil {
@@ -63,29 +56,56 @@ func (c *Call) collectStats() *Stats {
 	} else {
 		st.RTTMS = iceRTT(pc)
 	}
+	c.mu.Lock()
+	if st.RTTMS > 0 {
+		c.rttMS = st.RTTMS
+	} else {
+		st.RTTMS = c.rttMS // none now (the connection closed): the last one
+	}
+	c.mu.Unlock()
 	if fc != nil {
 		st.FramesReceived, st.FPS, st.Width, st.Height = fc.snapshot()
 	}
 	return st
 }
 
-// mergeStats returns the final statistics of a call: cur, unless the
-// peer connection had already closed when they were read (the other side
-// closed it first) and the RTP counters of the last refresh (prev) are
-// all that is left of them.
+// mergeStats returns the final statistics of a call from a reading at
+// its end (cur) and the loop's last refresh (prev): cur, but never less
+// than prev. The counters only grow while the call lasts, so if cur's
+// fall short of prev's (a stream whose statistics were lost), prev's
+// stand, each group of them whole: the received streams' counters and
+// jitter; the sent bytes and RTT; the video frames, rate and resolution.
+// An RTT of 0 (none measured) is prev's, and so is a codec cur lacks.
 func mergeStats(prev, cur *Stats) *Stats {
-	if cur == nil {
-		return prev
+	if cur == nil || prev == nil {
+		return cmp.Or(cur, prev)
 	}
-	if prev != nil && cur.PacketsReceived < prev.PacketsReceived {
-		merged := *prev
-		merged.FramesReceived, merged.FPS, merged.Width, merged.Height = cur.FramesReceived, cur.FPS, cur.Width, cur.Height
-		if merged.Codec == "" {
-			merged.Codec, merged.AudioCodec, merged.VideoCodec = cur.Codec, cur.AudioCodec, cur.VideoCodec
-		}
-		return &merged
+	m := *cur
+	if m.PacketsReceived < prev.PacketsReceived || m.BytesReceived < prev.BytesReceived {
+		m.PacketsReceived, m.PacketsLost, m.BytesReceived, m.JitterMS = prev.PacketsReceived, prev.PacketsLost, prev.BytesReceived, prev.JitterMS
 	}
-	return cur
+	if m.BytesSent < prev.BytesSent {
+		m.BytesSent, m.RTTMS = prev.BytesSent, cmp.Or(prev.RTTMS, m.RTTMS)
+	} else {
+		m.RTTMS = cmp.Or(m.RTTMS, prev.RTTMS) // none measured at the end: the last one
+	}
+	if m.FramesReceived < prev.FramesReceived {
+		m.FramesReceived, m.FPS, m.Width, m.Height = prev.FramesReceived, prev.FPS, prev.Width, prev.Height
+	}
+	m.AudioCodec, m.VideoCodec = cmp.Or(m.AudioCodec, prev.AudioCodec), cmp.Or(m.VideoCodec, prev.VideoCodec)
+	m.Codec = codecList(m.AudioCodec, m.VideoCodec)
+	return &m
+}
+
+// codecList is Stats.Codec: the received codecs, audio then video.
+func codecList(audio, video string) string {
+	switch {
+	case audio == "":
+		return video
+	case video == "":
+		return audio
+	}
+	return audio + "," + video
 }
 
 // iceRTT is the round-trip time of the selected candidate pair's ICE
