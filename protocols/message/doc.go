@@ -10,10 +10,12 @@
 //	  → Content{id, sent_at, seq, text}                 (pb.Content)
 //	  → pairwise Double Ratchet (e2ee.Session)           (PQXDH first, from a
 //	     bundle fetched from a home relay of the recipient, or from the invite)
-//	  → sealed-sender envelope to the recipient's mailbox key (e2ee.SealEnvelope),
-//	     carrying our identity and signed contact record
 //	  → the message (state pending), the session's next state and a delivery
-//	     job are committed in one synced batch, then Send returns.
+//	     job with the encrypted payload are committed in one batch (concurrent
+//	     Sends share it), then Send returns once it is synced
+//	  → the lane seals the payload into a sealed-sender envelope to the
+//	     recipient's mailbox key (e2ee.SealEnvelope), carrying our identity and
+//	     signed contact record, outside the engine's lock.
 //
 // A lane per recipient then moves its jobs, in order:
 //
@@ -36,10 +38,12 @@
 // # Receiving
 //
 // Envelopes arrive on the direct protocol and from an owner session on each
-// of our home relays (fetched backlog, then pushes). Each batch is processed
-// under one lock and committed in one synced write: duplicate envelopes
-// (the same bytes from several relays, or direct and relayed) are recognised
-// by their hash and dropped; the envelope is opened with our mailbox key;
+// of our home relays (fetched backlog, then pushes). Envelopes are opened
+// outside the engine's lock; each chunk is then processed under the lock and
+// written, and one fsync after the lock is released covers the chunks of a
+// batch: duplicate envelopes (the same bytes from several relays, or direct
+// and relayed) are recognised by their hash and dropped; the envelope is
+// opened with our mailbox key;
 // the payload decrypted with the sender's pairwise session (or a new one,
 // from a PQXDH initial message, consuming one-time prekeys) or group sender
 // key; the claimed sender checked against the session's authenticated

@@ -181,8 +181,9 @@ func (s *Service) CreateGroup(ctx context.Context, name string, members []e2ee.A
 	if _, _, err := t.mySenderKey(g.ID); err != nil {
 		return nil, err
 	}
+	var rest []recordChunk
 	for _, m := range g.Members[1:] {
-		if err := t.sendGroupUpdate(g, e2ee.AccountID(m), true, false); err != nil {
+		if err := t.sendGroupUpdate(g, e2ee.AccountID(m), true, false, &rest); err != nil {
 			return nil, err
 		}
 	}
@@ -192,6 +193,7 @@ func (s *Service) CreateGroup(ctx context.Context, name string, members []e2ee.A
 	if err := t.commit(); err != nil {
 		return nil, err
 	}
+	s.sendRecordChunks(g, rest)
 	out := *g
 	s.emit(Event{Type: "group", Group: &out})
 	return &out, nil
@@ -264,13 +266,14 @@ func (s *Service) changeGroup(id string, change func(*tx, *Group) (added, remove
 		return nil, err
 	}
 	g.Version++
+	var rest []recordChunk
 	for _, m := range others(g, s.me) {
-		if err := t.sendGroupUpdate(g, m, slices.Contains(added, m), false); err != nil {
+		if err := t.sendGroupUpdate(g, m, slices.Contains(added, m), false, &rest); err != nil {
 			return nil, err
 		}
 	}
 	for _, m := range removed {
-		if err := t.sendGroupUpdate(g, m, false, false); err != nil {
+		if err := t.sendGroupUpdate(g, m, false, false, nil); err != nil {
 			return nil, err
 		}
 	}
@@ -290,6 +293,7 @@ func (s *Service) changeGroup(id string, change func(*tx, *Group) (added, remove
 	if err := t.commit(); err != nil {
 		return nil, err
 	}
+	s.sendRecordChunks(g, rest)
 	out := *g
 	s.emit(Event{Type: "group", Group: &out})
 	return &out, nil
@@ -311,7 +315,7 @@ func (s *Service) LeaveGroup(ctx context.Context, id string) error {
 		return nil
 	}
 	for _, m := range others(g, s.me) {
-		if err := t.sendGroupUpdate(g, m, false, true); err != nil {
+		if err := t.sendGroupUpdate(g, m, false, true, nil); err != nil {
 			return err
 		}
 	}
@@ -421,8 +425,12 @@ func others(g *Group, me e2ee.AccountID) []e2ee.AccountID {
 }
 
 // sendGroupUpdate queues g's state to member, pairwise; withRecords adds
-// the records of the other members (chunked over several updates).
-func (t *tx) sendGroupUpdate(g *Group, to e2ee.AccountID, withRecords, left bool) error {
+// the signed contact records of the other members, in chunks of
+// maxRecordsPerUpdate. With rest nil every chunk is staged in t; otherwise
+// only the first, which carries the update, and the other chunks (records
+// only: same version) are appended to rest for sendRecordChunks, so that a
+// large group's O(members²) records never have to fit one transaction.
+func (t *tx) sendGroupUpdate(g *Group, to e2ee.AccountID, withRecords, left bool, rest *[]recordChunk) error {
 	var records [][]byte
 	if withRecords {
 		for _, m := range others(g, t.s.me) {
@@ -431,15 +439,49 @@ func (t *tx) sendGroupUpdate(g *Group, to e2ee.AccountID, withRecords, left bool
 			}
 		}
 	}
-	for {
+	for first := true; ; first = false {
 		chunk := records[:min(len(records), maxRecordsPerUpdate)]
 		records = records[len(chunk):]
-		u := &pb.GroupUpdate{Name: g.Name, Members: g.Members, Version: g.Version, Records: chunk, Left: left}
-		if err := t.queuePairwise(to, g.ID, &pb.Content{Body: &pb.Content_GroupUpdate{GroupUpdate: u}}); err != nil {
+		if !first && rest != nil {
+			*rest = append(*rest, recordChunk{to: to, records: chunk})
+		} else if err := t.queueGroupUpdate(g, to, chunk, left); err != nil {
 			return err
 		}
 		if len(records) == 0 {
 			return nil
+		}
+	}
+}
+
+func (t *tx) queueGroupUpdate(g *Group, to e2ee.AccountID, records [][]byte, left bool) error {
+	u := &pb.GroupUpdate{Name: g.Name, Members: g.Members, Version: g.Version, Records: records, Left: left}
+	return t.queuePairwise(to, g.ID, &pb.Content{Body: &pb.Content_GroupUpdate{GroupUpdate: u}})
+}
+
+// recordChunk is a chunk of member records still to send to a member.
+type recordChunk struct {
+	to      e2ee.AccountID
+	records [][]byte
+}
+
+// sendRecordChunks queues the records chunks sendGroupUpdate left over, in
+// transactions of a bounded size, after the update itself was committed.
+// Called with s.mu held. If it fails (or the device stops) part way, the
+// members concerned lack some records until the next update or until they
+// hear from those members (every envelope carries its sender's record).
+func (s *Service) sendRecordChunks(g *Group, chunks []recordChunk) {
+	const per = maxTxOps / 4 // a job and the session's next state
+	for start := 0; start < len(chunks); start += per {
+		t := s.begin()
+		for _, c := range chunks[start:min(start+per, len(chunks))] {
+			if err := t.queueGroupUpdate(g, c.to, c.records, false); err != nil {
+				s.log.Warn("queueing a group's member records failed", "err", err)
+				return
+			}
+		}
+		if err := t.commit(); err != nil {
+			s.log.Warn("queueing a group's member records failed", "err", err)
+			return
 		}
 	}
 }
@@ -488,8 +530,15 @@ func (t *tx) queuePairwise(to e2ee.AccountID, group string, c *pb.Content) error
 
 // applyGroupUpdate applies a member's view of a group.
 func (t *tx) applyGroupUpdate(from e2ee.AccountID, id string, u *pb.GroupUpdate) []Event {
+	// Members whose records we learn now: a records chunk that follows
+	// the update (a large group's records come in several) makes them
+	// reachable, and they get our sender key then.
+	var learned []e2ee.AccountID
 	for _, raw := range u.GetRecords() {
 		if rec, err := contact.Parse(raw); err == nil {
+			if _, known := t.s.cfg.Contacts.Contact(rec.AccountID()); !known {
+				learned = append(learned, rec.AccountID())
+			}
 			t.s.cfg.Contacts.Learn(rec)
 		}
 	}
@@ -519,7 +568,22 @@ func (t *tx) applyGroupUpdate(from e2ee.AccountID, id string, u *pb.GroupUpdate)
 		}
 		g = &Group{ID: id, Admin: string(from)}
 	case u.Version <= g.Version:
-		return nil // old news (or a records chunk of an update we have)
+		// Old news, or a records chunk of the update we have: members we
+		// couldn't reach when it came get our sender key now.
+		if u.Version == g.Version && string(from) == g.Admin && !g.Left && slices.Contains(g.Members, me) {
+			var to []e2ee.AccountID
+			for _, m := range learned {
+				if string(m) != me && slices.Contains(g.Members, string(m)) {
+					to = append(to, m)
+				}
+			}
+			if len(to) > 0 {
+				if err := t.distributeKey(g, to); err != nil {
+					t.s.log.Debug("distribute sender key", "group", id, "err", err)
+				}
+			}
+		}
+		return nil
 	case string(from) != g.Admin:
 		return nil // only the admin changes the group
 	}

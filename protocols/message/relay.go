@@ -8,6 +8,7 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/peerstore"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/kinmesh/kinmesh/protocols/mailbox"
 )
@@ -126,43 +127,38 @@ func (s *Service) relaySession(ctx context.Context, l *relayLink) error {
 	}
 }
 
+// maxAcksInFlight is how many acks (each a synced delete on the relay) a
+// drain has outstanding at once.
+const maxAcksInFlight = 4
+
 // drain fetches and processes everything after seq. It pipelines: the
-// next page is fetched while the current one is processed, and a page's
-// ack (a synced delete on the relay) runs while the next is processed.
+// next page is fetched while the current one is processed, and pages'
+// acks (each a synced delete on the relay, which shares fsyncs between
+// acks that arrive together) run while the following pages are
+// processed, up to maxAcksInFlight at once. An ack is sent only for items
+// whose processing is on disk; acks may complete in any order.
 func (s *Service) drain(sess *mailbox.Session, after uint64) error {
+	acks, actx := errgroup.WithContext(s.ctx)
+	acks.SetLimit(maxAcksInFlight)
 	next := s.fetchPage(sess, after)
-	var acked chan error // the previous page's ack, if one is in flight
-	waitAck := func() error {
-		if acked == nil {
-			return nil
-		}
-		err := <-acked
-		acked = nil
-		return err
-	}
 	for {
 		p := <-next
 		next = nil
 		if p.err != nil {
-			return errors.Join(p.err, waitAck())
+			return errors.Join(p.err, acks.Wait())
 		}
 		if p.more && len(p.items) > 0 {
 			next = s.fetchPage(sess, p.items[len(p.items)-1].Seq)
 		}
-		acks, transient := s.process(p.items)
-		err := waitAck()
-		if err == nil && len(acks) > 0 {
-			acked = make(chan error, 1)
-			go func() { acked <- s.ack(sess, acks) }()
+		seqs, transient := s.process(p.items)
+		if len(seqs) > 0 && actx.Err() == nil {
+			acks.Go(func() error { return s.ack(sess, seqs) })
 		}
-		if err == nil {
-			err = transient
-		}
-		if err != nil || next == nil {
+		if transient != nil || actx.Err() != nil || next == nil {
 			if next != nil {
 				<-next
 			}
-			return errors.Join(err, waitAck())
+			return errors.Join(transient, acks.Wait())
 		}
 	}
 }
