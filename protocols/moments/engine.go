@@ -61,8 +61,10 @@ type Config struct {
 	// event; it must not block for long.
 	OnEvent func(Event)
 	// BackfillInterval is how often every followed feed is backfilled from
-	// its author's relays (default 10m; also at start, when a new key
-	// arrives and after gossipsub dropped one of its frames).
+	// its author's relays (default 10m; also at start, when a key
+	// arrives, after gossipsub dropped one of its frames, and repeatedly
+	// for CatchUpWindow after a topic is joined). A backfill that fails is
+	// retried with the RetryMin-RetryMax backoff.
 	BackfillInterval time.Duration
 	// AudienceInterval is how often the audience is compared with the
 	// contacts: new friends get the key, removed ones trigger a rotation
@@ -94,8 +96,16 @@ type Engine struct {
 	follows  map[e2ee.AccountID]*follow
 	audience Audience
 
+	// joinMu serializes joinAll (and Close's leaving): each call acts on
+	// the state it reads, so an older snapshot never leaves a topic that a
+	// newer one joined.
+	joinMu  sync.Mutex
 	topicMu sync.RWMutex
 	topics  map[string]topicInfo
+	// catching holds the topics joined lately, each backfilled again and
+	// again until its time (CatchUpWindow after the join).
+	catchMu  sync.Mutex
+	catching map[string]time.Time
 
 	topicLim *limiter
 	seq      atomic.Uint64
@@ -103,6 +113,7 @@ type Engine struct {
 	keyReqs  map[e2ee.AccountID]time.Time
 
 	wakeInbox, wakeOutbox, wakeBackfill chan struct{}
+	wakeCatchUp                         chan struct{} // a topic joined: see catching
 	events                              chan Event
 
 	closeOnce sync.Once
@@ -178,11 +189,12 @@ func New(cfg Config) (*Engine, error) {
 		cfg: cfg, log: cfg.Logger, ns: cfg.Store.Namespace(Namespace),
 		me: cfg.Identity.AccountID(), owner: OwnerKey(cfg.Identity), mediaSecret: MediaSecret(cfg.Identity),
 		ctx: ctx, cancel: cancel,
-		follows: map[e2ee.AccountID]*follow{}, topics: map[string]topicInfo{}, keyReqs: map[e2ee.AccountID]time.Time{},
+		follows: map[e2ee.AccountID]*follow{}, topics: map[string]topicInfo{}, catching: map[string]time.Time{}, keyReqs: map[e2ee.AccountID]time.Time{},
 		topicLim:  newLimiter(cfg.Now, DefaultTopicFramesPerMinute/60.0, DefaultTopicBurst, 1<<12),
 		wakeInbox: make(chan struct{}, 1), wakeOutbox: make(chan struct{}, 1), wakeBackfill: make(chan struct{}, 1),
-		events:   make(chan Event, 256),
-		audience: Audience{All: true},
+		wakeCatchUp: make(chan struct{}, 1),
+		events:      make(chan Event, 256),
+		audience:    Audience{All: true},
 	}
 	e.seq.Store(uint64(time.Now().UnixNano()))
 	if err := e.load(ctx); err != nil {
@@ -190,6 +202,13 @@ func New(cfg Config) (*Engine, error) {
 		return nil, err
 	}
 	e.joinAll()
+	// The start's backfill covers the topics joined now: catch-up rounds
+	// are for the ones joined later (new keys, rotations).
+	clear(e.catching)
+	select {
+	case <-e.wakeCatchUp:
+	default:
+	}
 	conns, err := cfg.Host.EventBus().Subscribe(new(event.EvtPeerConnectednessChanged))
 	if err != nil {
 		cancel()
@@ -208,6 +227,7 @@ func New(cfg Config) (*Engine, error) {
 func (e *Engine) Close() error {
 	e.closeOnce.Do(func() {
 		e.cancel()
+		e.joinMu.Lock() // a joinAll under way finishes first; later ones do nothing
 		e.topicMu.Lock()
 		topics := e.topics
 		e.topics = map[string]topicInfo{}
@@ -215,6 +235,7 @@ func (e *Engine) Close() error {
 		for t := range topics {
 			e.cfg.Router.Leave(t)
 		}
+		e.joinMu.Unlock()
 		e.wg.Wait()
 	})
 	return nil
@@ -250,8 +271,15 @@ func (e *Engine) eventLoop() {
 }
 
 // joinAll joins the topics of the own feed and of the followed feeds, and
-// leaves the ones past their grace window.
+// leaves the ones past their grace window. Joining a topic (a new key, a
+// rotation) starts its catch-up: what was published on it before the mesh
+// took us in is on the relays.
 func (e *Engine) joinAll() {
+	e.joinMu.Lock()
+	defer e.joinMu.Unlock()
+	if e.ctx.Err() != nil {
+		return // closed: its topics are left
+	}
 	now := e.cfg.Now()
 	want := map[string]topicInfo{}
 	e.mu.Lock()
@@ -287,10 +315,27 @@ func (e *Engine) joinAll() {
 	for _, t := range leave {
 		e.cfg.Router.Leave(t)
 	}
+	var joined []string
 	for t := range want {
-		if err := e.cfg.Router.Join(t, e.validate, e.deliver); err != nil && !errors.Is(err, ErrClosed) {
-			e.log.Warn("join a moments topic", "err", err)
+		was := e.cfg.Router.Joined(t)
+		if err := e.cfg.Router.Join(t, e.validate, e.deliver); err != nil {
+			if !errors.Is(err, ErrClosed) {
+				e.log.Warn("join a moments topic", "err", err)
+			}
+			continue
 		}
+		if !was {
+			joined = append(joined, t)
+		}
+	}
+	if len(joined) > 0 {
+		until := now.Add(CatchUpWindow)
+		e.catchMu.Lock()
+		for _, t := range joined {
+			e.catching[t] = until
+		}
+		e.catchMu.Unlock()
+		wake(e.wakeCatchUp)
 	}
 }
 
@@ -332,16 +377,68 @@ func (e *Engine) deliver(topic string, _ peer.ID, data []byte) {
 	e.receive(topic, data, MaxGossipAge+time.Minute)
 }
 
+// CatchUpWindow is how long after joining a topic (a friend's new key,
+// our own rotation) the engine keeps backfilling that topic, RetryMin
+// apart and doubling. A frame published around the join can reach the
+// relays after the first backfill, while gossip no longer brings it to a
+// peer the mesh took in late: the catch-up rounds fetch it.
+const CatchUpWindow = 2 * time.Minute
+
 // maintainLoop keeps the audience, relay connections, topics and backfill
 // up to date.
 func (e *Engine) maintainLoop() {
 	e.syncAudience(e.ctx)
 	e.connectRelays(e.ctx)
-	e.backfillAll(e.ctx)
 	aud := time.NewTicker(e.cfg.AudienceInterval)
 	defer aud.Stop()
 	bf := time.NewTicker(e.cfg.BackfillInterval)
 	defer bf.Stop()
+	// retry is the backfill's backoff, armed while a backfill failed.
+	retry := time.NewTimer(e.cfg.RetryMax)
+	retry.Stop()
+	defer retry.Stop()
+	var delay time.Duration
+	backfill := func() {
+		if e.backfillAll(e.ctx) {
+			delay = 0
+			retry.Stop()
+			return
+		}
+		delay = e.backoff(delay)
+		retry.Reset(delay)
+	}
+	// catch paces the catch-up rounds of the topics joined lately.
+	catch := time.NewTimer(e.cfg.RetryMax)
+	catch.Stop()
+	defer catch.Stop()
+	var catchDelay time.Duration
+	catchUp := func() {
+		now := e.cfg.Now()
+		only := map[string]bool{}
+		e.catchMu.Lock()
+		for t, until := range e.catching {
+			only[t] = true
+			if !now.Before(until) {
+				delete(e.catching, t) // its last round
+			}
+		}
+		more := len(e.catching) > 0
+		e.catchMu.Unlock()
+		if len(only) == 0 {
+			return
+		}
+		complete := e.backfillTopics(e.ctx, only)
+		if more {
+			catchDelay = e.backoff(catchDelay)
+			catch.Reset(catchDelay)
+			return
+		}
+		catchDelay = 0
+		if !complete {
+			wake(e.wakeBackfill) // retried from there
+		}
+	}
+	backfill()
 	for {
 		select {
 		case <-e.ctx.Done():
@@ -351,13 +448,20 @@ func (e *Engine) maintainLoop() {
 			e.connectRelays(e.ctx)
 			e.joinAll()
 		case <-bf.C:
-			e.backfillAll(e.ctx)
+			backfill()
 		case <-e.wakeBackfill:
-			e.backfillAll(e.ctx)
+			backfill()
+		case <-e.wakeCatchUp:
+			catchDelay = 0
+			catchUp()
+		case <-catch.C:
+			catchUp()
+		case <-retry.C:
+			backfill()
 		case <-e.cfg.Router.inbound:
 			// Gossipsub dropped a frame on its way in: fetch it from the
 			// relays rather than wait for the next round.
-			e.backfillAll(e.ctx)
+			backfill()
 		}
 	}
 }

@@ -284,8 +284,9 @@ func (e *Engine) retryPending(ctx context.Context) {
 // Backfill reads, from the home relays of every followed feed (and of our
 // own), the frames kept since the last backfill: moments, reactions and
 // tombstones this device missed while offline. It also runs at start,
-// every BackfillInterval, when a new key arrives and after gossipsub
-// dropped a frame of ours.
+// every BackfillInterval, when a key arrives, after gossipsub dropped a
+// frame of ours and, for CatchUpWindow, after a topic is joined; a failed
+// one is retried.
 func (e *Engine) Backfill(ctx context.Context) { e.backfillAll(ctx) }
 
 type backfillTarget struct {
@@ -293,7 +294,15 @@ type backfillTarget struct {
 	epochs []epochKeys
 }
 
-func (e *Engine) backfillAll(ctx context.Context) {
+// backfillAll backfills every feed from every relay of it. complete
+// reports whether every relay answered.
+func (e *Engine) backfillAll(ctx context.Context) (complete bool) { return e.backfillTopics(ctx, nil) }
+
+// backfillTopics backfills the topics in only (nil: every topic of every
+// feed) from every relay of their feed. complete reports whether every
+// relay answered.
+func (e *Engine) backfillTopics(ctx context.Context, only map[string]bool) (complete bool) {
+	complete = true
 	var targets []backfillTarget
 	e.mu.Lock()
 	if o := e.own; o != nil {
@@ -320,21 +329,37 @@ func (e *Engine) backfillAll(ctx context.Context) {
 		// Oldest epoch first: its moments come before the reactions that
 		// later epochs carry.
 		for i := len(t.epochs) - 1; i >= 0; i-- {
+			if only != nil && !only[t.epochs[i].topic] {
+				continue
+			}
 			for _, r := range relays {
 				if ctx.Err() != nil {
-					return
+					return false
 				}
-				e.backfillTopic(ctx, t.author, t.epochs[i], r)
+				if err := e.backfillTopic(ctx, t.author, t.epochs[i], r); err != nil {
+					e.log.Debug("backfill moments", "relay", r.ID, "err", err)
+					// A refusal (a topic the relay doesn't keep, a retired
+					// epoch) stands; an unreachable or busy relay is
+					// asked again.
+					complete = complete && refused(err)
+				}
 			}
 		}
 	}
+	return complete
+}
+
+// refused reports whether a relay answered a request with a refusal that
+// asking again won't change.
+func refused(err error) bool {
+	return errors.Is(err, ErrNotFound) || errors.Is(err, ErrUnauthorized) || errors.Is(err, ErrMalformed) || errors.Is(err, ErrStale)
 }
 
 func (e *Engine) cursorKey(relay peer.ID, topic string) string {
 	return dkCursor + e.ns.Opaque([]byte(relay), []byte(topic))
 }
 
-func (e *Engine) backfillTopic(ctx context.Context, author e2ee.AccountID, ep epochKeys, r peer.AddrInfo) {
+func (e *Engine) backfillTopic(ctx context.Context, author e2ee.AccountID, ep epochKeys, r peer.AddrInfo) error {
 	ck := e.cursorKey(r.ID, ep.topic)
 	var after uint64
 	if v, err := e.ns.Get(ctx, ck); err == nil {
@@ -348,7 +373,7 @@ func (e *Engine) backfillTopic(ctx context.Context, author e2ee.AccountID, ep ep
 		f := e.follows[author]
 		e.mu.Unlock()
 		if f == nil {
-			return
+			return nil
 		}
 		ti.keys = feedKeys{owner: f.owner, audience: ep.audience.Public().(ed25519.PublicKey)}
 	}
@@ -356,8 +381,7 @@ func (e *Engine) backfillTopic(ctx context.Context, author e2ee.AccountID, ep ep
 	for range 1000 {
 		page, err := e.cfg.Relays.Backfill(ctx, r.ID, ep.topic, ep.audience, after, 0)
 		if err != nil {
-			e.log.Debug("backfill moments", "relay", r.ID, "err", err)
-			return
+			return err
 		}
 		for _, raw := range page.Frames {
 			e.receiveAs(ep.topic, ti, raw, backfillAge, true)
@@ -367,9 +391,10 @@ func (e *Engine) backfillTopic(ctx context.Context, author e2ee.AccountID, ep ep
 			_ = e.ns.Put(ctx, ck, binary.AppendUvarint(nil, after))
 		}
 		if !page.More {
-			return
+			return nil
 		}
 	}
+	return nil
 }
 
 // Moments lists the moments on this device, newest first, without those

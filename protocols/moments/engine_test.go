@@ -177,6 +177,33 @@ func TestBackfillAfterOffline(t *testing.T) {
 	}
 }
 
+// TestLateKeyCatchUp: a friend's key arrives before its author's moment
+// reaches the relay, and the backfill the key starts finds nothing (here:
+// the relay is down; under load: the frame is still on its way). Nothing
+// else brings the moment (no gossip reaches the friend, no reconnection,
+// the periodic backfill is an hour away): the catch-up backfills that
+// follow a new key fetch it once the relay has it.
+func TestLateKeyCatchUp(t *testing.T) {
+	ctx := testCtx(t)
+	r := startRelay(t)
+	n := newNet()
+	a := newDevice(t, n, "grandma", r)
+	c := newDevice(t, n, "leo", r)
+	befriend(a, c)
+	r.Stop()
+	distribute(t, ctx, a, c) // c follows a and joins its topic; its backfill fails
+	m, err := a.engine().Post(ctx, "while the relay was down", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Start()
+	waitFor(t, ctx, "the relay keeps the moment", func() bool {
+		_, items, _ := r.svc.Stats()
+		return items >= 1
+	})
+	waitMoments(t, ctx, c, "grandma's moment", has(m.ID))
+}
+
 // TestRemovedFriend: a friend taken out of the audience can't read what
 // is posted afterwards, though it still holds the old keys.
 func TestRemovedFriend(t *testing.T) {

@@ -66,6 +66,10 @@ type testRelay struct {
 	dir    string
 	listen []string
 	opts   []Option
+	// id and addrs stay the same across restarts (same key and
+	// addresses): devices read them while the relay restarts.
+	id    peer.ID
+	addrs []ma.Multiaddr
 
 	h      host.Host
 	st     *storage.Store
@@ -89,6 +93,9 @@ func (r *testRelay) Start() {
 		for _, a := range r.h.Addrs() {
 			r.listen = append(r.listen, a.String())
 		}
+	}
+	if r.id == "" {
+		r.id, r.addrs = r.h.ID(), r.h.Addrs()
 	}
 	st, err := storage.Open(r.dir, storage.WithProfile(storage.ProfileRelay), storage.WithLogger(discard))
 	if err != nil {
@@ -118,10 +125,10 @@ func (r *testRelay) Stop() {
 	r.svc = nil
 }
 
-func (r *testRelay) info() peer.AddrInfo { return peer.AddrInfo{ID: r.h.ID(), Addrs: r.h.Addrs()} }
+func (r *testRelay) info() peer.AddrInfo { return peer.AddrInfo{ID: r.id, Addrs: r.addrs} }
 
 func (r *testRelay) maddr() ma.Multiaddr {
-	return r.h.Addrs()[0].Encapsulate(ma.StringCast("/p2p/" + r.h.ID().String()))
+	return r.addrs[0].Encapsulate(ma.StringCast("/p2p/" + r.id.String()))
 }
 
 // testNet delivers controls between test devices, as the messaging
