@@ -347,12 +347,14 @@ func TestMomentsRemovedContact(t *testing.T) {
 			return err
 		}
 		for _, ct := range cs {
-			if ct.ID == c.AccountID() {
-				return fmt.Errorf("%s still listed after removal: %+v", c.Name, ct)
+			if ct.ID == c.AccountID() && ct.Source == "invite" {
+				return fmt.Errorf("%s still a friend after removal: %+v", c.Name, ct)
 			}
 		}
-		if err := a.Node().RemoveContact(ctx, c.AccountID()); !errors.Is(err, node.ErrUnknownContact) {
-			return fmt.Errorf("second removal: %v, want ErrUnknownContact", err)
+		// (Removing c twice may succeed: anything c sent meanwhile, its
+		// moments key included, brings its record back as "message".)
+		if err := a.Node().RemoveContact(ctx, "no-such-account"); !errors.Is(err, node.ErrUnknownContact) {
+			return fmt.Errorf("removing an unknown contact: %v, want ErrUnknownContact", err)
 		}
 		return nil
 	})
