@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/textproto"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -319,21 +320,31 @@ func TestMomentsAPI(t *testing.T) {
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
-	types := map[string]bool{}
-	mu.Lock()
-	for _, l := range seen {
-		var ev struct {
-			Type   string
-			Moment moments.Event
+	// The SSE reader may not have read the last events yet: wait for them.
+	wants := []string{"moment.posted", "moment.reaction", "moment.deleted"}
+	for {
+		types := map[string]bool{}
+		mu.Lock()
+		for _, l := range seen {
+			var ev struct {
+				Type   string
+				Moment moments.Event
+			}
+			if json.Unmarshal([]byte(l), &ev) == nil && ev.Moment.Moment != "" {
+				types[ev.Type] = true
+			}
 		}
-		if json.Unmarshal([]byte(l), &ev) == nil && ev.Moment.Moment != "" {
-			types[ev.Type] = true
+		mu.Unlock()
+		missing := slices.DeleteFunc(slices.Clone(wants), func(w string) bool { return types[w] })
+		if len(missing) == 0 {
+			break
 		}
-	}
-	mu.Unlock()
-	for _, want := range []string{"moment.posted", "moment.reaction", "moment.deleted"} {
-		if !types[want] {
-			t.Errorf("b's events %v: no %s", types, want)
+		if time.Now().After(deadline) {
+			t.Fatalf("b's events %v: no %v", types, missing)
+		}
+		select {
+		case <-events:
+		case <-time.After(200 * time.Millisecond):
 		}
 	}
 }
