@@ -118,7 +118,9 @@ func waitRelayItems(ctx context.Context, t *testing.T, r *Relay, want int) {
 
 func TestGroupAddRemove(t *testing.T) {
 	n := startNet(t, Config{Relays: 2, Devices: 4})
-	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	// Generous: members who never met need prekey bundles from relays,
+	// and a fetch that fails under load is retried with backoff.
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	accounts(t, ctx, n)
 	admin, rest := n.Devices[0], n.Devices[1:]
