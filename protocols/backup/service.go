@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
-	"io"
 	"log/slog"
 	"sync"
 	"time"
@@ -15,6 +14,7 @@ import (
 
 	"github.com/kinmesh/kinmesh/protocols/discovery"
 	"github.com/kinmesh/kinmesh/protocols/e2ee"
+	"github.com/kinmesh/kinmesh/protocols/netkit"
 	"github.com/kinmesh/kinmesh/protocols/wire"
 	"github.com/kinmesh/kinmesh/storage"
 )
@@ -51,12 +51,10 @@ type Service struct {
 	writeMu sync.Mutex // guards count and every write
 	count   int        // backups held (index records)
 
-	ctx    context.Context // cancelled by Close
-	cancel context.CancelFunc
-	wg     sync.WaitGroup // stream handlers and the sweep loop
-
-	mu        sync.Mutex // guards closed
-	closed    bool
+	ctx       context.Context // cancelled by Close
+	cancel    context.CancelFunc
+	streams   netkit.Streams
+	wg        sync.WaitGroup // the sweep loop
 	closeOnce sync.Once
 }
 
@@ -130,13 +128,12 @@ func newService(local peer.ID, st *storage.Store, links Links, opts ...Option) (
 // not close the store. It is safe to call more than once.
 func (s *Service) Close() error {
 	s.closeOnce.Do(func() {
-		s.mu.Lock()
-		s.closed = true
-		s.mu.Unlock()
+		s.streams.Close()
 		if s.h != nil {
 			s.h.RemoveStreamHandler(ID)
 		}
 		s.cancel()
+		s.streams.Wait()
 		s.wg.Wait()
 	})
 	return nil
@@ -149,51 +146,8 @@ func (s *Service) Backups() int {
 	return s.count
 }
 
-// enter registers a stream handler run; false once Close has begun.
-func (s *Service) enter() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		return false
-	}
-	s.wg.Add(1)
-	return true
-}
-
-// stream is what the relay needs of a libp2p stream (fuzz tests drive
-// serve over in-memory buffers).
-type stream interface {
-	io.Reader
-	io.Writer
-	SetDeadline(time.Time) error
-}
-
-// memScope is what the relay needs of a stream's resource scope; nil
-// means no accounting.
-type memScope interface {
-	ReserveMemory(size int, prio uint8) error
-	ReleaseMemory(size int)
-}
-
 func (s *Service) handle(st network.Stream) {
-	if !s.enter() {
-		_ = st.Reset()
-		return
-	}
-	defer s.wg.Done()
-	if err := st.Scope().SetService(ServiceName); err != nil {
-		s.log.Debug("stream refused by resource manager", "err", err)
-		_ = st.Reset()
-		return
-	}
-	stop := context.AfterFunc(s.ctx, func() { _ = st.Reset() })
-	defer stop()
-	if err := s.serve(s.ctx, st, st.Scope(), st.Conn().RemotePeer()); err != nil {
-		s.log.Debug("stream ended", "peer", st.Conn().RemotePeer(), "err", err)
-		_ = st.Reset()
-		return
-	}
-	_ = st.Close()
+	s.streams.Handle(s.ctx, st, ServiceName, s.log, s.serve)
 }
 
 // read reads one client frame, handing it to the test recorder if any.
@@ -205,13 +159,13 @@ func (s *Service) read(rd *wire.Reader, max int) ([]byte, error) {
 	return b, err
 }
 
-func (s *Service) reply(st stream, r response) error {
+func (s *Service) reply(st netkit.Stream, r response) error {
 	return wire.Write(st, encodeResponse(r), maxResponseFrame)
 }
 
 // serve answers the one operation a stream carries: hello, challenge,
 // signed request, answer.
-func (s *Service) serve(ctx context.Context, st stream, scope memScope, remote peer.ID) error {
+func (s *Service) serve(ctx context.Context, st netkit.Stream, scope netkit.MemScope, remote peer.ID) error {
 	start := time.Now()
 	if err := st.SetDeadline(start.Add(s.cfg.helloTimeout)); err != nil {
 		return err

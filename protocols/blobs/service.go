@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"hash/maphash"
-	"io"
 	"log/slog"
 	"strings"
 	"sync"
@@ -16,6 +15,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 
+	"github.com/kinmesh/kinmesh/protocols/netkit"
 	"github.com/kinmesh/kinmesh/protocols/wire"
 	"github.com/kinmesh/kinmesh/storage"
 )
@@ -43,12 +43,9 @@ type Service struct {
 	inflight  map[string]Usage // per uploader: reserved by uploads in progress
 	uploading map[BlobID]bool
 
-	ctx    context.Context // cancelled by Close
-	cancel context.CancelFunc
-	wg     sync.WaitGroup // stream handlers
-
-	closeMu   sync.Mutex
-	closed    bool
+	ctx       context.Context // cancelled by Close
+	cancel    context.CancelFunc
+	streams   netkit.Streams
 	closeOnce sync.Once
 }
 
@@ -165,14 +162,12 @@ func (s *Service) load(ctx context.Context) error {
 // It is safe to call more than once.
 func (s *Service) Close() error {
 	s.closeOnce.Do(func() {
-		s.closeMu.Lock()
-		s.closed = true
-		s.closeMu.Unlock()
+		s.streams.Close()
 		if s.h != nil {
 			s.h.RemoveStreamHandler(ID)
 		}
 		s.cancel()
-		s.wg.Wait()
+		s.streams.Wait()
 	})
 	return nil
 }
@@ -184,54 +179,12 @@ func (s *Service) Usage() Usage {
 	return s.total
 }
 
-func (s *Service) enter() bool {
-	s.closeMu.Lock()
-	defer s.closeMu.Unlock()
-	if s.closed {
-		return false
-	}
-	s.wg.Add(1)
-	return true
-}
-
-// stream is what the relay needs of a libp2p stream (fuzz tests drive
-// serve over in-memory buffers).
-type stream interface {
-	io.Reader
-	io.Writer
-	SetDeadline(time.Time) error
-}
-
-// memScope is what the relay needs of a stream's resource scope; nil means
-// no accounting.
-type memScope interface {
-	ReserveMemory(size int, prio uint8) error
-	ReleaseMemory(size int)
-}
-
 func (s *Service) handle(st network.Stream) {
-	if !s.enter() {
-		_ = st.Reset()
-		return
-	}
-	defer s.wg.Done()
-	if err := st.Scope().SetService(ServiceName); err != nil {
-		s.log.Debug("stream refused by resource manager", "err", err)
-		_ = st.Reset()
-		return
-	}
-	stop := context.AfterFunc(s.ctx, func() { _ = st.Reset() })
-	defer stop()
-	if err := s.serve(s.ctx, st, st.Scope(), st.Conn().RemotePeer()); err != nil {
-		s.log.Debug("stream ended", "peer", st.Conn().RemotePeer(), "err", err)
-		_ = st.Reset()
-		return
-	}
-	_ = st.Close()
+	s.streams.Handle(s.ctx, st, ServiceName, s.log, s.serve)
 }
 
 // serve answers the one operation a stream carries.
-func (s *Service) serve(ctx context.Context, st stream, scope memScope, remote peer.ID) error {
+func (s *Service) serve(ctx context.Context, st netkit.Stream, scope netkit.MemScope, remote peer.ID) error {
 	if err := st.SetDeadline(time.Now().Add(s.cfg.requestTimeout)); err != nil {
 		return err
 	}
@@ -268,7 +221,7 @@ func (s *Service) serve(ctx context.Context, st stream, scope memScope, remote p
 	return s.reply(st, response{code: CodeMalformed})
 }
 
-func (s *Service) reply(st stream, r response) error {
+func (s *Service) reply(st netkit.Stream, r response) error {
 	return wire.Write(st, encodeResponse(r), maxResponseFrame)
 }
 
@@ -360,7 +313,7 @@ func (s *Service) unclaim(id BlobID, uploader string, size uint64) {
 // put receives an upload: claim, chunks checked one by one against their
 // hashes, then the record that makes the blob visible, in one synced batch
 // with the uploader's usage and the relay's totals.
-func (s *Service) put(ctx context.Context, st stream, rd *wire.Reader, scope memScope, remote peer.ID, req request) error {
+func (s *Service) put(ctx context.Context, st netkit.Stream, rd *wire.Reader, scope netkit.MemScope, remote peer.ID, req request) error {
 	if ok, wait := s.putLim.take(string(remote)); !ok {
 		s.tr.request("put", CodeRateLimited, 0)
 		return s.reply(st, response{code: CodeRateLimited, retryAfter: wait})
@@ -411,7 +364,7 @@ func (s *Service) put(ctx context.Context, st stream, rd *wire.Reader, scope mem
 
 // receive tells the client to send, and stores the n chunks it sends.
 // A code other than CodeOK is the client's fault; an error the stream's.
-func (s *Service) receive(ctx context.Context, st stream, rd *wire.Reader, scope memScope, k string, m meta, n int) (Code, error) {
+func (s *Service) receive(ctx context.Context, st netkit.Stream, rd *wire.Reader, scope netkit.MemScope, k string, m meta, n int) (Code, error) {
 	if err := s.reply(st, response{code: CodeOK}); err != nil {
 		return CodeOK, err
 	}
@@ -506,7 +459,7 @@ func (s *Service) dropUpload(ctx context.Context, k string) error {
 }
 
 // get streams a blob: its chunk hashes, then its chunks from req.from on.
-func (s *Service) get(ctx context.Context, st stream, remote peer.ID, req request) error {
+func (s *Service) get(ctx context.Context, st netkit.Stream, remote peer.ID, req request) error {
 	if ok, wait := s.getLim.take(string(remote)); !ok {
 		s.tr.request("get", CodeRateLimited, 0)
 		return s.reply(st, response{code: CodeRateLimited, retryAfter: wait})
@@ -548,7 +501,7 @@ func (s *Service) get(ctx context.Context, st stream, remote peer.ID, req reques
 	return nil
 }
 
-func (s *Service) has(ctx context.Context, st stream, remote peer.ID, req request) error {
+func (s *Service) has(ctx context.Context, st netkit.Stream, remote peer.ID, req request) error {
 	if ok, wait := s.getLim.take(string(remote)); !ok {
 		s.tr.request("has", CodeRateLimited, 0)
 		return s.reply(st, response{code: CodeRateLimited, retryAfter: wait})

@@ -19,6 +19,7 @@ import (
 
 	"github.com/kinmesh/kinmesh/protocols/contact"
 	"github.com/kinmesh/kinmesh/protocols/e2ee"
+	"github.com/kinmesh/kinmesh/protocols/netkit"
 )
 
 // Contacts is what the service needs of the address book.
@@ -57,14 +58,14 @@ type Service struct {
 	acctLim *limiter // invites per caller account
 	pending chan struct{}
 
-	ctx    context.Context
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	ctx     context.Context
+	cancel  context.CancelFunc
+	streams netkit.Streams // stream handlers and Call: what may start calls
+	wg      sync.WaitGroup // calls
 
 	mu     sync.Mutex
 	live   map[string]*Call  // by local id
 	byWire map[wireKey]*Call // by peer and wire id
-	closed bool
 
 	closeOnce sync.Once
 }
@@ -126,11 +127,10 @@ func NewService(h host.Host, self Self, contacts Contacts, opts ...Option) (*Ser
 // to call more than once.
 func (s *Service) Close() error {
 	s.closeOnce.Do(func() {
-		s.mu.Lock()
-		s.closed = true
-		s.mu.Unlock()
+		s.streams.Close()
 		s.h.RemoveStreamHandler(ID)
 		s.cancel()
+		s.streams.Wait() // then no new call starts
 		s.wg.Wait()
 	})
 	return nil
@@ -157,10 +157,10 @@ func (s *Service) Call(ctx context.Context, to e2ee.AccountID, o Options) (*Call
 	if len(rec.Devices) == 0 {
 		return nil, fmt.Errorf("%w: the contact's record lists no device", ErrUnknownContact)
 	}
-	if !s.enter() {
+	if !s.streams.Enter() {
 		return nil, ErrClosed
 	}
-	defer s.wg.Done()
+	defer s.streams.Leave()
 	relay := o.ForceRelay || s.cfg.forceRelay()
 	servers, err := s.iceServers(ctx, relay)
 	if err != nil {
@@ -280,18 +280,6 @@ func (s *Service) List() []Info {
 	return out
 }
 
-// enter registers a goroutine that may start calls; false once Close has
-// begun.
-func (s *Service) enter() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		return false
-	}
-	s.wg.Add(1)
-	return true
-}
-
 func (s *Service) liveCall(id string) *Call {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -323,11 +311,11 @@ func (s *Service) newCall(dir Direction, peerAcct e2ee.AccountID, dev peer.ID, o
 // add registers a live call; incoming calls are refused beyond the
 // ringing cap, and any call beyond the live cap.
 func (s *Service) add(c *Call, incoming bool) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
+	if s.streams.Closed() {
 		return ErrClosed
 	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	if len(s.live) >= s.cfg.limits.MaxLive {
 		return ErrTooManyCalls
 	}
@@ -396,11 +384,11 @@ func (s *Service) emit(i Info) {
 // handle serves a signalling stream: an invite (a new call) or a resume
 // (an existing call's new stream).
 func (s *Service) handle(st network.Stream) {
-	if !s.enter() {
+	if !s.streams.Enter() {
 		_ = st.Reset()
 		return
 	}
-	defer s.wg.Done()
+	defer s.streams.Leave()
 	select {
 	case s.pending <- struct{}{}:
 	default:

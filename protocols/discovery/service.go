@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
-	"io"
 	"log/slog"
 	"sync"
 	"time"
@@ -16,6 +15,7 @@ import (
 
 	"github.com/kinmesh/kinmesh/protocols/contact"
 	"github.com/kinmesh/kinmesh/protocols/e2ee"
+	"github.com/kinmesh/kinmesh/protocols/netkit"
 	"github.com/kinmesh/kinmesh/protocols/wire"
 	"github.com/kinmesh/kinmesh/storage"
 )
@@ -49,12 +49,9 @@ type Service struct {
 	meta        meta
 	lastCompact time.Time
 
-	ctx    context.Context // cancelled by Close
-	cancel context.CancelFunc
-	wg     sync.WaitGroup // stream handlers
-
-	mu        sync.Mutex // guards closed
-	closed    bool
+	ctx       context.Context // cancelled by Close
+	cancel    context.CancelFunc
+	streams   netkit.Streams
 	closeOnce sync.Once
 }
 
@@ -159,14 +156,12 @@ func newService(local peer.ID, st *storage.Store, gw SMSGateway, opts ...Option)
 // It is safe to call more than once.
 func (s *Service) Close() error {
 	s.closeOnce.Do(func() {
-		s.mu.Lock()
-		s.closed = true
-		s.mu.Unlock()
+		s.streams.Close()
 		if s.h != nil {
 			s.h.RemoveStreamHandler(ID)
 		}
 		s.cancel()
-		s.wg.Wait()
+		s.streams.Wait()
 	})
 	return nil
 }
@@ -181,51 +176,8 @@ func (s *Service) Entries() int {
 	return s.meta.entries
 }
 
-// enter registers a stream handler run; false once Close has begun.
-func (s *Service) enter() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		return false
-	}
-	s.wg.Add(1)
-	return true
-}
-
-// stream is what the relay needs of a libp2p stream (fuzz tests drive
-// serve over in-memory buffers).
-type stream interface {
-	io.Reader
-	io.Writer
-	SetDeadline(time.Time) error
-}
-
-// memScope is what the relay needs of a stream's resource scope; nil
-// means no accounting.
-type memScope interface {
-	ReserveMemory(size int, prio uint8) error
-	ReleaseMemory(size int)
-}
-
 func (s *Service) handle(st network.Stream) {
-	if !s.enter() {
-		_ = st.Reset()
-		return
-	}
-	defer s.wg.Done()
-	if err := st.Scope().SetService(ServiceName); err != nil {
-		s.log.Debug("stream refused by resource manager", "err", err)
-		_ = st.Reset()
-		return
-	}
-	stop := context.AfterFunc(s.ctx, func() { _ = st.Reset() })
-	defer stop()
-	if err := s.serve(s.ctx, st, st.Scope(), st.Conn().RemotePeer()); err != nil {
-		s.log.Debug("stream ended", "peer", st.Conn().RemotePeer(), "err", err)
-		_ = st.Reset()
-		return
-	}
-	_ = st.Close()
+	s.streams.Handle(s.ctx, st, ServiceName, s.log, s.serve)
 }
 
 // read reads one client frame, handing it to the test recorder if any.
@@ -238,7 +190,7 @@ func (s *Service) read(rd *wire.Reader, max int) ([]byte, error) {
 }
 
 // serve answers the one operation a stream carries.
-func (s *Service) serve(ctx context.Context, st stream, scope memScope, remote peer.ID) error {
+func (s *Service) serve(ctx context.Context, st netkit.Stream, scope netkit.MemScope, remote peer.ID) error {
 	if err := st.SetDeadline(time.Now().Add(s.cfg.requestTimeout)); err != nil {
 		return err
 	}
@@ -267,12 +219,12 @@ func (s *Service) serve(ctx context.Context, st stream, scope memScope, remote p
 	return s.account(ctx, st, rd, scope, remote)
 }
 
-func (s *Service) reply(st stream, r response) error {
+func (s *Service) reply(st netkit.Stream, r response) error {
 	return wire.Write(st, encodeResponse(r), maxResponseFrame)
 }
 
 // account runs an account operation: challenge, proof, operation.
-func (s *Service) account(ctx context.Context, st stream, rd *wire.Reader, scope memScope, remote peer.ID) error {
+func (s *Service) account(ctx context.Context, st netkit.Stream, rd *wire.Reader, scope netkit.MemScope, remote peer.ID) error {
 	if err := st.SetDeadline(time.Now().Add(s.cfg.accountTimeout)); err != nil {
 		return err
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 
+	"github.com/kinmesh/kinmesh/protocols/netkit"
 	"github.com/kinmesh/kinmesh/storage"
 )
 
@@ -31,13 +32,13 @@ type Service struct {
 	lim   *limiter
 	width int64 // quota bucket width, seconds
 
-	ctx    context.Context // cancelled by Close
-	cancel context.CancelFunc
-	ops    chan *op
-	wg     sync.WaitGroup // handlers, committer, janitor
+	ctx     context.Context // cancelled by Close
+	cancel  context.CancelFunc
+	ops     chan *op
+	streams netkit.Streams
+	wg      sync.WaitGroup // committer, janitor, commits
 
-	mu       sync.Mutex // guards closed, subs, sessions
-	closed   bool
+	mu       sync.Mutex // guards subs, sessions
 	subs     map[[idRawSize]byte]map[*subscription]struct{}
 	sessions int
 
@@ -109,13 +110,12 @@ func newService(st *storage.Store, opts ...Option) (*Service, error) {
 // close the store. It is safe to call more than once.
 func (s *Service) Close() error {
 	s.closeOnce.Do(func() {
-		s.mu.Lock()
-		s.closed = true
-		s.mu.Unlock()
+		s.streams.Close()
 		if s.h != nil {
 			s.h.RemoveStreamHandler(ID)
 		}
 		s.cancel()
+		s.streams.Wait()
 		s.wg.Wait()
 	})
 	return nil
@@ -128,23 +128,13 @@ func (s *Service) Sessions() int {
 	return s.sessions
 }
 
-// enter registers a stream handler run; false once Close has begun.
-func (s *Service) enter() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		return false
-	}
-	s.wg.Add(1)
-	return true
-}
-
+// handle hands a stream to a conn, which resets or closes it itself.
 func (s *Service) handle(st network.Stream) {
-	if !s.enter() {
+	if !s.streams.Enter() {
 		_ = st.Reset()
 		return
 	}
-	defer s.wg.Done()
+	defer s.streams.Leave()
 	if err := st.Scope().SetService(ServiceName); err != nil {
 		s.log.Debug("stream refused by resource manager", "err", err)
 		_ = st.Reset()

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"hash/maphash"
-	"io"
 	"log/slog"
 	"strings"
 	"sync"
@@ -20,6 +19,7 @@ import (
 
 	"github.com/kinmesh/kinmesh/protocols/blobs"
 	"github.com/kinmesh/kinmesh/protocols/moments/pb"
+	"github.com/kinmesh/kinmesh/protocols/netkit"
 	"github.com/kinmesh/kinmesh/protocols/wire"
 	"github.com/kinmesh/kinmesh/storage"
 )
@@ -58,12 +58,10 @@ type Service struct {
 	items  uint64
 	bytes  uint64
 
-	ctx    context.Context // cancelled by Close
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
-
-	closeMu   sync.Mutex
-	closed    bool
+	ctx       context.Context // cancelled by Close
+	cancel    context.CancelFunc
+	streams   netkit.Streams
+	wg        sync.WaitGroup // the janitor
 	closeOnce sync.Once
 }
 
@@ -183,11 +181,10 @@ func (s *Service) load(ctx context.Context) error {
 // store or the router. It is safe to call more than once.
 func (s *Service) Close() error {
 	s.closeOnce.Do(func() {
-		s.closeMu.Lock()
-		s.closed = true
-		s.closeMu.Unlock()
+		s.streams.Close()
 		s.h.RemoveStreamHandler(ID)
 		s.cancel()
+		s.streams.Wait()
 		s.wg.Wait()
 		s.mu.Lock()
 		topics := make([]string, 0, len(s.topics))
@@ -212,16 +209,6 @@ func (s *Service) Stats() (feeds int, items, bytes uint64) {
 func (s *Service) report() {
 	f, i, b := s.Stats()
 	s.tr.kept(f, i, b)
-}
-
-func (s *Service) enter() bool {
-	s.closeMu.Lock()
-	defer s.closeMu.Unlock()
-	if s.closed {
-		return false
-	}
-	s.wg.Add(1)
-	return true
 }
 
 func (s *Service) lock(feed string) *sync.Mutex {
@@ -324,39 +311,12 @@ func (s *Service) onGossip(topic string, _ peer.ID, data []byte) {
 	}
 }
 
-type stream interface {
-	io.Reader
-	io.Writer
-	SetDeadline(time.Time) error
-}
-
 func (s *Service) handle(st network.Stream) {
-	if !s.enter() {
-		_ = st.Reset()
-		return
-	}
-	defer s.wg.Done()
-	if err := st.Scope().SetService(ServiceName); err != nil {
-		_ = st.Reset()
-		return
-	}
-	stop := context.AfterFunc(s.ctx, func() { _ = st.Reset() })
-	defer stop()
-	if err := s.serve(s.ctx, st, st.Scope(), st.Conn().RemotePeer()); err != nil {
-		s.log.Debug("stream ended", "peer", st.Conn().RemotePeer(), "err", err)
-		_ = st.Reset()
-		return
-	}
-	_ = st.Close()
-}
-
-type memScope interface {
-	ReserveMemory(size int, prio uint8) error
-	ReleaseMemory(size int)
+	s.streams.Handle(s.ctx, st, ServiceName, s.log, s.serve)
 }
 
 // serve answers the one request a stream carries.
-func (s *Service) serve(ctx context.Context, st stream, scope memScope, remote peer.ID) error {
+func (s *Service) serve(ctx context.Context, st netkit.Stream, scope netkit.MemScope, remote peer.ID) error {
 	if err := st.SetDeadline(time.Now().Add(s.cfg.timeout)); err != nil {
 		return err
 	}
@@ -394,7 +354,7 @@ func (s *Service) serve(ctx context.Context, st stream, scope memScope, remote p
 	return s.reply(st, req.kind.String(), r)
 }
 
-func (s *Service) reply(st stream, op string, r response) error {
+func (s *Service) reply(st netkit.Stream, op string, r response) error {
 	s.tr.request(op, r.code)
 	return wire.Write(st, encodeResponse(r), maxResponseFrame)
 }

@@ -1,7 +1,10 @@
 // Package netkit is the libp2p plumbing that kinmesh's two kinds of host —
 // the device node and the bootstrap relay — share: the persisted host key,
 // the transports, the kinmesh DHT's protocol prefix, and parsing of
-// bootstrap multiaddrs into dialable peers with errors a person can act on.
+// bootstrap multiaddrs into dialable peers with errors a person can act on,
+// and the inbound-stream lifecycle every protocol service uses (Streams:
+// charge the stream to the service, reset it on shutdown, close or reset
+// it after serving, and let Close wait for the running handlers).
 //
 // It holds no protocol of its own.
 package netkit

@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"sync"
 	"time"
@@ -15,6 +14,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/kinmesh/kinmesh/protocols/e2ee"
+	"github.com/kinmesh/kinmesh/protocols/netkit"
 	"github.com/kinmesh/kinmesh/protocols/wire"
 	"github.com/kinmesh/kinmesh/storage"
 )
@@ -44,12 +44,9 @@ type Service struct {
 	cacheMu sync.Mutex // guards cache (entries: see cached)
 	cache   map[string]*cached
 
-	ctx    context.Context // cancelled by Close
-	cancel context.CancelFunc
-	wg     sync.WaitGroup // stream handlers
-
-	mu        sync.Mutex // guards closed
-	closed    bool
+	ctx       context.Context // cancelled by Close
+	cancel    context.CancelFunc
+	streams   netkit.Streams
 	closeOnce sync.Once
 }
 
@@ -124,14 +121,12 @@ func newService(local peer.ID, st *storage.Store, opts ...Option) (*Service, err
 // It is safe to call more than once.
 func (s *Service) Close() error {
 	s.closeOnce.Do(func() {
-		s.mu.Lock()
-		s.closed = true
-		s.mu.Unlock()
+		s.streams.Close()
 		if s.h != nil {
 			s.h.RemoveStreamHandler(ID)
 		}
 		s.cancel()
-		s.wg.Wait()
+		s.streams.Wait()
 	})
 	return nil
 }
@@ -143,55 +138,12 @@ func (s *Service) Accounts() int {
 	return s.accounts
 }
 
-// enter registers a stream handler run; false once Close has begun.
-func (s *Service) enter() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		return false
-	}
-	s.wg.Add(1)
-	return true
-}
-
-// stream is what the relay needs of a libp2p stream (fuzz tests drive
-// serve over in-memory buffers).
-type stream interface {
-	io.Reader
-	io.Writer
-	SetDeadline(time.Time) error
-}
-
-// memScope is what the relay needs of a stream's resource scope; nil
-// means no accounting.
-type memScope interface {
-	ReserveMemory(size int, prio uint8) error
-	ReleaseMemory(size int)
-}
-
 func (s *Service) handle(st network.Stream) {
-	if !s.enter() {
-		_ = st.Reset()
-		return
-	}
-	defer s.wg.Done()
-	if err := st.Scope().SetService(ServiceName); err != nil {
-		s.log.Debug("stream refused by resource manager", "err", err)
-		_ = st.Reset()
-		return
-	}
-	stop := context.AfterFunc(s.ctx, func() { _ = st.Reset() })
-	defer stop()
-	if err := s.serve(s.ctx, st, st.Scope(), st.Conn().RemotePeer()); err != nil {
-		s.log.Debug("stream ended", "peer", st.Conn().RemotePeer(), "err", err)
-		_ = st.Reset()
-		return
-	}
-	_ = st.Close()
+	s.streams.Handle(s.ctx, st, ServiceName, s.log, s.serve)
 }
 
 // serve answers the one operation a stream carries.
-func (s *Service) serve(ctx context.Context, st stream, scope memScope, remote peer.ID) error {
+func (s *Service) serve(ctx context.Context, st netkit.Stream, scope netkit.MemScope, remote peer.ID) error {
 	if err := st.SetDeadline(time.Now().Add(s.cfg.fetchTimeout)); err != nil {
 		return err
 	}
@@ -218,7 +170,7 @@ func (s *Service) serve(ctx context.Context, st stream, scope memScope, remote p
 	return s.owner(ctx, st, rd, scope, remote)
 }
 
-func (s *Service) reply(st stream, r response) error {
+func (s *Service) reply(st netkit.Stream, r response) error {
 	return wire.Write(st, encodeResponse(r), maxResponseFrame)
 }
 
@@ -304,7 +256,7 @@ func btoi(b bool) int {
 }
 
 // owner runs an owner operation: challenge, proof, operation.
-func (s *Service) owner(ctx context.Context, st stream, rd *wire.Reader, scope memScope, remote peer.ID) error {
+func (s *Service) owner(ctx context.Context, st netkit.Stream, rd *wire.Reader, scope netkit.MemScope, remote peer.ID) error {
 	if err := st.SetDeadline(time.Now().Add(s.cfg.ownerTimeout)); err != nil {
 		return err
 	}

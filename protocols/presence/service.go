@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"math/rand/v2"
 	"slices"
@@ -21,6 +20,7 @@ import (
 
 	"github.com/kinmesh/kinmesh/protocols/contact"
 	"github.com/kinmesh/kinmesh/protocols/e2ee"
+	"github.com/kinmesh/kinmesh/protocols/netkit"
 	"github.com/kinmesh/kinmesh/protocols/wire"
 	"github.com/kinmesh/kinmesh/storage"
 )
@@ -65,10 +65,8 @@ type Service struct {
 	cancel   context.CancelFunc
 	loopStop context.CancelFunc
 	loopDone chan struct{}
-	wg       sync.WaitGroup // stream handlers
 
-	closeMu   sync.Mutex // guards closed
-	closed    bool
+	streams   netkit.Streams
 	closeOnce sync.Once
 }
 
@@ -170,9 +168,7 @@ func newService(st *storage.Store, acct Account, contacts Contacts, opts ...Opti
 // It does not close the store. It is safe to call more than once.
 func (s *Service) Close() error {
 	s.closeOnce.Do(func() {
-		s.closeMu.Lock()
-		s.closed = true
-		s.closeMu.Unlock()
+		s.streams.Close()
 		s.loopStop()
 		<-s.loopDone
 		if s.h != nil && s.Share() == ShareContacts {
@@ -186,26 +182,13 @@ func (s *Service) Close() error {
 			s.h.RemoveStreamHandler(ID)
 		}
 		s.cancel()
-		s.wg.Wait()
+		s.streams.Wait()
 	})
 	return nil
 }
 
-func (s *Service) isClosed() bool {
-	s.closeMu.Lock()
-	defer s.closeMu.Unlock()
-	return s.closed
-}
-
-func (s *Service) enter() bool {
-	s.closeMu.Lock()
-	defer s.closeMu.Unlock()
-	if s.closed {
-		return false
-	}
-	s.wg.Add(1)
-	return true
-}
+// isClosed reports whether Close has begun.
+func (s *Service) isClosed() bool { return s.streams.Closed() }
 
 // Share returns the current setting.
 func (s *Service) Share() Share {
@@ -531,20 +514,14 @@ func (s *Service) seal(rec contact.Signed, st status) ([]byte, error) {
 	})
 }
 
-// stream is what the handler needs of a libp2p stream (fuzz tests drive
-// serve over in-memory buffers).
-type stream interface {
-	io.Reader
-	io.Writer
-	SetDeadline(time.Time) error
-}
-
+// handle serves a stream within the inbound cap and the sender's rate;
+// it logs nothing.
 func (s *Service) handle(str network.Stream) {
-	if !s.enter() {
+	if !s.streams.Enter() {
 		_ = str.Reset()
 		return
 	}
-	defer s.wg.Done()
+	defer s.streams.Leave()
 	select {
 	case s.inbound <- struct{}{}:
 		defer func() { <-s.inbound }()
@@ -558,24 +535,16 @@ func (s *Service) handle(str network.Stream) {
 		_ = str.Reset()
 		return
 	}
-	if err := str.Scope().SetService(ServiceName); err != nil {
-		_ = str.Reset()
-		return
-	}
-	stop := context.AfterFunc(s.ctx, func() { _ = str.Reset() })
-	defer stop()
-	if err := s.serve(str); err != nil {
-		_ = str.Reset()
-		return
-	}
-	_ = str.Close()
+	netkit.ServeStream(s.ctx, str, ServiceName, nil, func(_ context.Context, st netkit.Stream, _ netkit.MemScope, _ peer.ID) error {
+		return s.serve(st)
+	})
 }
 
 // serve takes one beacon and answers: with our own beacon when we
 // accepted theirs and share with them, with a hidden one when we share
 // with nobody, else empty. The answer never says why a beacon was
 // dropped.
-func (s *Service) serve(str stream) error {
+func (s *Service) serve(str netkit.Stream) error {
 	if err := str.SetDeadline(time.Now().Add(s.cfg.timeout)); err != nil {
 		return err
 	}

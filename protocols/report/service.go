@@ -6,7 +6,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"sync"
 	"time"
@@ -16,6 +15,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/kinmesh/kinmesh/protocols/e2ee"
+	"github.com/kinmesh/kinmesh/protocols/netkit"
 	"github.com/kinmesh/kinmesh/protocols/wire"
 	"github.com/kinmesh/kinmesh/storage"
 )
@@ -66,12 +66,9 @@ type Service struct {
 	seq   uint64
 	items map[string]queued // item key → size and expiry
 
-	ctx    context.Context // cancelled by Close
-	cancel context.CancelFunc
-	wg     sync.WaitGroup // stream handlers
-
-	closeMu   sync.Mutex // guards closed
-	closed    bool
+	ctx       context.Context // cancelled by Close
+	cancel    context.CancelFunc
+	streams   netkit.Streams
 	closeOnce sync.Once
 }
 
@@ -174,77 +171,33 @@ func (s *Service) load(ctx context.Context) error {
 // It is safe to call more than once.
 func (s *Service) Close() error {
 	s.closeOnce.Do(func() {
-		s.closeMu.Lock()
-		s.closed = true
-		s.closeMu.Unlock()
+		s.streams.Close()
 		if s.h != nil {
 			s.h.RemoveStreamHandler(ID)
 		}
 		s.cancel()
-		s.wg.Wait()
+		s.streams.Wait()
 	})
 	return nil
 }
 
-func (s *Service) enter() bool {
-	s.closeMu.Lock()
-	defer s.closeMu.Unlock()
-	if s.closed {
-		return false
-	}
-	s.wg.Add(1)
-	return true
-}
-
-// stream is what the relay needs of a libp2p stream (fuzz tests drive
-// serve over in-memory buffers).
-type stream interface {
-	io.Reader
-	io.Writer
-	SetDeadline(time.Time) error
-}
-
-// memScope is what the relay needs of a stream's resource scope; nil
-// means no accounting.
-type memScope interface {
-	ReserveMemory(size int, prio uint8) error
-	ReleaseMemory(size int)
-}
-
 func (s *Service) handle(st network.Stream) {
-	if !s.enter() {
-		_ = st.Reset()
-		return
-	}
-	defer s.wg.Done()
-	if err := st.Scope().SetService(ServiceName); err != nil {
-		s.log.Debug("stream refused by resource manager", "err", err)
-		_ = st.Reset()
-		return
-	}
-	stop := context.AfterFunc(s.ctx, func() { _ = st.Reset() })
-	defer stop()
-	if err := s.serve(s.ctx, st, st.Scope(), st.Conn().RemotePeer()); err != nil {
-		s.log.Debug("stream ended", "peer", st.Conn().RemotePeer(), "err", err)
-		_ = st.Reset()
-		return
-	}
-	_ = st.Close()
+	s.streams.Handle(s.ctx, st, ServiceName, s.log, s.serve)
 }
 
-func (s *Service) reply(st stream, r response) error {
+func (s *Service) reply(st netkit.Stream, r response) error {
 	return wire.Write(st, encodeResponse(r), maxResponseFrame)
 }
 
 // refuse answers with a code, counted against an unknown kind.
-func (s *Service) refuse(st stream, code Code) error {
+func (s *Service) refuse(st netkit.Stream, code Code) error {
 	s.tr.submission(0, code)
 	return s.reply(st, response{code: code})
 }
 
 // serve runs the one submission a stream carries: hello, challenge,
 // signed submission, answer.
-func (s *Service) serve(ctx context.Context, st stream, scope memScope, remote peer.ID) error {
+func (s *Service) serve(ctx context.Context, st netkit.Stream, scope netkit.MemScope, remote peer.ID) error {
 	if err := st.SetDeadline(time.Now().Add(s.cfg.timeout)); err != nil {
 		return err
 	}
