@@ -85,6 +85,10 @@ const (
 	// never stored by relays. Typed so nothing else ever opens it as a
 	// message.
 	ContentPresence ContentType = 5
+	// ContentBatch is several inner messages of one sender in one envelope
+	// (MarshalBatch, ParseBatch): one KEM for all of them. Each item is
+	// decrypted, and its sender checked, as if it had its own envelope.
+	ContentBatch ContentType = 6
 )
 
 // String names the content type.
@@ -100,6 +104,8 @@ func (t ContentType) String() string {
 		return "receipt"
 	case ContentPresence:
 		return "presence"
+	case ContentBatch:
+		return "batch"
 	}
 	return fmt.Sprintf("content-type-%d", uint8(t))
 }

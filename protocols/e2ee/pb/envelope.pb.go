@@ -153,6 +153,105 @@ func (x *MailboxPrivateKey) GetSeed() []byte {
 	return nil
 }
 
+// EnvelopeBatch is the payload of a ContentBatch envelope: several inner
+// messages of one sender to one recipient, so one KEM covers them all.
+type EnvelopeBatch struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Items         []*EnvelopeItem        `protobuf:"bytes,1,rep,name=items,proto3" json:"items,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EnvelopeBatch) Reset() {
+	*x = EnvelopeBatch{}
+	mi := &file_protocols_e2ee_pb_envelope_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EnvelopeBatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EnvelopeBatch) ProtoMessage() {}
+
+func (x *EnvelopeBatch) ProtoReflect() protoreflect.Message {
+	mi := &file_protocols_e2ee_pb_envelope_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EnvelopeBatch.ProtoReflect.Descriptor instead.
+func (*EnvelopeBatch) Descriptor() ([]byte, []int) {
+	return file_protocols_e2ee_pb_envelope_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *EnvelopeBatch) GetItems() []*EnvelopeItem {
+	if x != nil {
+		return x.Items
+	}
+	return nil
+}
+
+// EnvelopeItem is one inner message of a batch.
+type EnvelopeItem struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ContentType   uint32                 `protobuf:"varint,1,opt,name=content_type,json=contentType,proto3" json:"content_type,omitempty"` // ContentType; never 0, batch or presence
+	Payload       []byte                 `protobuf:"bytes,2,opt,name=payload,proto3" json:"payload,omitempty"`                             // the inner (ratchet / sender-key) message
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EnvelopeItem) Reset() {
+	*x = EnvelopeItem{}
+	mi := &file_protocols_e2ee_pb_envelope_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EnvelopeItem) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EnvelopeItem) ProtoMessage() {}
+
+func (x *EnvelopeItem) ProtoReflect() protoreflect.Message {
+	mi := &file_protocols_e2ee_pb_envelope_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EnvelopeItem.ProtoReflect.Descriptor instead.
+func (*EnvelopeItem) Descriptor() ([]byte, []int) {
+	return file_protocols_e2ee_pb_envelope_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *EnvelopeItem) GetContentType() uint32 {
+	if x != nil {
+		return x.ContentType
+	}
+	return 0
+}
+
+func (x *EnvelopeItem) GetPayload() []byte {
+	if x != nil {
+		return x.Payload
+	}
+	return nil
+}
+
 var File_protocols_e2ee_pb_envelope_proto protoreflect.FileDescriptor
 
 const file_protocols_e2ee_pb_envelope_proto_rawDesc = "" +
@@ -166,7 +265,12 @@ const file_protocols_e2ee_pb_envelope_proto_rawDesc = "" +
 	"\apayload\x18\x05 \x01(\fR\apayload\"A\n" +
 	"\x11MailboxPrivateKey\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x12\n" +
-	"\x04seed\x18\x02 \x01(\fR\x04seedB.Z,github.com/kinmesh/kinmesh/protocols/e2ee/pbb\x06proto3"
+	"\x04seed\x18\x02 \x01(\fR\x04seed\"A\n" +
+	"\rEnvelopeBatch\x120\n" +
+	"\x05items\x18\x01 \x03(\v2\x1a.kinmesh.e2ee.EnvelopeItemR\x05items\"K\n" +
+	"\fEnvelopeItem\x12!\n" +
+	"\fcontent_type\x18\x01 \x01(\rR\vcontentType\x12\x18\n" +
+	"\apayload\x18\x02 \x01(\fR\apayloadB.Z,github.com/kinmesh/kinmesh/protocols/e2ee/pbb\x06proto3"
 
 var (
 	file_protocols_e2ee_pb_envelope_proto_rawDescOnce sync.Once
@@ -180,19 +284,22 @@ func file_protocols_e2ee_pb_envelope_proto_rawDescGZIP() []byte {
 	return file_protocols_e2ee_pb_envelope_proto_rawDescData
 }
 
-var file_protocols_e2ee_pb_envelope_proto_msgTypes = make([]protoimpl.MessageInfo, 2)
+var file_protocols_e2ee_pb_envelope_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
 var file_protocols_e2ee_pb_envelope_proto_goTypes = []any{
 	(*EnvelopeContent)(nil),   // 0: kinmesh.e2ee.EnvelopeContent
 	(*MailboxPrivateKey)(nil), // 1: kinmesh.e2ee.MailboxPrivateKey
-	(*PublicIdentity)(nil),    // 2: kinmesh.e2ee.PublicIdentity
+	(*EnvelopeBatch)(nil),     // 2: kinmesh.e2ee.EnvelopeBatch
+	(*EnvelopeItem)(nil),      // 3: kinmesh.e2ee.EnvelopeItem
+	(*PublicIdentity)(nil),    // 4: kinmesh.e2ee.PublicIdentity
 }
 var file_protocols_e2ee_pb_envelope_proto_depIdxs = []int32{
-	2, // 0: kinmesh.e2ee.EnvelopeContent.sender:type_name -> kinmesh.e2ee.PublicIdentity
-	1, // [1:1] is the sub-list for method output_type
-	1, // [1:1] is the sub-list for method input_type
-	1, // [1:1] is the sub-list for extension type_name
-	1, // [1:1] is the sub-list for extension extendee
-	0, // [0:1] is the sub-list for field type_name
+	4, // 0: kinmesh.e2ee.EnvelopeContent.sender:type_name -> kinmesh.e2ee.PublicIdentity
+	3, // 1: kinmesh.e2ee.EnvelopeBatch.items:type_name -> kinmesh.e2ee.EnvelopeItem
+	2, // [2:2] is the sub-list for method output_type
+	2, // [2:2] is the sub-list for method input_type
+	2, // [2:2] is the sub-list for extension type_name
+	2, // [2:2] is the sub-list for extension extendee
+	0, // [0:2] is the sub-list for field type_name
 }
 
 func init() { file_protocols_e2ee_pb_envelope_proto_init() }
@@ -207,7 +314,7 @@ func file_protocols_e2ee_pb_envelope_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_protocols_e2ee_pb_envelope_proto_rawDesc), len(file_protocols_e2ee_pb_envelope_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   2,
+			NumMessages:   4,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
