@@ -412,12 +412,14 @@ func BenchmarkMessageDrain(b *testing.B) {
 		if err := sendMany(ctx, p.a, bID, total, 16); err != nil {
 			b.Fatal(err)
 		}
-		for _, r := range p.net.Relays {
-			if err := waitItems(ctx, r, total); err != nil {
-				b.Fatal(err)
-			}
+		if err := waitQueued(ctx, p.a, bID, total, len(p.net.Relays)); err != nil {
+			b.Fatal(err)
 		}
-		b.Logf("%d messages queued on %d relays in %s", total, len(p.net.Relays), time.Since(queued))
+		items, err := p.net.Relays[0].MailboxItems(ctx)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Logf("%d messages queued on %d relays in %s, in %d envelopes each", total, len(p.net.Relays), time.Since(queued), items)
 		b.StartTimer()
 		start := time.Now()
 		if err := p.b.Start(ctx); err != nil {
@@ -538,6 +540,33 @@ func sendMany(ctx context.Context, d *testnet.Device, to string, n, senders int)
 	wg.Wait()
 	close(errs)
 	return <-errs
+}
+
+// waitQueued waits until n messages from d to `to` are queued on the
+// given number of relays (checked every 200 ms).
+func waitQueued(ctx context.Context, d *testnet.Device, to string, n, relays int) error {
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		ms, err := d.Node().Messages(ctx, to)
+		if err != nil {
+			return err
+		}
+		queued := 0
+		for _, m := range ms {
+			if !m.Incoming && m.State == message.StateQueued && m.Queued >= relays {
+				queued++
+			}
+		}
+		if queued >= n {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%d of %d messages queued on %d relays: %w", queued, n, relays, ctx.Err())
+		case <-tick.C:
+		}
+	}
 }
 
 // waitItems waits until r holds want mailbox items (checked every 200 ms).

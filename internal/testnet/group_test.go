@@ -24,8 +24,12 @@ func groupSize() int {
 // TestLargeGroup: a family group of 256 members, each a full device node
 // in this process (3 relays). The admin creates it and sends; every
 // member receives; a member is removed and can't read the next message,
-// which every remaining member receives. It runs only in make test-long
-// (KINMESH_LONG=1): it takes minutes on 2 cores.
+// which every remaining member receives. Sender keys are distributed
+// lazily: only the admin sends, so only its key travels (255 pairwise
+// distributions, then 254 after the removal's rotation), where eager
+// distribution cost every member a session with every other (~64k). It
+// runs only in make test-long (KINMESH_LONG=1): it takes minutes on 2
+// cores.
 func TestLargeGroup(t *testing.T) {
 	if v, _ := strconv.ParseBool(os.Getenv("KINMESH_LONG")); !v {
 		t.Skip("a 256-member group takes minutes: runs with KINMESH_LONG=1 (make test-long)")
@@ -152,12 +156,13 @@ func each(t *testing.T, ds []*Device, f func(*Device) error) {
 
 // TestGroupMemberRecordsInChunks: in a group larger than one GroupUpdate's
 // records chunk (16), a member who has no other member as a contact
-// learns the others' records over several chunks, and its sender key
-// must reach them all: every member gets what it sends. It runs only in
-// make test-long (KINMESH_LONG=1): with -race on 2 cores it takes minutes.
+// learns the others' records over several chunks, and its sender key,
+// which goes out with its first message, must reach them all: every
+// member gets what it sends. It runs only in make test-long
+// (KINMESH_LONG=1): with -race on 2 cores it takes a minute and a half.
 func TestGroupMemberRecordsInChunks(t *testing.T) {
 	if v, _ := strconv.ParseBool(os.Getenv("KINMESH_LONG")); !v {
-		t.Skip("19 devices exchanging sender keys pairwise take minutes: runs with KINMESH_LONG=1 (make test-long)")
+		t.Skip("19 devices with -race take a minute and more: runs with KINMESH_LONG=1 (make test-long)")
 	}
 	const size = 19 // admin + 18: each member gets 17 records, in 2 chunks
 	n := startNet(t, Config{Relays: 2, Devices: size})

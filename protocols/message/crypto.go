@@ -22,47 +22,6 @@ func (s *Service) seal(rec contact.Signed, typ e2ee.ContentType, payload []byte)
 	})
 }
 
-// encryptPairwise encrypts content for rec with the current session,
-// starting one from bundle if there is none (bundle may be nil), and seals
-// it. The session's next state is staged in t.
-func (t *tx) encryptPairwise(rec contact.Signed, content []byte, bundle *e2ee.Bundle) ([]byte, error) {
-	to := rec.AccountID()
-	ss, err := t.Sessions(to)
-	if err != nil {
-		return nil, err
-	}
-	if len(ss) == 0 {
-		if bundle == nil {
-			bundle = t.s.cfg.Contacts.InviteBundle(to)
-		}
-		if bundle == nil {
-			return nil, errNoSession
-		}
-		if bundle.Identity.AccountID() != to {
-			return nil, fmt.Errorf("message: bundle is not %s's: %w", to, e2ee.ErrSignature)
-		}
-		sess, err := e2ee.Initiate(t.s.cfg.Account.Identity, bundle)
-		if err != nil {
-			return nil, fmt.Errorf("message: start session with %s: %w", to, err)
-		}
-		ss = []*e2ee.Session{sess}
-	}
-	msg, next, err := ss[0].Encrypt(content, nil)
-	if err != nil {
-		return nil, fmt.Errorf("message: encrypt: %w", err)
-	}
-	typ := e2ee.ContentRatchet
-	if e2ee.IsInitialMessage(msg) {
-		typ = e2ee.ContentPreKeyMessage
-	}
-	env, err := t.s.seal(rec, typ, msg)
-	if err != nil {
-		return nil, err
-	}
-	t.setSessions(to, append([]*e2ee.Session{next}, ss[1:]...))
-	return env, nil
-}
-
 // decryptPairwise decrypts a pairwise payload from sender: with any of our
 // sessions with it (the one that works becomes current), or, for a PQXDH
 // initial message, with a new session, consuming the one-time prekeys it

@@ -143,12 +143,16 @@ func (s *Service) laneRound(to e2ee.AccountID) (busy, progress bool, err error) 
 	if err := s.encryptJobs(rec, jobs); err != nil {
 		return true, false, err
 	}
-	if err := s.sealJobs(rec, jobs); err != nil {
+	units, err := s.sealJobs(rec, jobs)
+	if err != nil {
 		return true, false, err
 	}
-	ready := slices.DeleteFunc(slices.Clone(jobs), func(j *job) bool { return j.Envelope == nil })
-	if len(ready) == 0 {
+	if len(units) == 0 {
 		return true, false, nil
+	}
+	var ready []*job
+	for _, u := range units {
+		ready = append(ready, u.jobs...)
 	}
 	// Nothing leaves before the commit that encrypted it is on disk.
 	var gen uint64
@@ -163,29 +167,29 @@ func (s *Service) laneRound(to e2ee.AccountID) (busy, progress bool, err error) 
 	if s.connected(rec) {
 		// The fast path: hand everything to the device; the relays only
 		// get what it did not take.
-		sent = s.tryDirect(rec, ready)
-		var rest []*job
+		took := s.tryDirect(rec, units)
+		var rest []unit
 		var idx []int
-		for i, j := range ready {
-			if !sent[i] {
-				rest, idx = append(rest, j), append(idx, i)
+		for i, u := range units {
+			if !took[i] {
+				rest, idx = append(rest, u), append(idx, i)
 			}
 		}
-		deposited = remap(s.depositAll(rec, rest), idx)
+		sent, deposited = spread(units, took, remap(s.depositAll(rec, rest), idx))
 	} else {
 		// Not connected: deposit on the relays now and try to reach the
 		// device at the same time, so an offline recipient costs no dial
 		// timeout and an online one still gets it directly.
 		direct := make(chan []bool, 1)
-		go func() { direct <- s.tryDirect(rec, ready) }()
-		deposited = s.depositAll(rec, ready)
-		moved, err := s.recordTransport(rec, ready, make([]bool, len(ready)), deposited)
+		go func() { direct <- s.tryDirect(rec, units) }()
+		sent, deposited = spread(units, make([]bool, len(units)), s.depositAll(rec, units))
+		moved, err := s.recordTransport(rec, ready, sent, deposited)
 		if err != nil {
 			<-direct
 			return true, false, err
 		}
 		progress = moved > 0
-		sent, deposited = <-direct, nil
+		sent, deposited = spread(units, <-direct, nil)
 	}
 	moved, err := s.recordTransport(rec, ready, sent, deposited)
 	if err != nil {
@@ -198,10 +202,8 @@ func (s *Service) laneRound(to e2ee.AccountID) (busy, progress bool, err error) 
 			busy = true
 		}
 	}
-	for _, j := range jobs {
-		if j.Envelope == nil {
-			busy = true
-		}
+	if len(ready) < len(jobs) {
+		busy = true // some still wait for a session
 	}
 	return busy, progress, nil
 }
@@ -251,28 +253,104 @@ func (s *Service) encryptJobs(rec contact.Signed, jobs []*job) error {
 	return nil
 }
 
-// sealJobs seals the envelopes of jobs that have their payload only, on
-// every core, outside the engine's lock.
-func (s *Service) sealJobs(rec contact.Signed, jobs []*job) error {
-	var todo []*job
+// unit is one envelope a lane moves: the payload of one job sealed alone,
+// or the payloads of up to e2ee.MaxBatchItems consecutive jobs sealed as
+// one batch, so one KEM (the costly part of sealing and of opening) covers
+// them all. Its jobs share its fate: taken by the device, or held by a
+// relay, together.
+type unit struct {
+	env  []byte
+	jobs []*job
+}
+
+// batchBudget is what the items of one batch may add up to, framing
+// included (e2ee.BatchItemOverhead each): the envelope then always fits.
+const batchBudget = e2ee.MaxEnvelopePayload - 64
+
+// sealJobs seals the payloads of jobs into envelopes, on every core,
+// outside the engine's lock. Consecutive jobs that went to the same places
+// so far share a batch envelope. Envelopes are not stored: a job keeps its
+// payload until it is done, and each round seals afresh whatever goes
+// together then; the recipient recognises items it already has by their
+// hash. Jobs without a session yet stay out.
+func (s *Service) sealJobs(rec contact.Signed, jobs []*job) ([]unit, error) {
+	var units []unit
+	size := 0
 	for _, j := range jobs {
-		if j.Envelope == nil && j.Payload != nil {
-			todo = append(todo, j)
+		switch {
+		case j.Payload == nil && j.Envelope != nil:
+			// Sealed when it was queued (an older engine): as it is.
+			units = append(units, unit{env: j.Envelope, jobs: []*job{j}})
+			continue
+		case j.Payload == nil:
+			continue
 		}
+		n := len(j.Payload) + e2ee.BatchItemOverhead
+		if k := len(units) - 1; k >= 0 && units[k].env == nil && len(units[k].jobs) < e2ee.MaxBatchItems &&
+			size+n <= batchBudget && sameTransport(units[k].jobs[0], j) {
+			units[k].jobs = append(units[k].jobs, j)
+			size += n
+			continue
+		}
+		units = append(units, unit{jobs: []*job{j}})
+		size = n
 	}
-	err := parallel(len(todo), func(i int) error {
-		env, err := s.seal(rec, todo[i].Type, todo[i].Payload)
-		todo[i].Envelope = env
+	err := parallel(len(units), func(i int) error {
+		u := &units[i]
+		if u.env != nil {
+			return nil
+		}
+		if len(u.jobs) == 1 {
+			env, err := s.seal(rec, u.jobs[0].Type, u.jobs[0].Payload)
+			u.env = env
+			return err
+		}
+		items := make([]e2ee.BatchItem, len(u.jobs))
+		for k, j := range u.jobs {
+			items[k] = e2ee.BatchItem{Type: j.Type, Payload: j.Payload}
+		}
+		b, err := e2ee.MarshalBatch(items)
+		if err != nil {
+			return err
+		}
+		u.env, err = s.seal(rec, e2ee.ContentBatch, b)
 		return err
 	})
 	if err != nil {
-		return err
+		return nil, err
 	}
-	idx := s.jobIndex()
-	for _, j := range todo {
-		idx.sealed(j)
+	return units, nil
+}
+
+// sameTransport reports whether a and b went to the same places so far:
+// the same relays hold both, and neither was handed to the device.
+func sameTransport(a, b *job) bool {
+	if a.Sent != b.Sent || len(a.Relays) != len(b.Relays) {
+		return false
 	}
-	return nil
+	for _, r := range a.Relays {
+		if !slices.Contains(b.Relays, r) {
+			return false
+		}
+	}
+	return true
+}
+
+// spread turns what happened to units (taken by the device; relays that
+// newly hold them, by unit index) into the same per job of the round, in
+// the order the units list them.
+func spread(units []unit, took []bool, deposited map[int][]string) ([]bool, map[int][]string) {
+	var sent []bool
+	out := map[int][]string{}
+	for i, u := range units {
+		for range u.jobs {
+			if d, ok := deposited[i]; ok {
+				out[len(sent)] = d
+			}
+			sent = append(sent, took[i])
+		}
+	}
+	return sent, out
 }
 
 func (s *Service) fetchBundle(rec contact.Signed) (*e2ee.Bundle, error) {
@@ -290,19 +368,20 @@ func (s *Service) fetchBundle(rec contact.Signed) (*e2ee.Bundle, error) {
 	return nil, fmt.Errorf("message: no prekey bundle for %s from its relays: %w", rec.AccountID(), errors.Join(errs...))
 }
 
-// tryDirect hands as many jobs as it can to one of the recipient's devices.
-func (s *Service) tryDirect(rec contact.Signed, jobs []*job) []bool {
-	sent := make([]bool, len(jobs))
+// tryDirect hands as many units as it can to one of the recipient's
+// devices and reports which it took.
+func (s *Service) tryDirect(rec contact.Signed, units []unit) []bool {
+	sent := make([]bool, len(units))
 	dev, limited, ok := s.reach(rec)
 	if !ok {
 		return sent
 	}
-	budget := len(jobs)
+	budget := len(units)
 	if limited {
 		// Over a relay circuit only signalling-sized batches go.
 		total := 0
-		for i, j := range jobs {
-			total += len(j.Envelope)
+		for i, u := range units {
+			total += len(u.env)
 			if total > maxCircuitBytes {
 				budget = i
 				break
@@ -317,11 +396,14 @@ func (s *Service) tryDirect(rec contact.Signed, jobs []*job) []bool {
 		failed atomic.Bool
 		slots  = make(chan struct{}, maxDirectInFlight)
 	)
-	for start := 0; start < budget && !failed.Load(); start += maxDirectBatch {
-		end := min(start+maxDirectBatch, budget)
-		envs := make([][]byte, 0, end-start)
-		for _, j := range jobs[start:end] {
-			envs = append(envs, j.Envelope)
+	for start, end := 0, 0; start < budget && !failed.Load(); start = end {
+		var envs [][]byte
+		size := 0
+		for end = start; end < budget && end-start < maxDirectBatch; end++ {
+			if size += len(units[end].env) + 16; size > maxDirectFrame-(64<<10) && end > start {
+				break
+			}
+			envs = append(envs, units[end].env)
 		}
 		slots <- struct{}{}
 		wg.Go(func() {
@@ -404,12 +486,12 @@ func allLimited(conns []network.Conn) bool {
 	return true
 }
 
-// depositAll deposits jobs on every home relay of rec that doesn't hold
-// them yet, one relay per goroutine. It returns, per job index, the relays
-// that newly took it.
-func (s *Service) depositAll(rec contact.Signed, jobs []*job) map[int][]string {
+// depositAll deposits units on every home relay of rec that doesn't hold
+// all their jobs yet, one relay per goroutine. It returns, per unit index,
+// the relays that newly took it.
+func (s *Service) depositAll(rec contact.Signed, units []unit) map[int][]string {
 	out := map[int][]string{}
-	if len(jobs) == 0 {
+	if len(units) == 0 {
 		return out
 	}
 	mbox, err := mailbox.ParseMailboxID(rec.MailboxID)
@@ -425,10 +507,10 @@ func (s *Service) depositAll(rec contact.Signed, jobs []*job) map[int][]string {
 		rid := r.ID.String()
 		var idx []int
 		var envs [][]byte
-		for i, j := range jobs {
-			if !slices.Contains(j.Relays, rid) {
+		for i, u := range units {
+			if slices.ContainsFunc(u.jobs, func(j *job) bool { return !slices.Contains(j.Relays, rid) }) {
 				idx = append(idx, i)
-				envs = append(envs, j.Envelope)
+				envs = append(envs, u.env)
 			}
 		}
 		if len(envs) == 0 {
@@ -505,7 +587,9 @@ func (s *Service) recordTransportChunk(rec contact.Signed, jobs []*job, sent []b
 				j.Relays = append(j.Relays, r)
 			}
 		}
-		j.Payload = nil // the envelope is stored from now on
+		if j.Payload != nil {
+			j.Envelope = nil // sealed afresh by the next round that moves it
+		}
 		if j.MsgID == "" {
 			// Receipts and control messages need no state: once moved,
 			// they are done.
@@ -644,6 +728,26 @@ func (s *Service) relayFailed(p peer.ID) {
 	r.backoff = min(max(2*r.backoff, time.Second), 2*time.Minute)
 	r.until = time.Now().Add(r.backoff)
 	s.rest[p] = r
+}
+
+// peerConnected ends the rest of a relay that failed deposits once a
+// connection to it comes up, and wakes every lane with jobs: without it a
+// job that failed while the relay was away would wait out the lane's
+// backoff (up to RetryMax) after the relay came back.
+func (s *Service) peerConnected(p peer.ID) {
+	s.restMu.Lock()
+	_, resting := s.rest[p]
+	delete(s.rest, p)
+	s.restMu.Unlock()
+	if !resting {
+		return
+	}
+	// Not on the swarm's notification path: the job index may load.
+	go func() {
+		for _, to := range s.jobIndex().recipients() {
+			s.wake(to)
+		}
+	}()
 }
 
 func (s *Service) relayOK(p peer.ID) {

@@ -15,9 +15,13 @@
 //	     Sends share it), then Send returns once it is synced
 //	  → the lane seals the payload into a sealed-sender envelope to the
 //	     recipient's mailbox key (e2ee.SealEnvelope), carrying our identity and
-//	     signed contact record, outside the engine's lock.
+//	     signed contact record, outside the engine's lock: alone, or, when
+//	     several jobs to the recipient wait together, as one batch envelope
+//	     (e2ee.ContentBatch, up to e2ee.MaxBatchItems payloads) so that one
+//	     KEM, the costly part of sealing and opening, covers them all.
 //
-// A lane per recipient then moves its jobs, in order:
+// A lane per recipient then moves its jobs, in order, in rounds of up to
+// 256:
 //
 //  1. direct: if one of the recipient's devices is connected, or can be
 //     dialed within DirectTimeout at <home relay>/p2p-circuit/p2p/<device>,
@@ -31,6 +35,12 @@
 //     relays that fail are retried until all hold it;
 //  3. nothing worked → stays pending, retried with exponential backoff.
 //
+// Envelopes are not stored: a job keeps its payload until it is done, and
+// each round seals what goes together then (jobs batch only with jobs that
+// went to the same places so far). A job can so reach the recipient in
+// two different envelopes (alone from one relay, batched from another);
+// the recipient recognises the inner message by its hash.
+//
 // The E2EE delivery receipt from the recipient moves the message to
 // delivered, a read receipt to read. A message still undelivered after
 // MaxAge (15 days) becomes expired: the relays have dropped it by then.
@@ -43,11 +53,12 @@
 // written, and one fsync after the lock is released covers the chunks of a
 // batch: duplicate envelopes (the same bytes from several relays, or direct
 // and relayed) are recognised by their hash and dropped; the envelope is
-// opened with our mailbox key;
-// the payload decrypted with the sender's pairwise session (or a new one,
-// from a PQXDH initial message, consuming one-time prekeys) or group sender
-// key; the claimed sender checked against the session's authenticated
-// identity; the message stored, and a delivery receipt encrypted and queued
+// opened with our mailbox key; each inner message (the payload, or each
+// item of a batch), unless its hash was seen before, is decrypted with the
+// sender's pairwise session (or a new one, from a PQXDH initial message,
+// consuming one-time prekeys) or group sender key; the claimed sender
+// checked against the session's authenticated identity; the message
+// stored, and delivery receipts (up to 128 ids each) encrypted and queued
 // to the sender in the same batch. Only after the commit are relay items
 // acked (deleted) and direct deliveries answered, so a crash loses nothing
 // and replays nothing.
@@ -63,11 +74,28 @@
 //
 // A group has an id, a name and members. Control messages (GroupUpdate)
 // travel pairwise; each member encrypts its group messages once with its
-// own sender key (e2ee.SenderKey), distributed pairwise to the other
-// members, and seals the same ciphertext to every member's mailbox. When a
-// member is removed (or leaves) every remaining member rotates its sender
-// key and distributes the new one to the remaining members only, so the
-// removed member can't read what follows.
+// own sender key (e2ee.SenderKey) and seals the same ciphertext to every
+// member's mailbox.
+//
+// Sender keys are distributed lazily, as Signal does. SendGroup first
+// sends our current key's distribution (pb.SenderKey, pairwise) to the
+// current members that don't hold it yet, in the lanes the message takes
+// after it; a per-group record (keyShare) of who holds the key is
+// committed with those distributions. Creating, joining or being added to
+// a group distributes nothing, so a group of n costs each member that
+// writes n-1 pairwise distributions, once, instead of O(n²) at every
+// change. A removal or a leave rotates nothing at once: each remaining
+// member marks its key due for rotation, and its next SendGroup rotates
+// it (e2ee.SenderKey.Rotate), forgets the holders and distributes the new
+// key to the remaining members before encrypting. Nothing is encrypted
+// under an old key after a removal is applied, so the removed member
+// can't read what follows. The time- and use-based rotation
+// (SenderKey.NeedsRotation) likewise starts a new holder set.
+//
+// A receiver parks a group message whose sender key hasn't come (or whose
+// sender it doesn't know as a member yet) and retries it when the key, or
+// the update that makes the sender a member, arrives; a key that overtakes
+// that update is kept, and used only once its sender is a member.
 //
 // # Storage
 //

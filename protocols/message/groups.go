@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -12,6 +13,7 @@ import (
 	"github.com/kinmesh/kinmesh/protocols/contact"
 	"github.com/kinmesh/kinmesh/protocols/e2ee"
 	"github.com/kinmesh/kinmesh/protocols/message/pb"
+	"github.com/kinmesh/kinmesh/storage"
 )
 
 // Group is a group as this account knows it.
@@ -44,50 +46,106 @@ func (t *tx) Group(id string) (*Group, error) {
 	return g, nil
 }
 
-// mySenderKey returns our sender key in group, creating it on first use
-// and rotating it when due.
-func (t *tx) mySenderKey(group string) (*e2ee.SenderKey, bool, error) {
-	if k, ok := t.myKeys[group]; ok {
-		return k, false, nil
-	}
-	b, err := t.s.ns.Get(t.ctx(), t.s.keyMyKey(group))
-	now := t.s.cfg.Now()
-	if err == nil {
-		k, err := e2ee.UnmarshalSenderKey(b)
-		if err != nil {
-			return nil, false, err
-		}
-		if k.NeedsRotation(now) {
-			k, err = k.Rotate(rand.Reader, now)
-			if err != nil {
-				return nil, false, err
-			}
-			t.myKeys[group] = k
-			return k, true, nil
-		}
-		t.myKeys[group] = k
-		return k, false, nil
-	}
-	k, err := e2ee.NewSenderKey(rand.Reader, group, t.s.me, now)
-	if err != nil {
-		return nil, false, err
-	}
-	t.myKeys[group] = k
-	return k, true, nil
+// keyShare is how far our current sender key in a group has gone. Keys
+// are distributed lazily, as Signal does: a member gets our key with the
+// first message we send it, not when it joins, and a removal marks the key
+// for rotation at our next send instead of rotating and redistributing at
+// once. So a group of n costs each sender n-1 distributions when it sends,
+// not every member n-1 at every change.
+type keyShare struct {
+	// KeyID is the key the holders were sent.
+	KeyID uint32 `json:"key_id"`
+	// Holders are the members that were sent its distribution.
+	Holders []string `json:"holders,omitempty"`
+	// Rotate: a member left or was removed since; the next send replaces
+	// the key first, and sends the new one to the remaining members only.
+	Rotate bool `json:"rotate,omitempty"`
 }
 
-// rotateMyKey replaces our sender key in group (a member left).
-func (t *tx) rotateMyKey(group string) error {
-	k, _, err := t.mySenderKey(group)
-	if err != nil {
-		return err
+// keyShare returns the share of our sender key in group (zero if none).
+func (t *tx) keyShare(group string) (*keyShare, error) {
+	if ks, ok := t.shares[group]; ok {
+		return ks, nil
 	}
-	next, err := k.Rotate(rand.Reader, t.s.cfg.Now())
-	if err != nil {
-		return err
+	ks := &keyShare{}
+	if _, err := t.get(t.s.keyMyKeyShare(group), ks); err != nil {
+		return nil, err
 	}
-	t.myKeys[group] = next
-	return nil
+	t.shares[group] = ks
+	return ks, nil
+}
+
+// rotateKeyLater marks our sender key in group for rotation at our next
+// send to it: a member left or was removed. Nothing is sent now, and
+// nothing is encrypted with the old key after this commits. If the share
+// can't be read, a new one (due for rotation, no holders) replaces it.
+func (t *tx) rotateKeyLater(group string) {
+	ks, err := t.keyShare(group)
+	if err != nil {
+		ks = &keyShare{}
+		t.shares[group] = ks
+	}
+	ks.Rotate = true
+}
+
+// mySenderKey returns our sender key in group and who holds it: created
+// on first use, and rotated, with no holders then, when a member left
+// since the last send (keyShare.Rotate) or when its age or use says so.
+func (t *tx) mySenderKey(group string) (*e2ee.SenderKey, *keyShare, error) {
+	ks, err := t.keyShare(group)
+	if err != nil {
+		return nil, nil, err
+	}
+	k, ok := t.myKeys[group]
+	if !ok {
+		switch b, err := t.s.ns.Get(t.ctx(), t.s.keyMyKey(group)); {
+		case err == nil:
+			if k, err = e2ee.UnmarshalSenderKey(b); err != nil {
+				return nil, nil, err
+			}
+		case !errors.Is(err, storage.ErrNotFound):
+			return nil, nil, err
+		}
+	}
+	now := t.s.cfg.Now()
+	fresh := true
+	switch {
+	case k == nil:
+		k, err = e2ee.NewSenderKey(rand.Reader, group, t.s.me, now)
+	case ks.Rotate || k.NeedsRotation(now):
+		k, err = k.Rotate(rand.Reader, now)
+	default:
+		fresh = false
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	if fresh || ks.KeyID != k.KeyID() {
+		*ks = keyShare{KeyID: k.KeyID()}
+	}
+	t.myKeys[group] = k
+	return k, ks, nil
+}
+
+// lackingKey returns the other members of g that don't hold our current
+// key (of share ks) and can be sent it: their record is known and they are
+// not blocked. The others get it at a later send, once they can.
+func (t *tx) lackingKey(g *Group, ks *keyShare) []e2ee.AccountID {
+	held := make(map[string]bool, len(ks.Holders))
+	for _, h := range ks.Holders {
+		held[h] = true
+	}
+	var out []e2ee.AccountID
+	for _, m := range others(g, t.s.me) {
+		if held[string(m)] {
+			continue
+		}
+		if _, ok := t.s.cfg.Contacts.Contact(m); !ok || t.s.cfg.Contacts.Blocked(m) {
+			continue
+		}
+		out = append(out, m)
+	}
+	return out
 }
 
 func (t *tx) memberKey(group string, from e2ee.AccountID) (*e2ee.SenderKeyState, error) {
@@ -115,6 +173,11 @@ func (t *tx) commitGroups() error {
 	}
 	for g, k := range t.myKeys {
 		if err := t.b.Put(t.s.ns, t.s.keyMyKey(g), k.Marshal()); err != nil {
+			return err
+		}
+	}
+	for g, ks := range t.shares {
+		if err := t.put(t.s.keyMyKeyShare(g), ks); err != nil {
 			return err
 		}
 	}
@@ -178,17 +241,11 @@ func (s *Service) CreateGroup(ctx context.Context, name string, members []e2ee.A
 	defer s.mu.Unlock()
 	t := s.begin()
 	t.groups[g.ID] = g
-	if _, _, err := t.mySenderKey(g.ID); err != nil {
-		return nil, err
-	}
 	var rest []recordChunk
 	for _, m := range g.Members[1:] {
 		if err := t.sendGroupUpdate(g, e2ee.AccountID(m), true, false, &rest); err != nil {
 			return nil, err
 		}
-	}
-	if err := t.distributeKey(g, others(g, s.me)); err != nil {
-		return nil, err
 	}
 	if err := t.commit(); err != nil {
 		return nil, err
@@ -220,7 +277,8 @@ func (s *Service) AddMembers(ctx context.Context, group string, add []e2ee.Accou
 }
 
 // RemoveMembers removes members from a group (admin only). Every remaining
-// member rotates its sender key, so the removed can't read what follows.
+// member rotates its sender key before its next send to the group, so the
+// removed can't read what follows.
 func (s *Service) RemoveMembers(ctx context.Context, group string, remove []e2ee.AccountID) (*Group, error) {
 	return s.changeGroup(group, func(t *tx, g *Group) (added, removed []e2ee.AccountID, err error) {
 		for _, m := range remove {
@@ -277,18 +335,10 @@ func (s *Service) changeGroup(id string, change func(*tx, *Group) (added, remove
 			return nil, err
 		}
 	}
-	switch {
-	case len(removed) > 0:
-		if err := t.rotateMyKey(g.ID); err != nil {
-			return nil, err
-		}
-		if err := t.distributeKey(g, others(g, s.me)); err != nil {
-			return nil, err
-		}
-	case len(added) > 0:
-		if err := t.distributeKey(g, added); err != nil {
-			return nil, err
-		}
+	// The added get our sender key with our next message; after a
+	// removal, that message goes under a new key.
+	if len(removed) > 0 {
+		t.rotateKeyLater(g.ID)
 	}
 	if err := t.commit(); err != nil {
 		return nil, err
@@ -356,14 +406,33 @@ func (s *Service) SendGroup(ctx context.Context, group, text string) (*Message, 
 	if g.Left || !slices.Contains(g.Members, string(s.me)) {
 		return nil, ErrNotMember
 	}
-	k, fresh, err := t.mySenderKey(group)
+	// Our sender key goes first to the members that lack it, in the lanes
+	// the message takes after it: everyone after a rotation, else the
+	// members added, or unreachable, since our last send.
+	k, ks, err := t.mySenderKey(group)
 	if err != nil {
 		return nil, err
 	}
-	if fresh {
-		if err := t.distributeKey(g, others(g, s.me)); err != nil {
+	lacking := t.lackingKey(g, ks)
+	// Many go in transactions of their own, written ahead (the message's
+	// commit syncs them too), so that the send's stays bounded whatever
+	// the group's size.
+	for len(lacking) > maxKeysInSend {
+		n := min(len(lacking), keysPerTx)
+		if err := t.distributeKey(g, k, ks, lacking[:n]); err != nil {
 			return nil, err
 		}
+		if err := t.flush(); err != nil {
+			return nil, err
+		}
+		ahead := t
+		defer func() { _ = ahead.durable() }() // its lanes' wakes
+		lacking = lacking[n:]
+		t = s.begin()
+		t.myKeys[group], t.shares[group] = k, ks
+	}
+	if err := t.distributeKey(g, k, ks, lacking); err != nil {
+		return nil, err
 	}
 	seq, sentAt, err := t.nextSeq(group)
 	if err != nil {
@@ -384,16 +453,11 @@ func (s *Service) SendGroup(ctx context.Context, group, text string) (*Message, 
 	t.myKeys[group] = next
 	var members []e2ee.AccountID
 	for _, member := range others(g, s.me) {
-		rec, ok := s.cfg.Contacts.Contact(member)
-		if !ok || s.cfg.Contacts.Blocked(member) {
+		if _, ok := s.cfg.Contacts.Contact(member); !ok || s.cfg.Contacts.Blocked(member) {
 			m.Recipients[string(member)] = StateFailed
 			continue
 		}
-		env, err := s.seal(rec, e2ee.ContentSenderKey, ct)
-		if err != nil {
-			return nil, err
-		}
-		if err := t.addJob(&job{MsgID: m.ID, To: member, Group: group, Envelope: env}); err != nil {
+		if err := t.addJob(&job{MsgID: m.ID, To: member, Group: group, Type: e2ee.ContentSenderKey, Payload: ct}); err != nil {
 			return nil, err
 		}
 		m.Recipients[string(member)] = StatePending
@@ -486,17 +550,27 @@ func (s *Service) sendRecordChunks(g *Group, chunks []recordChunk) {
 	}
 }
 
-// distributeKey sends our current sender key in g to members, pairwise.
-func (t *tx) distributeKey(g *Group, members []e2ee.AccountID) error {
-	k, _, err := t.mySenderKey(g.ID)
-	if err != nil {
-		return err
+// Bounds on the sender-key distributions one SendGroup stages: up to
+// maxKeysInSend go in the message's own transaction; more go ahead of it
+// in transactions of up to keysPerTx (a job and the session's next state
+// each).
+const (
+	maxKeysInSend = 32
+	keysPerTx     = maxTxOps / 4
+)
+
+// distributeKey sends k, our sender key in g, to members pairwise and
+// records them as its holders in ks.
+func (t *tx) distributeKey(g *Group, k *e2ee.SenderKey, ks *keyShare, members []e2ee.AccountID) error {
+	if len(members) == 0 {
+		return nil
 	}
 	d := k.Distribution().Marshal()
 	for _, m := range members {
 		if err := t.queuePairwise(m, g.ID, &pb.Content{Body: &pb.Content_SenderKey{SenderKey: &pb.SenderKey{Distribution: d}}}); err != nil {
 			return err
 		}
+		ks.Holders = append(ks.Holders, string(m))
 	}
 	return nil
 }
@@ -513,9 +587,9 @@ func (t *tx) queuePairwise(to e2ee.AccountID, group string, c *pb.Content) error
 		return err
 	}
 	j := &job{To: to, Group: group}
-	switch env, err := t.encryptPairwise(rec, content, nil); {
+	switch typ, payload, err := t.ratchetPairwise(rec, content, nil); {
 	case err == nil:
-		j.Envelope = env
+		j.Type, j.Payload = typ, payload
 	case err == errNoSession:
 		j.Content = content
 	default:
@@ -528,17 +602,15 @@ func (t *tx) queuePairwise(to e2ee.AccountID, group string, c *pb.Content) error
 	return nil
 }
 
-// applyGroupUpdate applies a member's view of a group.
+// applyGroupUpdate applies a member's view of a group. It sends nothing:
+// our sender key goes to new members with our next message, and a removal
+// or a leave only marks our key for rotation before that message.
 func (t *tx) applyGroupUpdate(from e2ee.AccountID, id string, u *pb.GroupUpdate) []Event {
-	// Members whose records we learn now: a records chunk that follows
-	// the update (a large group's records come in several) makes them
-	// reachable, and they get our sender key then.
-	var learned []e2ee.AccountID
+	// Member records: those we learn from a records chunk that follows
+	// the update (a large group's records come in several) become
+	// reachable, and get our sender key with our next message.
 	for _, raw := range u.GetRecords() {
 		if rec, err := contact.Parse(raw); err == nil {
-			if _, known := t.s.cfg.Contacts.Contact(rec.AccountID()); !known {
-				learned = append(learned, rec.AccountID())
-			}
 			t.s.cfg.Contacts.Learn(rec)
 		}
 	}
@@ -553,8 +625,8 @@ func (t *tx) applyGroupUpdate(from e2ee.AccountID, id string, u *pb.GroupUpdate)
 		}
 		g.Members = slices.DeleteFunc(g.Members, func(m string) bool { return m == string(from) })
 		t.groups[id] = g
-		if err := t.rotateMyKey(id); err == nil {
-			_ = t.distributeKey(g, others(g, t.s.me))
+		if !g.Left {
+			t.rotateKeyLater(id)
 		}
 		return []Event{{Type: "group", Group: cloneGroup(g)}}
 	}
@@ -568,25 +640,11 @@ func (t *tx) applyGroupUpdate(from e2ee.AccountID, id string, u *pb.GroupUpdate)
 		}
 		g = &Group{ID: id, Admin: string(from)}
 	case u.Version <= g.Version:
-		// Old news, or a records chunk of the update we have: members we
-		// couldn't reach when it came get our sender key now.
-		if u.Version == g.Version && string(from) == g.Admin && !g.Left && slices.Contains(g.Members, me) {
-			var to []e2ee.AccountID
-			for _, m := range learned {
-				if string(m) != me && slices.Contains(g.Members, string(m)) {
-					to = append(to, m)
-				}
-			}
-			if len(to) > 0 {
-				if err := t.distributeKey(g, to); err != nil {
-					t.s.log.Debug("distribute sender key", "group", id, "err", err)
-				}
-			}
-		}
-		return nil
+		return nil // old news, or a records chunk of the update we have
 	case string(from) != g.Admin:
 		return nil // only the admin changes the group
 	}
+	rejoined := g.Version > 0 && g.Left
 	newcomer := g.Version == 0 || g.Left
 	removed := diff(g.Members, u.Members)
 	added := diff(u.Members, g.Members)
@@ -596,37 +654,42 @@ func (t *tx) applyGroupUpdate(from e2ee.AccountID, id string, u *pb.GroupUpdate)
 	if g.Left {
 		return []Event{{Type: "group", Group: cloneGroup(g)}}
 	}
-	var err2 error
-	switch {
-	case newcomer:
-		err2 = t.distributeKey(g, others(g, t.s.me))
-	case len(removed) > 0:
-		if err2 = t.rotateMyKey(id); err2 == nil {
-			err2 = t.distributeKey(g, others(g, t.s.me))
-		}
-	case len(added) > 0:
-		var to []e2ee.AccountID
-		for _, a := range added {
-			if a != me {
-				to = append(to, e2ee.AccountID(a))
-			}
-		}
-		err2 = t.distributeKey(g, to)
+	// Rotate before our next send if someone left; and if we come back,
+	// since we don't know who left while we were out.
+	if len(removed) > 0 || rejoined {
+		t.rotateKeyLater(id)
 	}
-	if err2 != nil {
-		t.s.log.Debug("distribute sender key", "group", id, "err", err2)
+	// A member's key can come before the update that makes it a member
+	// to us (its lane overtakes the admin's): retry its parked messages.
+	joined := added
+	if newcomer {
+		joined = g.Members
+	}
+	for _, m := range joined {
+		if m != me && t.hasMemberKey(id, e2ee.AccountID(m)) {
+			t.keysArrived = append(t.keysArrived, e2ee.AccountID(m))
+		}
 	}
 	return []Event{{Type: "group", Group: cloneGroup(g)}}
 }
 
-// applySenderKey stores a member's sender key distribution.
+// hasMemberKey reports whether we hold a sender key of from in group.
+func (t *tx) hasMemberKey(group string, from e2ee.AccountID) bool {
+	if _, ok := t.memKeys[group+"/"+string(from)]; ok {
+		return true
+	}
+	ok, err := t.s.ns.Has(t.ctx(), t.s.keyMemberKey(group, from))
+	return err == nil && ok
+}
+
+// applySenderKey stores a member's sender key distribution. It is kept
+// even from someone we don't know as a member (yet): with lazy
+// distribution the sender sends its key once, and it may overtake the
+// admin's update that adds it, or us. decryptGroup only ever uses the key
+// of a current member.
 func (t *tx) applySenderKey(from e2ee.AccountID, group string, sk *pb.SenderKey) []Event {
 	d, err := e2ee.ParseSenderKeyDistribution(sk.GetDistribution())
 	if err != nil || d.GroupID != group {
-		return nil
-	}
-	g, err := t.Group(group)
-	if err != nil || g == nil || !slices.Contains(g.Members, string(from)) {
 		return nil
 	}
 	now := t.s.cfg.Now()
@@ -670,13 +733,25 @@ func checkGroupName(name string) error {
 	return nil
 }
 
-// park keeps a group message whose sender key hasn't arrived.
-func (t *tx) park(h [32]byte, env []byte, in inbound) {
-	key := "p/" + t.s.opaque(string(in.from)) + "/" + hex.EncodeToString(h[:16])
-	_ = t.b.PutTTL(t.s.ns, key, env, MaxAge)
+// parked is a group message kept until its sender key arrives.
+type parked struct {
+	Sender      []byte           `json:"sender"` // e2ee.PublicIdentity.Marshal
+	Certificate []byte           `json:"certificate,omitempty"`
+	Type        e2ee.ContentType `json:"type"`
+	Payload     []byte           `json:"payload"`
 }
 
-// unpark retries parked envelopes of senders whose keys arrived in this
+// park keeps a group message (an envelope's inner message c, named h)
+// whose sender key hasn't arrived.
+func (t *tx) park(h [32]byte, c e2ee.EnvelopeContent, in inbound) {
+	key := "p/" + t.s.opaque(string(in.from)) + "/" + hex.EncodeToString(h[:16])
+	b, err := json.Marshal(parked{Sender: c.Sender.Marshal(), Certificate: c.Certificate, Type: c.Type, Payload: c.Payload})
+	if err == nil {
+		_ = t.b.PutTTL(t.s.ns, key, b, MaxAge)
+	}
+}
+
+// unpark retries parked messages of senders whose keys arrived in this
 // transaction.
 func (t *tx) unpark(delivered map[e2ee.AccountID][][]byte) []Event {
 	var events []Event
@@ -687,21 +762,29 @@ func (t *tx) unpark(delivered map[e2ee.AccountID][][]byte) []Event {
 	for from := range senders {
 		prefix := "p/" + t.s.opaque(string(from)) + "/"
 		var keys []string
-		var envs [][]byte
+		var msgs []parked
 		_ = t.s.ns.List(t.ctx(), listPrefix(prefix), func(k string, v []byte) error {
-			keys = append(keys, k)
-			envs = append(envs, v)
+			var p parked
+			if jsonUnmarshal(v, &p) == nil {
+				keys, msgs = append(keys, k), append(msgs, p)
+			} else {
+				_ = t.b.Delete(t.s.ns, k)
+			}
 			return nil
 		})
-		for i, env := range envs {
-			in, err := t.open(env)
-			if err != nil {
-				if !errors.Is(err, errParked) {
-					_ = t.b.Delete(t.s.ns, keys[i])
-				}
+		for i, p := range msgs {
+			sender, err := e2ee.ParsePublicIdentity(p.Sender)
+			var in inbound
+			if err == nil {
+				in, err = t.decrypt(e2ee.EnvelopeContent{Sender: sender, Certificate: p.Certificate, Type: p.Type, Payload: p.Payload})
+			}
+			if errors.Is(err, errParked) {
 				continue
 			}
 			_ = t.b.Delete(t.s.ns, keys[i])
+			if err != nil {
+				continue
+			}
 			evs, ack := t.apply(in)
 			events = append(events, evs...)
 			if ack != nil {

@@ -51,6 +51,7 @@ func openStore(t testing.TB, dir string) *storage.Store {
 // relay is a relay host running the mailbox and prekeys services.
 type relay struct {
 	h  host.Host
+	st *storage.Store
 	mb *mailbox.Service
 	pk *prekeys.Service
 }
@@ -67,8 +68,9 @@ func newRelay(t testing.TB) *relay {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { mb.Close(); pk.Close() })
-	return &relay{h: h, mb: mb, pk: pk}
+	r := &relay{h: h, st: st, mb: mb, pk: pk}
+	t.Cleanup(func() { r.mb.Close(); r.pk.Close() })
+	return r
 }
 
 func (r *relay) addr() ma.Multiaddr {

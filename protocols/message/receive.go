@@ -220,40 +220,40 @@ func (s *Service) receiveChunk(envs [][]byte, hs [][32]byte, pre []opened) (int,
 		if seen {
 			continue
 		}
-		var in inbound
-		switch {
-		case !pre[i].done:
-			in, err = t.open(env)
-		case pre[i].err != nil:
-			err = pre[i].err
-		default:
-			in, err = t.decrypt(pre[i].c)
+		c, err := pre[i].c, pre[i].err
+		if !pre[i].done {
+			c, err = s.cfg.Account.MailboxKey.OpenEnvelope(env)
 		}
-		switch {
-		case errors.Is(err, errParked):
-			t.park(h, env, in)
-			t.markSeen(h)
-			continue
-		case errors.Is(err, errDropped):
-			t.markSeen(h)
-			continue
-		case err != nil:
+		var items []e2ee.EnvelopeContent
+		if err == nil {
+			items, err = envelopeItems(c)
+		}
+		if err != nil {
 			s.log.Debug("unreadable envelope dropped", "err", err)
 			t.markSeen(h)
 			errs[i] = err
 			continue
 		}
+		err = t.receiveItems(items, delivered)
+		if errors.Is(err, errTransient) {
+			errs[i] = err
+			continue
+		}
 		t.markSeen(h)
-		evs, ack := t.apply(in)
-		t.events = append(t.events, evs...)
-		if ack != nil {
-			delivered[in.from] = append(delivered[in.from], ack)
+		if len(items) == 1 {
+			// A batch is handled once each item is: its unreadable ones
+			// are dropped on their own.
+			errs[i] = err
 		}
 	}
 	t.events = append(t.events, t.unpark(delivered)...)
 	for from, ids := range delivered {
-		if err := t.queueReceipt(from, pb.Receipt_DELIVERED, ids); err != nil {
-			s.log.Debug("queue delivery receipt", "to", from, "err", err)
+		for len(ids) > 0 {
+			n := min(len(ids), maxReceiptIDs)
+			if err := t.queueReceipt(from, pb.Receipt_DELIVERED, ids[:n]); err != nil {
+				s.log.Debug("queue delivery receipt", "to", from, "err", err)
+			}
+			ids = ids[n:]
 		}
 	}
 	// A chunk that stored no new message (receipts, duplicates) need not
@@ -280,14 +280,71 @@ var (
 	errDropped = errors.New("message: dropped")
 )
 
-// open opens an envelope and decrypts its payload, checking that the
-// claimed sender is the one the session authenticates.
-func (t *tx) open(env []byte) (inbound, error) {
-	c, err := t.s.cfg.Account.MailboxKey.OpenEnvelope(env)
-	if err != nil {
-		return inbound{}, err
+// envelopeItems returns the inner messages of an opened envelope, each as
+// if it had come in its own: the envelope itself, or the items of a batch.
+func envelopeItems(c e2ee.EnvelopeContent) ([]e2ee.EnvelopeContent, error) {
+	if c.Type != e2ee.ContentBatch {
+		return []e2ee.EnvelopeContent{c}, nil
 	}
-	return t.decrypt(c)
+	items, err := e2ee.ParseBatch(c.Payload)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]e2ee.EnvelopeContent, len(items))
+	for i, it := range items {
+		out[i] = e2ee.EnvelopeContent{Sender: c.Sender, Certificate: c.Certificate, Type: it.Type, Payload: it.Payload}
+	}
+	return out, nil
+}
+
+// itemHash names an inner message whatever envelope brought it: a job
+// that went alone to one relay and in a batch to another comes twice.
+func itemHash(c e2ee.EnvelopeContent) [32]byte {
+	h := sha256.New()
+	h.Write([]byte("kinmesh/message/item/v1"))
+	h.Write([]byte{byte(c.Type)})
+	h.Write(c.Payload)
+	var out [32]byte
+	h.Sum(out[:0])
+	return out
+}
+
+// receiveItems decrypts and applies the inner messages of one envelope,
+// skipping those seen before, and adds the ids that want a delivery
+// receipt to delivered. It returns errTransient if the envelope should
+// come again (its items handled so far are marked seen, so they won't be
+// applied twice), else the error of the last unreadable item, if any.
+func (t *tx) receiveItems(items []e2ee.EnvelopeContent, delivered map[e2ee.AccountID][][]byte) error {
+	var last error
+	for _, c := range items {
+		h := itemHash(c)
+		seen, err := t.Seen(h)
+		if err != nil {
+			return errTransient
+		}
+		if seen {
+			continue
+		}
+		t.markSeen(h)
+		in, err := t.decrypt(c)
+		switch {
+		case errors.Is(err, errParked):
+			t.park(h, c, in)
+			continue
+		case errors.Is(err, errDropped):
+			continue
+		case err != nil:
+			t.s.log.Debug("unreadable message dropped", "type", c.Type, "err", err)
+			last = err
+			continue
+		}
+		evs, ack := t.apply(in)
+		t.events = append(t.events, evs...)
+		if ack != nil {
+			delivered[in.from] = append(delivered[in.from], ack)
+		}
+	}
+	return last
 }
 
 // decrypt decrypts an opened envelope's payload, checking that the

@@ -156,10 +156,10 @@ func (t *tx) stageSend(to e2ee.AccountID, text string) (*Message, error) {
 	return &out, nil
 }
 
-// ratchetPairwise is encryptPairwise without the sealing: it encrypts
-// content with the current session (starting one from bundle, or the
-// invite's bundle, if there is none), stages the session's next state
-// and returns the envelope's content type and payload.
+// ratchetPairwise encrypts content for rec with the current session
+// (starting one from bundle, or the invite's bundle, if there is none),
+// stages the session's next state and returns the envelope's content type
+// and payload. The lane seals it.
 func (t *tx) ratchetPairwise(rec contact.Signed, content []byte, bundle *e2ee.Bundle) (e2ee.ContentType, []byte, error) {
 	to := rec.AccountID()
 	ss, err := t.Sessions(to)

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/kinmesh/kinmesh/protocols/contact"
@@ -117,6 +118,8 @@ type Service struct {
 	restMu sync.Mutex
 	rest   map[peer.ID]relayRest // relays skipped after failed deposits
 
+	notifiee *network.NotifyBundle // peerConnected
+
 	// consumed tracks one-time prekeys consumed while a prekey maintenance
 	// round runs (nil otherwise), so its result can't resurrect them.
 	consumed   []e2ee.PrekeyID
@@ -191,6 +194,8 @@ func New(cfg Config) (*Service, error) {
 	}
 	s.wg.Go(s.expiryLoop)
 	s.wg.Go(s.maintainLoop)
+	s.notifiee = &network.NotifyBundle{ConnectedF: func(_ network.Network, c network.Conn) { s.peerConnected(c.RemotePeer()) }}
+	cfg.Host.Network().Notify(s.notifiee)
 	return s, nil
 }
 
@@ -200,6 +205,9 @@ func New(cfg Config) (*Service, error) {
 func (s *Service) Close() error {
 	s.closeOnce.Do(func() {
 		s.cfg.Host.RemoveStreamHandler(ID)
+		if s.notifiee != nil {
+			s.cfg.Host.Network().StopNotify(s.notifiee)
+		}
 		s.cancel()
 		s.wg.Wait()
 	})

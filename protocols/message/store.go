@@ -30,6 +30,7 @@ import (
 //	h/<envelope hash>                        envelopes already processed (TTL)
 //	g/<opaque group>                         a group (JSON)
 //	k/<opaque group>                         our sender key in a group
+//	d/<opaque group>                         who holds it, whether it is due for rotation (JSON)
 //	K/<opaque group>/<opaque sender>         a member's sender key state
 const (
 	keyPrekeys = "prekeys"
@@ -56,15 +57,16 @@ func (s *Service) keyJobPrefix(to e2ee.AccountID) string { return "j/" + s.opaqu
 func keySeen(h [32]byte) string                          { return "h/" + hex.EncodeToString(h[:16]) }
 func (s *Service) keyGroup(g string) string              { return "g/" + s.opaque(g) }
 func (s *Service) keyMyKey(g string) string              { return "k/" + s.opaque(g) }
+func (s *Service) keyMyKeyShare(g string) string         { return "d/" + s.opaque(g) }
 func (s *Service) keyMemberKey(g string, from e2ee.AccountID) string {
 	return "K/" + s.opaque(g) + "/" + s.opaque(string(from))
 }
 
-// job is a unit of delivery work: one envelope for one recipient. Until a
-// session exists it holds the plaintext content; then the encrypted
-// payload, until the lane seals it into the envelope outside the engine's
-// lock (sealing, an X-Wing HPKE encapsulation, is the costly part of a
-// send); the envelope is stored with the job's next transport update.
+// job is a unit of delivery work: one inner message for one recipient.
+// Until a session exists it holds the plaintext content; then the
+// encrypted payload, which each lane round that moves the job seals, alone
+// or batched with the jobs that travel with it, outside the engine's lock
+// (sealing, an X-Wing HPKE encapsulation, is the costly part of a send).
 type job struct {
 	Key   string         `json:"-"`
 	Seq   uint64         `json:"seq"`
@@ -72,13 +74,14 @@ type job struct {
 	To    e2ee.AccountID `json:"to"`
 	Group string         `json:"group,omitempty"`
 	// Content is the encoded pb.Content, kept only until the recipient has
-	// a session (then Envelope replaces it).
+	// a session (then Payload replaces it).
 	Content []byte `json:"content,omitempty"`
-	// Payload is the encrypted content (of envelope content type Type)
-	// until it is sealed into Envelope.
-	Payload  []byte           `json:"payload,omitempty"`
-	Type     e2ee.ContentType `json:"type,omitempty"`
-	Envelope []byte           `json:"envelope,omitempty"`
+	// Payload is the encrypted content, of envelope content type Type.
+	Payload []byte           `json:"payload,omitempty"`
+	Type    e2ee.ContentType `json:"type,omitempty"`
+	// Envelope is a job's sealed envelope as engines before batching
+	// stored it (no Payload then): it travels as it is.
+	Envelope []byte `json:"envelope,omitempty"`
 	Created  time.Time
 	// Relays that durably hold the envelope; Sent when a device took it.
 	Relays   []string `json:"relays,omitempty"`
@@ -119,12 +122,14 @@ type tx struct {
 	pkDirty  bool
 	convs    map[string]*convState
 	msgs     map[string]*Message // by id
+	indexed  map[string]bool     // ids in msgs whose index entry is stored
 	jobs     []*job
 	newJobs  map[string]bool // keys of the jobs this tx adds
 	delJobs  []string
 	seen     map[[32]byte]bool
 	groups   map[string]*Group
 	myKeys   map[string]*e2ee.SenderKey
+	shares   map[string]*keyShare            // by group: who holds myKeys[group]
 	memKeys  map[string]*e2ee.SenderKeyState // group + "/" + sender
 	jobSeq   uint64
 	// keysArrived are members whose group sender keys this tx applied.
@@ -149,7 +154,7 @@ const maxReceiptIDs = 128
 // ops estimates how many store writes commit would make.
 func (t *tx) ops() int {
 	return 2*len(t.msgs) + len(t.sessions) + len(t.convs) + len(t.jobs) + 2*len(t.delJobs) +
-		2*len(t.seen) + len(t.groups) + len(t.myKeys) + len(t.memKeys) + 2
+		2*len(t.seen) + len(t.groups) + len(t.myKeys) + len(t.shares) + len(t.memKeys) + 2
 }
 
 func (s *Service) begin() *tx {
@@ -159,9 +164,11 @@ func (s *Service) begin() *tx {
 		sessions: map[e2ee.AccountID][]*e2ee.Session{},
 		convs:    map[string]*convState{},
 		msgs:     map[string]*Message{},
+		indexed:  map[string]bool{},
 		seen:     map[[32]byte]bool{},
 		groups:   map[string]*Group{},
 		myKeys:   map[string]*e2ee.SenderKey{},
+		shares:   map[string]*keyShare{},
 		memKeys:  map[string]*e2ee.SenderKeyState{},
 	}
 }
@@ -255,6 +262,10 @@ func (t *tx) Message(id string) (*Message, error) {
 	if m, ok := t.msgs[id]; ok {
 		return m, nil
 	}
+	if m, ok := t.s.eng.msgs.get(id); ok {
+		t.msgs[id], t.indexed[id] = m, true
+		return m, nil
+	}
 	var key string
 	ok, err := t.get(keyIndex(id), &key)
 	if err != nil || !ok {
@@ -265,7 +276,7 @@ func (t *tx) Message(id string) (*Message, error) {
 	if err != nil || !ok {
 		return nil, err
 	}
-	t.msgs[id] = m
+	t.msgs[id], t.indexed[id] = m, true
 	return m, nil
 }
 
@@ -343,6 +354,9 @@ func (t *tx) flush() error {
 		if err := t.put(key, m); err != nil {
 			return err
 		}
+		if t.indexed[m.ID] {
+			continue // the key never changes
+		}
 		if err := t.put(keyIndex(m.ID), key); err != nil {
 			return err
 		}
@@ -382,6 +396,7 @@ func (t *tx) flush() error {
 	}
 	t.gen = t.s.eng.sync.wrote()
 	idx.apply(t)
+	t.s.eng.msgs.put(t.msgs)
 	return nil
 }
 
@@ -407,6 +422,7 @@ type engineState struct {
 	claims claims
 	certs  certCache
 	dials  rests
+	msgs   msgCache
 }
 
 // certCache remembers the sender certificates (signed contact records)
@@ -638,17 +654,6 @@ func (idx *jobIndex) uncache(e *jobEntry) {
 	if e.job != nil {
 		idx.cached -= jobBytes(e.job)
 		e.job = nil
-	}
-}
-
-// sealed records the envelope a lane sealed for j, so the job is not
-// sealed again before its next transport update stores the envelope.
-func (idx *jobIndex) sealed(j *job) {
-	idx.mu.Lock()
-	defer idx.mu.Unlock()
-	if e := idx.byKey[j.Key]; e != nil && e.job != nil && e.job.Envelope == nil {
-		idx.uncache(e)
-		idx.cache(e, j)
 	}
 }
 

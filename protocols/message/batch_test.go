@@ -1,0 +1,272 @@
+package message
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/kinmesh/kinmesh/protocols/e2ee"
+	"github.com/kinmesh/kinmesh/protocols/mailbox"
+	"github.com/kinmesh/kinmesh/protocols/message/pb"
+)
+
+// TestBatchedOfflineDelivery: messages queued for an offline recipient
+// travel in batch envelopes (far fewer relay items than messages), and
+// after its restart every message arrives exactly once, in order, and
+// the sender sees each delivered.
+func TestBatchedOfflineDelivery(t *testing.T) {
+	const total = 300
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	r := newRelay(t)
+	a, b := newDevice(t, "a", r), newDevice(t, "b", r)
+	meet(t, ctx, a, b)
+	if err := b.svc.Close(); err != nil { // b offline
+		t.Fatal(err)
+	}
+	for i := range total {
+		if _, err := a.svc.Send(ctx, b.me(), fmt.Sprintf("m%03d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a.waitFor(t, ctx, string(b.me()), "all queued", func(ms []Message) bool {
+		return len(ms) == total && !slices.ContainsFunc(ms, func(m Message) bool { return m.State != StateQueued })
+	})
+
+	// What the relay holds: envelopes, some of them batches (how many
+	// depends on how fast the lane runs; TestSealJobsGroups checks the
+	// grouping).
+	mc, err := mailbox.NewClient(b.h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sess, err := mc.Open(ctx, r.h.ID(), b.svc.cfg.Account.MailboxAuth)
+	if err != nil {
+		t.Fatal(err)
+	}
+	items, _, err := sess.Fetch(ctx, 0, 1000)
+	sess.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if min := (total + e2ee.MaxBatchItems - 1) / e2ee.MaxBatchItems; len(items) < min || len(items) > total {
+		t.Fatalf("relay holds %d envelopes for %d messages, want between %d and %d", len(items), total, min, total)
+	}
+	t.Logf("%d messages in %d envelopes", total, len(items))
+
+	// b comes back: everything arrives once, in order, and is delivered.
+	b.svc, err = New(b.svc.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.svc.Close() })
+	got := b.waitFor(t, ctx, string(a.me()), "all received", func(ms []Message) bool { return len(ms) >= total })
+	if len(got) != total {
+		t.Fatalf("b has %d messages, want %d", len(got), total)
+	}
+	for i, m := range got {
+		if want := fmt.Sprintf("m%03d", i); m.Text != want {
+			t.Fatalf("message %d is %q, want %q", i, m.Text, want)
+		}
+	}
+	a.waitFor(t, ctx, string(b.me()), "all delivered", func(ms []Message) bool {
+		return !slices.ContainsFunc(ms, func(m Message) bool { return m.State != StateDelivered })
+	})
+}
+
+// ratchetTexts encrypts texts from a to b as a's lane would, returning
+// the inner messages (a session from b's published bundle).
+func ratchetTexts(t *testing.T, a, b *device, texts ...string) []e2ee.BatchItem {
+	t.Helper()
+	bundle, err := a.svc.fetchBundle(b.rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.svc.mu.Lock()
+	defer a.svc.mu.Unlock()
+	tx := a.svc.begin()
+	var out []e2ee.BatchItem
+	for i, text := range texts {
+		content, err := encodeContent(&Message{ID: newID(), SentAt: time.Now(), Seq: uint64(i + 1)}, &pb.Content{Body: &pb.Content_Text{Text: &pb.Text{Text: text}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		typ, payload, err := tx.ratchetPairwise(b.rec, content, bundle)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, e2ee.BatchItem{Type: typ, Payload: payload})
+	}
+	if err := tx.commit(); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func sealBatch(t *testing.T, from, to *device, items ...e2ee.BatchItem) []byte {
+	t.Helper()
+	if len(items) == 1 {
+		env, err := from.svc.seal(to.rec, items[0].Type, items[0].Payload)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return env
+	}
+	b, err := e2ee.MarshalBatch(items)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env, err := from.svc.seal(to.rec, e2ee.ContentBatch, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return env
+}
+
+// TestRebatchedItemsOnce: a message that comes alone from one relay and
+// batched with others from another (a retry sealed anew) is stored once;
+// a batch's unreadable item is dropped on its own and the rest stored.
+func TestRebatchedItemsOnce(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	r := newRelay(t)
+	a, b := newDevice(t, "a", r), newDevice(t, "b", r)
+	meet(t, ctx, a, b)
+	it := ratchetTexts(t, a, b, "one", "two", "three")
+	garbage := e2ee.BatchItem{Type: e2ee.ContentRatchet, Payload: []byte("not a ratchet message")}
+	steps := []struct {
+		name string
+		env  []byte
+		want []string
+	}{
+		{"alone", sealBatch(t, a, b, it[0]), []string{"one"}},
+		{"batched again with a new one", sealBatch(t, a, b, it[0], it[1]), []string{"one", "two"}},
+		{"with an unreadable item", sealBatch(t, a, b, garbage, it[2], it[1]), []string{"one", "two", "three"}},
+	}
+	for _, s := range steps {
+		if errs := b.svc.receive([][]byte{s.env}); errs[0] != nil {
+			t.Fatalf("%s: %v", s.name, errs[0])
+		}
+		ms, err := b.svc.Messages(ctx, string(a.me()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var texts []string
+		for _, m := range ms {
+			texts = append(texts, m.Text)
+		}
+		if !slices.Equal(texts, s.want) {
+			t.Fatalf("%s: b has %q, want %q", s.name, texts, s.want)
+		}
+	}
+}
+
+// TestSealJobsGroups: consecutive jobs that went to the same places share
+// batch envelopes of at most MaxBatchItems; a job that went elsewhere
+// starts a new one; each envelope opens to its jobs' payloads, in order.
+func TestSealJobsGroups(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	r := newRelay(t)
+	a, b := newDevice(t, "a", r), newDevice(t, "b", r)
+	meet(t, ctx, a, b)
+	var jobs []*job
+	for i := range 2*e2ee.MaxBatchItems + 10 {
+		j := &job{To: b.me(), Type: e2ee.ContentRatchet, Payload: []byte(fmt.Sprintf("payload %d", i))}
+		if i >= 2*e2ee.MaxBatchItems {
+			j.Relays = []string{r.h.ID().String()} // already on the relay
+		}
+		jobs = append(jobs, j)
+	}
+	jobs = append(jobs, &job{To: b.me(), Content: []byte("no session yet")})
+	jobs = append(jobs, &job{To: b.me(), Type: e2ee.ContentReceipt, Payload: []byte("alone")})
+	units, err := a.svc.sealJobs(b.rec, jobs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []int{e2ee.MaxBatchItems, e2ee.MaxBatchItems, 10, 1}; !slices.Equal(unitSizes(units), want) {
+		t.Fatalf("units of %v jobs, want %v", unitSizes(units), want)
+	}
+	next := 0
+	for _, u := range units {
+		c, err := b.svc.cfg.Account.MailboxKey.OpenEnvelope(u.env)
+		if err != nil {
+			t.Fatal(err)
+		}
+		items, err := envelopeItems(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for k, it := range items {
+			if next == len(jobs)-2 {
+				next++ // the job without a session stays out
+			}
+			if j := jobs[next]; u.jobs[k] != j || it.Type != j.Type || string(it.Payload) != string(j.Payload) {
+				t.Fatalf("item %d of a unit is %v %q, want job %d", k, it.Type, it.Payload, next)
+			}
+			next++
+		}
+	}
+	if next != len(jobs) {
+		t.Fatalf("units cover %d jobs, want %d", next, len(jobs))
+	}
+}
+
+func unitSizes(units []unit) []int {
+	var out []int
+	for _, u := range units {
+		out = append(out, len(u.jobs))
+	}
+	return out
+}
+
+// TestRelayBackWakesLane: a relay that failed a deposit is retried as
+// soon as a connection to it comes up again, not after the lane's backoff.
+func TestRelayBackWakesLane(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	r := newRelay(t)
+	a, b := newDevice(t, "a", r), newDevice(t, "b", r)
+	meet(t, ctx, a, b)
+	if err := b.svc.Close(); err != nil { // b offline: mail goes to r
+		t.Fatal(err)
+	}
+	// a's lane backs off for a minute after a failed round.
+	cfg := a.svc.cfg
+	a.svc.Close()
+	cfg.RetryMin, cfg.RetryMax = time.Minute, time.Minute
+	var err error
+	if a.svc, err = New(cfg); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.svc.Close() })
+
+	r.mb.Close() // the relay's mailbox is down: the deposit fails
+	if _, err := a.svc.Send(ctx, b.me(), "while the relay was away"); err != nil {
+		t.Fatal(err)
+	}
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for !a.svc.relayResting(r.h.ID()) {
+		select {
+		case <-ctx.Done():
+			t.Fatal("the failed deposit never rested the relay")
+		case <-tick.C:
+		}
+	}
+
+	// The relay comes back and a reconnects: the message is queued well
+	// within the minute of backoff.
+	if r.mb, err = mailbox.NewService(r.h, r.st); err != nil {
+		t.Fatal(err)
+	}
+	a.h.Network().ClosePeer(r.h.ID())
+	if err := a.h.Connect(ctx, peer.AddrInfo{ID: r.h.ID(), Addrs: r.h.Addrs()}); err != nil {
+		t.Fatal(err)
+	}
+	a.waitFor(t, ctx, string(b.me()), "queued", func(ms []Message) bool { return has(ms, "while the relay was away", StateQueued) })
+}

@@ -1,0 +1,67 @@
+package message
+
+import (
+	"maps"
+	"slices"
+	"sync"
+)
+
+// maxCachedMessages bounds the message cache (a few hundred bytes each).
+const maxCachedMessages = 16384
+
+// msgCache keeps the latest committed copy of recently written outgoing
+// messages that may still get receipts, so applying a receipt costs no
+// store reads: a burst's 10,000 delivery receipts would otherwise read
+// 20,000 sealed values back (index and message). Every message write goes
+// through tx.flush under the engine's lock, which keeps it current; the
+// oldest entries go first when it is full.
+type msgCache struct {
+	mu    sync.Mutex
+	m     map[string]*Message
+	order []string // insertion order, for eviction; may hold stale ids
+}
+
+// get returns a copy of the cached message with id.
+func (c *msgCache) get(id string) (*Message, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	m, ok := c.m[id]
+	if !ok {
+		return nil, false
+	}
+	return cloneMessage(m), true
+}
+
+// put records committed messages: outgoing ones not yet read are kept
+// (a copy), the rest dropped.
+func (c *msgCache) put(msgs map[string]*Message) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil {
+		c.m = map[string]*Message{}
+	}
+	for id, m := range msgs {
+		if m.Incoming || m.State == StateRead {
+			delete(c.m, id)
+			continue
+		}
+		if _, ok := c.m[id]; !ok {
+			c.order = append(c.order, id)
+		}
+		c.m[id] = cloneMessage(m)
+	}
+	for len(c.m) > maxCachedMessages {
+		delete(c.m, c.order[0])
+		c.order = c.order[1:]
+	}
+	if len(c.order) > 2*maxCachedMessages {
+		// Drop ids that left the map.
+		c.order = slices.DeleteFunc(c.order, func(id string) bool { _, ok := c.m[id]; return !ok })
+	}
+}
+
+func cloneMessage(m *Message) *Message {
+	c := *m
+	c.Recipients = maps.Clone(m.Recipients)
+	return &c
+}
