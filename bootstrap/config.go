@@ -17,6 +17,12 @@ import (
 	"github.com/kinmesh/kinmesh/protocols/mailbox"
 )
 
+// DefaultGoMemoryLimit is the relay process's default soft memory limit
+// (Config.GoMemoryLimit): with a million envelopes queued it keeps the
+// relay's peak RSS near 260 MB where it reached 330 (docs/benchmarks.md,
+// "Relay RSS").
+const DefaultGoMemoryLimit = 200 << 20
+
 // Config is a relay's whole configuration: one flat struct, filled from a
 // TOML file, then the environment, then flags (later sources win). The
 // defaults are listed with each field and applied by New.
@@ -72,6 +78,15 @@ type Config struct {
 
 	// MaxMemory caps the libp2p resource manager (default 512 MiB).
 	MaxMemory int64 `toml:"max_memory"`
+	// GoMemoryLimit is the Go runtime's soft memory limit for the relay
+	// process (runtime/debug.SetMemoryLimit), in bytes: the garbage
+	// collector works harder as the heap nears it, so Badger's compaction
+	// buffers don't let the heap grow to twice what is live. The kinmesh
+	// relay command applies it unless GOMEMLIMIT is set; this package
+	// never does (it is process-wide). 0 means DefaultGoMemoryLimit, -1
+	// none. It is soft: a busier relay's heap grows past it, at the cost
+	// of more collection.
+	GoMemoryLimit int64 `toml:"go_memory_limit"`
 	// MaxConns caps connections (default 2048); the connection manager
 	// trims from 3/4 of it.
 	MaxConns int `toml:"max_conns"`
@@ -324,6 +339,9 @@ func (c *Config) applyDefaults() error {
 	if c.MaxMemory == 0 {
 		c.MaxMemory = 512 << 20
 	}
+	if c.GoMemoryLimit == 0 {
+		c.GoMemoryLimit = DefaultGoMemoryLimit
+	}
 	setInt(&c.MailboxMaxItems, mailbox.DefaultMaxItems)
 	setInt(&c.MailboxDepositsPerMinute, mailbox.DefaultDepositsPerMinute)
 	if c.MailboxMaxBytes == 0 {
@@ -341,6 +359,9 @@ func (c *Config) applyDefaults() error {
 		if v < mailbox.MaxEnvelopeSize {
 			return fmt.Errorf("%w: %s must be at least %d (one envelope), got %d", ErrConfig, name, mailbox.MaxEnvelopeSize, v)
 		}
+	}
+	if c.GoMemoryLimit < -1 {
+		return fmt.Errorf("%w: go_memory_limit must be bytes, or -1 for none, got %d", ErrConfig, c.GoMemoryLimit)
 	}
 	if c.CircuitDuration < 0 || c.CircuitBytes < 0 || c.ReservationTTL < 0 || c.MaxMemory < 0 {
 		return fmt.Errorf("%w: durations and sizes must be positive", ErrConfig)

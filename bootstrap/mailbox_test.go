@@ -52,6 +52,12 @@ mailbox_deposit_bytes_per_minute = 2097152
 			t.Errorf("%+v: got %v, want ErrConfig naming the setting", bad, err)
 		}
 	}
+	if d.GoMemoryLimit != DefaultGoMemoryLimit {
+		t.Errorf("go_memory_limit default %d, want %d", d.GoMemoryLimit, DefaultGoMemoryLimit)
+	}
+	if _, err := New(Config{DataDir: "x", GoMemoryLimit: -2}); !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), "go_memory_limit") {
+		t.Errorf("go_memory_limit -2: got %v, want ErrConfig naming the setting", err)
+	}
 }
 
 // TestRelayServesMailbox: every relay runs the mailbox service on its

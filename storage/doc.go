@@ -26,6 +26,12 @@
 //
 // A store has either store.key or store.kdf, never both.
 //
+// Badger memory-maps *.vlog, *.mem and *.sst (MAP_SHARED). On Linux the
+// store pages its log mappings (*.vlog, *.mem) out of the process now and
+// then with madvise(MADV_PAGEOUT) (WithTrimInterval; trim.go says why that
+// loses nothing and is safe), so what it writes does not pile up in its
+// RSS.
+//
 // # Badger keys
 //
 // Namespace names are plain (fixed strings such as "mailbox"); keys are the

@@ -149,6 +149,7 @@ func (w write) apply(s *Store, txn *badger.Txn) error {
 	if w.del {
 		return deleteIn(s, txn, w.ns, w.key, dk)
 	}
+	s.noteWrite(int64(len(dk) + len(w.sealed)))
 	e := badger.NewEntry(dk, w.sealed)
 	if w.expiry == 0 {
 		return txn.SetEntry(e)

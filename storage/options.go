@@ -47,6 +47,9 @@ type config struct {
 	profile       Profile
 	syncWrites    bool
 	kdf           kdfParams
+	// trimBusy and trimIdle are WithTrimInterval's, if trimSet (trim.go).
+	trimBusy, trimIdle time.Duration
+	trimSet            bool
 }
 
 const (
@@ -179,6 +182,11 @@ type profileSizes struct {
 	// numCompactors is Badger's NumCompactors; 0 means the store compacts
 	// on demand instead (compact.go).
 	numCompactors int
+	// The pace of trimming mapped pages (trim.go): every trimBusy while
+	// writes go on and for trimQuiet after the last one, at once after
+	// trimAfterBytes of writes, every trimIdle otherwise.
+	trimBusy, trimQuiet, trimIdle time.Duration
+	trimAfterBytes                int64
 }
 
 func (p Profile) sizes() profileSizes {
@@ -194,6 +202,10 @@ func (p Profile) sizes() profileSizes {
 			valueThreshold:   1 << 10,
 			gcAfterSweep:     64 << 20,
 			numCompactors:    2,
+			trimBusy:         250 * time.Millisecond,
+			trimQuiet:        30 * time.Second,
+			trimIdle:         30 * time.Second,
+			trimAfterBytes:   16 << 20,
 		}
 	}
 	return profileSizes{
@@ -207,6 +219,10 @@ func (p Profile) sizes() profileSizes {
 		valueThreshold:   1 << 10,
 		gcAfterSweep:     4 << 20,
 		numCompactors:    0,
+		trimBusy:         10 * time.Second,
+		trimQuiet:        time.Minute,
+		trimIdle:         10 * time.Minute,
+		trimAfterBytes:   16 << 20,
 	}
 }
 

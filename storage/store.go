@@ -11,6 +11,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	badger "github.com/dgraph-io/badger/v4"
@@ -55,7 +56,11 @@ type Store struct {
 	gcKick    chan struct{}
 	// compactKick wakes compactLoop; nil when Badger compacts by itself.
 	compactKick chan struct{}
-	sweepMu     sync.Mutex // one sweep at a time
+	// trimKick wakes trimLoop; nil when the store does not trim (trim.go).
+	trimKick    chan struct{}
+	trimWritten atomic.Int64 // bytes written since the last trim
+	trims       atomic.Int64 // trims done by trimLoop
+	sweepMu     sync.Mutex   // one sweep at a time
 	closeOnce   sync.Once
 	closeErr    error
 }
@@ -64,8 +69,9 @@ type Store struct {
 // the key file or passphrase parameters if they are missing.
 //
 // Defaults: a random key in DIR/store.key, the real clock, slog.Default(),
-// ProfileDevice, synced writes, an expiry sweep every 10 minutes and
-// value-log GC every 15 minutes.
+// ProfileDevice, synced writes, an expiry sweep every 10 minutes,
+// value-log GC every 15 minutes and the profile's pace of trimming mapped
+// pages (WithTrimInterval).
 //
 // Open returns ErrLocked if dir is in use, and ErrWrongKey if the key file or
 // passphrase does not open this store.
@@ -159,6 +165,11 @@ func newStore(dir string, cfg config, log *slog.Logger, db *badger.DB) (*Store, 
 		s.bg.Add(1)
 		go s.compactLoop()
 	}
+	if busy, _ := cfg.trimIntervals(); busy > 0 && canTrim {
+		s.trimKick = make(chan struct{}, 1)
+		s.bg.Add(1)
+		go s.trimLoop()
+	}
 	log.Debug("store open", "dir", dir, "profile", cfg.profile, "sync_writes", cfg.syncWrites, "new", check == nil)
 	return s, nil
 }
@@ -206,8 +217,9 @@ func (s *Store) alive(ctx context.Context) error {
 	return nil
 }
 
-// Close stops the sweep and GC, waits for operations in flight and closes
-// Badger. It is safe to call more than once; later calls return nil.
+// Close stops the sweep, GC and trimming, waits for operations in flight
+// and closes Badger. It is safe to call more than once; later calls return
+// nil.
 func (s *Store) Close() error {
 	first := false
 	s.closeOnce.Do(func() {
@@ -388,6 +400,7 @@ func (s *Store) update(sync bool, fn func(txn *badger.Txn) error) error {
 			return err
 		}
 		s.kickCompact()
+		s.noteWrite(0)
 		if sync && !s.cfg.syncWrites {
 			return s.db.Sync()
 		}

@@ -5,7 +5,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
+	"runtime/debug"
+	"time"
 
 	"github.com/kinmesh/kinmesh/bootstrap"
 )
@@ -57,6 +60,7 @@ func runRelay(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	setGoMemoryLimit(cfg.GoMemoryLimit, log)
 	if set["data"] {
 		cfg.DataDir = *data
 	}
@@ -89,7 +93,25 @@ func runRelay(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if a := r.HTTPAddr(); a != "" {
 		fmt.Fprintf(stdout, "  ops endpoint http://%s/healthz and /metrics\n", a)
 	}
+	// Like the node daemon, the relay releases its start-up pages (about
+	// 30 MB of a relay's RSS otherwise).
+	trimmer := time.AfterFunc(trimFirst, func() { trimLoop(ctx, log) })
+	defer trimmer.Stop()
 	<-ctx.Done()
 	log.Info("shutting down")
 	return r.Close()
+}
+
+// setGoMemoryLimit applies the relay's soft memory limit (go_memory_limit;
+// 0 is bootstrap.DefaultGoMemoryLimit, -1 none) unless the operator set
+// GOMEMLIMIT, which wins.
+func setGoMemoryLimit(limit int64, log *slog.Logger) {
+	if os.Getenv("GOMEMLIMIT") != "" || limit < 0 {
+		return
+	}
+	if limit == 0 {
+		limit = bootstrap.DefaultGoMemoryLimit
+	}
+	debug.SetMemoryLimit(limit)
+	log.Debug("Go memory limit", "bytes", limit)
 }

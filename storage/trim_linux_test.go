@@ -1,0 +1,261 @@
+//go:build linux
+
+package storage_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+	"golang.org/x/sys/unix"
+
+	"github.com/kinmesh/kinmesh/storage"
+)
+
+func TestSharedMappingIn(t *testing.T) {
+	const dir = "/data/relay"
+	tests := []struct {
+		name       string
+		line       string
+		start, end uintptr
+		ok         bool
+	}{
+		{"value log", "7f0000000000-7f0010000000 rw-s 00000000 fd:01 1234                       /data/relay/000001.vlog", 0x7f0000000000, 0x7f0010000000, true},
+		{"table: read-only, left alone", "7f0010000000-7f0010100000 r--s 00000000 fd:01 1235 /data/relay/000002.sst", 0, 0, false},
+		{"space in dir", "1000-2000 rw-s 00000000 fd:01 7 /data/my relay/000002.vlog", 0, 0, false},
+		{"private", "7f0000000000-7f0010000000 rw-p 00000000 fd:01 1234 /data/relay/000001.vlog", 0, 0, false},
+		{"read-only private", "7f0000000000-7f0010000000 r--p 00000000 fd:01 1234 /data/relay/000001.vlog", 0, 0, false},
+		{"executable shared", "7f0000000000-7f0010000000 r-xs 00000000 fd:01 1234 /data/relay/000001.vlog", 0, 0, false},
+		{"deleted", "7f0000000000-7f0010000000 r--s 00000000 fd:01 1234 /data/relay/000003.sst (deleted)", 0, 0, false},
+		{"other dir", "7f0000000000-7f0010000000 rw-s 00000000 fd:01 1234 /data/relay2/000001.vlog", 0, 0, false},
+		{"subdirectory", "7f0000000000-7f0010000000 rw-s 00000000 fd:01 1234 /data/relay/sub/000001.vlog", 0, 0, false},
+		{"the directory's parent", "7f0000000000-7f0010000000 rw-s 00000000 fd:01 1234 /data/000001.vlog", 0, 0, false},
+		{"anonymous", "c000000000-c000400000 rw-p 00000000 00:00 0", 0, 0, false},
+		{"bad range", "zz-2000 rw-s 00000000 fd:01 1 /data/relay/000001.vlog", 0, 0, false},
+		{"empty range", "2000-2000 rw-s 00000000 fd:01 1 /data/relay/000001.vlog", 0, 0, false},
+		{"reversed range", "3000-2000 rw-s 00000000 fd:01 1 /data/relay/000001.vlog", 0, 0, false},
+		{"short", "1000-2000 rw-s", 0, 0, false},
+		{"empty", "", 0, 0, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s, e, ok := storage.SharedMappingIn(tt.line, dir)
+			if s != tt.start || e != tt.end || ok != tt.ok {
+				t.Errorf("got %#x-%#x %v, want %#x-%#x %v", s, e, ok, tt.start, tt.end, tt.ok)
+			}
+		})
+	}
+	if _, _, ok := storage.SharedMappingIn("1000-2000 rw-s 00000000 fd:01 7 /data/my relay/000002.vlog", "/data/my relay"); !ok {
+		t.Error("a directory with a space: not matched")
+	}
+}
+
+// trimValue is the deterministic value number i of n bytes.
+func trimValue(i, n int) []byte {
+	var seed [32]byte
+	binary.BigEndian.PutUint64(seed[:], uint64(i))
+	b := make([]byte, n)
+	_, _ = rand.NewChaCha8(seed).Read(b)
+	return b
+}
+
+// writeValues writes count values of size bytes (large enough for the
+// value log) in unsynced batches of 32, so the pages trimmed are dirty.
+func writeValues(t *testing.T, st *storage.Store, ns *storage.Namespace, count, size int) {
+	t.Helper()
+	ctx := context.Background()
+	for first := 0; first < count; first += 32 {
+		b := st.NewBatch()
+		for i := first; i < min(first+32, count); i++ {
+			if err := b.Put(ns, fmt.Sprint("v", i), trimValue(i, size)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := b.CommitUnsynced(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func readValues(t *testing.T, ns *storage.Namespace, count, size int) {
+	t.Helper()
+	ctx := context.Background()
+	for i := range count {
+		got, err := ns.Get(ctx, fmt.Sprint("v", i))
+		if err != nil {
+			t.Fatalf("Get(v%d): %v", i, err)
+		}
+		if !bytes.Equal(got, trimValue(i, size)) {
+			t.Fatalf("Get(v%d): %d bytes that differ from the %d written", i, len(got), size)
+		}
+	}
+}
+
+// mappedKiB returns the resident KiB of this process's mappings of files
+// in dir, from /proc/self/smaps.
+func mappedKiB(t *testing.T, dir string) int {
+	t.Helper()
+	real, err := filepath.EvalSymlinks(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open("/proc/self/smaps")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	total, in := 0, false
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		switch {
+		case len(fields) >= 5 && strings.Contains(fields[0], "-") && !strings.HasSuffix(fields[0], ":"):
+			in = len(fields) >= 6 && filepath.Dir(strings.Join(fields[5:], " ")) == real
+		case in && len(fields) >= 2 && fields[0] == "Rss:":
+			n, _ := strconv.Atoi(fields[1])
+			total += n
+		}
+	}
+	if err := sc.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return total
+}
+
+// evict drops the files in dir from the page cache (they must be clean:
+// the store closed), so what is read next comes from the disk.
+func evict(t *testing.T, dir string) {
+	t.Helper()
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		f, err := os.Open(filepath.Join(dir, e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED)
+		f.Close()
+		if err != nil {
+			t.Fatalf("fadvise %s: %v", e.Name(), err)
+		}
+	}
+}
+
+// TestTrimMappings writes 32 MB through the store without syncing, trims,
+// and checks that the process's file-backed RSS fell by most of it, that
+// every value reads back, and that every value is still there, from the
+// disk, after Close and a reopen: trimmed dirty pages are written back, not
+// lost.
+func TestTrimMappings(t *testing.T) {
+	const (
+		count = 1024
+		size  = 32 << 10 // value log, not the tables
+	)
+	written := count * size >> 10 // KiB
+	for _, p := range []storage.Profile{storage.ProfileRelay, storage.ProfileDevice} {
+		t.Run(p.String(), func(t *testing.T) {
+			dir := t.TempDir()
+			st, err := storage.Open(dir, storage.WithProfile(p), storage.WithSyncWrites(false),
+				storage.WithSweepInterval(0), storage.WithGCInterval(0), storage.WithTrimInterval(0, 0))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer st.Close()
+			ns := st.Namespace("mailbox")
+			writeValues(t, st, ns, count, size)
+
+			fileBefore, mappedBefore := procStatusKiB("RssFile:"), mappedKiB(t, dir)
+			advised, err := storage.TrimNow(st)
+			if err != nil {
+				t.Fatalf("trim: %v", err)
+			}
+			fileAfter, mappedAfter := procStatusKiB("RssFile:"), mappedKiB(t, dir)
+			t.Logf("wrote %d KiB; RssFile %d -> %d KiB, store mappings %d -> %d KiB resident, %d MiB of mappings advised",
+				written, fileBefore, fileAfter, mappedBefore, mappedAfter, advised>>20)
+			if mappedBefore < written*3/4 {
+				t.Fatalf("before the trim only %d KiB of the store's mappings resident, after writing %d KiB: nothing to test", mappedBefore, written)
+			}
+			if drop := fileBefore - fileAfter; drop < written*3/4 {
+				t.Errorf("RssFile fell by %d KiB, want at least %d (3/4 of the %d KiB written)", drop, written*3/4, written)
+			}
+			if mappedAfter > written/8 {
+				t.Errorf("store mappings resident after the trim: %d KiB, want at most %d", mappedAfter, written/8)
+			}
+
+			readValues(t, ns, count, size)
+			if err := st.Close(); err != nil {
+				t.Fatal(err)
+			}
+			evict(t, dir)
+			st, err = storage.Open(dir, storage.WithProfile(p), storage.WithTrimInterval(0, 0))
+			if err != nil {
+				t.Fatalf("reopen: %v", err)
+			}
+			defer st.Close()
+			readValues(t, st.Namespace("mailbox"), count, size)
+		})
+	}
+}
+
+// TestTrimLoop checks that the background loop trims after writes, at the
+// busy pace and when the profile's byte threshold is crossed, and that
+// Close stops it.
+func TestTrimLoop(t *testing.T) {
+	tests := []struct {
+		name    string
+		profile storage.Profile
+		busy    time.Duration
+		count   int // values of 32 KiB
+	}{
+		// No idle trims: the first write wakes the loop.
+		{"busy pace", storage.ProfileRelay, time.Millisecond, 128},
+		// An hour's pace: only the device profile's 16 MB threshold
+		// triggers a trim.
+		{"after 16 MB", storage.ProfileDevice, time.Hour, 640},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+			dir := t.TempDir()
+			st, err := storage.Open(dir, storage.WithProfile(tt.profile), storage.WithSyncWrites(false),
+				storage.WithSweepInterval(0), storage.WithGCInterval(0), storage.WithTrimInterval(tt.busy, 0))
+			if err != nil {
+				t.Fatal(err)
+			}
+			ns := st.Namespace("mailbox")
+			writeValues(t, st, ns, tt.count, 32<<10)
+			waitFor(t, "a trim", func() bool { return storage.Trims(st) > 0 })
+			if tt.busy == time.Millisecond {
+				written := tt.count * 32
+				waitFor(t, "the store's mappings trimmed", func() bool { return mappedKiB(t, dir) < written/4 })
+			}
+			readValues(t, ns, tt.count, 32<<10)
+			if err := st.Close(); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+func TestTrimClosed(t *testing.T) {
+	st := open(t, "")
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := storage.TrimNow(st); !errors.Is(err, storage.ErrClosed) {
+		t.Errorf("trim after Close: got %v, want ErrClosed", err)
+	}
+}
