@@ -219,10 +219,12 @@ func (p Profile) sizes() profileSizes {
 		valueThreshold:   1 << 10,
 		gcAfterSweep:     4 << 20,
 		numCompactors:    0,
-		trimBusy:         10 * time.Second,
-		trimQuiet:        time.Minute,
-		trimIdle:         10 * time.Minute,
-		trimAfterBytes:   16 << 20,
+		// A device trims once a burst is over, not during it: paging the
+		// logs out while a backlog drains cost a third of the drain rate.
+		trimBusy:       time.Minute,
+		trimQuiet:      time.Minute,
+		trimIdle:       10 * time.Minute,
+		trimAfterBytes: 256 << 20,
 	}
 }
 

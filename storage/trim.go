@@ -51,8 +51,9 @@ import (
 // WithTrimInterval sets how often the store drops its mapped files' pages
 // from the process (Linux only): every busy while writes go on and for a
 // while after, every idle otherwise. busy 0 turns trimming off; idle 0
-// trims only after writes. Defaults: 250 ms and 30 s for ProfileRelay, 10 s
-// and 10 minutes for ProfileDevice.
+// trims only after writes. Defaults: 250 ms and 30 s for ProfileRelay (and
+// at once after 16 MB of writes); 1 minute and 10 minutes for
+// ProfileDevice (and after 256 MB), so a device trims once a burst is over.
 func WithTrimInterval(busy, idle time.Duration) Option {
 	return func(c *config) error {
 		if busy < 0 || idle < 0 {

@@ -222,9 +222,9 @@ func TestTrimLoop(t *testing.T) {
 	}{
 		// No idle trims: the first write wakes the loop.
 		{"busy pace", storage.ProfileRelay, time.Millisecond, 128},
-		// An hour's pace: only the device profile's 16 MB threshold
+		// An hour's pace: only the relay profile's 16 MB threshold
 		// triggers a trim.
-		{"after 16 MB", storage.ProfileDevice, time.Hour, 640},
+		{"after 16 MB", storage.ProfileRelay, time.Hour, 640},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
