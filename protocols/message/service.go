@@ -120,6 +120,9 @@ type Service struct {
 
 	notifiee *network.NotifyBundle // peerConnected
 
+	opaqueMu  sync.Mutex
+	opaqueIDs map[string]string // opaque
+
 	// consumed tracks one-time prekeys consumed while a prekey maintenance
 	// round runs (nil otherwise), so its result can't resurrect them.
 	consumed   []e2ee.PrekeyID

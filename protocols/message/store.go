@@ -38,7 +38,25 @@ const (
 	seenTTL    = MaxAge + 24*time.Hour
 )
 
-func (s *Service) opaque(v string) string { return s.ns.Opaque([]byte(v)) }
+// opaque returns the store's opaque name for v (an account, conversation
+// or group id), remembered: it is an HMAC, and every message written
+// needs two.
+func (s *Service) opaque(v string) string {
+	s.opaqueMu.Lock()
+	defer s.opaqueMu.Unlock()
+	if o, ok := s.opaqueIDs[v]; ok {
+		return o
+	}
+	if len(s.opaqueIDs) >= maxOpaqueIDs || s.opaqueIDs == nil {
+		s.opaqueIDs = map[string]string{}
+	}
+	o := s.ns.Opaque([]byte(v))
+	s.opaqueIDs[v] = o
+	return o
+}
+
+// maxOpaqueIDs bounds the opaque names remembered (then they start over).
+const maxOpaqueIDs = 4096
 
 func (s *Service) keySessions(a e2ee.AccountID) string { return "s/" + s.opaque(string(a)) }
 func (s *Service) keyConv(conv string) string          { return "c/" + s.opaque(conv) }
