@@ -2,6 +2,7 @@ package message
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"testing"
@@ -269,4 +270,44 @@ func TestRelayBackWakesLane(t *testing.T) {
 		t.Fatal(err)
 	}
 	a.waitFor(t, ctx, string(b.me()), "queued", func(ms []Message) bool { return has(ms, "while the relay was away", StateQueued) })
+}
+
+// TestTooFarAheadComesAgain: a message more than a ratchet chain can skip
+// ahead of the last one received (another relay's copy drained ahead) is
+// neither stored nor marked seen: once the ones before it came, the same
+// envelope is taken.
+func TestTooFarAheadComesAgain(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	r := newRelay(t)
+	a, b := newDevice(t, "a", r), newDevice(t, "b", r)
+	meet(t, ctx, a, b)
+	texts := make([]string, e2ee.MaxSkipPerChain+3)
+	for i := range texts {
+		texts[i] = fmt.Sprintf("m%04d", i)
+	}
+	items := ratchetTexts(t, a, b, texts...)
+	first, last := sealBatch(t, a, b, items[0]), sealBatch(t, a, b, items[len(items)-1])
+	if errs := b.svc.receive([][]byte{first}); errs[0] != nil {
+		t.Fatal(errs[0])
+	}
+	if errs := b.svc.receive([][]byte{last}); !errors.Is(errs[0], errLater) {
+		t.Fatalf("a message %d ahead: %v, want errLater", len(items)-1, errs[0])
+	}
+	for start := 1; start < len(items)-1; start += 16 { // initial messages: ~1.4 KB each
+		env := sealBatch(t, a, b, items[start:min(start+16, len(items)-1)]...)
+		if errs := b.svc.receive([][]byte{env}); errs[0] != nil {
+			t.Fatal(errs[0])
+		}
+	}
+	if errs := b.svc.receive([][]byte{last}); errs[0] != nil {
+		t.Fatalf("the same envelope again: %v", errs[0])
+	}
+	ms, err := b.svc.Messages(ctx, string(a.me()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ms) != len(texts) || ms[len(ms)-1].Text != texts[len(texts)-1] {
+		t.Fatalf("b has %d messages (last %q), want %d", len(ms), ms[len(ms)-1].Text, len(texts))
+	}
 }

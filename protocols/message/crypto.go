@@ -44,7 +44,9 @@ func (t *tx) decryptPairwise(sender e2ee.PublicIdentity, payload []byte) ([]byte
 			firstErr = err
 		}
 	}
-	if !e2ee.IsInitialMessage(payload) {
+	if !e2ee.IsInitialMessage(payload) || errors.Is(firstErr, e2ee.ErrTooManySkipped) {
+		// (A session that found the message too far ahead of its chain
+		// knows it: it is no new session's.)
 		if firstErr == nil {
 			firstErr = fmt.Errorf("message: no session with %s: %w", from, e2ee.ErrDecrypt)
 		}

@@ -58,7 +58,7 @@ func (s *Service) handleDeliver(st network.Stream) {
 			switch {
 			case err == nil:
 				statuses[i] = pb.DeliverAck_OK
-			case errors.Is(err, errTransient):
+			case errors.Is(err, errTransient), errors.Is(err, errLater):
 				statuses[i] = pb.DeliverAck_INTERNAL
 			default:
 				statuses[i] = pb.DeliverAck_MALFORMED

@@ -18,6 +18,12 @@ import (
 // envelope that will never be readable.
 var errTransient = errors.New("message: temporary failure, try again")
 
+// errLater marks an envelope with a message too far ahead of its ratchet
+// chain (e2ee.ErrTooManySkipped): not acted on and not marked seen, so the
+// same message decrypts when it comes again after the ones before it
+// (another relay's copy, or this one at the next drain).
+var errLater = errors.New("message: ahead of earlier messages, bring it again later")
+
 // receiveChunk bounds how many envelopes one commit covers.
 const receiveChunk = 128
 
@@ -235,7 +241,7 @@ func (s *Service) receiveChunk(envs [][]byte, hs [][32]byte, pre []opened) (int,
 			continue
 		}
 		err = t.receiveItems(items, delivered)
-		if errors.Is(err, errTransient) {
+		if errors.Is(err, errTransient) || errors.Is(err, errLater) {
 			errs[i] = err
 			continue
 		}
@@ -313,9 +319,12 @@ func itemHash(c e2ee.EnvelopeContent) [32]byte {
 // skipping those seen before, and adds the ids that want a delivery
 // receipt to delivered. It returns errTransient if the envelope should
 // come again (its items handled so far are marked seen, so they won't be
-// applied twice), else the error of the last unreadable item, if any.
+// applied twice), errLater if some item was too far ahead of its chain
+// (the rest are handled), else the error of the last unreadable item, if
+// any.
 func (t *tx) receiveItems(items []e2ee.EnvelopeContent, delivered map[e2ee.AccountID][][]byte) error {
 	var last error
+	later := false
 	for _, c := range items {
 		h := itemHash(c)
 		seen, err := t.Seen(h)
@@ -325,8 +334,12 @@ func (t *tx) receiveItems(items []e2ee.EnvelopeContent, delivered map[e2ee.Accou
 		if seen {
 			continue
 		}
-		t.markSeen(h)
 		in, err := t.decrypt(c)
+		if errors.Is(err, e2ee.ErrTooManySkipped) {
+			later = true // not seen: it decrypts once the messages before it came
+			continue
+		}
+		t.markSeen(h)
 		switch {
 		case errors.Is(err, errParked):
 			t.park(h, c, in)
@@ -343,6 +356,9 @@ func (t *tx) receiveItems(items []e2ee.EnvelopeContent, delivered map[e2ee.Accou
 		if ack != nil {
 			delivered[in.from] = append(delivered[in.from], ack)
 		}
+	}
+	if later {
+		return errLater
 	}
 	return last
 }

@@ -104,7 +104,7 @@ func (s *Service) relaySession(ctx context.Context, l *relayLink) error {
 	}
 	defer sess.Close()
 	s.setLink(l, true, nil)
-	if err := s.drain(sess, 0); err != nil {
+	if err := s.drainOne(sess, 0); err != nil {
 		return err
 	}
 	for {
@@ -115,7 +115,7 @@ func (s *Service) relaySession(ctx context.Context, l *relayLink) error {
 			return sess.Err()
 		case p := <-sess.Pushed():
 			if p.Missed {
-				if err := s.drain(sess, p.FetchAfter); err != nil {
+				if err := s.drainOne(sess, p.FetchAfter); err != nil {
 					return err
 				}
 				continue
@@ -130,6 +130,19 @@ func (s *Service) relaySession(ctx context.Context, l *relayLink) error {
 // maxAcksInFlight is how many acks (each a synced delete on the relay) a
 // drain has outstanding at once.
 const maxAcksInFlight = 4
+
+// drainOne drains one relay's backlog while no other relay's is drained.
+// Each relay holds the sender's messages in the sender's order, but not
+// always in the same envelopes (a relay that missed a round gets its jobs
+// batched anew), so backlogs drained side by side could run ahead of one
+// another by more than a ratchet chain can skip (e2ee.MaxSkipPerChain).
+// One after the other, the first drain decrypts in order and the others
+// mostly find what they hold already seen.
+func (s *Service) drainOne(sess *mailbox.Session, after uint64) error {
+	s.drainMu.Lock()
+	defer s.drainMu.Unlock()
+	return s.drain(sess, after)
+}
 
 // drain fetches and processes everything after seq. It pipelines: the
 // next page is fetched while the current one is processed, and pages'
@@ -208,6 +221,9 @@ func (s *Service) process(items []mailbox.Item) ([]uint64, error) {
 		if errors.Is(err, errTransient) {
 			transient = err
 			continue
+		}
+		if errors.Is(err, errLater) {
+			continue // left on the relay: the next drain brings it again
 		}
 		acks = append(acks, items[i].Seq)
 	}

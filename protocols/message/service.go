@@ -123,6 +123,8 @@ type Service struct {
 	opaqueMu  sync.Mutex
 	opaqueIDs map[string]string // opaque
 
+	drainMu sync.Mutex // one relay backlog drained at a time (drainOne)
+
 	// consumed tracks one-time prekeys consumed while a prekey maintenance
 	// round runs (nil otherwise), so its result can't resurrect them.
 	consumed   []e2ee.PrekeyID
