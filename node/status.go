@@ -31,6 +31,9 @@ type RelayStatus struct {
 	ReservationExpiry time.Time `json:"reservation_expiry,omitzero"`
 	// LastError is the last dial or reservation error, if the link is down.
 	LastError string `json:"last_error,omitempty"`
+	// DownSince is when the node saw the relay go down (unset while it is
+	// up); a home relay down for RehomeAfter is replaced.
+	DownSince time.Time `json:"down_since,omitzero"`
 }
 
 // Status returns the node's current connectivity.
@@ -63,6 +66,7 @@ func (n *Node) Status() Status {
 		if rs.Reserved {
 			rs.ReservationExpiry = exp
 		}
+		rs.DownSince = n.downSince[r.ID]
 		st.Relays = append(st.Relays, rs)
 	}
 	return st

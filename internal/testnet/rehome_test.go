@@ -33,14 +33,17 @@ func TestRehome(t *testing.T) {
 	if err := dead.Stop(); err != nil {
 		t.Fatal(err)
 	}
+	// The node notes relay-2 down (on its clock) at the keeper's next
+	// change, and needs a reservation on the spare to move there: make
+	// sure of both before the clock moves.
+	waitFor(ctx, t, a.Node(), "relay-2 seen down and a reservation on relay-4", func(st node.Status) bool {
+		return !relayState(st, dead.AddrInfo().ID.String()).DownSince.IsZero() &&
+			relayState(st, spare.AddrInfo().ID.String()).Reserved
+	})
 	if moved, err := a.Node().CheckHomes(ctx); err != nil || moved {
 		t.Fatalf("CheckHomes right away = %v, %v; want no move", moved, err)
 	}
 	clk.Advance(25 * time.Hour)
-	// The keeper notices relay-2 down at its next change; make sure it has.
-	waitFor(ctx, t, a.Node(), "relay-2 is seen down", func(st node.Status) bool {
-		return !relayState(st, dead.AddrInfo().ID.String()).Connected
-	})
 	moved, err := a.Node().CheckHomes(ctx)
 	if err != nil || !moved {
 		t.Fatalf("CheckHomes after 25h = %v, %v; want a move", moved, err)
