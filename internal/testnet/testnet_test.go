@@ -106,7 +106,16 @@ func TestDevicesMeetThroughRelays(t *testing.T) {
 	if err := n.WaitReady(ctx); err != nil {
 		t.Fatalf("devices did not return to relay-1: %v", err)
 	}
-	if _, err := CircuitPing(ctx, d1.Host(), r1.AddrInfo(), d2.ID()); err != nil {
+	// A fresh circuit's first stream can miss its deadline on a loaded
+	// machine (it did once in a full -race run): try it up to 3 times, as
+	// an app would.
+	var err error
+	for range 3 {
+		if _, err = CircuitPing(ctx, d1.Host(), r1.AddrInfo(), d2.ID()); err == nil {
+			break
+		}
+	}
+	if err != nil {
 		t.Fatalf("d1 → d2 via restarted relay-1: %v", err)
 	}
 }
