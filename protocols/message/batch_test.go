@@ -23,9 +23,7 @@ func TestBatchedOfflineDelivery(t *testing.T) {
 	const total = 300
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	r := newRelay(t)
-	a, b := newDevice(t, "a", r), newDevice(t, "b", r)
-	meet(t, ctx, a, b)
+	r, a, b := pair(t, ctx)
 	if err := b.svc.Close(); err != nil { // b offline
 		t.Fatal(err)
 	}
@@ -134,9 +132,7 @@ func sealBatch(t *testing.T, from, to *device, items ...e2ee.BatchItem) []byte {
 func TestRebatchedItemsOnce(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	r := newRelay(t)
-	a, b := newDevice(t, "a", r), newDevice(t, "b", r)
-	meet(t, ctx, a, b)
+	_, a, b := pair(t, ctx)
 	it := ratchetTexts(t, a, b, "one", "two", "three")
 	garbage := e2ee.BatchItem{Type: e2ee.ContentRatchet, Payload: []byte("not a ratchet message")}
 	steps := []struct {
@@ -172,9 +168,7 @@ func TestRebatchedItemsOnce(t *testing.T) {
 func TestSealJobsGroups(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	r := newRelay(t)
-	a, b := newDevice(t, "a", r), newDevice(t, "b", r)
-	meet(t, ctx, a, b)
+	r, a, b := pair(t, ctx)
 	var jobs []*job
 	for i := range 2*e2ee.MaxBatchItems + 10 {
 		j := &job{To: b.me(), Type: e2ee.ContentRatchet, Payload: []byte(fmt.Sprintf("payload %d", i))}
@@ -230,9 +224,7 @@ func unitSizes(units []unit) []int {
 func TestRelayBackWakesLane(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	r := newRelay(t)
-	a, b := newDevice(t, "a", r), newDevice(t, "b", r)
-	meet(t, ctx, a, b)
+	r, a, b := pair(t, ctx)
 	if err := b.svc.Close(); err != nil { // b offline: mail goes to r
 		t.Fatal(err)
 	}
@@ -279,9 +271,7 @@ func TestRelayBackWakesLane(t *testing.T) {
 func TestTooFarAheadComesAgain(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	r := newRelay(t)
-	a, b := newDevice(t, "a", r), newDevice(t, "b", r)
-	meet(t, ctx, a, b)
+	_, a, b := pair(t, ctx)
 	texts := make([]string, e2ee.MaxSkipPerChain+3)
 	for i := range texts {
 		texts[i] = fmt.Sprintf("m%04d", i)
@@ -310,4 +300,13 @@ func TestTooFarAheadComesAgain(t *testing.T) {
 	if len(ms) != len(texts) || ms[len(ms)-1].Text != texts[len(texts)-1] {
 		t.Fatalf("b has %d messages (last %q), want %d", len(ms), ms[len(ms)-1].Text, len(texts))
 	}
+}
+
+// pair starts a relay and two devices homed on it that are contacts.
+func pair(t *testing.T, ctx context.Context) (*relay, *device, *device) {
+	t.Helper()
+	r := newRelay(t)
+	a, b := newDevice(t, "a", r), newDevice(t, "b", r)
+	meet(t, ctx, a, b)
+	return r, a, b
 }
