@@ -298,6 +298,11 @@ func (s *Service) claim(ctx context.Context, id BlobID, k, uploader string, size
 func (s *Service) unclaim(id BlobID, uploader string, size uint64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.release(id, uploader, size)
+}
+
+// release is unclaim with mu held.
+func (s *Service) release(id BlobID, uploader string, size uint64) {
 	in := s.inflight[uploader]
 	in.Bytes -= size
 	in.Blobs--
@@ -330,7 +335,12 @@ func (s *Service) put(ctx context.Context, st netkit.Stream, rd *wire.Reader, sc
 		s.tr.request("put", code, 0)
 		return s.reply(st, response{code: code})
 	}
-	defer s.unclaim(req.id, uploader, size)
+	committed := false
+	defer func() {
+		if !committed {
+			s.unclaim(req.id, uploader, size)
+		}
+	}()
 	m := meta{hashes: req.hashes, deleteKey: req.deleteKey, uploader: uploader, created: s.cfg.now()}
 	b := s.store.NewBatch()
 	_ = b.Put(s.ns, keyMeta+k, m.encode())
@@ -353,7 +363,8 @@ func (s *Service) put(ctx context.Context, st netkit.Stream, rd *wire.Reader, sc
 		return s.reply(st, response{code: code})
 	}
 	s.tr.request("put", CodeOK, int(size))
-	u, err := s.commitPut(ctx, k, m)
+	u, err := s.commitPut(ctx, req.id, k, m)
+	committed = err == nil
 	if err != nil {
 		s.log.Warn("put: commit", "err", err)
 		_ = s.dropUpload(context.WithoutCancel(ctx), k)
@@ -408,8 +419,10 @@ func (s *Service) receive(ctx context.Context, st netkit.Stream, rd *wire.Reader
 }
 
 // commitPut makes an uploaded blob visible and counts it, in one synced
-// batch (which also syncs the chunks written before).
-func (s *Service) commitPut(ctx context.Context, k string, m meta) (Usage, error) {
+// batch (which also syncs the chunks written before). The upload's claim
+// turns into usage under the same lock, before the uploader hears OK, so
+// its next upload never sees the blob counted twice.
+func (s *Service) commitPut(ctx context.Context, id BlobID, k string, m meta) (Usage, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	u, err := s.loadUsage(ctx, m.uploader)
@@ -429,6 +442,7 @@ func (s *Service) commitPut(ctx context.Context, k string, m meta) (Usage, error
 		return Usage{}, err
 	}
 	s.total = total
+	s.release(id, m.uploader, m.size())
 	s.tr.stored(total)
 	return u, nil
 }

@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"testing"
+	"time"
 
 	"github.com/libp2p/go-libp2p/core/network"
 
@@ -108,6 +109,30 @@ func TestQuotas(t *testing.T) {
 		t.Fatal(err)
 	}
 	mustPut(t, a, r, s3)
+}
+
+// TestCommitReleasesClaim: once an upload is committed, before the relay
+// answers OK, its claim has become usage, so the uploader's next upload
+// sees the blob once. (CI once caught the second of two back-to-back
+// uploads refused against a 2-blob quota: the claim was released only
+// after the reply.)
+func TestCommitReleasesClaim(t *testing.T) {
+	r := startRelay(t, append(relaxed, WithUploaderQuota(4*ChunkSize, 2))...)
+	ctx := testCtx(t)
+	s1, _, _ := sealed(t, 10)
+	s2, _, _ := sealed(t, 10)
+	const uploader = "uploader"
+	k := r.svc.key(s1.ID)
+	if code, err := r.svc.claim(ctx, s1.ID, k, uploader, ChunkSize); code != CodeOK || err != nil {
+		t.Fatalf("claim: %v %v", code, err)
+	}
+	m := meta{hashes: s1.Hashes, uploader: uploader, created: time.Now()}
+	if _, err := r.svc.commitPut(ctx, s1.ID, k, m); err != nil {
+		t.Fatal(err)
+	}
+	if code, err := r.svc.claim(ctx, s2.ID, r.svc.key(s2.ID), uploader, ChunkSize); code != CodeOK || err != nil {
+		t.Fatalf("second blob of a 2-blob quota right after the first committed: %v %v", code, err)
+	}
 }
 
 // TestCorruptChunk: a chunk that doesn't match its hash ends the upload
