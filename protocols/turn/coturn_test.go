@@ -3,6 +3,7 @@ package turn
 import (
 	"context"
 	"encoding/base64"
+	"encoding/hex"
 	"os/exec"
 	"regexp"
 	"strconv"
@@ -84,9 +85,11 @@ func TestCoturnClient(t *testing.T) {
 
 // TestCoturnRESTSecret: coturn's client derives the password from the
 // shared secret itself (-W, the TURN REST API), an independent check of
-// our HMAC-SHA1 derivation and username format.
+// our HMAC-SHA1 derivation and username format. The secret goes on the
+// command line, which can't carry a NUL byte (exec fails with EINVAL), so
+// it is a random one in hex here.
 func TestCoturnRESTSecret(t *testing.T) {
-	s := startServer(t)
+	s := startServerSecret(t, []byte(hex.EncodeToString(testSecret(t))))
 	tag := accountTag(s.secret, accountKey(t, newAccount(t)))
 	out, err := uclient(t, s, "-y", "-m", "2", "-n", "5", "-u", tag, "-W", string(s.secret))
 	if err != nil {

@@ -73,8 +73,14 @@ var loopback = netip.MustParseAddr("127.0.0.1")
 // startServer starts a TURN server on loopback (free ports, 2 threads).
 func startServer(t testing.TB, opts ...Option) *Server {
 	t.Helper()
+	return startServerSecret(t, testSecret(t), opts...)
+}
+
+// startServerSecret is startServer with the given secret.
+func startServerSecret(t testing.TB, secret []byte, opts ...Option) *Server {
+	t.Helper()
 	base := []Option{WithListen(netip.AddrPortFrom(loopback, 0)), WithThreads(2), WithLogger(discard)}
-	s, err := NewServer(newHost(t), testSecret(t), loopback, append(base, opts...)...)
+	s, err := NewServer(newHost(t), secret, loopback, append(base, opts...)...)
 	if err != nil {
 		t.Fatalf("NewServer: %v", err)
 	}
