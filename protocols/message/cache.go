@@ -4,6 +4,8 @@ import (
 	"maps"
 	"slices"
 	"sync"
+
+	"github.com/kinmesh/kinmesh/protocols/e2ee"
 )
 
 // maxCachedMessages bounds the message cache (a few hundred bytes each).
@@ -64,4 +66,41 @@ func cloneMessage(m *Message) *Message {
 	c := *m
 	c.Recipients = maps.Clone(m.Recipients)
 	return &c
+}
+
+// maxCachedSessions bounds the session cache, in peers.
+const maxCachedSessions = 1024
+
+// sessionCache keeps the latest committed ratchet sessions of recent
+// peers, decoded, so a transaction doesn't read, unseal and parse them
+// again (parsing derives each ratchet's public key: a scalar
+// multiplication). Sessions are immutable (Encrypt and Decrypt return the
+// next one), so entries are shared, not copied. Like the message cache it
+// is written under the engine's lock: by tx.flush once a batch is
+// committed, and by tx.Sessions with what it read from the store.
+type sessionCache struct {
+	mu sync.Mutex
+	m  map[e2ee.AccountID][]*e2ee.Session
+}
+
+func (c *sessionCache) get(a e2ee.AccountID) ([]*e2ee.Session, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ss, ok := c.m[a]
+	return ss, ok
+}
+
+func (c *sessionCache) put(a e2ee.AccountID, ss []*e2ee.Session) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil {
+		c.m = map[e2ee.AccountID][]*e2ee.Session{}
+	}
+	if _, ok := c.m[a]; !ok && len(c.m) >= maxCachedSessions {
+		for k := range c.m { // any one: peers are few on a family device
+			delete(c.m, k)
+			break
+		}
+	}
+	c.m[a] = slices.Clone(ss)
 }

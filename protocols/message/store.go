@@ -136,20 +136,22 @@ type tx struct {
 	s        *Service
 	b        *storage.Batch
 	sessions map[e2ee.AccountID][]*e2ee.Session
-	prekeys  *e2ee.PrekeyStore
-	pkDirty  bool
-	convs    map[string]*convState
-	msgs     map[string]*Message // by id
-	indexed  map[string]bool     // ids in msgs whose index entry is stored
-	jobs     []*job
-	newJobs  map[string]bool // keys of the jobs this tx adds
-	delJobs  []string
-	seen     map[[32]byte]bool
-	groups   map[string]*Group
-	myKeys   map[string]*e2ee.SenderKey
-	shares   map[string]*keyShare            // by group: who holds myKeys[group]
-	memKeys  map[string]*e2ee.SenderKeyState // group + "/" + sender
-	jobSeq   uint64
+	// newSessions are the peers whose sessions this tx changed.
+	newSessions map[e2ee.AccountID]bool
+	prekeys     *e2ee.PrekeyStore
+	pkDirty     bool
+	convs       map[string]*convState
+	msgs        map[string]*Message // by id
+	indexed     map[string]bool     // ids in msgs whose index entry is stored
+	jobs        []*job
+	newJobs     map[string]bool // keys of the jobs this tx adds
+	delJobs     []string
+	seen        map[[32]byte]bool
+	groups      map[string]*Group
+	myKeys      map[string]*e2ee.SenderKey
+	shares      map[string]*keyShare            // by group: who holds myKeys[group]
+	memKeys     map[string]*e2ee.SenderKeyState // group + "/" + sender
+	jobSeq      uint64
 	// keysArrived are members whose group sender keys this tx applied.
 	keysArrived []e2ee.AccountID
 	// lazy commits without waiting for the disk: for changes that can be
@@ -177,17 +179,18 @@ func (t *tx) ops() int {
 
 func (s *Service) begin() *tx {
 	return &tx{
-		s:        s,
-		b:        s.cfg.Store.NewBatch(),
-		sessions: map[e2ee.AccountID][]*e2ee.Session{},
-		convs:    map[string]*convState{},
-		msgs:     map[string]*Message{},
-		indexed:  map[string]bool{},
-		seen:     map[[32]byte]bool{},
-		groups:   map[string]*Group{},
-		myKeys:   map[string]*e2ee.SenderKey{},
-		shares:   map[string]*keyShare{},
-		memKeys:  map[string]*e2ee.SenderKeyState{},
+		s:           s,
+		b:           s.cfg.Store.NewBatch(),
+		sessions:    map[e2ee.AccountID][]*e2ee.Session{},
+		newSessions: map[e2ee.AccountID]bool{},
+		convs:       map[string]*convState{},
+		msgs:        map[string]*Message{},
+		indexed:     map[string]bool{},
+		seen:        map[[32]byte]bool{},
+		groups:      map[string]*Group{},
+		myKeys:      map[string]*e2ee.SenderKey{},
+		shares:      map[string]*keyShare{},
+		memKeys:     map[string]*e2ee.SenderKeyState{},
 	}
 }
 
@@ -217,6 +220,10 @@ func (t *tx) Sessions(a e2ee.AccountID) ([]*e2ee.Session, error) {
 	if ss, ok := t.sessions[a]; ok {
 		return ss, nil
 	}
+	if ss, ok := t.s.eng.sessions.get(a); ok {
+		t.sessions[a] = ss
+		return ss, nil
+	}
 	var raw [][]byte
 	if _, err := t.get(t.s.keySessions(a), &raw); err != nil {
 		return nil, err
@@ -230,6 +237,7 @@ func (t *tx) Sessions(a e2ee.AccountID) ([]*e2ee.Session, error) {
 		ss = append(ss, sess)
 	}
 	t.sessions[a] = ss
+	t.s.eng.sessions.put(a, ss)
 	return ss, nil
 }
 
@@ -238,6 +246,7 @@ func (t *tx) setSessions(a e2ee.AccountID, ss []*e2ee.Session) {
 		ss = ss[:maxSessionsPerPeer]
 	}
 	t.sessions[a] = ss
+	t.newSessions[a] = true
 }
 
 // Prekeys returns our prekey store.
@@ -348,7 +357,8 @@ func (t *tx) commit() error {
 // disk, and updates the job index. Call it with s.mu held; then durable,
 // after releasing s.mu where possible.
 func (t *tx) flush() error {
-	for a, ss := range t.sessions {
+	for a := range t.newSessions {
+		ss := t.sessions[a]
 		raw := make([][]byte, len(ss))
 		for i, sess := range ss {
 			raw[i] = sess.Marshal()
@@ -415,6 +425,9 @@ func (t *tx) flush() error {
 	t.gen = t.s.eng.sync.wrote()
 	idx.apply(t)
 	t.s.eng.msgs.put(t.msgs)
+	for a := range t.newSessions {
+		t.s.eng.sessions.put(a, t.sessions[a])
+	}
 	return nil
 }
 
@@ -435,12 +448,13 @@ func (t *tx) durable() error {
 // engineState is the engine's state beside the store: the job index, the
 // syncer and the envelopes being received. Its zero value is ready.
 type engineState struct {
-	sync   syncer
-	jobs   jobIndex
-	claims claims
-	certs  certCache
-	dials  rests
-	msgs   msgCache
+	sync     syncer
+	jobs     jobIndex
+	claims   claims
+	certs    certCache
+	dials    rests
+	msgs     msgCache
+	sessions sessionCache
 }
 
 // certCache remembers the sender certificates (signed contact records)
