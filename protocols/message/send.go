@@ -61,7 +61,9 @@ type sendReq struct {
 const maxSendBatch = 128
 
 // sendLoop takes queued Sends and commits them in batches: whatever
-// queued up while the previous commit was syncing goes in the next.
+// queued up while the previous batch was staged goes in the next. It
+// doesn't wait for a batch's sync before staging the next one: the waits
+// run beside it, so one fsync can cover several batches (a pipeline).
 func (s *Service) sendLoop() {
 	for {
 		var batch []*sendReq
@@ -80,14 +82,17 @@ func (s *Service) sendLoop() {
 				break more
 			}
 		}
-		s.sendBatch(batch)
+		if wait := s.sendBatch(batch); wait != nil {
+			s.wg.Go(wait)
+		}
 	}
 }
 
-// sendBatch stages a batch of Sends, writes it under s.mu and waits for
-// the disk after releasing it. The lanes are woken before that wait: they
-// seal the envelopes while the disk syncs, and send them once it has.
-func (s *Service) sendBatch(batch []*sendReq) {
+// sendBatch stages a batch of Sends and writes it under s.mu. It returns
+// the wait for the disk, which answers the Sends, or nil when it answered
+// them already (the write failed). The lanes are woken before that wait:
+// they seal the envelopes while the disk syncs, and send them once it has.
+func (s *Service) sendBatch(batch []*sendReq) (wait func()) {
 	s.mu.Lock()
 	t := s.begin()
 	var ok []*sendReq
@@ -98,24 +103,28 @@ func (s *Service) sendBatch(batch []*sendReq) {
 	}
 	err := t.flush()
 	s.mu.Unlock()
-	if err == nil {
-		woken := map[e2ee.AccountID]bool{}
-		for _, r := range ok {
-			if !woken[r.to] {
-				s.wake(r.to)
-				woken[r.to] = true
+	answer := func(err error) {
+		if err != nil {
+			for _, r := range ok {
+				r.msg, r.err = nil, err
 			}
 		}
-		err = t.durable()
-	}
-	if err != nil {
-		for _, r := range ok {
-			r.msg, r.err = nil, err
+		for _, r := range batch {
+			close(r.done)
 		}
 	}
-	for _, r := range batch {
-		close(r.done)
+	if err != nil {
+		answer(err)
+		return nil
 	}
+	woken := map[e2ee.AccountID]bool{}
+	for _, r := range ok {
+		if !woken[r.to] {
+			s.wake(r.to)
+			woken[r.to] = true
+		}
+	}
+	return func() { answer(t.durable()) }
 }
 
 // stageSend stages one 1:1 message in t: the message, the session's next
