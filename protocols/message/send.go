@@ -82,17 +82,16 @@ func (s *Service) sendLoop() {
 				break more
 			}
 		}
-		if wait := s.sendBatch(batch); wait != nil {
-			s.wg.Go(wait)
-		}
+		s.sendBatch(batch)
 	}
 }
 
-// sendBatch stages a batch of Sends and writes it under s.mu. It returns
-// the wait for the disk, which answers the Sends, or nil when it answered
-// them already (the write failed). The lanes are woken before that wait:
+// sendBatch stages a batch of Sends and writes it under s.mu, then starts
+// the wait for the disk, which answers the Sends, and wakes the lanes:
 // they seal the envelopes while the disk syncs, and send them once it has.
-func (s *Service) sendBatch(batch []*sendReq) (wait func()) {
+// The lanes are woken last so that one runs next on this core, before the
+// wait (Go runs the goroutine readied last first).
+func (s *Service) sendBatch(batch []*sendReq) {
 	s.mu.Lock()
 	t := s.begin()
 	var ok []*sendReq
@@ -115,8 +114,9 @@ func (s *Service) sendBatch(batch []*sendReq) (wait func()) {
 	}
 	if err != nil {
 		answer(err)
-		return nil
+		return
 	}
+	s.wg.Go(func() { answer(t.durable()) })
 	woken := map[e2ee.AccountID]bool{}
 	for _, r := range ok {
 		if !woken[r.to] {
@@ -124,7 +124,6 @@ func (s *Service) sendBatch(batch []*sendReq) (wait func()) {
 			woken[r.to] = true
 		}
 	}
-	return func() { answer(t.durable()) }
 }
 
 // stageSend stages one 1:1 message in t: the message, the session's next
