@@ -291,6 +291,13 @@ func FuzzReceive(f *testing.F) {
 	meet(f, ctx, a, b)
 	env, _ := e2ee.SealEnvelope(b.rec.MailboxKey, e2ee.EnvelopeContent{Sender: a.id.Public(), Type: e2ee.ContentRatchet, Payload: []byte("x")})
 	f.Add(env)
+	// A batch envelope: its items reach the same decoders one by one.
+	batch, err := e2ee.MarshalBatch([]e2ee.BatchItem{{Type: e2ee.ContentRatchet, Payload: []byte("x")}, {Type: e2ee.ContentRatchet, Payload: []byte("y")}})
+	if err != nil {
+		f.Fatal(err)
+	}
+	env, _ = e2ee.SealEnvelope(b.rec.MailboxKey, e2ee.EnvelopeContent{Sender: a.id.Public(), Type: e2ee.ContentBatch, Payload: batch})
+	f.Add(env)
 	f.Add([]byte{})
 	f.Add([]byte{1, 2, 3})
 	f.Fuzz(func(t *testing.T, data []byte) {
