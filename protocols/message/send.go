@@ -42,6 +42,9 @@ func (s *Service) Send(ctx context.Context, to e2ee.AccountID, text string) (*Me
 	}
 	select {
 	case <-req.done:
+		if req.err != nil && s.ctx.Err() != nil {
+			return nil, ErrClosed // its commit was cut short by Close
+		}
 		return req.msg, req.err
 	case <-s.ctx.Done():
 		return nil, ErrClosed
