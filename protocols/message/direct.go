@@ -1,9 +1,12 @@
 package message
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"sync"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/network"
@@ -14,18 +17,30 @@ import (
 	"github.com/kinmesh/kinmesh/protocols/wire"
 )
 
-// Direct delivery (/kinmesh/msg/1.0.0). One stream per batch:
+// Direct delivery (/kinmesh/msg/1.0.0). A stream carries one exchange or
+// several, one after the other:
 //
 //	sender → device: Deliver{request_id, envelopes (≤ 64, ≤ 4 MiB in all)}
 //	device → sender: DeliverAck{request_id, one status per envelope}
 //
 // The device answers only after it has durably processed the envelopes
 // (decrypted, stored, receipt queued), so OK means the message is on the
-// device. Streams may cross a limited relay circuit.
+// device. It serves a stream until the sender closes it or sends nothing
+// for directStreamTimeout. The sender keeps up to maxDirectInFlight
+// streams per device open between exchanges, for directIdle, and reuses
+// them: a message then costs no stream set-up. A reused stream that fails
+// (the device closed it meanwhile) is replaced by a fresh one, once; the
+// device drops what it had already processed as a duplicate. Streams may
+// cross a limited relay circuit; those are not kept.
 const (
 	directStreamTimeout = 30 * time.Second
-	maxAckFrame         = 4 << 10
-	serviceName         = "kinmesh.message"
+	// directIdle is how long the sender keeps an unused stream: well
+	// inside the device's directStreamTimeout, so the device is still
+	// reading when the next exchange starts.
+	directIdle   = 10 * time.Second
+	maxAckFrame  = 4 << 10
+	serviceName  = "kinmesh.message"
+	directBufLen = 512
 )
 
 func (s *Service) handleDeliver(st network.Stream) {
@@ -34,19 +49,35 @@ func (s *Service) handleDeliver(st network.Stream) {
 		st.Reset()
 		return
 	}
-	if err := st.Scope().ReserveMemory(maxDirectFrame, network.ReservationPriorityAlways); err != nil {
-		st.Reset()
-		return
-	}
-	defer st.Scope().ReleaseMemory(maxDirectFrame)
-	_ = st.SetDeadline(time.Now().Add(directStreamTimeout))
 	stop := context.AfterFunc(s.ctx, func() { st.Reset() })
 	defer stop()
+	br := bufio.NewReaderSize(st, directBufLen)
+	for {
+		// Wait for the next frame without holding memory for it.
+		_ = st.SetDeadline(time.Now().Add(directStreamTimeout))
+		if _, err := br.Peek(1); err != nil {
+			if !errors.Is(err, io.EOF) {
+				st.Reset()
+			}
+			return
+		}
+		if !s.serveDeliver(st, br) {
+			st.Reset()
+			return
+		}
+	}
+}
 
+// serveDeliver reads one Deliver frame from br, processes it and answers
+// on st. It reports whether the stream may carry another.
+func (s *Service) serveDeliver(st network.Stream, br *bufio.Reader) bool {
+	if err := st.Scope().ReserveMemory(maxDirectFrame, network.ReservationPriorityAlways); err != nil {
+		return false
+	}
+	defer st.Scope().ReleaseMemory(maxDirectFrame)
 	var req pb.Deliver
-	if err := wire.NewReader(st).Read(&req, maxDirectFrame); err != nil {
-		st.Reset()
-		return
+	if err := wire.NewReader(br).Read(&req, maxDirectFrame); err != nil {
+		return false
 	}
 	statuses := make([]pb.DeliverAck_Status, len(req.Envelopes))
 	if len(req.Envelopes) > maxDirectBatch {
@@ -65,29 +96,52 @@ func (s *Service) handleDeliver(st network.Stream) {
 			}
 		}
 	}
-	_ = wire.Write(st, &pb.DeliverAck{RequestId: req.RequestId, Statuses: statuses}, maxAckFrame)
+	return wire.Write(st, &pb.DeliverAck{RequestId: req.RequestId, Statuses: statuses}, maxAckFrame) == nil
 }
 
-// deliver sends envelopes to a device and reports which it took.
+// deliver sends envelopes to a device and reports which it took. It uses
+// a stream kept from an earlier exchange when there is one, and a fresh
+// stream if that fails or there is none.
 func (s *Service) deliver(dev peer.ID, envs [][]byte) ([]bool, error) {
+	if st := s.eng.direct.take(dev); st != nil {
+		if ok, err := s.exchange(st, envs); err == nil {
+			s.eng.direct.keep(dev, st)
+			return ok, nil
+		}
+		st.Reset() // closed by the device meanwhile: once more, afresh
+	}
 	ctx, cancel := context.WithTimeout(s.ctx, directStreamTimeout)
 	defer cancel()
 	st, err := s.cfg.Host.NewStream(network.WithAllowLimitedConn(ctx, "kinmesh message"), dev, ID)
 	if err != nil {
 		return nil, fmt.Errorf("open stream to %s: %w", dev, err)
 	}
-	defer st.Close()
+	ok, err := s.exchange(st, envs)
+	if err != nil {
+		st.Reset()
+		return nil, err
+	}
+	if st.Conn().Stat().Limited {
+		_ = st.Close()
+	} else {
+		s.eng.direct.keep(dev, st)
+	}
+	return ok, nil
+}
+
+// exchange sends one Deliver frame on st and reads its answer.
+func (s *Service) exchange(st network.Stream, envs [][]byte) ([]bool, error) {
+	ctx, cancel := context.WithTimeout(s.ctx, directStreamTimeout)
+	defer cancel()
 	stop := context.AfterFunc(ctx, func() { st.Reset() })
 	defer stop()
 	_ = st.SetDeadline(time.Now().Add(directStreamTimeout))
 	id := uint64(time.Now().UnixNano())
 	if err := wire.Write(st, &pb.Deliver{RequestId: id, Envelopes: envs}, maxDirectFrame); err != nil {
-		st.Reset()
 		return nil, err
 	}
 	var ack pb.DeliverAck
 	if err := wire.NewReader(st).Read(&ack, maxAckFrame); err != nil {
-		st.Reset()
 		return nil, fmt.Errorf("read delivery ack: %w", err)
 	}
 	if ack.RequestId != id || len(ack.Statuses) != len(envs) {
@@ -98,4 +152,77 @@ func (s *Service) deliver(dev peer.ID, envs [][]byte) ([]bool, error) {
 		ok[i] = st == pb.DeliverAck_OK
 	}
 	return ok, nil
+}
+
+// streamPool keeps the direct streams between exchanges: up to
+// maxDirectInFlight per device, each for directIdle.
+type streamPool struct {
+	mu     sync.Mutex
+	idle   map[peer.ID][]pooled
+	closed bool
+}
+
+type pooled struct {
+	st    network.Stream
+	since time.Time
+}
+
+// take returns a kept stream to dev, or nil; it closes the ones kept too
+// long.
+func (p *streamPool) take(dev peer.ID) network.Stream {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for sts := p.idle[dev]; len(sts) > 0; sts = p.idle[dev] {
+		last := sts[len(sts)-1]
+		p.idle[dev] = sts[:len(sts)-1]
+		if time.Since(last.since) < directIdle {
+			return last.st
+		}
+		_ = last.st.Close()
+	}
+	delete(p.idle, dev)
+	return nil
+}
+
+// keep puts st back for the next exchange with dev, or closes it. It
+// also closes the streams kept too long to any device.
+func (p *streamPool) keep(dev peer.ID, st network.Stream) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for d, sts := range p.idle {
+		fresh := sts[:0]
+		for _, x := range sts {
+			if time.Since(x.since) < directIdle {
+				fresh = append(fresh, x)
+			} else {
+				_ = x.st.Close()
+			}
+		}
+		if len(fresh) == 0 {
+			delete(p.idle, d)
+		} else {
+			p.idle[d] = fresh
+		}
+	}
+	if p.closed || len(p.idle[dev]) >= maxDirectInFlight {
+		_ = st.Close()
+		return
+	}
+	if p.idle == nil {
+		p.idle = map[peer.ID][]pooled{}
+	}
+	p.idle[dev] = append(p.idle[dev], pooled{st, time.Now()})
+}
+
+// close closes every kept stream and keeps none from now on.
+func (p *streamPool) close() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.closed = true
+	for _, sts := range p.idle {
+		for _, x := range sts {
+			_ = x.st.Close()
+		}
+	}
+	p.idle = nil
 }

@@ -215,6 +215,7 @@ func (s *Service) Close() error {
 		}
 		s.cancel()
 		s.wg.Wait()
+		s.eng.direct.close()
 	})
 	return nil
 }

@@ -455,6 +455,7 @@ type engineState struct {
 	dials    rests
 	msgs     msgCache
 	sessions sessionCache
+	direct   streamPool
 }
 
 // certCache remembers the sender certificates (signed contact records)

@@ -1,0 +1,89 @@
+package message
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+)
+
+// sendAndWatch sends text from a to b and returns every state a's events
+// showed for it until it was delivered.
+func sendAndWatch(t *testing.T, ctx context.Context, a, b *device, text string) []State {
+	t.Helper()
+	m, err := a.svc.Send(ctx, b.me(), text)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var states []State
+	for {
+		select {
+		case e := <-a.events:
+			if e.Type != "state" || e.Message == nil || e.Message.ID != m.ID {
+				continue
+			}
+			states = append(states, e.Message.State)
+			if e.Message.State == StateDelivered {
+				return states
+			}
+		case <-ctx.Done():
+			t.Fatalf("%q: states %v, never delivered", text, states)
+		}
+	}
+}
+
+// pooledIDs returns the ids of the direct streams a keeps to dev.
+func pooledIDs(a *device, dev peer.ID) []string {
+	p := &a.svc.eng.direct
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var ids []string
+	for _, x := range p.idle[dev] {
+		ids = append(ids, x.st.ID())
+	}
+	return ids
+}
+
+// TestDirectStreamReused: consecutive messages to a connected device go
+// on the stream the first one opened; and when the device's engine
+// restarts (its streams reset), the next message still goes directly, on
+// a fresh stream, never waiting on a relay.
+func TestDirectStreamReused(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	_, a, b := pair(t, ctx)
+	if err := a.h.Connect(ctx, peer.AddrInfo{ID: b.h.ID(), Addrs: b.h.Addrs()}); err != nil {
+		t.Fatal(err)
+	}
+	sendAndWatch(t, ctx, a, b, "one")
+	first := pooledIDs(a, b.h.ID())
+	if len(first) != 1 {
+		t.Fatalf("a keeps %d streams to b after one message, want 1", len(first))
+	}
+	for _, text := range []string{"two", "three"} {
+		sendAndWatch(t, ctx, a, b, text)
+		if got := pooledIDs(a, b.h.ID()); len(got) != 1 || got[0] != first[0] {
+			t.Fatalf("after %q a keeps streams %v, want the first one, %v", text, got, first)
+		}
+	}
+
+	// b's engine restarts on the same host and connection: the stream a
+	// keeps is reset by b's side.
+	if err := b.svc.Close(); err != nil {
+		t.Fatal(err)
+	}
+	var err error
+	if b.svc, err = New(b.svc.cfg); err != nil {
+		t.Fatal(err)
+	}
+	states := sendAndWatch(t, ctx, a, b, "after the restart")
+	for _, st := range states {
+		if st == StateQueued {
+			t.Fatalf("states %v: the message waited on a relay instead of going directly", states)
+		}
+	}
+	if got := pooledIDs(a, b.h.ID()); len(got) != 1 || got[0] == first[0] {
+		t.Fatalf("a keeps streams %v, want one fresh stream (not %s)", got, first[0])
+	}
+}
