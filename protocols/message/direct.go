@@ -167,6 +167,9 @@ type pooled struct {
 	since time.Time
 }
 
+// usable reports whether x was kept for less than directIdle.
+func (x pooled) usable() bool { return time.Since(x.since) < directIdle }
+
 // take returns a kept stream to dev, or nil; it closes the ones kept too
 // long.
 func (p *streamPool) take(dev peer.ID) network.Stream {
@@ -175,7 +178,7 @@ func (p *streamPool) take(dev peer.ID) network.Stream {
 	for sts := p.idle[dev]; len(sts) > 0; sts = p.idle[dev] {
 		last := sts[len(sts)-1]
 		p.idle[dev] = sts[:len(sts)-1]
-		if time.Since(last.since) < directIdle {
+		if last.usable() {
 			return last.st
 		}
 		_ = last.st.Close()
@@ -192,7 +195,7 @@ func (p *streamPool) keep(dev peer.ID, st network.Stream) {
 	for d, sts := range p.idle {
 		fresh := sts[:0]
 		for _, x := range sts {
-			if time.Since(x.since) < directIdle {
+			if x.usable() {
 				fresh = append(fresh, x)
 			} else {
 				_ = x.st.Close()
