@@ -21,6 +21,7 @@ import (
 	"crypto/ed25519"
 	"crypto/mlkem"
 	"crypto/rand"
+	"crypto/sha256"
 	"fmt"
 	"io"
 	"time"
@@ -146,6 +147,25 @@ func IsInitialMessage(msg []byte) bool {
 
 // Peer returns the identity at the other end of the session.
 func (s *Session) Peer() PublicIdentity { return s.c.remote }
+
+// ID names the session among its owner's sessions with the peer: it is
+// derived from the PQXDH run that started it (its base key, and which side
+// we took), so every state Encrypt and Decrypt return, and the session
+// Marshal and UnmarshalSession round-trip, has the same ID, and another
+// run gives another. It is not secret.
+func (s *Session) ID() [16]byte {
+	h := sha256.New()
+	h.Write([]byte("kinmesh session id"))
+	h.Write(s.c.baseKey[:])
+	if s.c.initiator {
+		h.Write([]byte{1})
+	} else {
+		h.Write([]byte{0})
+	}
+	var id [16]byte
+	copy(id[:], h.Sum(nil))
+	return id
+}
 
 // Encrypt encrypts plaintext, authenticating ad (which the receiver must
 // pass to Decrypt) too. It returns the message and the next session; s is

@@ -291,6 +291,35 @@ func TestSessionPingPong(t *testing.T) {
 	}
 }
 
+// TestSessionID: a session keeps its ID through every step and a
+// marshal round trip; the two ends of a run, and another run, differ.
+func TestSessionID(t *testing.T) {
+	p := drTestSetup(t, "id")
+	a, b := p.aliceS.ID(), p.bobS.ID()
+	if a == b {
+		t.Fatal("initiator and responder of one run have the same ID")
+	}
+	for i := range 6 {
+		fromAlice := i%2 == 0
+		text := fmt.Sprintf("message %d", i)
+		p.recv(t, fromAlice, p.send(t, fromAlice, text), text)
+		if p.aliceS.ID() != a || p.bobS.ID() != b {
+			t.Fatalf("after message %d the IDs changed", i)
+		}
+	}
+	back, err := UnmarshalSession(p.aliceS.Marshal(), p.aliceOpt...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if back.ID() != a {
+		t.Fatal("the ID changed through Marshal and UnmarshalSession")
+	}
+	other := drTestSetup(t, "id, another run")
+	if other.aliceS.ID() == a || other.bobS.ID() == b {
+		t.Fatal("another run has the same ID")
+	}
+}
+
 func TestSessionNewSession(t *testing.T) {
 	p := drTestSetup(t, "newsession")
 	// Alice (not having received a reply) starts over with a new session.
