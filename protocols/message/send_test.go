@@ -66,17 +66,16 @@ func TestSessionCacheMatchesStore(t *testing.T) {
 	for _, d := range []struct{ self, peer *device }{{a, b}, {b, a}} {
 		d.self.svc.mu.Lock()
 		cached, ok := d.self.svc.eng.sessions.get(d.peer.me())
-		var raw [][]byte
-		_, err := d.self.svc.begin().get(d.self.svc.keySessions(d.peer.me()), &raw)
+		stored, legacy, err := d.self.svc.begin().loadSessions(d.peer.me())
 		d.self.svc.mu.Unlock()
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !ok || len(cached) != len(raw) || len(raw) == 0 {
-			t.Fatalf("%s: %d sessions cached (%v), %d stored", d.self.rec.Name, len(cached), ok, len(raw))
+		if !ok || legacy || len(cached) != len(stored) || len(stored) == 0 {
+			t.Fatalf("%s: %d sessions cached (%v), %d stored (legacy %v)", d.self.rec.Name, len(cached), ok, len(stored), legacy)
 		}
 		for i, s := range cached {
-			if !bytes.Equal(s.Marshal(), raw[i]) {
+			if !bytes.Equal(s.Marshal(), stored[i].Marshal()) {
 				t.Fatalf("%s: cached session %d differs from the stored one", d.self.rec.Name, i)
 			}
 		}

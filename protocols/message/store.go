@@ -21,7 +21,10 @@ import (
 // conversation goes through Opaque.
 //
 //	prekeys                                  our e2ee.PrekeyStore
-//	s/<opaque account>                       pairwise sessions with account
+//	p/<opaque account>                       our pairwise sessions with account: their IDs, current first (JSON)
+//	p/<opaque account>/<session id>          one of them (e2ee.Session.Marshal)
+//	s/<opaque account>                       all of them in one value, as engines before
+//	                                         per-session keys wrote it (read, then moved to p/)
 //	c/<opaque conversation>                  conversation counters
 //	m/<opaque conv>/<ms>/<opaque from>/<seq>  a message (JSON), ms and seq as %016x
 //	i/<message id>                           → message key
@@ -58,9 +61,13 @@ func (s *Service) opaque(v string) string {
 // maxOpaqueIDs bounds the opaque names remembered (then they start over).
 const maxOpaqueIDs = 4096
 
-func (s *Service) keySessions(a e2ee.AccountID) string { return "s/" + s.opaque(string(a)) }
-func (s *Service) keyConv(conv string) string          { return "c/" + s.opaque(conv) }
-func (s *Service) keyMsgPrefix(conv string) string     { return "m/" + s.opaque(conv) + "/" }
+func (s *Service) keySessions(a e2ee.AccountID) string { return "p/" + s.opaque(string(a)) }
+func (s *Service) keySession(a e2ee.AccountID, id string) string {
+	return s.keySessions(a) + "/" + id
+}
+func (s *Service) keyLegacySessions(a e2ee.AccountID) string { return "s/" + s.opaque(string(a)) }
+func (s *Service) keyConv(conv string) string                { return "c/" + s.opaque(conv) }
+func (s *Service) keyMsgPrefix(conv string) string           { return "m/" + s.opaque(conv) + "/" }
 func (s *Service) keyMsg(m *Message) string {
 	conv := m.To
 	if m.Group != "" {
@@ -152,6 +159,13 @@ type tx struct {
 	shares      map[string]*keyShare            // by group: who holds myKeys[group]
 	memKeys     map[string]*e2ee.SenderKeyState // group + "/" + sender
 	jobSeq      uint64
+
+	// oldSessions are the sessions this tx loaded as committed before it,
+	// by peer; legacySessions the peers whose sessions are still in the
+	// legacy layout (none of theirs is in oldSessions).
+	oldSessions    map[e2ee.AccountID][]*e2ee.Session
+	legacySessions map[e2ee.AccountID]bool
+
 	// keysArrived are members whose group sender keys this tx applied.
 	keysArrived []e2ee.AccountID
 	// lazy commits without waiting for the disk: for changes that can be
@@ -178,7 +192,7 @@ func (t *tx) ops() int {
 }
 
 func (s *Service) begin() *tx {
-	return &tx{
+	t := &tx{
 		s:           s,
 		b:           s.cfg.Store.NewBatch(),
 		sessions:    map[e2ee.AccountID][]*e2ee.Session{},
@@ -192,6 +206,8 @@ func (s *Service) begin() *tx {
 		shares:      map[string]*keyShare{},
 		memKeys:     map[string]*e2ee.SenderKeyState{},
 	}
+	t.oldSessions, t.legacySessions = map[e2ee.AccountID][]*e2ee.Session{}, map[e2ee.AccountID]bool{}
+	return t
 }
 
 func (t *tx) ctx() context.Context { return t.s.ctx }
@@ -221,32 +237,115 @@ func (t *tx) Sessions(a e2ee.AccountID) ([]*e2ee.Session, error) {
 		return ss, nil
 	}
 	if ss, ok := t.s.eng.sessions.get(a); ok {
-		t.sessions[a] = ss
+		t.sessions[a], t.oldSessions[a] = ss, ss
 		return ss, nil
 	}
-	var raw [][]byte
-	if _, err := t.get(t.s.keySessions(a), &raw); err != nil {
+	ss, legacy, err := t.loadSessions(a)
+	if err != nil {
 		return nil, err
 	}
-	var ss []*e2ee.Session
-	for _, r := range raw {
-		sess, err := e2ee.UnmarshalSession(r)
-		if err != nil {
-			return nil, fmt.Errorf("load session: %w", err)
-		}
-		ss = append(ss, sess)
-	}
 	t.sessions[a] = ss
+	if legacy {
+		// Not cached until a commit has moved them to their own keys.
+		t.legacySessions[a] = true
+		return ss, nil
+	}
+	t.oldSessions[a] = ss
 	t.s.eng.sessions.put(a, ss)
 	return ss, nil
 }
 
+// loadSessions reads the sessions with a from the store: from their own
+// keys, or from the legacy single value (legacy true).
+func (t *tx) loadSessions(a e2ee.AccountID) (ss []*e2ee.Session, legacy bool, err error) {
+	var ids []string
+	ok, err := t.get(t.s.keySessions(a), &ids)
+	if err != nil {
+		return nil, false, err
+	}
+	if ok {
+		for _, id := range ids {
+			b, err := t.s.ns.Get(t.ctx(), t.s.keySession(a, id))
+			if err != nil {
+				return nil, false, fmt.Errorf("load session %s: %w", id, err)
+			}
+			sess, err := e2ee.UnmarshalSession(b)
+			if err != nil {
+				return nil, false, fmt.Errorf("load session %s: %w", id, err)
+			}
+			ss = append(ss, sess)
+		}
+		return ss, false, nil
+	}
+	var raw [][]byte
+	if ok, err = t.get(t.s.keyLegacySessions(a), &raw); err != nil || !ok {
+		return nil, false, err
+	}
+	for _, r := range raw {
+		sess, err := e2ee.UnmarshalSession(r)
+		if err != nil {
+			return nil, false, fmt.Errorf("load session: %w", err)
+		}
+		ss = append(ss, sess)
+	}
+	return ss, true, nil
+}
+
+// setSessions stages ss (current first) as the sessions with a, which
+// Sessions has loaded in t: at most maxSessionsPerPeer, one per ID.
 func (t *tx) setSessions(a e2ee.AccountID, ss []*e2ee.Session) {
+	seen := map[[16]byte]bool{}
+	ss = slices.DeleteFunc(slices.Clone(ss), func(x *e2ee.Session) bool {
+		dup := seen[x.ID()]
+		seen[x.ID()] = true
+		return dup
+	})
 	if len(ss) > maxSessionsPerPeer {
 		ss = ss[:maxSessionsPerPeer]
 	}
 	t.sessions[a] = ss
 	t.newSessions[a] = true
+}
+
+// putSessions stages the writes of a's sessions: each session this tx
+// changed under its own key, the list of IDs if it changed, and the
+// deletion of the sessions dropped (and of the legacy value).
+func (t *tx) putSessions(a e2ee.AccountID) error {
+	ss, old, legacy := t.sessions[a], t.oldSessions[a], t.legacySessions[a]
+	ids, oldIDs := sessionIDs(ss), sessionIDs(old)
+	for i, sess := range ss {
+		if slices.Contains(old, sess) {
+			continue // unchanged (sessions are values)
+		}
+		if err := t.b.Put(t.s.ns, t.s.keySession(a, ids[i]), sess.Marshal()); err != nil {
+			return err
+		}
+	}
+	if legacy || !slices.Equal(ids, oldIDs) {
+		if err := t.put(t.s.keySessions(a), ids); err != nil {
+			return err
+		}
+	}
+	for _, id := range oldIDs {
+		if !slices.Contains(ids, id) {
+			if err := t.b.Delete(t.s.ns, t.s.keySession(a, id)); err != nil {
+				return err
+			}
+		}
+	}
+	if legacy {
+		return t.b.Delete(t.s.ns, t.s.keyLegacySessions(a))
+	}
+	return nil
+}
+
+func sessionIDs(ss []*e2ee.Session) []string {
+	ids := make([]string, len(ss))
+	for i, sess := range ss {
+		id := sess.ID()
+		ids[i] = hex.EncodeToString(id[:])
+	}
+	return ids
 }
 
 // Prekeys returns our prekey store.
@@ -358,12 +457,7 @@ func (t *tx) commit() error {
 // after releasing s.mu where possible.
 func (t *tx) flush() error {
 	for a := range t.newSessions {
-		ss := t.sessions[a]
-		raw := make([][]byte, len(ss))
-		for i, sess := range ss {
-			raw[i] = sess.Marshal()
-		}
-		if err := t.put(t.s.keySessions(a), raw); err != nil {
+		if err := t.putSessions(a); err != nil {
 			return err
 		}
 	}
