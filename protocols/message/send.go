@@ -64,9 +64,10 @@ type sendReq struct {
 const maxSendBatch = 128
 
 // sendLoop takes queued Sends and commits them in batches: whatever
-// queued up while the previous batch was staged goes in the next. It
-// doesn't wait for a batch's sync before staging the next one: the waits
-// run beside it, so one fsync can cover several batches (a pipeline).
+// queued up while the previous batch was staged goes in the next. While
+// Sends are queued it doesn't wait for a batch's sync before staging the
+// next one: the waits run beside it, so one fsync can cover several
+// batches (a pipeline).
 func (s *Service) sendLoop() {
 	for {
 		var batch []*sendReq
@@ -89,11 +90,15 @@ func (s *Service) sendLoop() {
 	}
 }
 
-// sendBatch stages a batch of Sends and writes it under s.mu, then starts
-// the wait for the disk, which answers the Sends, and wakes the lanes:
-// they seal the envelopes while the disk syncs, and send them once it has.
-// The lanes are woken last so that one runs next on this core, before the
-// wait (Go runs the goroutine readied last first).
+// sendBatch stages a batch of Sends and writes it under s.mu, wakes the
+// lanes (they seal the envelopes while the disk syncs, and send them once
+// it has), and waits for the disk, which answers the Sends. When no other
+// Send is queued it waits itself, so the fsync starts at once: in a
+// goroutine of its own it started only once a core was free, traced
+// 0.17 ms later, behind the lane's sealing and the other work on 2 cores,
+// and the fsync is on a lone message's critical path while the sealing
+// has time to spare. When Sends are queued the wait runs beside the loop,
+// which stages them meanwhile (the pipeline).
 func (s *Service) sendBatch(batch []*sendReq) {
 	s.mu.Lock()
 	t := s.begin()
@@ -119,7 +124,6 @@ func (s *Service) sendBatch(batch []*sendReq) {
 		answer(err)
 		return
 	}
-	s.wg.Go(func() { answer(t.durable()) })
 	woken := map[e2ee.AccountID]bool{}
 	for _, r := range ok {
 		if !woken[r.to] {
@@ -127,6 +131,11 @@ func (s *Service) sendBatch(batch []*sendReq) {
 			woken[r.to] = true
 		}
 	}
+	if len(s.sends) == 0 {
+		answer(t.durable())
+		return
+	}
+	s.wg.Go(func() { answer(t.durable()) })
 }
 
 // stageSend stages one 1:1 message in t: the message, the session's next
