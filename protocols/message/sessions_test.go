@@ -169,3 +169,43 @@ func TestLegacySessionsMoved(t *testing.T) {
 	}
 	exchange(t, ctx, a, b, "later")
 }
+
+// TestSessionsCapped: a peer that starts over again and again (a
+// reinstall losing its sessions, each time) leaves at most
+// maxSessionsPerPeer sessions stored with us, and the keys of the ones
+// dropped are deleted.
+func TestSessionsCapped(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	_, a, b := pair(t, ctx)
+	if err := a.h.Connect(ctx, peer.AddrInfo{ID: b.h.ID(), Addrs: b.h.Addrs()}); err != nil {
+		t.Fatal(err)
+	}
+	for run := range maxSessionsPerPeer + 2 {
+		// b forgets its sessions with a: its next message starts a new
+		// PQXDH run with a bundle from a's relay.
+		_, _, keys := storedSessions(t, ctx, b, a)
+		b.svc.mu.Lock()
+		batch := b.st.NewBatch()
+		for _, k := range append(keys, b.svc.keySessions(a.me())) {
+			if err := batch.Delete(b.svc.ns, k); err != nil {
+				t.Fatal(err)
+			}
+		}
+		err := batch.Commit(ctx)
+		b.svc.eng.sessions.mu.Lock()
+		delete(b.svc.eng.sessions.m, a.me())
+		b.svc.eng.sessions.mu.Unlock()
+		b.svc.mu.Unlock()
+		if err != nil {
+			t.Fatal(err)
+		}
+		sendAndWatch(t, ctx, b, a, fmt.Sprint("run ", run))
+		ss, legacy, keys := storedSessions(t, ctx, a, b)
+		want := min(run+1, maxSessionsPerPeer)
+		if legacy || len(ss) != want || len(keys) != want {
+			t.Fatalf("after run %d a stores %d sessions with b under %d keys (legacy %v), want %d", run, len(ss), len(keys), legacy, want)
+		}
+	}
+	exchange(t, ctx, a, b, "after the runs")
+}
