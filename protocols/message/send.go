@@ -77,6 +77,11 @@ func (s *Service) sendLoop() {
 		case r := <-s.sends:
 			batch = append(batch, r)
 		}
+		// Let Sends that are ready to queue do so first: a sync round
+		// answers its batch's senders at once, and they come back
+		// together. Traced with 8 senders: without this, half the
+		// batches held one Send, each paying its own commit.
+		runtime.Gosched()
 	more:
 		for len(batch) < maxSendBatch {
 			select {
