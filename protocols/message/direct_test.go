@@ -53,9 +53,7 @@ func TestDirectStreamReused(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	_, a, b := pair(t, ctx)
-	if err := a.h.Connect(ctx, peer.AddrInfo{ID: b.h.ID(), Addrs: b.h.Addrs()}); err != nil {
-		t.Fatal(err)
-	}
+	connect(t, ctx, a, b)
 	sendAndWatch(t, ctx, a, b, "one")
 	first := pooledIDs(a, b.h.ID())
 	if len(first) != 1 {
@@ -70,13 +68,7 @@ func TestDirectStreamReused(t *testing.T) {
 
 	// b's engine restarts on the same host and connection: the stream a
 	// keeps is reset by b's side.
-	if err := b.svc.Close(); err != nil {
-		t.Fatal(err)
-	}
-	var err error
-	if b.svc, err = New(b.svc.cfg); err != nil {
-		t.Fatal(err)
-	}
+	restart(t, b)
 	states := sendAndWatch(t, ctx, a, b, "after the restart")
 	for _, st := range states {
 		if st == StateQueued {

@@ -50,6 +50,14 @@ func exchange(t *testing.T, ctx context.Context, a, b *device, tag string) {
 	wg.Wait()
 }
 
+// connect connects a's host to b's directly.
+func connect(t *testing.T, ctx context.Context, a, b *device) {
+	t.Helper()
+	if err := a.h.Connect(ctx, peer.AddrInfo{ID: b.h.ID(), Addrs: b.h.Addrs()}); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // restart closes d's engine and starts it again on the same store: its
 // session cache starts empty.
 func restart(t *testing.T, d *device) {
@@ -71,9 +79,7 @@ func TestSessionsStoredApart(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	_, a, b := pair(t, ctx)
-	if err := a.h.Connect(ctx, peer.AddrInfo{ID: b.h.ID(), Addrs: b.h.Addrs()}); err != nil {
-		t.Fatal(err)
-	}
+	connect(t, ctx, a, b)
 	exchange(t, ctx, a, b, "first") // both initiate
 	for i := range 3 {
 		exchange(t, ctx, a, b, fmt.Sprint("then ", i))
@@ -101,9 +107,7 @@ func TestSessionsStoredApart(t *testing.T) {
 	check("before the restart")
 	restart(t, a)
 	restart(t, b)
-	if err := a.h.Connect(ctx, peer.AddrInfo{ID: b.h.ID(), Addrs: b.h.Addrs()}); err != nil {
-		t.Fatal(err)
-	}
+	connect(t, ctx, a, b)
 	for i := range 3 {
 		exchange(t, ctx, a, b, fmt.Sprint("after the restart ", i))
 	}
@@ -117,9 +121,7 @@ func TestLegacySessionsMoved(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	_, a, b := pair(t, ctx)
-	if err := a.h.Connect(ctx, peer.AddrInfo{ID: b.h.ID(), Addrs: b.h.Addrs()}); err != nil {
-		t.Fatal(err)
-	}
+	connect(t, ctx, a, b)
 	exchange(t, ctx, a, b, "before")
 
 	// a's store, as an older engine would have left it. (Nothing changes
@@ -156,9 +158,7 @@ func TestLegacySessionsMoved(t *testing.T) {
 		t.Fatalf("set-up: %d sessions, legacy %v; want the %d in the legacy layout", len(got), legacy, len(ss))
 	}
 
-	if err := a.h.Connect(ctx, peer.AddrInfo{ID: b.h.ID(), Addrs: b.h.Addrs()}); err != nil {
-		t.Fatal(err)
-	}
+	connect(t, ctx, a, b)
 	exchange(t, ctx, a, b, "after the upgrade")
 	got, legacy, keys := storedSessions(t, ctx, a, b)
 	if legacy || len(got) != len(ss) || len(keys) != len(ss) {
@@ -178,9 +178,7 @@ func TestSessionsCapped(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	_, a, b := pair(t, ctx)
-	if err := a.h.Connect(ctx, peer.AddrInfo{ID: b.h.ID(), Addrs: b.h.Addrs()}); err != nil {
-		t.Fatal(err)
-	}
+	connect(t, ctx, a, b)
 	for run := range maxSessionsPerPeer + 2 {
 		// b forgets its sessions with a: its next message starts a new
 		// PQXDH run with a bundle from a's relay.
