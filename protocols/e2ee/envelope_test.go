@@ -409,6 +409,11 @@ func TestEnvelopeOpenRejects(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The sender's true identity checks out first and is remembered; a
+	// forged binding of the same keys must still fail below.
+	if _, err := mk.OpenEnvelope(env); err != nil {
+		t.Fatal(err)
+	}
 	flip := func(i int) []byte {
 		b := bytes.Clone(env)
 		b[i] ^= 0x80
@@ -426,6 +431,8 @@ func TestEnvelopeOpenRejects(t *testing.T) {
 	badBinding := c.Sender.toWire()
 	badBinding.Binding = bytes.Clone(badBinding.Binding)
 	badBinding.Binding[0] ^= 1
+	otherDH := c.Sender.toWire()
+	otherDH.DhKey = skTestIdentity(t, "another sender").Public().DH.Bytes()
 
 	tests := []struct {
 		name string
@@ -451,6 +458,7 @@ func TestEnvelopeOpenRejects(t *testing.T) {
 		{"content version 2", inner(func(m *pb.EnvelopeContent) { m.Version = 2 }), ErrVersion},
 		{"no sender", inner(func(m *pb.EnvelopeContent) { m.Sender = nil }), ErrMalformed},
 		{"sender binding forged", inner(func(m *pb.EnvelopeContent) { m.Sender = badBinding }), ErrSignature},
+		{"sender DH key swapped", inner(func(m *pb.EnvelopeContent) { m.Sender = otherDH }), ErrSignature},
 		{"content type 0", inner(func(m *pb.EnvelopeContent) { m.ContentType = 0 }), ErrMalformed},
 		{"content type 256", inner(func(m *pb.EnvelopeContent) { m.ContentType = 256 }), ErrMalformed},
 		{"empty payload", inner(func(m *pb.EnvelopeContent) { m.Payload = nil }), ErrMalformed},

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"sync"
 
 	"google.golang.org/protobuf/proto"
 
@@ -201,6 +202,32 @@ func ParsePublicIdentity(b []byte) (PublicIdentity, error) {
 }
 
 func publicIdentityFromWire(m *pb.PublicIdentity) (PublicIdentity, error) {
+	return (*bindingCache)(nil).identity(m)
+}
+
+// maxCachedBindings bounds a bindingCache: far more senders than a family
+// has, about 40 KB.
+const maxCachedBindings = 256
+
+// bindingCache remembers public identities whose binding signature
+// verified. An entry is the whole input of the check (signing key, DH key,
+// signature), so a hit stands for exactly the check that passed before;
+// anything that differs in one bit is verified afresh. A nil cache
+// verifies every time.
+type bindingCache struct {
+	mu sync.Mutex
+	ok map[[bindingCacheKeySize]byte]struct{}
+}
+
+const bindingCacheKeySize = ed25519.PublicKeySize + 32 + ed25519.SignatureSize
+
+func newBindingCache() *bindingCache {
+	return &bindingCache{ok: make(map[[bindingCacheKeySize]byte]struct{})}
+}
+
+// identity converts m, checking its binding signature unless the same
+// identity checked out before.
+func (c *bindingCache) identity(m *pb.PublicIdentity) (PublicIdentity, error) {
 	if m.GetVersion() != identityVersion {
 		return PublicIdentity{}, fmt.Errorf("public identity version %d: %w", m.GetVersion(), ErrVersion)
 	}
@@ -212,8 +239,31 @@ func publicIdentityFromWire(m *pb.PublicIdentity) (PublicIdentity, error) {
 		return PublicIdentity{}, fmt.Errorf("public identity dh key: %w", ErrMalformed)
 	}
 	p := PublicIdentity{Sign: ed25519.PublicKey(m.SignKey), DH: dh, Binding: m.Binding}
+	var key [bindingCacheKeySize]byte
+	copy(key[:], m.SignKey)
+	copy(key[ed25519.PublicKeySize:], m.DhKey)
+	copy(key[ed25519.PublicKeySize+32:], m.Binding)
+	if c != nil {
+		c.mu.Lock()
+		_, hit := c.ok[key]
+		c.mu.Unlock()
+		if hit {
+			return p, nil
+		}
+	}
 	if err := p.Verify(bindingMessage(dh), m.Binding); err != nil {
 		return PublicIdentity{}, fmt.Errorf("public identity binding: %w", err)
+	}
+	if c != nil {
+		c.mu.Lock()
+		if len(c.ok) >= maxCachedBindings {
+			for k := range c.ok { // drop any one: a miss only costs a check
+				delete(c.ok, k)
+				break
+			}
+		}
+		c.ok[key] = struct{}{}
+		c.mu.Unlock()
 	}
 	return p, nil
 }
