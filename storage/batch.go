@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -102,6 +103,70 @@ func (b *Batch) Commit(ctx context.Context) error { return b.commit(ctx, true) }
 // the operating system's cache), not a power loss: use it for state that
 // can be recomputed or repeated, never for a promise made to someone else.
 func (b *Batch) CommitUnsynced(ctx context.Context) error { return b.commit(ctx, false) }
+
+// CommitAsync writes every operation atomically like CommitUnsynced, but
+// returns once the batch has its place in the store's order of commits,
+// before it is written. A read that starts after CommitAsync returns sees
+// the batch (Badger's reads wait for the commits ordered before them), and
+// a commit that returns after it was written after it, so a Sync after
+// that covers both. done, if not nil, is called with the outcome, from
+// another goroutine. A batch with deletes (a delete reads its key, so its
+// transaction could conflict with another) is committed as CommitUnsynced
+// does and done called before CommitAsync returns. Use it where even
+// CommitUnsynced's wait is too long, for state that can be recomputed or
+// repeated.
+func (b *Batch) CommitAsync(ctx context.Context, done func(error)) error {
+	if done == nil {
+		done = func(error) {}
+	}
+	b.mu.Lock()
+	if slices.ContainsFunc(b.ops, func(w write) bool { return w.del }) {
+		b.mu.Unlock()
+		err := b.commit(ctx, false)
+		done(err)
+		return err
+	}
+	defer b.mu.Unlock()
+	if b.err != nil {
+		return b.err
+	}
+	if err := b.s.acquire(); err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		b.s.release()
+		return err
+	}
+	if len(b.ops) == 0 {
+		b.s.release()
+		go done(nil)
+		return nil
+	}
+	txn := b.s.db.NewTransaction(true)
+	for _, w := range b.ops {
+		if err := w.apply(b.s, txn); err != nil {
+			txn.Discard()
+			b.s.release()
+			if errors.Is(err, badger.ErrTxnTooBig) {
+				err = ErrTooLarge
+			}
+			return fmt.Errorf("storage: commit batch of %d: %w", len(b.ops), err)
+		}
+	}
+	n := len(b.ops)
+	txn.CommitWith(func(err error) {
+		defer b.s.release()
+		if err != nil {
+			done(fmt.Errorf("storage: commit batch of %d: %w", n, err))
+			return
+		}
+		b.s.kickCompact()
+		b.s.noteWrite(0)
+		done(nil)
+	})
+	b.ops = nil
+	return nil
+}
 
 // Sync flushes every write committed so far (CommitUnsynced batches, and
 // single writes of a store opened WithSyncWrites(false)) to disk. Callers

@@ -1401,3 +1401,70 @@ func TestSync(t *testing.T) {
 		t.Fatalf("Sync after Close = %v, want ErrClosed", err)
 	}
 }
+
+func TestBatchCommitAsync(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	s, err := storage.Open(dir, storage.WithSyncWrites(false), storage.WithSweepInterval(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns := s.Namespace("t")
+	const n = 200
+	outcomes := make(chan error, n+1)
+	for i := range n {
+		k := fmt.Sprint("k", i)
+		b := s.NewBatch()
+		if err := b.Put(ns, k, []byte(k)); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.PutTTL(ns, k+"/ttl", []byte(k), time.Hour); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.CommitAsync(ctx, func(err error) { outcomes <- err }); err != nil {
+			t.Fatalf("CommitAsync: %v", err)
+		}
+		// Visible to any read that starts after it returned, written or not.
+		mustGet(t, ns, k, []byte(k))
+		mustGet(t, ns, k+"/ttl", []byte(k))
+	}
+	// A delete could conflict: committed before CommitAsync returns.
+	b := s.NewBatch()
+	if err := b.Delete(ns, "k0"); err != nil {
+		t.Fatal(err)
+	}
+	returned := false
+	if err := b.CommitAsync(ctx, func(err error) {
+		if returned {
+			t.Error("done of a batch with a delete called after CommitAsync returned")
+		}
+		outcomes <- err
+	}); err != nil {
+		t.Fatalf("CommitAsync with a delete: %v", err)
+	}
+	returned = true
+	if _, err := ns.Get(ctx, "k0"); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("Get of the deleted key = %v, want ErrNotFound", err)
+	}
+	// Close waits for the commits in flight; they are all there after.
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for range n + 1 {
+		if err := <-outcomes; err != nil {
+			t.Fatalf("done(%v), want nil", err)
+		}
+	}
+	if err := b.Put(ns, "late", []byte("v")); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.CommitAsync(ctx, nil); !errors.Is(err, storage.ErrClosed) {
+		t.Fatalf("CommitAsync after Close = %v, want ErrClosed", err)
+	}
+	s = open(t, dir)
+	ns = s.Namespace("t")
+	for i := 1; i < n; i++ {
+		k := fmt.Sprint("k", i)
+		mustGet(t, ns, k, []byte(k))
+	}
+}
