@@ -2,6 +2,8 @@ package message
 
 import (
 	"context"
+	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -77,5 +79,50 @@ func TestDirectStreamReused(t *testing.T) {
 	}
 	if got := pooledIDs(a, b.h.ID()); len(got) != 1 || got[0] == first[0] {
 		t.Fatalf("a keeps streams %v, want one fresh stream (not %s)", got, first[0])
+	}
+}
+
+// TestStoredStateFollowsEvents: whenever a state event arrives, reading
+// the conversation shows that state or a later one. The transport record
+// behind "sent" doesn't wait for its write (storage.Batch.CommitAsync), so
+// this fails if a read could still find the older state.
+func TestStoredStateFollowsEvents(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	_, a, b := pair(t, ctx)
+	connect(t, ctx, a, b)
+	checked := map[State]int{}
+	for i := range 40 {
+		m, err := a.svc.Send(ctx, b.me(), fmt.Sprint("message ", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for delivered := false; !delivered; {
+			var e Event
+			select {
+			case e = <-a.events:
+			case <-ctx.Done():
+				t.Fatalf("message %d never delivered", i)
+			}
+			if e.Type != "state" || e.Message == nil || e.Message.ID != m.ID {
+				continue
+			}
+			ms, err := a.svc.Messages(ctx, string(b.me()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			k := slices.IndexFunc(ms, func(x Message) bool { return x.ID == m.ID })
+			if k < 0 {
+				t.Fatalf("message %s not stored", m.ID)
+			}
+			if got := ms[k].State; got.rank() < e.Message.State.rank() {
+				t.Fatalf("after the %s event the store says %s", e.Message.State, got)
+			}
+			checked[e.Message.State]++
+			delivered = e.Message.State == StateDelivered
+		}
+	}
+	if checked[StateSent] == 0 {
+		t.Fatalf("no sent event checked (%v)", checked)
 	}
 }

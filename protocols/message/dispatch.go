@@ -571,8 +571,9 @@ func (s *Service) recordTransportChunk(rec contact.Signed, jobs []*job, sent []b
 	defer s.mu.Unlock()
 	t := s.begin()
 	// Transport bookkeeping: if lost, the job is simply moved again and the
-	// recipient drops the duplicate.
-	t.lazy = true
+	// recipient drops the duplicate. Not even the write is waited for: the
+	// state event goes out at once, and reads after it see the new state.
+	t.lazy, t.async = true, true
 	var changed []*Message
 	moved := 0
 	for i, j := range jobs {

@@ -171,7 +171,11 @@ type tx struct {
 	// lazy commits without waiting for the disk: for changes that can be
 	// recomputed or repeated (transport bookkeeping, receipts), never for
 	// a message we promise to keep.
-	lazy   bool
+	lazy bool
+	// async (lazy, and no new jobs) doesn't even wait for the write: the
+	// commit returns once it is ordered (storage.Batch.CommitAsync), so a
+	// read after it sees it, and the next commit's sync covers it.
+	async  bool
 	after  []func() // run after a successful commit
 	events []Event  // emitted once durable (receive)
 	gen    uint64   // write generation of the flushed batch (0: nothing written)
@@ -513,10 +517,22 @@ func (t *tx) flush() error {
 	if t.b.Len() == 0 {
 		return nil
 	}
-	if err := t.b.CommitUnsynced(t.ctx()); err != nil {
-		return fmt.Errorf("message: commit: %w", err)
+	if t.async && t.lazy && len(t.newJobs) == 0 {
+		// No generation: nothing needs this batch on disk.
+		err := t.b.CommitAsync(t.ctx(), func(err error) {
+			if err != nil {
+				t.s.log.Warn("recording delivery state failed", "err", err)
+			}
+		})
+		if err != nil {
+			return fmt.Errorf("message: commit: %w", err)
+		}
+	} else {
+		if err := t.b.CommitUnsynced(t.ctx()); err != nil {
+			return fmt.Errorf("message: commit: %w", err)
+		}
+		t.gen = t.s.eng.sync.wrote()
 	}
-	t.gen = t.s.eng.sync.wrote()
 	idx.apply(t)
 	t.s.eng.msgs.put(t.msgs)
 	for a := range t.newSessions {
