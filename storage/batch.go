@@ -181,7 +181,7 @@ func (s *Store) Sync(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if err := s.db.Sync(); err != nil {
+	if err := s.syncAll(); err != nil {
 		return fmt.Errorf("storage: sync: %w", err)
 	}
 	return nil

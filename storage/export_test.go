@@ -60,3 +60,11 @@ func BadgerOptions(dir string, p Profile, sync bool) badger.Options {
 
 // CollectGarbage runs value-log GC now.
 func CollectGarbage(s *Store) { s.collectGarbage(s.ctx) }
+
+// OnLogSynced makes s call f with the name of every log file its Sync
+// syncs beyond Badger's DB.Sync, and "." for the directory.
+func OnLogSynced(s *Store, f func(name string)) {
+	s.logs.mu.Lock()
+	defer s.logs.mu.Unlock()
+	s.logs.synced = f
+}

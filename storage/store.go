@@ -63,6 +63,7 @@ type Store struct {
 	sweepMu     sync.Mutex   // one sweep at a time
 	closeOnce   sync.Once
 	closeErr    error
+	logs        logSync
 }
 
 // Open opens the store in dir, creating dir (mode 0700), the Badger files and
@@ -230,7 +231,7 @@ func (s *Store) Close() error {
 		s.mu.Unlock()
 		s.bg.Wait()
 		s.ops.Wait()
-		if err := s.db.Close(); err != nil {
+		if err := errors.Join(s.db.Close(), s.logs.close()); err != nil {
 			s.closeErr = fmt.Errorf("storage: close %s: %w", s.dir, err)
 		}
 		s.log.Debug("store closed", "dir", s.dir)
@@ -402,10 +403,19 @@ func (s *Store) update(sync bool, fn func(txn *badger.Txn) error) error {
 		s.kickCompact()
 		s.noteWrite(0)
 		if sync && !s.cfg.syncWrites {
-			return s.db.Sync()
+			return s.syncAll()
 		}
 		return nil
 	}
+}
+
+// syncAll is DB.Sync made whole: it also syncs the logs Badger retired
+// unsynced (logSync).
+func (s *Store) syncAll() error {
+	if err := s.db.Sync(); err != nil {
+		return err
+	}
+	return s.logs.sync(s.dir)
 }
 
 // background runs the periodic sweep and value-log GC until Close.
