@@ -468,6 +468,19 @@ func (s *Store) collectGarbage(ctx context.Context) {
 		err := s.db.RunValueLogGC(gcDiscardRatio)
 		switch {
 		case err == nil:
+			// Badger moved the file's live values with writes of its own,
+			// unsynced on a store that doesn't sync every write, and has
+			// deleted the file already: sync them now, or the deletion
+			// could reach the disk seconds before the values it moved
+			// (the kernel's journal commits every few seconds, its
+			// writeback after half a minute) and a power loss between
+			// would lose them (TestGCSyncsMovedValues).
+			if !s.cfg.syncWrites {
+				if err := s.syncAll(); err != nil {
+					s.log.Warn("syncing after value-log GC failed", "err", err)
+					return
+				}
+			}
 			continue
 		case errors.Is(err, badger.ErrNoRewrite), errors.Is(err, badger.ErrRejected):
 			if rounds > 0 {
