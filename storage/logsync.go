@@ -3,8 +3,10 @@ package storage
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -25,18 +27,15 @@ import (
 // (a file whose entry is not on disk is gone after a power loss, whatever
 // was synced into it).
 //
-// Listing the directory on every Sync costs about 20 µs; instead, Sync
-// first checks that the newest log of each kind is still there and the
-// next one (Badger numbers them one up) isn't yet: a memtable log is
-// deleted only after the ones before it (flushes go in order), and the
-// newest value log is never collected, so then nothing came or retired
-// since the last listing.
+// Sync lists the directory each time (one lseek and getdents on the open
+// directory) and stops there when the log files are the same as last time:
+// Badger never deletes the newest log of a kind and never reuses a number,
+// so a rotation since always shows as a new name.
 type logSync struct {
 	mu      sync.Mutex
 	retired map[string]bool   // log files synced since they stopped being the newest
-	known   map[string]bool   // log files whose directory entry is synced
-	newest  [2]string         // by kind, the newest log file at the last listing ("": none)
-	dirFile *os.File          // the directory, open for unchanged's lookups; closed by close
+	last    []string          // the log files at the last listing, sorted
+	dirFile *os.File          // the directory, kept open; closed by close
 	synced  func(name string) // test hook: a log file (or "." for the directory) was synced
 }
 
@@ -49,65 +48,52 @@ var logSuffixes = [...]string{".mem", ".vlog"}
 func (l *logSync) sync(dir string) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.retired == nil {
-		l.retired = map[string]bool{}
-	}
-	if l.unchanged(dir) {
-		return nil
-	}
-	ents, err := os.ReadDir(dir)
+	names, err := l.list(dir)
 	if err != nil {
 		return fmt.Errorf("list %s: %w", dir, err)
+	}
+	var logs []string
+	for _, n := range names {
+		if _, _, ok := logKind(n); ok {
+			logs = append(logs, n)
+		}
+	}
+	slices.Sort(logs)
+	if slices.Equal(logs, l.last) {
+		return nil
 	}
 	var newest [len(logSuffixes)]int64 // fids
 	for k := range newest {
 		newest[k] = -1
 	}
-	type logFile struct {
-		name string
-		kind int
-		fid  int64
+	for _, n := range logs {
+		k, fid, _ := logKind(n)
+		newest[k] = max(newest[k], fid)
 	}
-	var logs []logFile
-	for _, e := range ents {
-		for k, suffix := range logSuffixes {
-			fid, ok := logFID(e.Name(), suffix)
-			if !ok {
-				continue
-			}
-			logs = append(logs, logFile{e.Name(), k, fid})
-			newest[k] = max(newest[k], fid)
-		}
-	}
-	l.newest = [2]string{}
-	for _, f := range logs {
-		if f.fid == newest[f.kind] {
-			l.newest[f.kind] = f.name
-		}
+	if l.retired == nil {
+		l.retired = map[string]bool{}
 	}
 	present := make(map[string]bool, len(logs))
-	newFile := false
-	for _, f := range logs {
-		present[f.name] = true
-		if !l.known[f.name] {
-			newFile = true
-		}
-		if f.fid == newest[f.kind] || l.retired[f.name] {
+	for _, n := range logs {
+		present[n] = true
+		k, fid, _ := logKind(n)
+		if fid == newest[k] || l.retired[n] {
 			continue
 		}
-		switch err := syncFile(filepath.Join(dir, f.name)); {
+		switch err := syncFile(filepath.Join(dir, n)); {
 		case os.IsNotExist(err):
 			// Flushed to a (synced) table and deleted meanwhile.
 		case err != nil:
-			return fmt.Errorf("sync %s: %w", f.name, err)
+			return fmt.Errorf("sync %s: %w", n, err)
 		default:
 			if l.synced != nil {
-				l.synced(f.name)
+				l.synced(n)
 			}
 		}
-		l.retired[f.name] = true
+		l.retired[n] = true
 	}
-	if newFile {
+	// A log file not listed last time is new: sync its directory entry.
+	if slices.ContainsFunc(logs, func(n string) bool { _, found := slices.BinarySearch(l.last, n); return !found }) {
 		if err := syncFile(dir); err != nil {
 			return fmt.Errorf("sync directory %s: %w", dir, err)
 		}
@@ -115,38 +101,22 @@ func (l *logSync) sync(dir string) error {
 			l.synced(".")
 		}
 	}
-	// Forget files that are gone; remember the ones whose entries are now on
-	// disk.
-	l.known, l.retired = present, pruned(l.retired, present)
+	l.last, l.retired = logs, pruned(l.retired, present)
 	return nil
 }
 
-// unchanged reports whether no log file can have come or retired since
-// the last listing: the newest of each kind is still there and the one
-// after it isn't.
-func (l *logSync) unchanged(dir string) bool {
+// list returns the names in dir, read through the directory kept open.
+func (l *logSync) list(dir string) ([]string, error) {
 	if l.dirFile == nil {
 		d, err := os.Open(dir)
 		if err != nil {
-			return false
+			return nil, err
 		}
 		l.dirFile = d
+	} else if _, err := l.dirFile.Seek(0, io.SeekStart); err != nil {
+		return nil, err
 	}
-	for k, name := range l.newest {
-		if name == "" {
-			return false
-		}
-		digits := strings.TrimSuffix(name, logSuffixes[k])
-		fid, _ := strconv.ParseInt(digits, 10, 64)
-		next := fmt.Sprintf("%0*d%s", len(digits), fid+1, logSuffixes[k])
-		if exists, err := existsIn(l.dirFile, name); err != nil || !exists {
-			return false
-		}
-		if exists, err := existsIn(l.dirFile, next); err != nil || exists {
-			return false
-		}
-	}
-	return true
+	return l.dirFile.Readdirnames(-1)
 }
 
 // close releases the directory; a later sync opens it again.
@@ -171,14 +141,18 @@ func pruned(m, keep map[string]bool) map[string]bool {
 	return out
 }
 
-// logFID returns the file id of a Badger log file name with suffix.
-func logFID(name, suffix string) (int64, bool) {
-	digits, ok := strings.CutSuffix(name, suffix)
-	if !ok || digits == "" {
-		return 0, false
+// logKind returns the kind (index in logSuffixes) and file id of a
+// Badger log file name.
+func logKind(name string) (kind int, fid int64, ok bool) {
+	for k, suffix := range logSuffixes {
+		digits, found := strings.CutSuffix(name, suffix)
+		if !found || digits == "" {
+			continue
+		}
+		fid, err := strconv.ParseInt(digits, 10, 64)
+		return k, fid, err == nil && fid >= 0
 	}
-	fid, err := strconv.ParseInt(digits, 10, 64)
-	return fid, err == nil && fid >= 0
+	return 0, 0, false
 }
 
 func syncFile(path string) error {
