@@ -30,11 +30,12 @@ import (
 // Sync lists the directory each time (one lseek and getdents on the open
 // directory) and stops there when the log files are the same as last time:
 // Badger never deletes the newest log of a kind and never reuses a number,
-// so a rotation since always shows as a new name.
+// so a rotation since always shows as a new name. Otherwise it syncs the
+// logs that retired since: not the newest now, and unlisted or the newest
+// at the last listing.
 type logSync struct {
 	mu      sync.Mutex
-	retired map[string]bool   // log files synced since they stopped being the newest
-	last    []string          // the log files at the last listing, sorted
+	last    []string          // the log files at the last complete listing, sorted
 	dirFile *os.File          // the directory, kept open; closed by close
 	synced  func(name string) // test hook: a log file (or "." for the directory) was synced
 }
@@ -62,22 +63,15 @@ func (l *logSync) sync(dir string) error {
 	if slices.Equal(logs, l.last) {
 		return nil
 	}
-	var newest [len(logSuffixes)]int64 // fids
-	for k := range newest {
-		newest[k] = -1
-	}
+	newest, wasNewest := newestLogs(logs), newestLogs(l.last)
+	isNew := false
 	for _, n := range logs {
-		k, fid, _ := logKind(n)
-		newest[k] = max(newest[k], fid)
-	}
-	if l.retired == nil {
-		l.retired = map[string]bool{}
-	}
-	present := make(map[string]bool, len(logs))
-	for _, n := range logs {
-		present[n] = true
-		k, fid, _ := logKind(n)
-		if fid == newest[k] || l.retired[n] {
+		k, _, _ := logKind(n)
+		_, listed := slices.BinarySearch(l.last, n)
+		isNew = isNew || !listed
+		// The newest of its kind is DB.Sync's; one that had retired by
+		// the last listing was synced then.
+		if n == newest[k] || (listed && n != wasNewest[k]) {
 			continue
 		}
 		switch err := syncFile(filepath.Join(dir, n)); {
@@ -85,15 +79,11 @@ func (l *logSync) sync(dir string) error {
 			// Flushed to a (synced) table and deleted meanwhile.
 		case err != nil:
 			return fmt.Errorf("sync %s: %w", n, err)
-		default:
-			if l.synced != nil {
-				l.synced(n)
-			}
+		case l.synced != nil:
+			l.synced(n)
 		}
-		l.retired[n] = true
 	}
-	// A log file not listed last time is new: sync its directory entry.
-	if slices.ContainsFunc(logs, func(n string) bool { _, found := slices.BinarySearch(l.last, n); return !found }) {
+	if isNew {
 		if err := syncFile(dir); err != nil {
 			return fmt.Errorf("sync directory %s: %w", dir, err)
 		}
@@ -101,8 +91,21 @@ func (l *logSync) sync(dir string) error {
 			l.synced(".")
 		}
 	}
-	l.last, l.retired = logs, pruned(l.retired, present)
+	l.last = logs
 	return nil
+}
+
+// newestLogs returns, by kind, the name of the newest of logs ("": none).
+func newestLogs(logs []string) [len(logSuffixes)]string {
+	var names [len(logSuffixes)]string
+	var fids [len(logSuffixes)]int64
+	for _, n := range logs {
+		k, fid, _ := logKind(n)
+		if names[k] == "" || fid > fids[k] {
+			names[k], fids[k] = n, fid
+		}
+	}
+	return names
 }
 
 // list returns the names in dir, read through the directory kept open.
@@ -129,16 +132,6 @@ func (l *logSync) close() error {
 	err := l.dirFile.Close()
 	l.dirFile = nil
 	return err
-}
-
-func pruned(m, keep map[string]bool) map[string]bool {
-	out := make(map[string]bool, len(m))
-	for k, v := range m {
-		if keep[k] {
-			out[k] = v
-		}
-	}
-	return out
 }
 
 // logKind returns the kind (index in logSuffixes) and file id of a
