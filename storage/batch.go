@@ -143,15 +143,13 @@ func (b *Batch) CommitAsync(ctx context.Context, done func(error)) error {
 		return nil
 	}
 	txn := b.s.db.NewTransaction(true)
-	for _, w := range b.ops {
-		if err := w.apply(b.s, txn); err != nil {
-			txn.Discard()
-			b.s.release()
-			if errors.Is(err, badger.ErrTxnTooBig) {
-				err = ErrTooLarge
-			}
-			return fmt.Errorf("storage: commit batch of %d: %w", len(b.ops), err)
+	if err := b.apply(txn); err != nil {
+		txn.Discard()
+		b.s.release()
+		if errors.Is(err, badger.ErrTxnTooBig) {
+			err = ErrTooLarge
 		}
+		return fmt.Errorf("storage: commit batch of %d: %w", len(b.ops), err)
 	}
 	n := len(b.ops)
 	txn.CommitWith(func(err error) {
@@ -203,20 +201,22 @@ func (b *Batch) commit(ctx context.Context, sync bool) error {
 	if len(b.ops) == 0 {
 		return nil
 	}
-	err := b.s.update(sync, func(txn *badger.Txn) error {
-		for _, w := range b.ops {
-			if err := w.apply(b.s, txn); err != nil {
-				if errors.Is(err, badger.ErrTxnTooBig) {
-					return err
-				}
-				return fmt.Errorf("%s/%q: %w", w.ns, w.key, err)
-			}
-		}
-		return nil
-	})
-	if err != nil {
+	if err := b.s.update(sync, b.apply); err != nil {
 		return fmt.Errorf("storage: commit batch of %d: %w", len(b.ops), err)
 	}
 	b.ops = nil
+	return nil
+}
+
+// apply stages the batch's operations in txn. Called with b.mu held.
+func (b *Batch) apply(txn *badger.Txn) error {
+	for _, w := range b.ops {
+		if err := w.apply(b.s, txn); err != nil {
+			if errors.Is(err, badger.ErrTxnTooBig) {
+				return err
+			}
+			return fmt.Errorf("%s/%q: %w", w.ns, w.key, err)
+		}
+	}
 	return nil
 }
