@@ -145,7 +145,12 @@ func TestAllocate(t *testing.T) {
 	if n, _, err = relay.ReadFrom(buf); err != nil || string(buf[:n]) != "and back" {
 		t.Fatalf("relay read %q, %v", buf[:n], err)
 	}
-	if st := s.Stats(); st.RelayedBytes != int64(len(msg)+len("and back")) || st.RelayedPackets != 2 {
+	// The relay counts a packet once its send returns, which may be after
+	// the peer has already answered it: wait for both counts, then check
+	// nothing else was counted.
+	want := int64(len(msg) + len("and back"))
+	waitFor(t, func() bool { st := s.Stats(); return st.RelayedBytes >= want && st.RelayedPackets >= 2 }, "both packets to be counted")
+	if st := s.Stats(); st.RelayedBytes != want || st.RelayedPackets != 2 {
 		t.Errorf("relayed %d bytes in %d packets, want %d in 2", st.RelayedBytes, st.RelayedPackets, len(msg)+8)
 	}
 
