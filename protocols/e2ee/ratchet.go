@@ -112,6 +112,14 @@ type drState struct {
 
 	hasDHr, hasCKs, hasCKr, hasHKs, hasHKr bool
 
+	// The sending chain as persisted (Marshal): its key resCK at index
+	// resN ≥ ns. The keys from ns up to resN are reserved: a state
+	// restored after a crash starts at resN, so a message encrypted with
+	// one of them may leave before the state that encrypted it is on disk
+	// (reserve).
+	resN  uint32
+	resCK drKey
+
 	skipped drSkipped
 
 	// AEADs of hks and hkr, made on first use and shared by copies (they
@@ -150,6 +158,7 @@ func drInitAlice(rk, hka, nhkb drKey, bob *ecdh.PublicKey, rand io.Reader) (drSt
 	}
 	s.rk, s.cks, s.nhks = drKDFRoot(&rk, dh)
 	s.hasCKs = true
+	s.reserve()
 	s.hks, s.hasHKs = hka, true
 	s.nhkr = nhkb
 	return s, nil
@@ -233,10 +242,37 @@ func (s *drState) nextSendKey() (mk drKey, h drHeader, err error) {
 	if s.ns == math.MaxUint32 {
 		return mk, h, fmt.Errorf("ratchet: sending chain exhausted: %w", ErrTooLarge)
 	}
+	if s.ns >= s.resN {
+		s.reserve() // key ns is the persisted one: persist keys past it
+	}
 	h = drHeader{dh: s.dhsPub, pn: s.pn, n: s.ns}
 	s.cks, mk = drKDFChain(&s.cks)
 	s.ns++
 	return mk, h, nil
+}
+
+// SendReserve is how many message keys of its sending chain a session
+// persists past the next one it will use (Marshal writes the chain as it
+// will be SendReserve messages on). A session restored after a crash
+// therefore never uses a message key the lost state may have used, and a
+// message encrypted within the reservation may leave before the state
+// that encrypted it is on disk, as long as the state that made the
+// reservation is (Session.StoresAs). The price of a crash is a gap of at
+// most SendReserve message numbers, which the receiver skips.
+const SendReserve = 32
+
+// reserve moves the persisted sending chain SendReserve keys past ns
+// (fewer at the end of the chain's numbering).
+func (s *drState) reserve() {
+	ck, n := s.cks, s.ns
+	for range SendReserve {
+		if n == math.MaxUint32 {
+			break
+		}
+		ck = drHMACByte(&ck, 0x02)
+		n++
+	}
+	s.resN, s.resCK = n, ck
 }
 
 // nextRecvKey advances the receiving chain by one and returns the key of
@@ -310,6 +346,7 @@ func (s *drState) ratchetStep(remote drKey, rand io.Reader) error {
 	s.setDHs(priv)
 	s.rk, s.cks, s.nhks = drKDFRoot(&s.rk, dh2)
 	s.hasCKs = true
+	s.reserve()
 	return nil
 }
 

@@ -13,7 +13,9 @@ package e2ee
 //
 // A crash before store leaves the old state, which decrypts msg again; after
 // store, msg decrypts no more (ErrReplay or ErrDecrypt) and changes nothing.
-// For Encrypt, persist next before sending the message.
+// For Encrypt, persist next before sending the message, unless
+// next.StoresAs(s) and s is already on disk: then next persists as s does,
+// and s has reserved the message's key (SendReserve).
 
 import (
 	"bytes"
@@ -24,6 +26,7 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"io"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -76,6 +79,24 @@ type Session struct {
 	c       *sessionConst // shared by all states of the session
 	pending *pxInitial    // initiator's PQXDH data, until the first reply
 	st      drState
+	// stored names what Marshal would write: a state made by changing
+	// it gets a new number (nextStored), one whose change Marshal doesn't
+	// show (an Encrypt within the reservation) keeps its origin's.
+	stored uint64
+}
+
+// storedSeq numbers the persisted forms of sessions (Session.stored).
+var storedSeq atomic.Uint64
+
+func nextStored() uint64 { return storedSeq.Add(1) }
+
+// StoresAs reports whether s persists as o does: s is o, or came from it
+// by Encrypts within the sending chain o has reserved (SendReserve), so
+// Marshal writes the same state for both. A message s encrypted may then
+// leave once o's state is on disk: a crash can't make its message key be
+// used again.
+func (s *Session) StoresAs(o *Session) bool {
+	return s == o || (o != nil && s.c == o.c && s.stored == o.stored)
 }
 
 // sessionConst is the part of a session that never changes, kept apart so
@@ -110,7 +131,7 @@ func Initiate(self *Identity, b *Bundle, opts ...SessionOption) (*Session, error
 	}
 	c := &sessionConst{local: self.Public(), remote: b.Identity, ad: ad, hdrAD: drHeaderAD(ad), initiator: true, env: env}
 	copy(c.baseKey[:], in.ephemeral.Bytes())
-	return &Session{c: c, pending: &in, st: st}, nil
+	return &Session{c: c, pending: &in, st: st, stored: nextStored()}, nil
 }
 
 // Respond accepts an initial message: it runs PQXDH with self's prekeys in
@@ -131,7 +152,7 @@ func Respond(self *Identity, store *PrekeyStore, msg, ad []byte, opts ...Session
 	rk, hka, nhkb := drDeriveInit(sk)
 	c := &sessionConst{local: self.Public(), remote: in.identity, ad: sad, hdrAD: drHeaderAD(sad), env: env}
 	copy(c.baseKey[:], in.ephemeral.Bytes())
-	s = &Session{c: c, st: drInitBob(rk, hka, nhkb, spk)}
+	s = &Session{c: c, st: drInitBob(rk, hka, nhkb, spk), stored: nextStored()}
 	pt, next, err := s.open(inner, ad)
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("respond: %w", err)
@@ -179,6 +200,9 @@ func (s *Session) Encrypt(plaintext, ad []byte) (msg []byte, next *Session, err 
 	out, err := n.st.encryptHE(plaintext, s.c.ad, s.c.hdrAD, ad, s.c.env.rand)
 	if err != nil {
 		return nil, nil, fmt.Errorf("encrypt: %w", err)
+	}
+	if n.st.resN != s.st.resN || n.st.skipped.total != s.st.skipped.total {
+		n.stored = nextStored()
 	}
 	if n.pending != nil {
 		out = pxMarshalInitial(n.pending, out)
@@ -228,6 +252,7 @@ func (s *Session) open(msg, ad []byte) ([]byte, *Session, error) {
 		return nil, nil, fmt.Errorf("decrypt: %w", err)
 	}
 	n.pending = nil // the peer has the session: stop sending PQXDH data
+	n.stored = nextStored()
 	return pt, &n, nil
 }
 
@@ -245,9 +270,9 @@ func (s *Session) Marshal() []byte {
 		RootKey:           bytes.Clone(st.rk[:]),
 		SendRatchetKey:    st.dhs.Bytes(),
 		RecvRatchetKey:    opt(st.dhr, st.hasDHr),
-		SendChainKey:      opt(st.cks, st.hasCKs),
+		SendChainKey:      opt(st.resCK, st.hasCKs),
 		RecvChainKey:      opt(st.ckr, st.hasCKr),
-		SendN:             st.ns,
+		SendN:             st.resN,
 		RecvN:             st.nr,
 		PrevN:             st.pn,
 		SendHeaderKey:     opt(st.hks, st.hasHKs),
@@ -304,7 +329,7 @@ func UnmarshalSession(b []byte, opts ...SessionOption) (*Session, error) {
 	c := &sessionConst{local: local, remote: remote, ad: bytes.Clone(m.AssociatedData), initiator: m.Initiator, env: newSessionEnv(opts)}
 	c.hdrAD = drHeaderAD(c.ad)
 	copy(c.baseKey[:], m.BaseKey)
-	s := &Session{c: c}
+	s := &Session{c: c, stored: nextStored()}
 	if m.Pending != nil {
 		p := m.Pending
 		ek, err := ecdh.X25519().NewPublicKey(p.EphemeralKey)
@@ -369,6 +394,7 @@ func drStateFromWire(r *pb.RatchetState) (drState, error) {
 	}
 	st.setDHs(priv)
 	st.ns, st.nr, st.pn = r.SendN, r.RecvN, r.PrevN
+	st.resN, st.resCK = st.ns, st.cks // used up: the next Encrypt reserves
 	if len(r.Skipped) > drMaxSkippedChains {
 		return drState{}, bad
 	}

@@ -375,3 +375,50 @@ func drTestConversation(t *testing.T, seed uint64, steps int) {
 	t.Logf("sent %d, delivered %d, dropped %d, duplicates %d, crashes %d, re-decrypts %d, skipped keys %d/%d",
 		sent, got, dropped, dups, crashes, redo, sess[0].st.skipped.total, sess[1].st.skipped.total)
 }
+
+// TestSessionSendReservation: a persisted session reserves SendReserve
+// message keys of its sending chain. Encrypts within them persist as the
+// state they came from (StoresAs), and a session restored from that state
+// after a crash never uses their keys again: the receiver decrypts every
+// message sent before the crash and after it. The first Encrypt past the
+// reservation makes a new one: a state that must be persisted.
+func TestSessionSendReservation(t *testing.T) {
+	p := drTestSetup(t, "reserve")
+	p.recv(t, false, p.send(t, false, "turn"), "turn") // Alice: a new sending chain
+	durable := p.aliceS
+	raw := durable.Marshal()
+	var before [][]byte
+	for i := range SendReserve {
+		before = append(before, p.send(t, true, fmt.Sprint("before ", i)))
+		if !p.aliceS.StoresAs(durable) || !bytes.Equal(p.aliceS.Marshal(), raw) {
+			t.Fatalf("Encrypt %d, within the reservation, changed the persisted state", i)
+		}
+	}
+	_, past, err := p.aliceS.Encrypt([]byte("past the reservation"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if past.StoresAs(durable) || bytes.Equal(past.Marshal(), raw) {
+		t.Error("an Encrypt past the reservation persists as the state before it")
+	}
+
+	// A crash: only raw was on disk.
+	restored, err := UnmarshalSession(raw, p.aliceOpt...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	after, next, err := restored.Encrypt([]byte("after the crash"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if next.StoresAs(restored) {
+		t.Error("the first Encrypt after a restore persists as the restored state")
+	}
+	p.recv(t, true, after, "after the crash")
+	for i, m := range before { // none of their keys was used again
+		p.recv(t, true, m, fmt.Sprint("before ", i))
+	}
+	if !durable.StoresAs(durable) || durable.StoresAs(restored) || restored.StoresAs(nil) {
+		t.Error("StoresAs: wrong for the same state, a restored copy or nil")
+	}
+}
