@@ -78,9 +78,37 @@ const maxCachedSessions = 1024
 // next one), so entries are shared, not copied. Like the message cache it
 // is written under the engine's lock: by tx.flush once a batch is
 // committed, and by tx.Sessions with what it read from the store.
+//
+// It also remembers, for each cached peer's sessions, the write generation
+// (syncer) of the commit that last wrote each one (by session ID), so a
+// message encrypted within a session's reservation (e2ee.SendReserve) can
+// leave once that write is on disk.
 type sessionCache struct {
-	mu sync.Mutex
-	m  map[e2ee.AccountID][]*e2ee.Session
+	mu      sync.Mutex
+	m       map[e2ee.AccountID][]*e2ee.Session
+	written map[e2ee.AccountID]map[string]uint64
+}
+
+// wrote records that the commit of generation gen wrote a's session id.
+func (c *sessionCache) wrote(a e2ee.AccountID, id string, gen uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.written == nil {
+		c.written = map[e2ee.AccountID]map[string]uint64{}
+	}
+	if c.written[a] == nil {
+		c.written[a] = map[string]uint64{}
+	}
+	c.written[a][id] = gen
+}
+
+// writtenAt returns the generation of the last write of a's session id
+// that wrote() recorded.
+func (c *sessionCache) writtenAt(a e2ee.AccountID, id string) (uint64, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	gen, ok := c.written[a][id]
+	return gen, ok
 }
 
 func (c *sessionCache) get(a e2ee.AccountID) ([]*e2ee.Session, bool) {
@@ -99,6 +127,7 @@ func (c *sessionCache) put(a e2ee.AccountID, ss []*e2ee.Session) {
 	if _, ok := c.m[a]; !ok && len(c.m) >= maxCachedSessions {
 		for k := range c.m { // any one: peers are few on a family device
 			delete(c.m, k)
+			delete(c.written, k)
 			break
 		}
 	}

@@ -119,7 +119,7 @@ func (s *Service) loadJobs(to e2ee.AccountID, relays int) ([]*job, error) {
 				return out, err
 			}
 		}
-		j.Key, j.Relays, j.Sent, j.gen = e.key, slices.Clone(e.relays), e.sent, e.gen
+		j.Key, j.Relays, j.Sent, j.gen, j.leave = e.key, slices.Clone(e.relays), e.sent, e.gen, e.leave
 		out = append(out, j)
 	}
 	return out, nil
@@ -154,14 +154,19 @@ func (s *Service) laneRound(to e2ee.AccountID) (busy, progress bool, err error) 
 	for _, u := range units {
 		ready = append(ready, u.jobs...)
 	}
-	// Nothing leaves before the commit that encrypted it is on disk.
-	var gen uint64
+	// Nothing leaves before the session state that reserved its message
+	// key is on disk (the commit that encrypted it, or an earlier one:
+	// job.leave), and nothing is recorded as gone before the commit that
+	// wrote it is (job.gen): so a lone message's own fsync runs while it
+	// travels.
+	var gen, leave uint64
 	for _, j := range ready {
-		gen = max(gen, j.gen)
+		gen, leave = max(gen, j.gen), max(leave, j.leave)
 	}
-	if err := s.eng.sync.wait(s.ctx, s.cfg.Store, gen); err != nil {
+	if err := s.eng.sync.wait(s.ctx, s.cfg.Store, leave); err != nil {
 		return true, false, err
 	}
+	written := func() error { return s.eng.sync.wait(s.ctx, s.cfg.Store, gen) }
 	var sent []bool
 	var deposited map[int][]string
 	if s.connected(rec) {
@@ -183,6 +188,10 @@ func (s *Service) laneRound(to e2ee.AccountID) (busy, progress bool, err error) 
 		direct := make(chan []bool, 1)
 		go func() { direct <- s.tryDirect(rec, units) }()
 		sent, deposited = spread(units, make([]bool, len(units)), s.depositAll(rec, units))
+		if err := written(); err != nil {
+			<-direct
+			return true, false, err
+		}
 		moved, err := s.recordTransport(rec, ready, sent, deposited)
 		if err != nil {
 			<-direct
@@ -190,6 +199,9 @@ func (s *Service) laneRound(to e2ee.AccountID) (busy, progress bool, err error) 
 		}
 		progress = moved > 0
 		sent, deposited = spread(units, <-direct, nil)
+	}
+	if err := written(); err != nil {
+		return true, false, err
 	}
 	moved, err := s.recordTransport(rec, ready, sent, deposited)
 	if err != nil {
@@ -248,7 +260,7 @@ func (s *Service) encryptJobs(rec contact.Signed, jobs []*job) error {
 		return err
 	}
 	for _, j := range jobs {
-		j.gen = max(j.gen, t.gen)
+		j.gen, j.leave = max(j.gen, t.gen), max(j.leave, t.gen)
 	}
 	return nil
 }

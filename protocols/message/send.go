@@ -168,6 +168,7 @@ func (t *tx) stageSend(to e2ee.AccountID, text string) (*Message, error) {
 	switch typ, payload, err := t.ratchetPairwise(rec, content, nil); {
 	case err == nil:
 		j.Type, j.Payload = typ, payload
+		j.leave, j.early = t.reservedLeave(to)
 	case err == errNoSession:
 		j.Content = content
 	default:

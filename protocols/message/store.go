@@ -114,9 +114,13 @@ type job struct {
 	Attempts int      `json:"attempts,omitempty"`
 	LastErr  string   `json:"last_err,omitempty"`
 
-	// gen is the write generation (syncer) that must be on disk before
-	// the envelope leaves: the commit that encrypted it.
-	gen uint64
+	// gen is the write generation (syncer) of the commit that wrote the
+	// job: on disk before its transport is recorded (sent, queued).
+	// leave is the one that must be on disk before the envelope leaves:
+	// gen, or, for a message encrypted within its session's reservation
+	// (early), the earlier commit that wrote that reservation.
+	gen, leave uint64
+	early      bool
 }
 
 // done reports whether the job needs no more transport: handed to the
@@ -159,6 +163,9 @@ type tx struct {
 	shares      map[string]*keyShare            // by group: who holds myKeys[group]
 	memKeys     map[string]*e2ee.SenderKeyState // group + "/" + sender
 	jobSeq      uint64
+
+	// wroteSessions are the sessions flush wrote, as [peer, session ID].
+	wroteSessions [][2]string
 
 	// oldSessions are the sessions this tx loaded as committed before it,
 	// by peer; legacySessions the peers whose sessions are still in the
@@ -318,12 +325,13 @@ func (t *tx) putSessions(a e2ee.AccountID) error {
 	ss, old, legacy := t.sessions[a], t.oldSessions[a], t.legacySessions[a]
 	ids, oldIDs := sessionIDs(ss), sessionIDs(old)
 	for i, sess := range ss {
-		if slices.Contains(old, sess) {
-			continue // unchanged (sessions are values)
+		if slices.ContainsFunc(old, sess.StoresAs) {
+			continue // what is stored for it stays right
 		}
 		if err := t.b.Put(t.s.ns, t.s.keySession(a, ids[i]), sess.Marshal()); err != nil {
 			return err
 		}
+		t.wroteSessions = append(t.wroteSessions, [2]string{string(a), ids[i]})
 	}
 	if legacy || !slices.Equal(ids, oldIDs) {
 		if err := t.put(t.s.keySessions(a), ids); err != nil {
@@ -350,6 +358,32 @@ func sessionIDs(ss []*e2ee.Session) []string {
 		ids[i] = hex.EncodeToString(id[:])
 	}
 	return ids
+}
+
+// movesSessions reports whether flush would write a session.
+func (t *tx) movesSessions() bool {
+	for a := range t.newSessions {
+		for _, sess := range t.sessions[a] {
+			if !slices.ContainsFunc(t.oldSessions[a], sess.StoresAs) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// reservedLeave reports whether the message the current session with a
+// just encrypted is within the reservation (e2ee.SendReserve) of the
+// session's committed state, so that no session write of this tx is
+// needed before it leaves, and returns the generation of the commit that
+// wrote that state.
+func (t *tx) reservedLeave(a e2ee.AccountID) (uint64, bool) {
+	ss := t.sessions[a]
+	if len(ss) == 0 || !slices.ContainsFunc(t.oldSessions[a], ss[0].StoresAs) {
+		return 0, false
+	}
+	id := ss[0].ID()
+	return t.s.eng.sessions.writtenAt(a, hex.EncodeToString(id[:]))
 }
 
 // Prekeys returns our prekey store.
@@ -517,7 +551,7 @@ func (t *tx) flush() error {
 	if t.b.Len() == 0 {
 		return nil
 	}
-	if t.async && t.lazy && len(t.newJobs) == 0 {
+	if t.async && t.lazy && len(t.newJobs) == 0 && len(t.wroteSessions) == 0 {
 		// No generation: nothing needs this batch on disk.
 		err := t.b.CommitAsync(t.ctx(), func(err error) {
 			if err != nil {
@@ -537,6 +571,9 @@ func (t *tx) flush() error {
 	t.s.eng.msgs.put(t.msgs)
 	for a := range t.newSessions {
 		t.s.eng.sessions.put(a, t.sessions[a])
+	}
+	for _, w := range t.wroteSessions {
+		t.s.eng.sessions.wrote(e2ee.AccountID(w[0]), w[1], t.gen)
 	}
 	return nil
 }
@@ -678,7 +715,8 @@ type jobEntry struct {
 	relays []string
 	sent   bool
 	gen    uint64
-	job    *job // nil: read it from the store
+	leave  uint64 // job.leave
+	job    *job   // nil: read it from the store
 	gone   bool
 }
 
@@ -715,7 +753,7 @@ func (idx *jobIndex) load(s *Service) {
 			return nil
 		}
 		j.Key = k
-		idx.put(j, 0)
+		idx.put(j, 0, 0)
 		return nil
 	})
 	if err != nil && s.ctx.Err() == nil {
@@ -743,8 +781,12 @@ func (idx *jobIndex) apply(t *tx) {
 		if t.newJobs[j.Key] || !t.lazy {
 			gen = t.gen
 		}
+		leave := gen
+		if t.newJobs[j.Key] && j.early {
+			leave = j.leave
+		}
 		if t.newJobs[j.Key] || idx.byKey[j.Key] != nil {
-			idx.put(j, gen)
+			idx.put(j, gen, leave)
 		}
 	}
 	for _, k := range t.delJobs {
@@ -753,8 +795,10 @@ func (idx *jobIndex) apply(t *tx) {
 }
 
 // put adds or updates the entry for j. gen, if not 0, is the write
-// generation the job's envelope needs on disk. Called with idx.mu held.
-func (idx *jobIndex) put(j *job, gen uint64) {
+// generation of the commit that wrote it, leave the one its envelope
+// needs on disk before it leaves (job.gen, job.leave). Called with idx.mu
+// held.
+func (idx *jobIndex) put(j *job, gen, leave uint64) {
 	e := idx.byKey[j.Key]
 	if e == nil {
 		e = &jobEntry{key: j.Key, to: j.To, msgID: j.MsgID}
@@ -771,9 +815,7 @@ func (idx *jobIndex) put(j *job, gen uint64) {
 		}
 	}
 	e.relays, e.sent = slices.Clone(j.Relays), j.Sent
-	if gen > e.gen {
-		e.gen = gen
-	}
+	e.gen, e.leave = max(e.gen, gen), max(e.leave, leave)
 	idx.uncache(e)
 	// Keep what has gone nowhere yet: a lane will want it soon.
 	if !j.Sent && len(j.Relays) == 0 {
