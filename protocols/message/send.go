@@ -113,6 +113,15 @@ func (s *Service) sendBatch(batch []*sendReq) {
 			ok = append(ok, r)
 		}
 	}
+	if len(batch) > 1 {
+		// Sends that queued up together wait for their commit before they
+		// leave, and meanwhile more gather for the lane's round. Letting
+		// them leave early overlapped the two devices' fsyncs under load
+		// and cost 15-25% of sustained throughput (docs/benchmarks.md).
+		for _, j := range t.jobs {
+			j.early = false
+		}
+	}
 	err := t.flush()
 	s.mu.Unlock()
 	answer := func(err error) {
