@@ -262,13 +262,17 @@ func (s *Service) receiveChunk(envs [][]byte, hs [][32]byte, pre []opened) (int,
 			ids = ids[n:]
 		}
 	}
-	// A chunk that stored no new message and moved no session (only
-	// duplicates) need not wait for the disk: losing it leaves a state to
-	// be moved again. A session that decrypted a receipt is written and
-	// synced like any other: a DH ratchet step gives it a new sending
-	// chain, and the next message may leave on it before its own commit
-	// syncs only once the chain's reservation is on disk (tx.reservedLeave).
-	t.lazy = len(delivered) == 0 && len(t.memKeys) == 0 && len(t.groups) == 0 && !t.movesSessions()
+	// A chunk that stored no new message (receipts, duplicates) need not
+	// wait for the disk: losing it leaves a state to be moved again. But
+	// when no Send is under way, one that moved a session (a receipt) is
+	// synced: its DH ratchet step started the sending chain the next
+	// message will use, and that message may leave before its own commit
+	// syncs only once the chain's reservation is on disk
+	// (tx.reservedLeave). While Sends are under way their syncs cover it
+	// soon enough, and a sync of its own would only delay theirs (paired
+	// runs: sustained throughput 10-20% lower).
+	t.lazy = len(delivered) == 0 && len(t.memKeys) == 0 && len(t.groups) == 0 &&
+		(s.sending.Load() > 0 || !t.movesSessions())
 	if err := t.flush(); err != nil {
 		if errors.Is(err, storage.ErrTooLarge) {
 			return 0, nil, nil, true

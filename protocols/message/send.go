@@ -33,6 +33,8 @@ func (s *Service) Send(ctx context.Context, to e2ee.AccountID, text string) (*Me
 		return nil, ErrBlocked
 	}
 	req := &sendReq{to: to, text: text, done: make(chan struct{})}
+	s.sending.Add(1)
+	defer s.sending.Add(-1)
 	select {
 	case s.sends <- req:
 	case <-s.ctx.Done():

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/host"
@@ -108,6 +109,9 @@ type Service struct {
 
 	events chan Event
 	sends  chan *sendReq
+	// sending counts the Sends not yet answered: while there are any, a
+	// received receipt's session state waits for their syncs.
+	sending atomic.Int64
 
 	relayMu sync.Mutex
 	relays  map[peer.ID]*relayLink
