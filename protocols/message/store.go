@@ -325,7 +325,7 @@ func (t *tx) putSessions(a e2ee.AccountID) error {
 	ss, old, legacy := t.sessions[a], t.oldSessions[a], t.legacySessions[a]
 	ids, oldIDs := sessionIDs(ss), sessionIDs(old)
 	for i, sess := range ss {
-		if slices.ContainsFunc(old, sess.StoresAs) {
+		if t.stored(a, sess) {
 			continue // what is stored for it stays right
 		}
 		if err := t.b.Put(t.s.ns, t.s.keySession(a, ids[i]), sess.Marshal()); err != nil {
@@ -360,11 +360,18 @@ func sessionIDs(ss []*e2ee.Session) []string {
 	return ids
 }
 
+// stored reports whether what the store holds for sess, one of a's
+// sessions in t, is right as it is: sess persists as a committed session
+// (e2ee.Session.StoresAs).
+func (t *tx) stored(a e2ee.AccountID, sess *e2ee.Session) bool {
+	return slices.ContainsFunc(t.oldSessions[a], sess.StoresAs)
+}
+
 // movesSessions reports whether flush would write a session.
 func (t *tx) movesSessions() bool {
 	for a := range t.newSessions {
 		for _, sess := range t.sessions[a] {
-			if !slices.ContainsFunc(t.oldSessions[a], sess.StoresAs) {
+			if !t.stored(a, sess) {
 				return true
 			}
 		}
@@ -379,7 +386,7 @@ func (t *tx) movesSessions() bool {
 // wrote that state.
 func (t *tx) reservedLeave(a e2ee.AccountID) (uint64, bool) {
 	ss := t.sessions[a]
-	if len(ss) == 0 || !slices.ContainsFunc(t.oldSessions[a], ss[0].StoresAs) {
+	if len(ss) == 0 || !t.stored(a, ss[0]) {
 		return 0, false
 	}
 	id := ss[0].ID()
