@@ -12,6 +12,7 @@ import (
 
 	"github.com/kinmesh/kinmesh/protocols/backup/pb"
 	"github.com/kinmesh/kinmesh/protocols/discovery"
+	"github.com/kinmesh/kinmesh/protocols/wire"
 )
 
 // Native forms of the wire messages and stored records: pb types stop at
@@ -163,15 +164,8 @@ type response struct {
 	fetched    *Fetched
 }
 
-func toMillis(d time.Duration) uint32 {
-	if d <= 0 {
-		return 0
-	}
-	return uint32(min((d+time.Millisecond-1)/time.Millisecond, 1<<31)) // rounded up
-}
-
 func encodeResponse(r response) *pb.Response {
-	m := &pb.Response{Code: pb.Code(r.code), RetryAfterMs: toMillis(r.retryAfter)}
+	m := &pb.Response{Code: pb.Code(r.code), RetryAfterMs: wire.RetryAfterMs(r.retryAfter)}
 	switch {
 	case r.nonce != nil:
 		m.Body = &pb.Response_Challenge{Challenge: &pb.Challenge{Nonce: r.nonce}}
@@ -193,7 +187,7 @@ func decodeResponse(b []byte) (response, error) {
 	if err := proto.Unmarshal(b, &m); err != nil {
 		return response{}, fmt.Errorf("decode response: %w", ErrProtocol)
 	}
-	r := response{code: codeFromWire(m.GetCode()), retryAfter: time.Duration(m.GetRetryAfterMs()) * time.Millisecond}
+	r := response{code: codeFromWire(m.GetCode()), retryAfter: wire.RetryAfter(m.GetRetryAfterMs())}
 	switch v := m.Body.(type) {
 	case *pb.Response_Challenge:
 		if len(v.Challenge.GetNonce()) != nonceSize {

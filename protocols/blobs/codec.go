@@ -9,6 +9,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/kinmesh/kinmesh/protocols/blobs/pb"
+	"github.com/kinmesh/kinmesh/protocols/wire"
 )
 
 // Native forms of the wire messages and stored records: pb types stop at
@@ -158,9 +159,7 @@ type response struct {
 
 func encodeResponse(r response) *pb.Response {
 	m := &pb.Response{Code: pb.Code(r.code), Present: r.present}
-	if r.retryAfter > 0 {
-		m.RetryAfterMs = uint64((r.retryAfter + time.Millisecond - 1) / time.Millisecond)
-	}
+	m.RetryAfterMs = uint64(wire.RetryAfterMs(r.retryAfter))
 	if r.hashes != nil {
 		m.ChunkHashes = hashesToWire(r.hashes)
 	}
@@ -176,9 +175,7 @@ func decodeResponse(b []byte) (response, error) {
 		return response{}, fmt.Errorf("decode response: %w", ErrProtocol)
 	}
 	r := response{code: codeFromWire(m.GetCode()), present: m.GetPresent()}
-	if ms := m.GetRetryAfterMs(); ms > 0 {
-		r.retryAfter = time.Duration(min(ms, uint64(24*time.Hour/time.Millisecond))) * time.Millisecond
-	}
+	r.retryAfter = wire.RetryAfter(m.GetRetryAfterMs())
 	if len(m.GetChunkHashes()) > 0 {
 		if len(m.GetChunkHashes()) > MaxChunks {
 			return response{}, fmt.Errorf("%d chunk hashes: %w", len(m.GetChunkHashes()), ErrProtocol)

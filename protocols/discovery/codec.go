@@ -11,6 +11,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/kinmesh/kinmesh/protocols/discovery/pb"
+	"github.com/kinmesh/kinmesh/protocols/wire"
 )
 
 // Native forms of the wire messages and stored records: pb types stop at
@@ -247,13 +248,6 @@ type response struct {
 	page       *Page
 }
 
-func toMillis(d time.Duration) uint32 {
-	if d <= 0 {
-		return 0
-	}
-	return uint32(min((d+time.Millisecond-1)/time.Millisecond, 1<<31)) // rounded up
-}
-
 func unixOrZero(s int64) time.Time {
 	if s == 0 {
 		return time.Time{}
@@ -270,7 +264,7 @@ func zeroOrUnix(t time.Time) int64 {
 
 // encodeResponse builds the wire form of r.
 func encodeResponse(r response) *pb.Response {
-	m := &pb.Response{Code: pb.Code(r.code), RetryAfterMs: toMillis(r.retryAfter)}
+	m := &pb.Response{Code: pb.Code(r.code), RetryAfterMs: wire.RetryAfterMs(r.retryAfter)}
 	switch {
 	case r.nonce != nil:
 		m.Body = &pb.Response_Challenge{Challenge: &pb.Challenge{Nonce: r.nonce}}
@@ -306,7 +300,7 @@ func decodeResponse(b []byte) (response, error) {
 	if err := proto.Unmarshal(b, &m); err != nil {
 		return response{}, fmt.Errorf("decode response: %w", ErrProtocol)
 	}
-	r := response{code: codeFromWire(m.GetCode()), retryAfter: time.Duration(m.GetRetryAfterMs()) * time.Millisecond}
+	r := response{code: codeFromWire(m.GetCode()), retryAfter: wire.RetryAfter(m.GetRetryAfterMs())}
 	switch body := m.Body.(type) {
 	case *pb.Response_Challenge:
 		if len(body.Challenge.GetNonce()) != nonceSize {

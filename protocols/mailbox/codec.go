@@ -10,6 +10,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/kinmesh/kinmesh/protocols/mailbox/pb"
+	"github.com/kinmesh/kinmesh/protocols/wire"
 )
 
 // Native forms of the wire messages: pb types stop at this file.
@@ -187,7 +188,7 @@ func decodeResponse(b []byte) (response, error) {
 	case *pb.Response_Error:
 		r.kind = respError
 		r.code = codeFromWire(body.Error.GetCode())
-		r.retryAfter = time.Duration(body.Error.GetRetryAfterMs()) * time.Millisecond
+		r.retryAfter = wire.RetryAfter(body.Error.GetRetryAfterMs())
 		if r.code == CodeOK {
 			return bad("error with code ok")
 		}
@@ -197,7 +198,7 @@ func decodeResponse(b []byte) (response, error) {
 			return bad("too many codes")
 		}
 		r.codes = codesFromWire(body.Deposit.GetCodes())
-		r.retryAfter = time.Duration(body.Deposit.GetRetryAfterMs()) * time.Millisecond
+		r.retryAfter = wire.RetryAfter(body.Deposit.GetRetryAfterMs())
 	case *pb.Response_Challenge:
 		r.kind = respChallenge
 		c := body.Challenge

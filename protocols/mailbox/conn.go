@@ -168,15 +168,8 @@ func (c *conn) send(ctx context.Context, m outMsg) error {
 
 func (c *conn) sendErr(ctx context.Context, id uint64, code Code, retry time.Duration) error {
 	return c.send(ctx, outMsg{resp: &pb.Response{Id: id, Body: &pb.Response_Error{Error: &pb.Error{
-		Code: code.wire(), RetryAfterMs: durationMs(retry),
+		Code: code.wire(), RetryAfterMs: wire.RetryAfterMs(retry),
 	}}}})
-}
-
-func durationMs(d time.Duration) uint32 {
-	if d <= 0 {
-		return 0
-	}
-	return uint32(min((d+time.Millisecond-1)/time.Millisecond, 1<<31))
 }
 
 // errEnd ends reading gracefully: answers already queued are still written.
@@ -350,7 +343,7 @@ func depositResponse(id uint64, codes []Code, retry time.Duration) *pb.Response 
 	d := &pb.DepositResult{Codes: codesToWire(codes)}
 	for _, c := range codes {
 		if c == CodeRateLimited {
-			d.RetryAfterMs = durationMs(retry)
+			d.RetryAfterMs = wire.RetryAfterMs(retry)
 		}
 	}
 	return &pb.Response{Id: id, Body: &pb.Response_Deposit{Deposit: d}}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/kinmesh/kinmesh/protocols/blobs"
 	"github.com/kinmesh/kinmesh/protocols/moments/pb"
+	"github.com/kinmesh/kinmesh/protocols/wire"
 )
 
 // Native forms of the relay protocol's frames: pb types stop at this file
@@ -133,9 +134,7 @@ type response struct {
 
 func encodeResponse(r response) *pb.Response {
 	m := &pb.Response{Code: pb.Code(r.code), More: r.more, Deleted: uint32(r.deleted)}
-	if r.retryAfter > 0 {
-		m.RetryAfterMs = uint64((r.retryAfter + time.Millisecond - 1) / time.Millisecond)
-	}
+	m.RetryAfterMs = uint64(wire.RetryAfterMs(r.retryAfter))
 	for _, c := range r.codes {
 		m.Codes = append(m.Codes, pb.Code(c))
 	}
@@ -154,9 +153,7 @@ func decodeResponse(b []byte) (response, error) {
 		return response{}, fmt.Errorf("decode response: %w", ErrProtocol)
 	}
 	r := response{code: codeFromWire(m.GetCode()), more: m.GetMore(), deleted: int(m.GetDeleted())}
-	if ms := m.GetRetryAfterMs(); ms > 0 {
-		r.retryAfter = time.Duration(min(ms, uint64(24*time.Hour/time.Millisecond))) * time.Millisecond
-	}
+	r.retryAfter = wire.RetryAfter(m.GetRetryAfterMs())
 	if len(m.GetCodes()) > MaxKeepFrames || len(m.GetItems()) > MaxPageItems {
 		return response{}, fmt.Errorf("response too long: %w", ErrProtocol)
 	}

@@ -17,6 +17,7 @@ import (
 
 	"github.com/kinmesh/kinmesh/protocols/e2ee"
 	"github.com/kinmesh/kinmesh/protocols/report/pb"
+	"github.com/kinmesh/kinmesh/protocols/wire"
 )
 
 // Native forms of the wire messages and the stored record: pb types stop
@@ -94,9 +95,7 @@ type response struct {
 
 func encodeResponse(r response) *pb.Response {
 	m := &pb.Response{Code: pb.Code(r.code)}
-	if r.retryAfter > 0 {
-		m.RetryAfterMs = uint32(min((r.retryAfter+time.Millisecond-1)/time.Millisecond, 1<<31)) // rounded up
-	}
+	m.RetryAfterMs = wire.RetryAfterMs(r.retryAfter)
 	switch {
 	case r.nonce != nil:
 		m.Body = &pb.Response_Challenge{Challenge: &pb.Challenge{Nonce: r.nonce}}
@@ -113,7 +112,7 @@ func decodeResponse(b []byte) (response, error) {
 	if err := proto.Unmarshal(b, &m); err != nil {
 		return response{}, fmt.Errorf("decode response: %w", ErrProtocol)
 	}
-	r := response{code: codeFromWire(m.GetCode()), retryAfter: time.Duration(m.GetRetryAfterMs()) * time.Millisecond}
+	r := response{code: codeFromWire(m.GetCode()), retryAfter: wire.RetryAfter(m.GetRetryAfterMs())}
 	switch body := m.Body.(type) {
 	case *pb.Response_Challenge:
 		if len(body.Challenge.GetNonce()) != nonceSize {

@@ -10,6 +10,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/kinmesh/kinmesh/protocols/turn/pb"
+	"github.com/kinmesh/kinmesh/protocols/wire"
 )
 
 // Native forms of the wire messages: pb types stop at this file.
@@ -71,9 +72,7 @@ type response struct {
 
 func encodeResponse(r response) *pb.Response {
 	m := &pb.Response{Code: pb.Code(r.code)}
-	if r.retryAfter > 0 {
-		m.RetryAfterMs = uint32(min((r.retryAfter+time.Millisecond-1)/time.Millisecond, 1<<31))
-	}
+	m.RetryAfterMs = wire.RetryAfterMs(r.retryAfter)
 	if r.creds != nil {
 		m.Username, m.Password, m.Urls = r.creds.Username, r.creds.Password, r.creds.URLs
 		m.TtlSeconds = uint32(min(max(r.ttl, 0)/time.Second, 1<<31))
@@ -88,7 +87,7 @@ func decodeResponse(b []byte, now time.Time) (response, error) {
 	if err := proto.Unmarshal(b, &m); err != nil {
 		return response{}, fmt.Errorf("decode response: %w", ErrProtocol)
 	}
-	r := response{code: codeFromWire(m.GetCode()), retryAfter: time.Duration(m.GetRetryAfterMs()) * time.Millisecond}
+	r := response{code: codeFromWire(m.GetCode()), retryAfter: wire.RetryAfter(m.GetRetryAfterMs())}
 	if r.code != CodeOK {
 		return r, nil
 	}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"testing"
+	"time"
 
 	"google.golang.org/protobuf/types/known/wrapperspb"
 )
@@ -81,4 +82,28 @@ func FuzzRead(f *testing.F) {
 			}
 		}
 	})
+}
+
+func TestRetryAfter(t *testing.T) {
+	day := uint32(MaxRetryAfter / time.Millisecond)
+	for _, c := range []struct {
+		d  time.Duration
+		ms uint32
+	}{
+		{-time.Second, 0}, {0, 0}, {1, 1}, {time.Millisecond, 1}, {1500 * time.Microsecond, 2},
+		{time.Minute, 60_000}, {MaxRetryAfter, day}, {MaxRetryAfter + 1, day}, {1 << 62, day},
+	} {
+		if got := RetryAfterMs(c.d); got != c.ms {
+			t.Errorf("RetryAfterMs(%v) = %d, want %d", c.d, got, c.ms)
+		}
+	}
+	for _, ms := range []uint64{0, 1, 60_000, uint64(day), uint64(day) + 1, 1<<32 - 1, 1<<64 - 1} {
+		d := RetryAfter(ms)
+		if d < 0 || d > MaxRetryAfter {
+			t.Errorf("RetryAfter(%d) = %v: want within [0, %v]", ms, d, MaxRetryAfter)
+		}
+		if back := RetryAfterMs(d); uint64(back) != min(ms, uint64(day)) {
+			t.Errorf("RetryAfterMs(RetryAfter(%d)) = %d: want %d", ms, back, min(ms, uint64(day)))
+		}
+	}
 }
