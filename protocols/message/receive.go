@@ -24,6 +24,10 @@ var errTransient = errors.New("message: temporary failure, try again")
 // (another relay's copy, or this one at the next drain).
 var errLater = errors.New("message: ahead of earlier messages, bring it again later")
 
+// errSplit: a batch envelope's items filled the transaction before the
+// last one; the envelope is taken again in the next (receiveItems).
+var errSplit = errors.New("message: envelope continues in the next transaction")
+
 // receiveChunk bounds how many envelopes one commit covers.
 const receiveChunk = 128
 
@@ -241,6 +245,14 @@ func (s *Service) receiveChunk(envs [][]byte, hs [][32]byte, pre []opened) (int,
 			continue
 		}
 		err = t.receiveItems(items, delivered)
+		if errors.Is(err, errSplit) {
+			// A batch whose effects fill more than one transaction (a
+			// backlog's receipts name up to maxReceiptIDs messages each):
+			// this one ends here, and the envelope comes again in the
+			// next, its handled items seen.
+			n = i
+			break
+		}
 		if errors.Is(err, errTransient) || errors.Is(err, errLater) {
 			errs[i] = err
 			continue
@@ -328,12 +340,17 @@ func itemHash(c e2ee.EnvelopeContent) [32]byte {
 // receipt to delivered. It returns errTransient if the envelope should
 // come again (its items handled so far are marked seen, so they won't be
 // applied twice), errLater if some item was too far ahead of its chain
-// (the rest are handled), else the error of the last unreadable item, if
-// any.
+// (the rest are handled), errSplit if the transaction filled up before
+// the last item (the ones handled are marked seen: the envelope is to be
+// taken again in the next transaction), else the error of the last
+// unreadable item, if any.
 func (t *tx) receiveItems(items []e2ee.EnvelopeContent, delivered map[e2ee.AccountID][][]byte) error {
 	var last error
-	later := false
+	later, handled := false, false
 	for _, c := range items {
+		if handled && t.ops() >= maxTxOps {
+			return errSplit
+		}
 		h := itemHash(c)
 		seen, err := t.Seen(h)
 		if err != nil {
@@ -348,6 +365,7 @@ func (t *tx) receiveItems(items []e2ee.EnvelopeContent, delivered map[e2ee.Accou
 			continue
 		}
 		t.markSeen(h)
+		handled = true
 		switch {
 		case errors.Is(err, errParked):
 			t.park(h, c, in)
