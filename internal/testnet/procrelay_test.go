@@ -11,6 +11,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -59,6 +60,8 @@ func startProcRelay(t *testing.T, dir string) *procRelay {
 	cmd := exec.Command(kinmeshBinary(t), "relay", "--data", dir, "--http", "",
 		"--listen", "/ip4/127.0.0.1/tcp/0", "--log-level", "warn")
 	cmd.Env = append(os.Environ(), "KINMESH_RELAY_MAX_RESERVATIONS_PER_IP=64")
+	// Killed with the test process too, should it die before its cleanup.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
