@@ -6,9 +6,11 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/kinmesh/kinmesh/storage"
 )
@@ -322,6 +324,11 @@ func TestPage(t *testing.T) {
 			t.Fatal(err)
 		}
 		ids = append([]string{m.ID}, ids...) // newest first
+		// The feed orders by the millisecond a post was made (then by id):
+		// the next one is made in a later one.
+		for !time.Now().Truncate(time.Millisecond).After(m.CreatedAt) {
+			runtime.Gosched()
+		}
 	}
 	var got []string
 	cursor := ""
