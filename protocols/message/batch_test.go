@@ -81,6 +81,22 @@ func TestBatchedOfflineDelivery(t *testing.T) {
 // the inner messages (a session from b's published bundle).
 func ratchetTexts(t *testing.T, a, b *device, texts ...string) []e2ee.BatchItem {
 	t.Helper()
+	var contents [][]byte
+	for i, text := range texts {
+		content, err := encodeContent(&Message{ID: newID(), SentAt: time.Now(), Seq: uint64(i + 1)}, &pb.Content{Body: &pb.Content_Text{Text: &pb.Text{Text: text}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		contents = append(contents, content)
+	}
+	return ratchetContents(t, a, b, contents...)
+}
+
+// ratchetContents encrypts encoded contents from a to b with a session
+// from b's published bundle, as a's lane would, and returns the inner
+// messages.
+func ratchetContents(t *testing.T, a, b *device, contents ...[]byte) []e2ee.BatchItem {
+	t.Helper()
 	bundle, err := a.svc.fetchBundle(b.rec)
 	if err != nil {
 		t.Fatal(err)
@@ -89,11 +105,7 @@ func ratchetTexts(t *testing.T, a, b *device, texts ...string) []e2ee.BatchItem 
 	defer a.svc.mu.Unlock()
 	tx := a.svc.begin()
 	var out []e2ee.BatchItem
-	for i, text := range texts {
-		content, err := encodeContent(&Message{ID: newID(), SentAt: time.Now(), Seq: uint64(i + 1)}, &pb.Content{Body: &pb.Content_Text{Text: &pb.Text{Text: text}}})
-		if err != nil {
-			t.Fatal(err)
-		}
+	for _, content := range contents {
 		typ, payload, err := tx.ratchetPairwise(b.rec, content, bundle)
 		if err != nil {
 			t.Fatal(err)

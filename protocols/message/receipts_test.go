@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/kinmesh/kinmesh/protocols/e2ee"
 	"github.com/kinmesh/kinmesh/protocols/message/pb"
 )
 
@@ -86,30 +85,4 @@ func TestReceiptsForABacklog(t *testing.T) {
 	if err := a.svc.receive([][]byte{env})[0]; err != nil {
 		t.Fatalf("a refused the copy: %v", err)
 	}
-}
-
-// ratchetContents encrypts encoded contents from a to b with a session
-// from b's published bundle, as a's lane would, and returns the inner
-// messages.
-func ratchetContents(t *testing.T, a, b *device, contents ...[]byte) []e2ee.BatchItem {
-	t.Helper()
-	bundle, err := a.svc.fetchBundle(b.rec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	a.svc.mu.Lock()
-	defer a.svc.mu.Unlock()
-	tx := a.svc.begin()
-	var out []e2ee.BatchItem
-	for _, content := range contents {
-		typ, payload, err := tx.ratchetPairwise(b.rec, content, bundle)
-		if err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, e2ee.BatchItem{Type: typ, Payload: payload})
-	}
-	if err := tx.commit(); err != nil {
-		t.Fatal(err)
-	}
-	return out
 }
