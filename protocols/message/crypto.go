@@ -60,6 +60,12 @@ func (t *tx) decryptPairwise(sender e2ee.PublicIdentity, payload []byte) ([]byte
 	if err != nil {
 		return nil, "", fmt.Errorf("message: new session from %s: %w", from, err)
 	}
+	if peer := sess.Peer().AccountID(); peer != from {
+		// Checked before anything is kept: a stranger's first message
+		// claiming a contact must not become our session with the
+		// contact (what we send next would go to the stranger).
+		return nil, "", fmt.Errorf("message: new session claims %s, is %s's: %w", from, peer, e2ee.ErrSenderMismatch)
+	}
 	if len(consumed) > 0 {
 		t.setPrekeys(pk.Consume(consumed...))
 		if t.s.tracking {

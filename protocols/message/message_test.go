@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/hex"
 	"errors"
+	"slices"
 	"testing"
 	"time"
 
@@ -129,6 +130,7 @@ func TestHostileDeliveries(t *testing.T) {
 	a, b, mallory := newDevice(t, "a", r), newDevice(t, "b", r), newDevice(t, "mallory", r)
 	meet(t, ctx, a, b)
 	meet(t, ctx, mallory, b)
+	exchange(t, ctx, a, b, "first") // sessions both ways
 
 	// An envelope sealed to b, claiming to be from a, but encrypted by
 	// mallory's session with b: the claimed sender doesn't match.
@@ -189,14 +191,23 @@ func TestHostileDeliveries(t *testing.T) {
 			}
 		})
 	}
-	if ms, _ := b.svc.Messages(ctx, string(a.me())); len(ms) != 0 {
+	if ms, _ := b.svc.Messages(ctx, string(a.me())); len(ms) != 2 || has(ms, "I am a", "") {
 		t.Fatalf("b stored %+v from hostile deliveries", ms)
 	}
-	// Still working.
+	// The forged first message left b's sessions with a alone: b's next
+	// message to a goes in a session a holds.
+	if ss, _, _ := storedSessions(t, ctx, b, a); len(ss) == 0 || slices.ContainsFunc(ss, func(s *e2ee.Session) bool { return s.Peer().AccountID() != a.me() }) {
+		t.Fatalf("b's sessions with a after the forged message: %d, not all a's", len(ss))
+	}
+	// Still working, both ways.
 	if _, err := a.svc.Send(ctx, b.me(), "still fine"); err != nil {
 		t.Fatal(err)
 	}
 	b.waitFor(t, ctx, string(a.me()), "received", func(ms []Message) bool { return has(ms, "still fine", StateReceived) })
+	if _, err := b.svc.Send(ctx, a.me(), "and back"); err != nil {
+		t.Fatal(err)
+	}
+	a.waitFor(t, ctx, string(b.me()), "received", func(ms []Message) bool { return has(ms, "and back", StateReceived) })
 }
 
 // TestReceiptOnlyFromRecipient: a receipt naming a's message to b, sent
