@@ -744,7 +744,7 @@ type parked struct {
 // park keeps a group message (an envelope's inner message c, named h)
 // whose sender key hasn't arrived.
 func (t *tx) park(h [32]byte, c e2ee.EnvelopeContent, in inbound) {
-	key := "p/" + t.s.opaque(string(in.from)) + "/" + hex.EncodeToString(h[:16])
+	key := t.s.keyParkedPrefix(in.from) + hex.EncodeToString(h[:16])
 	b, err := json.Marshal(parked{Sender: c.Sender.Marshal(), Certificate: c.Certificate, Type: c.Type, Payload: c.Payload})
 	if err == nil {
 		_ = t.b.PutTTL(t.s.ns, key, b, MaxAge)
@@ -760,7 +760,7 @@ func (t *tx) unpark(delivered map[e2ee.AccountID][][]byte) []Event {
 		senders[k] = true
 	}
 	for from := range senders {
-		prefix := "p/" + t.s.opaque(string(from)) + "/"
+		prefix := t.s.keyParkedPrefix(from)
 		var keys []string
 		var msgs []parked
 		_ = t.s.ns.List(t.ctx(), listPrefix(prefix), func(k string, v []byte) error {

@@ -35,6 +35,7 @@ import (
 //	k/<opaque group>                         our sender key in a group
 //	d/<opaque group>                         who holds it, whether it is due for rotation (JSON)
 //	K/<opaque group>/<opaque sender>         a member's sender key state
+//	w/<opaque sender>/<envelope item hash>    a group message waiting for its sender key (JSON, TTL)
 const (
 	keyPrekeys = "prekeys"
 	keyJobSeq  = "jobseq"
@@ -83,6 +84,9 @@ func keySeen(h [32]byte) string                          { return "h/" + hex.Enc
 func (s *Service) keyGroup(g string) string              { return "g/" + s.opaque(g) }
 func (s *Service) keyMyKey(g string) string              { return "k/" + s.opaque(g) }
 func (s *Service) keyMyKeyShare(g string) string         { return "d/" + s.opaque(g) }
+func (s *Service) keyParkedPrefix(from e2ee.AccountID) string {
+	return "w/" + s.opaque(string(from)) + "/"
+}
 func (s *Service) keyMemberKey(g string, from e2ee.AccountID) string {
 	return "K/" + s.opaque(g) + "/" + s.opaque(string(from))
 }
