@@ -35,6 +35,7 @@ var errorCodes = []struct {
 	{message.ErrNotMember, http.StatusForbidden, "not_group_admin_or_member"},
 	{message.ErrGroupTooLarge, http.StatusUnprocessableEntity, "group_too_large"},
 	{message.ErrBadName, http.StatusUnprocessableEntity, "invalid_group_name"},
+	{ErrNothingToChange, http.StatusBadRequest, "bad_request"},
 	{message.ErrClosed, http.StatusServiceUnavailable, "shutting_down"},
 	{message.ErrBadLocation, http.StatusUnprocessableEntity, "invalid_location"},
 	{ErrNotStarted, http.StatusServiceUnavailable, "not_started"},
@@ -85,7 +86,9 @@ func (a *apiServer) v1Routes(mux *http.ServeMux) {
 	mux.HandleFunc("POST /v1/read", a.postRead)
 	mux.HandleFunc("POST /v1/groups", a.postGroup)
 	mux.HandleFunc("GET /v1/groups", a.getGroups)
+	mux.HandleFunc("PATCH /v1/groups/{id}", a.patchGroup)
 	mux.HandleFunc("POST /v1/groups/{id}/members", a.postGroupMembers)
+	mux.HandleFunc("POST /v1/groups/{id}/leave", a.postGroupLeave)
 	mux.HandleFunc("GET /v1/events", a.getEvents)
 	mux.HandleFunc("POST /v1/location", a.postLocation)
 	mux.HandleFunc("GET /v1/locations", a.getLocations)
@@ -295,6 +298,30 @@ func (a *apiServer) postGroupMembers(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	g, err := a.n.ChangeGroup(r.Context(), r.PathValue("id"), req.Add, req.Remove)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"group": g})
+}
+
+func (a *apiServer) patchGroup(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		Name string `json:"name"`
+	}
+	if !decode(w, r, &req) {
+		return
+	}
+	g, err := a.n.RenameGroup(r.Context(), r.PathValue("id"), req.Name)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"group": g})
+}
+
+func (a *apiServer) postGroupLeave(w http.ResponseWriter, r *http.Request) {
+	g, err := a.n.LeaveGroup(r.Context(), r.PathValue("id"))
 	if err != nil {
 		writeErr(w, err)
 		return

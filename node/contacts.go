@@ -221,6 +221,7 @@ func (n *Node) AddContact(ctx context.Context, invite string) (*Contact, error) 
 	}
 	n.momentsAudienceChanged() // a new friend gets the moments key now
 	c := e.view()
+	c.Blocked = book.Blocked(e.rec.AccountID())
 	return &c, nil
 }
 

@@ -13,6 +13,9 @@ import (
 	"github.com/kinmesh/kinmesh/protocols/prekeys"
 )
 
+// ErrNothingToChange: a group change named no member to add or remove.
+var ErrNothingToChange = errors.New("node: nothing to change")
+
 // startMessaging starts the messaging engine for the loaded account. pk
 // is the new account's prekey store (nil for an existing account).
 func (n *Node) startMessaging(pk *e2ee.PrekeyStore) error {
@@ -173,9 +176,28 @@ func (n *Node) ChangeGroup(ctx context.Context, group string, add, remove []stri
 		}
 	}
 	if g == nil {
-		return nil, errors.New("node: nothing to change: give members to add or remove")
+		return nil, fmt.Errorf("%w: give members to add or remove", ErrNothingToChange)
 	}
 	return g, nil
+}
+
+// RenameGroup renames a group (admin only).
+func (n *Node) RenameGroup(ctx context.Context, group, name string) (*message.Group, error) {
+	m, err := n.messaging()
+	if err != nil {
+		return nil, err
+	}
+	return m.RenameGroup(ctx, group, name)
+}
+
+// LeaveGroup leaves a group. The admin hands it to the member who has
+// been in it longest.
+func (n *Node) LeaveGroup(ctx context.Context, group string) (*message.Group, error) {
+	m, err := n.messaging()
+	if err != nil {
+		return nil, err
+	}
+	return m.LeaveGroup(ctx, group)
 }
 
 // Groups lists the groups this account is or was in.

@@ -117,6 +117,15 @@ func TestCLI(t *testing.T) {
 	if out := cli(t, "groups", "--data", data["rosa"]); !strings.Contains(out, "Family") {
 		t.Fatalf("groups:\n%s", out)
 	}
+	if out := cli(t, "groups", "rename", gid, "Family 🏡", "--data", data["rosa"]); !strings.Contains(out, `"Family 🏡" 2 members`) {
+		t.Fatalf("groups rename: %s", out)
+	}
+	deadline = time.Now().Add(30 * time.Second)
+	for !strings.Contains(cli(t, "groups", "--data", data["mia"]), "Family 🏡") {
+		if time.Now().After(deadline) {
+			t.Fatal("mia never saw the group renamed")
+		}
+	}
 	if out := cli(t, "location", "--data", data["rosa"], "--to", ids["mia"], "--lat", "38.72", "--lon", "-9.14"); !strings.Contains(out, "shared with 1") {
 		t.Fatalf("location: %s", out)
 	}
@@ -150,6 +159,23 @@ func TestCLI(t *testing.T) {
 	errb.Reset()
 	if code := run(context.Background(), []string{"contacts", "remove", "nobody", "--data", data["rosa"]}, io.Discard, &errb); code == 0 || !strings.Contains(errb.String(), "unknown_contact") {
 		t.Fatalf("removing an unknown contact: exit %d %s", code, errb.String())
+	}
+	// rosa, the admin, leaves: the group goes on with mia as its admin.
+	if out := cli(t, "groups", "leave", gid, "--data", data["rosa"]); !strings.Contains(out, "left") {
+		t.Fatalf("groups leave: %s", out)
+	}
+	deadline = time.Now().Add(30 * time.Second)
+	for !strings.Contains(cli(t, "groups", "--data", data["mia"]), "1 members") {
+		if time.Now().After(deadline) {
+			t.Fatal("mia never saw rosa leave")
+		}
+	}
+	if out := cli(t, "groups", "rename", gid, "Mia's", "--data", data["mia"]); !strings.Contains(out, `"Mia's" 1 members`) {
+		t.Fatalf("the new admin renaming: %s", out)
+	}
+	errb.Reset()
+	if code := run(context.Background(), []string{"groups", "rename", gid, "Rosa's", "--data", data["rosa"]}, io.Discard, &errb); code == 0 || !strings.Contains(errb.String(), "not_group_admin_or_member") {
+		t.Fatalf("renaming a group one left: exit %d %s", code, errb.String())
 	}
 	errb.Reset()
 	if code := run(context.Background(), []string{"account", "delete", "--data", data["mia"]}, io.Discard, &errb); code != 2 || !strings.Contains(errb.String(), "--yes") {

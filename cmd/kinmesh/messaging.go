@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 
@@ -211,7 +212,7 @@ func printMessage(w io.Writer, m message.Message) {
 		dir = "←"
 	}
 	state := string(m.State)
-	if m.State == message.StateQueued {
+	if m.State == message.StateQueued && m.Queued > 0 { // 1:1 only; a group message's is per member
 		state = fmt.Sprintf("queued on %d relays", m.Queued)
 	}
 	from := m.From
@@ -222,7 +223,7 @@ func printMessage(w io.Writer, m message.Message) {
 }
 
 func runWatch(ctx context.Context, args []string, stdout, _ io.Writer) error {
-	fs := newFlags("watch", "watch --data DIR\n\nPrints events (new messages, state changes, group changes, calls) as they happen, until Ctrl-C.", stdout)
+	fs := newFlags("watch", "watch --data DIR [--json]\n\nPrints events (new messages, state changes, group changes, calls) as they happen, until Ctrl-C.", stdout)
 	client := clientFlags(fs)
 	asJSON := fs.Bool("json", false, "print each event's raw JSON")
 	if err := parse(fs, args); err != nil {
@@ -280,14 +281,15 @@ func runWatch(ctx context.Context, args []string, stdout, _ io.Writer) error {
 }
 
 func runGroups(ctx context.Context, args []string, stdout, _ io.Writer) error {
-	fs := newFlags("groups", `groups --data DIR [create NAME MEMBER… | add GROUP MEMBER… | remove GROUP MEMBER…]
+	fs := newFlags("groups", `groups --data DIR [create NAME MEMBER… | add GROUP MEMBER… | remove GROUP MEMBER… | rename GROUP NAME | leave GROUP]
 
-Lists groups, creates one with contacts as members, or changes members
-(the group's admin only).`, stdout)
+Lists groups, creates one with contacts as members, changes members or
+the name (the group's admin only), or leaves one (an admin hands the group
+to the member who has been in it longest).`, stdout)
 	client := clientFlags(fs)
 	var verb string
 	var rest []string
-	if len(args) > 0 && (args[0] == "create" || args[0] == "add" || args[0] == "remove") {
+	if len(args) > 0 && slices.Contains([]string{"create", "add", "remove", "rename", "leave"}, args[0]) {
 		verb = args[0]
 		i := 1
 		for i < len(args) && !strings.HasPrefix(args[i], "-") {
@@ -298,7 +300,12 @@ Lists groups, creates one with contacts as members, or changes members
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	if verb != "" && len(rest) < 2 {
+	switch {
+	case verb == "leave" && len(rest) != 1:
+		return fmt.Errorf("%w: kinmesh groups leave needs a group", errUsage)
+	case verb == "rename" && len(rest) != 2:
+		return fmt.Errorf("%w: kinmesh groups rename needs a group and one name (quote it)", errUsage)
+	case verb != "" && verb != "leave" && len(rest) < 2:
 		return fmt.Errorf("%w: kinmesh groups %s needs a group (or name) and members", errUsage, verb)
 	}
 	c, err := client()
@@ -313,6 +320,10 @@ Lists groups, creates one with contacts as members, or changes members
 		err = c.do(ctx, http.MethodPost, "/v1/groups/"+url.PathEscape(rest[0])+"/members", map[string]any{"add": rest[1:]}, &out)
 	case "remove":
 		err = c.do(ctx, http.MethodPost, "/v1/groups/"+url.PathEscape(rest[0])+"/members", map[string]any{"remove": rest[1:]}, &out)
+	case "rename":
+		err = c.do(ctx, http.MethodPatch, "/v1/groups/"+url.PathEscape(rest[0]), map[string]any{"name": rest[1]}, &out)
+	case "leave":
+		err = c.do(ctx, http.MethodPost, "/v1/groups/"+url.PathEscape(rest[0])+"/leave", nil, &out)
 	default:
 		var list struct{ Groups []message.Group }
 		if err := c.do(ctx, http.MethodGet, "/v1/groups", nil, &list); err != nil {
@@ -329,6 +340,10 @@ Lists groups, creates one with contacts as members, or changes members
 	}
 	if err != nil {
 		return err
+	}
+	if out.Group.Left {
+		fmt.Fprintf(stdout, "%s %q left\n", out.Group.ID, out.Group.Name)
+		return nil
 	}
 	fmt.Fprintf(stdout, "%s %q %d members\n", out.Group.ID, out.Group.Name, len(out.Group.Members))
 	return nil

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"slices"
 	"testing"
 	"time"
@@ -30,8 +31,8 @@ func TestBlock(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.Node().ChangeGroup(ctx, g.ID, nil, nil); err == nil {
-		t.Fatal("empty change accepted")
+	if _, err := c.Node().ChangeGroup(ctx, g.ID, nil, nil); !errors.Is(err, node.ErrNothingToChange) {
+		t.Fatalf("empty change: %v, want %v", err, node.ErrNothingToChange)
 	}
 	if _, err := a.Node().BlockContact(ctx, b.AccountID()); err != nil {
 		t.Fatal(err)
@@ -61,6 +62,14 @@ func TestBlock(t *testing.T) {
 	cs, _ := a.Node().Contacts()
 	if len(bs) != 1 || bs[0].Contact != b.AccountID() || !slices.ContainsFunc(cs, func(c node.Contact) bool { return c.ID == b.AccountID() && c.Blocked }) {
 		t.Fatalf("blocks %+v, contacts %+v", bs, cs)
+	}
+	// Adding b again (a fresh invite) keeps b blocked, and says so.
+	inv, err := b.Node().Invite()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again, err := a.Node().AddContact(ctx, inv.String()); err != nil || !again.Blocked {
+		t.Fatalf("adding the blocked b again: %+v, %v; want blocked", again, err)
 	}
 	if err := a.Node().UnblockContact(ctx, b.AccountID()); err != nil {
 		t.Fatal(err)

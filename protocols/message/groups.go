@@ -21,11 +21,12 @@ type Group struct {
 	ID      string   `json:"id"`
 	Name    string   `json:"name"`
 	Members []string `json:"members"` // account ids, this account included
-	// Admin created the group and alone adds, removes and renames.
+	// Admin alone adds, removes and renames: the creator, or the member
+	// it handed the group to when it left.
 	Admin   string `json:"admin"`
 	Version uint64 `json:"version"`
 	// Left is true once this account left or was removed.
-	Left bool `json:"left,omitempty"`
+	Left bool `json:"left"`
 }
 
 // maxRecordsPerUpdate keeps a GroupUpdate with member records well inside
@@ -349,28 +350,45 @@ func (s *Service) changeGroup(id string, change func(*tx, *Group) (added, remove
 	return &out, nil
 }
 
-// LeaveGroup leaves a group.
-func (s *Service) LeaveGroup(ctx context.Context, id string) error {
+// LeaveGroup leaves a group. A member's leave is a GroupUpdate{left} to
+// the others. The admin, leaving a group others are still in, hands it on
+// instead: a new version without the admin, naming as admin the member who
+// has been in it longest (the first of Members), so the group can still
+// change. Either way the others rotate their keys before they next send.
+func (s *Service) LeaveGroup(ctx context.Context, id string) (*Group, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	t := s.begin()
 	g, err := t.Group(id)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if g == nil {
-		return ErrUnknownGroup
+		return nil, ErrUnknownGroup
 	}
 	if g.Left {
-		return nil
+		out := *g
+		return &out, nil
 	}
-	for _, m := range others(g, s.me) {
-		if err := t.sendGroupUpdate(g, m, false, true, nil); err != nil {
-			return err
+	rest := others(g, s.me)
+	handOver := g.Admin == string(s.me) && len(rest) > 0
+	if handOver {
+		g.Members = slices.DeleteFunc(g.Members, func(m string) bool { return m == string(s.me) })
+		g.Admin = g.Members[0]
+		g.Version++
+	}
+	for _, m := range rest {
+		if err := t.sendGroupUpdate(g, m, false, !handOver, nil); err != nil {
+			return nil, err
 		}
 	}
 	g.Left = true
-	return t.commit()
+	if err := t.commit(); err != nil {
+		return nil, err
+	}
+	out := *g
+	s.emit(Event{Type: "group", Group: &out})
+	return &out, nil
 }
 
 // Groups returns every group this account is or was in.
@@ -463,7 +481,10 @@ func (s *Service) SendGroup(ctx context.Context, group, text string) (*Message, 
 		m.Recipients[string(member)] = StatePending
 		members = append(members, member)
 	}
-	if len(members) == 0 && len(m.Recipients) > 0 {
+	switch {
+	case len(m.Recipients) == 0:
+		m.State, m.Reason = StateFailed, "no other member in the group"
+	case len(members) == 0:
 		m.State, m.Reason = StateFailed, "no member can be reached"
 	}
 	t.putMessage(m)
@@ -518,7 +539,7 @@ func (t *tx) sendGroupUpdate(g *Group, to e2ee.AccountID, withRecords, left bool
 }
 
 func (t *tx) queueGroupUpdate(g *Group, to e2ee.AccountID, records [][]byte, left bool) error {
-	u := &pb.GroupUpdate{Name: g.Name, Members: g.Members, Version: g.Version, Records: records, Left: left}
+	u := &pb.GroupUpdate{Name: g.Name, Members: g.Members, Version: g.Version, Records: records, Left: left, Admin: g.Admin}
 	return t.queuePairwise(to, g.ID, &pb.Content{Body: &pb.Content_GroupUpdate{GroupUpdate: u}})
 }
 
@@ -649,6 +670,9 @@ func (t *tx) applyGroupUpdate(from e2ee.AccountID, id string, u *pb.GroupUpdate)
 	removed := diff(g.Members, u.Members)
 	added := diff(u.Members, g.Members)
 	g.Name, g.Members, g.Version = u.Name, slices.Clone(u.Members), u.Version
+	if a := u.GetAdmin(); a != "" && slices.Contains(g.Members, a) {
+		g.Admin = a // handed on (the admin left)
+	}
 	g.Left = !slices.Contains(g.Members, me)
 	t.groups[id] = g
 	if g.Left {

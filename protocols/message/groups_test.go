@@ -234,7 +234,7 @@ func TestGroupLazySenderKeys(t *testing.T) {
 	// A leave: the others' keys are due for rotation, nothing is sent
 	// until they write, and then the one who left can't read.
 	queued[a] = a.jobsQueued(t)
-	if err := b.svc.LeaveGroup(ctx, g.ID); err != nil {
+	if _, err := b.svc.LeaveGroup(ctx, g.ID); err != nil {
 		t.Fatalf("LeaveGroup: %v", err)
 	}
 	for _, d := range []*device{admin, a} {

@@ -516,6 +516,7 @@ type GroupUpdate struct {
 	Version       uint64                 `protobuf:"varint,3,opt,name=version,proto3" json:"version,omitempty"` // increases with every change
 	Records       [][]byte               `protobuf:"bytes,4,rep,name=records,proto3" json:"records,omitempty"`  // signed contact records of members the recipient may not know (chunked)
 	Left          bool                   `protobuf:"varint,5,opt,name=left,proto3" json:"left,omitempty"`       // the sender left the group
+	Admin         string                 `protobuf:"bytes,6,opt,name=admin,proto3" json:"admin,omitempty"`      // the admin from this version on (a member); empty: unchanged
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -583,6 +584,13 @@ func (x *GroupUpdate) GetLeft() bool {
 		return x.Left
 	}
 	return false
+}
+
+func (x *GroupUpdate) GetAdmin() string {
+	if x != nil {
+		return x.Admin
+	}
+	return ""
 }
 
 // SenderKey distributes the sender's current group sender key.
@@ -804,13 +812,14 @@ const file_protocols_message_pb_message_proto_rawDesc = "" +
 	"\x03ids\x18\x02 \x03(\fR\x03ids\"\x1f\n" +
 	"\x04Kind\x12\r\n" +
 	"\tDELIVERED\x10\x00\x12\b\n" +
-	"\x04READ\x10\x01\"\x83\x01\n" +
+	"\x04READ\x10\x01\"\x99\x01\n" +
 	"\vGroupUpdate\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\amembers\x18\x02 \x03(\tR\amembers\x12\x18\n" +
 	"\aversion\x18\x03 \x01(\x04R\aversion\x12\x18\n" +
 	"\arecords\x18\x04 \x03(\fR\arecords\x12\x12\n" +
-	"\x04left\x18\x05 \x01(\bR\x04left\"/\n" +
+	"\x04left\x18\x05 \x01(\bR\x04left\x12\x14\n" +
+	"\x05admin\x18\x06 \x01(\tR\x05admin\"/\n" +
 	"\tSenderKey\x12\"\n" +
 	"\fdistribution\x18\x01 \x01(\fR\fdistribution\"w\n" +
 	"\bLocation\x12\x10\n" +
