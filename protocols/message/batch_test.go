@@ -314,6 +314,41 @@ func TestTooFarAheadComesAgain(t *testing.T) {
 	}
 }
 
+// TestTooFarAheadGivesUp: a message still too far ahead a day after it
+// first came is dropped as unreadable (and so acked), not left on the
+// relays for 15 days: the ones before it are not coming.
+func TestTooFarAheadGivesUp(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	_, a, b := pair(t, ctx)
+	texts := make([]string, e2ee.MaxSkipPerChain+3)
+	for i := range texts {
+		texts[i] = fmt.Sprintf("m%04d", i)
+	}
+	items := ratchetTexts(t, a, b, texts...)
+	first, last := sealBatch(t, a, b, items[0]), sealBatch(t, a, b, items[len(items)-1])
+	if errs := b.svc.receive([][]byte{first}); errs[0] != nil {
+		t.Fatal(errs[0])
+	}
+	for range 3 {
+		if errs := b.svc.receive([][]byte{last}); !errors.Is(errs[0], errLater) {
+			t.Fatalf("a message %d ahead, within the wait: %v, want errLater", len(items)-1, errs[0])
+		}
+	}
+	b.svc.mu.Lock()
+	b.svc.laterFor = 0 // the day has passed
+	b.svc.mu.Unlock()
+	if errs := b.svc.receive([][]byte{last}); errs[0] == nil || errors.Is(errs[0], errLater) || errors.Is(errs[0], errTransient) {
+		t.Fatalf("after the wait: %v, want it unreadable", errs[0])
+	}
+	if errs := b.svc.receive([][]byte{last}); errs[0] != nil {
+		t.Fatalf("the same envelope once more: %v, want nil (seen)", errs[0])
+	}
+	if ms, _ := b.svc.Messages(ctx, string(a.me())); len(ms) != 1 {
+		t.Fatalf("b has %d messages, want the first only", len(ms))
+	}
+}
+
 // pair starts a relay and two devices homed on it that are contacts.
 func pair(t *testing.T, ctx context.Context) (*relay, *device, *device) {
 	t.Helper()
@@ -321,4 +356,39 @@ func pair(t *testing.T, ctx context.Context) (*relay, *device, *device) {
 	a, b := newDevice(t, "a", r), newDevice(t, "b", r)
 	meet(t, ctx, a, b)
 	return r, a, b
+}
+
+// TestIDTakenByAnother: a message reusing the id of one b already has from
+// someone else is not stored, and b sends no delivery receipt for it, so
+// its sender can't see it delivered; b's message keeps its text and
+// sender.
+func TestIDTakenByAnother(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	r := newRelay(t)
+	a, b, c := newDevice(t, "a", r), newDevice(t, "b", r), newDevice(t, "c", r)
+	meet(t, ctx, a, b, c)
+	sendAndWatch(t, ctx, a, b, "from a")
+	ms, _ := b.svc.Messages(ctx, string(a.me()))
+	if len(ms) != 1 {
+		t.Fatalf("b has %d messages from a", len(ms))
+	}
+	content, err := encodeContent(&Message{ID: ms[0].ID, SentAt: time.Now(), Seq: 1}, &pb.Content{Body: &pb.Content_Text{Text: &pb.Text{Text: "from c"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := sealBatch(t, c, b, ratchetContents(t, c, b, content)...)
+	before := b.jobsQueued(t)
+	if errs := b.svc.receive([][]byte{env}); errs[0] != nil {
+		t.Fatal(errs[0])
+	}
+	if got := b.jobsQueued(t) - before; got != 0 {
+		t.Errorf("b queued %d jobs (a receipt) for c's message with a's id, want 0", got)
+	}
+	if got, _ := b.svc.Message(ms[0].ID); got.From != string(a.me()) || got.Text != "from a" {
+		t.Errorf("b's message %s is now %q from %s", ms[0].ID, got.Text, got.From)
+	}
+	if cs, _ := b.svc.Messages(ctx, string(c.me())); len(cs) != 0 {
+		t.Errorf("b stored %d messages from c", len(cs))
+	}
 }

@@ -37,7 +37,8 @@ func (s *Service) ExpireNow() (int, error) {
 	err := s.ns.List(s.ctx, listPrefix("j/"), func(k string, v []byte) error {
 		var j job
 		if err := jsonUnmarshal(v, &j); err != nil {
-			return err
+			s.log.Warn("unreadable delivery job skipped by the expiry check", "key", k, "err", err)
+			return nil // the others still expire
 		}
 		if now.Sub(j.Created) >= MaxAge {
 			hits = append(hits, expiredJob{k, j, j.MsgID})

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/kinmesh/kinmesh/protocols/e2ee"
+	"github.com/kinmesh/kinmesh/protocols/message/pb"
 )
 
 // TestGroupRenameAndHandOver: the admin renames a group and every member
@@ -77,5 +78,44 @@ func TestGroupRenameAndHandOver(t *testing.T) {
 	}
 	if m.State != StateFailed || m.Reason == "" {
 		t.Fatalf("a message to a group with no one else: %s (%q), want failed with a reason", m.State, m.Reason)
+	}
+}
+
+// TestGroupRecordsFromAdminOnly: member records in a group update are
+// learned from the group's admin, not from another member's update (which
+// is refused), nor from a stranger's update for a group we're not in.
+func TestGroupRecordsFromAdminOnly(t *testing.T) {
+	r := newRelay(t)
+	admin, x, y, me := newDevice(t, "admin", r), newDevice(t, "x", r), newDevice(t, "y", r), newDevice(t, "me", r)
+	group := newID()
+	members := []string{string(admin.me()), string(x.me()), string(me.me())}
+	update := func(from *device, version uint64, members []string) {
+		me.svc.mu.Lock()
+		defer me.svc.mu.Unlock()
+		tx := me.svc.begin()
+		tx.apply(inbound{from: from.me(), content: &pb.Content{Group: group, Body: &pb.Content_GroupUpdate{GroupUpdate: &pb.GroupUpdate{
+			Name: "Family", Version: version, Members: members, Records: [][]byte{y.rec.Raw},
+		}}}})
+		if err := tx.commit(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	update(x, 1, []string{string(x.me()), string(admin.me())}) // not us: not a group of ours
+	if _, ok := me.book.Contact(y.me()); ok {
+		t.Fatal("a record from a stranger's group update was learned")
+	}
+	update(admin, 1, members)
+	if _, ok := me.book.Contact(y.me()); !ok {
+		t.Fatal("y's record from the admin's update was not learned")
+	}
+	me.book.mu.Lock()
+	delete(me.book.recs, y.me())
+	me.book.mu.Unlock()
+	update(x, 2, members) // a member is not the admin
+	if _, ok := me.book.Contact(y.me()); ok {
+		t.Fatal("a record from a member's (refused) update was learned")
+	}
+	if g := me.group(t, group); g.Version != 1 || g.Admin != string(admin.me()) {
+		t.Fatalf("group after a member's update: %+v", g)
 	}
 }

@@ -8,6 +8,8 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
+	"time"
 	"unicode/utf8"
 
 	"github.com/kinmesh/kinmesh/protocols/contact"
@@ -627,19 +629,22 @@ func (t *tx) queuePairwise(to e2ee.AccountID, group string, c *pb.Content) error
 // our sender key goes to new members with our next message, and a removal
 // or a leave only marks our key for rotation before that message.
 func (t *tx) applyGroupUpdate(from e2ee.AccountID, id string, u *pb.GroupUpdate) []Event {
-	// Member records: those we learn from a records chunk that follows
-	// the update (a large group's records come in several) become
-	// reachable, and get our sender key with our next message.
-	for _, raw := range u.GetRecords() {
-		if rec, err := contact.Parse(raw); err == nil {
-			t.s.cfg.Contacts.Learn(rec)
-		}
-	}
 	g, err := t.Group(id)
 	if err != nil || id == "" || len(id) > 64 {
 		return nil
 	}
 	me := string(t.s.me)
+	// Member records, from the admin only (or from whoever adds us to a
+	// group new to us): those we learn from a records chunk that follows
+	// the update (a large group's records come in several) become
+	// reachable, and get our sender key with our next message.
+	if g == nil && slices.Contains(u.GetMembers(), me) || g != nil && string(from) == g.Admin {
+		for _, raw := range u.GetRecords() {
+			if rec, err := contact.Parse(raw); err == nil {
+				t.s.cfg.Contacts.Learn(rec)
+			}
+		}
+	}
 	if u.GetLeft() {
 		if g == nil || !slices.Contains(g.Members, string(from)) {
 			return nil
@@ -765,14 +770,66 @@ type parked struct {
 	Payload     []byte           `json:"payload"`
 }
 
+// Bounds on parked group messages. Parking happens before anything
+// authenticates the message (that takes the sender key it waits for), so
+// anyone could otherwise fill the disk with them for 15 days, claiming any
+// sender. Honest senders send their key ahead of their messages: only a
+// race parks, a few at a time. maxParkedPerSender also bounds what one
+// arriving key retries in one transaction.
+const (
+	maxParked          = 1024
+	maxParkedPerSender = 64
+)
+
+// parkedCount is what is parked, per sender (by opaque name) and in all;
+// known once counted from the store (countParked). Under s.mu.
+type parkedCount struct {
+	known     bool
+	countedAt time.Time
+	total     int
+	per       map[string]int
+}
+
 // park keeps a group message (an envelope's inner message c, named h)
-// whose sender key hasn't arrived.
+// whose sender key hasn't arrived, unless the bounds are reached: then it
+// is dropped, as unreadable.
 func (t *tx) park(h [32]byte, c e2ee.EnvelopeContent, in inbound) {
+	o := t.s.opaque(string(in.from))
+	pc := &t.s.parked
+	full := func() bool { return pc.total >= maxParked || pc.per[o] >= maxParkedPerSender }
+	if !pc.known || (full() && t.s.cfg.Now().Sub(pc.countedAt) >= time.Minute) {
+		t.s.countParked(t.ctx()) // (again: some may have expired)
+	}
+	if !pc.known || full() {
+		t.s.log.Debug("group message waiting for its key dropped: too many wait", "from", in.from)
+		return
+	}
 	key := t.s.keyParkedPrefix(in.from) + hex.EncodeToString(h[:16])
 	b, err := json.Marshal(parked{Sender: c.Sender.Marshal(), Certificate: c.Certificate, Type: c.Type, Payload: c.Payload})
-	if err == nil {
-		_ = t.b.PutTTL(t.s.ns, key, b, MaxAge)
+	if err == nil && t.b.PutTTL(t.s.ns, key, b, MaxAge) == nil {
+		pc.total++
+		pc.per[o]++
 	}
+}
+
+// countParked counts the parked messages in the store. Called with s.mu
+// held.
+func (s *Service) countParked(ctx context.Context) {
+	pc := parkedCount{countedAt: s.cfg.Now(), per: map[string]int{}}
+	err := s.ns.List(ctx, listPrefix("w/"), func(k string, _ []byte) error {
+		if o, _, ok := strings.Cut(strings.TrimPrefix(k, "w/"), "/"); ok {
+			pc.total++
+			pc.per[o]++
+		}
+		return nil
+	})
+	if err != nil {
+		s.log.Warn("counting parked group messages failed", "err", err)
+		s.parked.known = false
+		return
+	}
+	pc.known = true
+	s.parked = pc
 }
 
 // unpark retries parked messages of senders whose keys arrived in this
@@ -805,7 +862,13 @@ func (t *tx) unpark(delivered map[e2ee.AccountID][][]byte) []Event {
 			if errors.Is(err, errParked) {
 				continue
 			}
-			_ = t.b.Delete(t.s.ns, keys[i])
+			if t.b.Delete(t.s.ns, keys[i]) == nil && t.s.parked.known {
+				o := t.s.opaque(string(from))
+				t.s.parked.total--
+				if t.s.parked.per[o]--; t.s.parked.per[o] <= 0 {
+					delete(t.s.parked.per, o)
+				}
+			}
 			if err != nil {
 				continue
 			}

@@ -3,6 +3,7 @@ package message
 import (
 	"context"
 	"crypto/rand"
+	"strings"
 	"testing"
 	"time"
 
@@ -52,4 +53,62 @@ func TestParkedBesideSessions(t *testing.T) {
 	restart(t, b)
 	connect(t, ctx, a, b)
 	exchange(t, ctx, a, b, "after")
+}
+
+// TestParkedBounded: group messages waiting for a sender key can't be
+// piled up by whoever claims to be a sender: at most maxParkedPerSender
+// per claimed sender and maxParked in all are kept; the rest are dropped
+// as unreadable (and acked, so they leave the relays).
+func TestParkedBounded(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	r := newRelay(t)
+	b := newDevice(t, "b", r)
+	senders := maxParked/maxParkedPerSender + 1
+	var envs [][]byte
+	for range senders {
+		x, err := e2ee.NewIdentity(rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		k, err := e2ee.NewSenderKey(rand.Reader, newID(), x.AccountID(), time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		for range maxParkedPerSender + 2 {
+			var msg []byte
+			if msg, k, err = k.Encrypt([]byte("junk")); err != nil {
+				t.Fatal(err)
+			}
+			env, err := e2ee.SealEnvelope(b.rec.MailboxKey, e2ee.EnvelopeContent{Sender: x.Public(), Type: e2ee.ContentSenderKey, Payload: msg})
+			if err != nil {
+				t.Fatal(err)
+			}
+			envs = append(envs, env)
+		}
+	}
+	for i, err := range b.svc.receive(envs) {
+		if err != nil && i%(maxParkedPerSender+2) < maxParkedPerSender {
+			t.Fatalf("envelope %d: %v", i, err)
+		}
+	}
+	per := map[string]int{}
+	total := 0
+	err := b.svc.ns.List(ctx, listPrefix("w/"), func(k string, _ []byte) error {
+		o, _, _ := strings.Cut(strings.TrimPrefix(k, "w/"), "/")
+		per[o]++
+		total++
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if total != maxParked {
+		t.Errorf("%d messages parked, want %d", total, maxParked)
+	}
+	for o, n := range per {
+		if n > maxParkedPerSender {
+			t.Errorf("%d parked for one sender (%s), want at most %d", n, o, maxParkedPerSender)
+		}
+	}
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"time"
 
 	"google.golang.org/protobuf/proto"
 
@@ -360,7 +361,7 @@ func (t *tx) receiveItems(items []e2ee.EnvelopeContent, delivered map[e2ee.Accou
 			continue
 		}
 		in, err := t.decrypt(c)
-		if errors.Is(err, e2ee.ErrTooManySkipped) {
+		if errors.Is(err, e2ee.ErrTooManySkipped) && t.s.stillLater(h) {
 			later = true // not seen: it decrypts once the messages before it came
 			continue
 		}
@@ -387,6 +388,37 @@ func (t *tx) receiveItems(items []e2ee.EnvelopeContent, delivered map[e2ee.Accou
 		return errLater
 	}
 	return last
+}
+
+// maxLaterWait is how long an inner message too far ahead of its chain
+// waits for the ones before it (left on the relay, brought again at each
+// drain) before it is dropped as unreadable. They come within a drain or
+// two when another relay's copies are behind; if they never come (lost,
+// or never sent: anyone with a session can make such messages on purpose)
+// it would otherwise sit on our relays for 15 days, taking our quota.
+const maxLaterWait = 24 * time.Hour
+
+// maxLaterTracked bounds the far-ahead messages remembered; past it the
+// memory starts over (a message's wait starts again).
+const maxLaterTracked = 4096
+
+// stillLater reports whether the far-ahead message h may still wait for
+// the ones before it. Called with s.mu held.
+func (s *Service) stillLater(h [32]byte) bool {
+	now := s.cfg.Now()
+	first, ok := s.laterSince[h]
+	if !ok {
+		if s.laterSince == nil || len(s.laterSince) >= maxLaterTracked {
+			s.laterSince = map[[32]byte]time.Time{}
+		}
+		s.laterSince[h] = now
+		return true
+	}
+	if now.Sub(first) < s.laterFor {
+		return true
+	}
+	delete(s.laterSince, h)
+	return false
 }
 
 // decrypt decrypts an opened envelope's payload, checking that the
@@ -453,9 +485,19 @@ func (t *tx) applyText(in inbound, text string) ([]Event, []byte) {
 	if checkText(text) != nil {
 		return nil, nil
 	}
-	if old, err := t.Message(id); err != nil || old != nil {
+	old, err := t.Message(id)
+	switch {
+	case err != nil:
+		return nil, nil // not stored: no receipt says it is
+	case old != nil && old.Incoming && old.From == string(in.from):
 		// Already stored: acknowledge again, the first receipt may be lost.
 		return nil, c.Id
+	case old != nil:
+		// Another message has this id (ours, or another sender's: ids
+		// are random, so only someone who saw it can reuse it). Not
+		// stored, and no receipt: its sender must not see it delivered.
+		t.s.log.Debug("message id already taken: dropped", "from", in.from)
+		return nil, nil
 	}
 	m := &Message{
 		ID: id, From: string(in.from), To: string(t.s.me), Text: text,

@@ -113,7 +113,11 @@ func (s *Service) relaySession(ctx context.Context, l *relayLink) error {
 			return nil
 		case <-sess.Done():
 			return sess.Err()
-		case p := <-sess.Pushed():
+		case p, ok := <-sess.Pushed():
+			if !ok { // the session ended
+				<-sess.Done()
+				return sess.Err()
+			}
 			if p.Missed {
 				if err := s.drainOne(sess, p.FetchAfter); err != nil {
 					return err

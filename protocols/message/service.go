@@ -129,6 +129,14 @@ type Service struct {
 
 	drainMu sync.Mutex // one relay backlog drained at a time (drainOne)
 
+	// laterSince: when each inner message still too far ahead of its
+	// chain first came (under mu; receive.go, stillLater). laterFor is how
+	// long it may wait for the ones before it.
+	laterSince map[[32]byte]time.Time
+	laterFor   time.Duration
+
+	parked parkedCount // group messages waiting for their sender key (groups.go, park)
+
 	// consumed tracks one-time prekeys consumed while a prekey maintenance
 	// round runs (nil otherwise), so its result can't resurrect them.
 	consumed   []e2ee.PrekeyID
@@ -185,6 +193,8 @@ func New(cfg Config) (*Service, error) {
 		sends:  make(chan *sendReq, maxSendBatch),
 		relays: map[peer.ID]*relayLink{},
 		rest:   map[peer.ID]relayRest{},
+
+		laterFor: maxLaterWait,
 	}
 	if err := s.initPrekeys(); err != nil {
 		cancel()
