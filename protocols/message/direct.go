@@ -70,30 +70,48 @@ func (s *Service) handleDeliver(st network.Stream) {
 
 // serveDeliver reads one Deliver frame from br, processes it and answers
 // on st. It reports whether the stream may carry another.
+//
+// Memory is reserved in the stream's scope as the frame's length prefix
+// says, before the frame is read, and for the decoded envelopes once
+// they are counted; all of it is released after the answer. A frame of
+// more than maxDirectBatch envelopes is counted, not decoded: each gets
+// TOO_LARGE (a frame of more than maxRefusedAnswer resets the stream, as
+// its answer would not fit an ack).
 func (s *Service) serveDeliver(st network.Stream, br *bufio.Reader) bool {
-	if err := st.Scope().ReserveMemory(maxDirectFrame, network.ReservationPriorityAlways); err != nil {
+	scope := st.Scope()
+	held := 0
+	defer func() { scope.ReleaseMemory(held) }()
+	reserve := func(n int) error {
+		if err := scope.ReserveMemory(n, network.ReservationPriorityAlways); err != nil {
+			return err
+		}
+		held += n
+		return nil
+	}
+	b, err := readFrame(br, maxDirectFrame, reserve)
+	if err != nil {
 		return false
 	}
-	defer st.Scope().ReleaseMemory(maxDirectFrame)
-	var req pb.Deliver
-	if err := wire.NewReader(br).Read(&req, maxDirectFrame); err != nil {
-		return false
-	}
-	statuses := make([]pb.DeliverAck_Status, len(req.Envelopes))
-	if len(req.Envelopes) > maxDirectBatch {
+	req, shape, err := decodeDeliver(b, reserve)
+	switch {
+	case errors.Is(err, errTooManyEnvelopes) && shape.envelopes <= maxRefusedAnswer:
+		statuses := make([]pb.DeliverAck_Status, shape.envelopes)
 		for i := range statuses {
 			statuses[i] = pb.DeliverAck_TOO_LARGE
 		}
-	} else {
-		for i, err := range s.receive(req.Envelopes) {
-			switch {
-			case err == nil:
-				statuses[i] = pb.DeliverAck_OK
-			case errors.Is(err, errTransient), errors.Is(err, errLater):
-				statuses[i] = pb.DeliverAck_INTERNAL
-			default:
-				statuses[i] = pb.DeliverAck_MALFORMED
-			}
+		return wire.Write(st, &pb.DeliverAck{RequestId: shape.requestID, Statuses: statuses}, maxAckFrame) == nil
+	case err != nil:
+		return false
+	}
+	statuses := make([]pb.DeliverAck_Status, len(req.Envelopes))
+	for i, err := range s.receive(req.Envelopes) {
+		switch {
+		case err == nil:
+			statuses[i] = pb.DeliverAck_OK
+		case errors.Is(err, errTransient), errors.Is(err, errLater):
+			statuses[i] = pb.DeliverAck_INTERNAL
+		default:
+			statuses[i] = pb.DeliverAck_MALFORMED
 		}
 	}
 	return wire.Write(st, &pb.DeliverAck{RequestId: req.RequestId, Statuses: statuses}, maxAckFrame) == nil

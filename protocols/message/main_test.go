@@ -117,7 +117,13 @@ type device struct {
 
 func newDevice(t testing.TB, name string, relays ...*relay) *device {
 	t.Helper()
-	h := newHost(t)
+	return newDeviceOn(t, name, newHost(t), nil, relays...)
+}
+
+// newDeviceOn is newDevice on host h, with tweak (if not nil) applied to
+// the engine's Config.
+func newDeviceOn(t testing.TB, name string, h host.Host, tweak func(*Config), relays ...*relay) *device {
+	t.Helper()
 	st := openStore(t, filepath.Join(t.TempDir(), name))
 	id, _ := e2ee.NewIdentity(rand.Reader)
 	mk, _ := e2ee.NewMailboxKey(rand.Reader)
@@ -140,12 +146,16 @@ func newDevice(t testing.TB, name string, relays ...*relay) *device {
 	mc, _ := mailbox.NewClient(h)
 	pc, _ := prekeys.NewClient(h)
 	d := &device{h: h, st: st, id: id, rec: signed, book: &book{recs: map[e2ee.AccountID]contact.Signed{}, blocked: map[e2ee.AccountID]bool{}}, events: make(chan Event, 4096)}
-	d.svc, err = New(Config{
+	cfg := Config{
 		Host: h, Store: st, Contacts: d.book, Mailbox: mc, Prekeys: pc, InitialPrekeys: pk,
 		Account:  Account{Identity: id, MailboxKey: mk, MailboxAuth: auth, Record: signed},
 		OnEvent:  func(e Event) { d.events <- e },
 		RetryMin: 50 * time.Millisecond,
-	})
+	}
+	if tweak != nil {
+		tweak(&cfg)
+	}
+	d.svc, err = New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

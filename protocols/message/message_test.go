@@ -1,6 +1,7 @@
 package message
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/hex"
@@ -322,19 +323,52 @@ func FuzzReceive(f *testing.F) {
 	})
 }
 
-// FuzzDeliverFrame: arbitrary frames into the direct handler never panic.
+// FuzzDeliverFrame: arbitrary frames into the direct handler's decoder
+// never panic; the scan that counts envelopes before decoding accepts
+// exactly what proto.Unmarshal accepts and counts what it decodes; a frame
+// of at most maxDirectBatch envelopes decodes (and re-encodes), and one
+// with more is refused undecoded.
 func FuzzDeliverFrame(f *testing.F) {
 	f.Add([]byte{0x00})
 	f.Add([]byte{0x05, 0x08, 0x01, 0x12, 0x01, 0x00})
+	f.Add(prefixed(emptyEnvelopes(maxDirectBatch + 1)))
+	f.Add(prefixed(emptyEnvelopes(1 << 20))) // 2 MiB: 48 MiB decoded
 	f.Fuzz(func(t *testing.T, data []byte) {
-		var m pb.Deliver
-		if err := wire.NewReader(bytes.NewReader(data)).Read(&m, maxDirectFrame); err != nil {
+		b, err := readFrame(bufio.NewReader(bytes.NewReader(data)), maxDirectFrame, noReserve)
+		if err != nil {
 			return
 		}
-		if len(m.Envelopes) > maxDirectBatch {
+		shape, serr := scanDeliver(b)
+		var want pb.Deliver
+		uerr := proto.Unmarshal(b, &want)
+		if (serr == nil) != (uerr == nil) {
+			t.Fatalf("scan: %v; proto.Unmarshal: %v", serr, uerr)
+		}
+		if serr != nil {
 			return
 		}
-		if _, err := proto.Marshal(&m); err != nil {
+		size := 0
+		for _, e := range want.Envelopes {
+			size += len(e)
+		}
+		if shape.envelopes != len(want.Envelopes) || shape.bytes != size || shape.requestID != want.RequestId {
+			t.Fatalf("scan: %d envelopes of %d bytes, request %d; proto.Unmarshal: %d of %d, request %d",
+				shape.envelopes, shape.bytes, shape.requestID, len(want.Envelopes), size, want.RequestId)
+		}
+		got, _, err := decodeDeliver(b, noReserve)
+		if len(want.Envelopes) > maxDirectBatch {
+			if !errors.Is(err, errTooManyEnvelopes) || got != nil {
+				t.Fatalf("%d envelopes: got %v, want errTooManyEnvelopes", len(want.Envelopes), err)
+			}
+			return
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !proto.Equal(got, &want) {
+			t.Fatal("decodeDeliver and proto.Unmarshal disagree")
+		}
+		if _, err := proto.Marshal(got); err != nil {
 			t.Fatalf("re-encode: %v", err)
 		}
 	})
