@@ -76,7 +76,8 @@ func (s *Service) handleDeliver(st network.Stream) {
 // they are counted; all of it is released after the answer. A frame of
 // more than maxDirectBatch envelopes is counted, not decoded: each gets
 // TOO_LARGE (a frame of more than maxRefusedAnswer resets the stream, as
-// its answer would not fit an ack).
+// its answer would not fit an ack). The envelopes over the sending peer's
+// limit (directLimiter) are answered RATE_LIMITED, unopened.
 func (s *Service) serveDeliver(st network.Stream, br *bufio.Reader) bool {
 	scope := st.Scope()
 	held := 0
@@ -104,27 +105,38 @@ func (s *Service) serveDeliver(st network.Stream, br *bufio.Reader) bool {
 		return false
 	}
 	statuses := make([]pb.DeliverAck_Status, len(req.Envelopes))
-	for i, err := range s.receive(req.Envelopes) {
-		switch {
-		case err == nil:
-			statuses[i] = pb.DeliverAck_OK
-		case errors.Is(err, errTransient), errors.Is(err, errLater):
-			statuses[i] = pb.DeliverAck_INTERNAL
-		default:
-			statuses[i] = pb.DeliverAck_MALFORMED
+	from := st.Conn().RemotePeer()
+	n := s.limits.in.take(from, len(req.Envelopes))
+	if n < len(req.Envelopes) {
+		s.log.Debug("direct delivery over the peer's limit", "peer", from, "refused", len(req.Envelopes)-n)
+		for i := n; i < len(statuses); i++ {
+			statuses[i] = pb.DeliverAck_RATE_LIMITED
+		}
+	}
+	if n > 0 {
+		for i, err := range s.receive(req.Envelopes[:n]) {
+			switch {
+			case err == nil:
+				statuses[i] = pb.DeliverAck_OK
+			case errors.Is(err, errTransient), errors.Is(err, errLater):
+				statuses[i] = pb.DeliverAck_INTERNAL
+			default:
+				statuses[i] = pb.DeliverAck_MALFORMED
+			}
 		}
 	}
 	return wire.Write(st, &pb.DeliverAck{RequestId: req.RequestId, Statuses: statuses}, maxAckFrame) == nil
 }
 
-// deliver sends envelopes to a device and reports which it took. It uses
-// a stream kept from an earlier exchange when there is one, and a fresh
+// deliver sends envelopes to a device and reports which it took, and
+// whether it refused some as over our limit (RATE_LIMITED). It uses a
+// stream kept from an earlier exchange when there is one, and a fresh
 // stream if that fails or there is none.
-func (s *Service) deliver(dev peer.ID, envs [][]byte) ([]bool, error) {
+func (s *Service) deliver(dev peer.ID, envs [][]byte) (took []bool, limited bool, err error) {
 	if st := s.eng.direct.take(dev); st != nil {
-		if ok, err := s.exchange(st, envs); err == nil {
+		if took, limited, err := s.exchange(st, envs); err == nil {
 			s.eng.direct.keep(dev, st)
-			return ok, nil
+			return took, limited, nil
 		}
 		st.Reset() // closed by the device meanwhile: once more, afresh
 	}
@@ -132,23 +144,24 @@ func (s *Service) deliver(dev peer.ID, envs [][]byte) ([]bool, error) {
 	defer cancel()
 	st, err := s.cfg.Host.NewStream(network.WithAllowLimitedConn(ctx, "kinmesh message"), dev, ID)
 	if err != nil {
-		return nil, fmt.Errorf("open stream to %s: %w", dev, err)
+		return nil, false, fmt.Errorf("open stream to %s: %w", dev, err)
 	}
-	ok, err := s.exchange(st, envs)
+	took, limited, err = s.exchange(st, envs)
 	if err != nil {
 		st.Reset()
-		return nil, err
+		return nil, false, err
 	}
 	if st.Conn().Stat().Limited {
 		_ = st.Close()
 	} else {
 		s.eng.direct.keep(dev, st)
 	}
-	return ok, nil
+	return took, limited, nil
 }
 
-// exchange sends one Deliver frame on st and reads its answer.
-func (s *Service) exchange(st network.Stream, envs [][]byte) ([]bool, error) {
+// exchange sends one Deliver frame on st and reads its answer: which
+// envelopes the device took, and whether it refused some as RATE_LIMITED.
+func (s *Service) exchange(st network.Stream, envs [][]byte) (took []bool, limited bool, err error) {
 	ctx, cancel := context.WithTimeout(s.ctx, directStreamTimeout)
 	defer cancel()
 	stop := context.AfterFunc(ctx, func() { st.Reset() })
@@ -156,20 +169,21 @@ func (s *Service) exchange(st network.Stream, envs [][]byte) ([]bool, error) {
 	_ = st.SetDeadline(time.Now().Add(directStreamTimeout))
 	id := uint64(time.Now().UnixNano())
 	if err := wire.Write(st, &pb.Deliver{RequestId: id, Envelopes: envs}, maxDirectFrame); err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	var ack pb.DeliverAck
 	if err := wire.NewReader(st).Read(&ack, maxAckFrame); err != nil {
-		return nil, fmt.Errorf("read delivery ack: %w", err)
+		return nil, false, fmt.Errorf("read delivery ack: %w", err)
 	}
 	if ack.RequestId != id || len(ack.Statuses) != len(envs) {
-		return nil, fmt.Errorf("delivery ack does not match the request: %w", e2ee.ErrMalformed)
+		return nil, false, fmt.Errorf("delivery ack does not match the request: %w", e2ee.ErrMalformed)
 	}
-	ok := make([]bool, len(envs))
+	took = make([]bool, len(envs))
 	for i, st := range ack.Statuses {
-		ok[i] = st == pb.DeliverAck_OK
+		took[i] = st == pb.DeliverAck_OK
+		limited = limited || st == pb.DeliverAck_RATE_LIMITED
 	}
-	return ok, nil
+	return took, limited, nil
 }
 
 // streamPool keeps the direct streams between exchanges: up to

@@ -385,7 +385,7 @@ func (s *Service) fetchBundle(rec contact.Signed) (*e2ee.Bundle, error) {
 func (s *Service) tryDirect(rec contact.Signed, units []unit) []bool {
 	sent := make([]bool, len(units))
 	dev, limited, ok := s.reach(rec)
-	if !ok {
+	if !ok || s.limits.out.resting(dev) {
 		return sent
 	}
 	budget := len(units)
@@ -402,11 +402,15 @@ func (s *Service) tryDirect(rec contact.Signed, units []unit) []bool {
 	}
 	// Up to maxDirectInFlight frames at once, each on its own stream: the
 	// device works on them side by side (its fsyncs shared), and the
-	// ratchet takes messages in any order.
+	// ratchet takes messages in any order. A frame the device answers
+	// RATE_LIMITED (in part) ends the round's direct delivery, and the
+	// device rests (directLimits): what it didn't take goes to the relays,
+	// and comes to it again, directly, in a round after the rest.
 	var (
-		wg     sync.WaitGroup
-		failed atomic.Bool
-		slots  = make(chan struct{}, maxDirectInFlight)
+		wg          sync.WaitGroup
+		failed      atomic.Bool
+		rateLimited atomic.Bool
+		slots       = make(chan struct{}, maxDirectInFlight)
 	)
 	for start, end := 0, 0; start < budget && !failed.Load(); start = end {
 		var envs [][]byte
@@ -420,7 +424,7 @@ func (s *Service) tryDirect(rec contact.Signed, units []unit) []bool {
 		slots <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-slots }()
-			ok, err := s.deliver(dev, envs)
+			ok, limited, err := s.deliver(dev, envs)
 			if err != nil {
 				s.log.Debug("direct delivery failed", "to", rec.AccountID(), "err", err)
 				failed.Store(true)
@@ -429,9 +433,19 @@ func (s *Service) tryDirect(rec contact.Signed, units []unit) []bool {
 			for i, o := range ok {
 				sent[start+i] = o
 			}
+			if limited {
+				rateLimited.Store(true)
+				failed.Store(true)
+			}
 		})
 	}
 	wg.Wait()
+	if rateLimited.Load() {
+		s.log.Debug("direct delivery rate limited by the device", "to", rec.AccountID(), "device", dev)
+		s.limits.out.failed(dev, directRestMin, directRestMax)
+	} else if !failed.Load() {
+		s.limits.out.ok(dev)
+	}
 	return sent
 }
 

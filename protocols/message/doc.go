@@ -29,7 +29,10 @@
 //     answers after it has durably stored them → state sent. Over a limited
 //     relay circuit only small batches go (signalling-sized, ≤ 64 KiB);
 //     larger ones use the mailbox, which pushes them to an online recipient
-//     at once anyway;
+//     at once anyway. The device takes up to Config.DirectBurst envelopes
+//     from one peer at once, refilled at Config.DirectRate a second, and
+//     answers the rest RATE_LIMITED, unopened; the lane then leaves that
+//     device alone for a rest (0.5 s doubling to 1 min) and deposits;
 //  2. otherwise the same envelope bytes are deposited on every home relay
 //     of the recipient (mailbox.Client.Deposit) → state queued(n relays);
 //     relays that fail are retried until all hold it;

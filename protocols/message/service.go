@@ -86,6 +86,14 @@ type Config struct {
 	// ExpiryInterval is how often undelivered messages are checked for
 	// MaxAge (default 1h).
 	ExpiryInterval time.Duration
+	// DirectRate and DirectBurst limit the envelopes each peer may hand
+	// us directly (/kinmesh/msg/1.0.0): DirectBurst at once, refilled at
+	// DirectRate a second (defaults DefaultDirectRate, 1,000, and
+	// DefaultDirectBurst, 4,096). Envelopes over the limit are answered
+	// RATE_LIMITED unopened; the sender then leaves them to our relays
+	// for a while.
+	DirectRate  float64
+	DirectBurst int
 }
 
 // Service is a running messaging engine.
@@ -143,6 +151,9 @@ type Service struct {
 	tracking   bool
 	maintainMu sync.Mutex
 
+	// limits is the direct protocol's rate limiting, both ways.
+	limits directLimits
+
 	// eng is the in-memory state beside the store: job index, group
 	// commit, envelopes being received (store.go).
 	eng engineState
@@ -180,6 +191,12 @@ func New(cfg Config) (*Service, error) {
 	if cfg.MaintainInterval <= 0 {
 		cfg.MaintainInterval = 6 * time.Hour
 	}
+	if cfg.DirectRate <= 0 {
+		cfg.DirectRate = DefaultDirectRate
+	}
+	if cfg.DirectBurst <= 0 {
+		cfg.DirectBurst = DefaultDirectBurst
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Service{
 		cfg:    cfg,
@@ -193,6 +210,7 @@ func New(cfg Config) (*Service, error) {
 		sends:  make(chan *sendReq, maxSendBatch),
 		relays: map[peer.ID]*relayLink{},
 		rest:   map[peer.ID]relayRest{},
+		limits: directLimits{in: newDirectLimiter(time.Now, cfg.DirectRate, cfg.DirectBurst, maxDirectPeers)},
 
 		laterFor: maxLaterWait,
 	}
