@@ -271,6 +271,10 @@ type ListOptions struct {
 	StartAfter string
 	// Limit is the most entries List visits; 0 means no limit.
 	Limit int
+	// Corrupt, when set, makes List go past a value that fails to open:
+	// it calls Corrupt with the value's key (not counted by Limit) and
+	// goes on. An error from Corrupt stops List and is returned as is.
+	Corrupt func(key string) error
 }
 
 // List calls fn for each unexpired entry that opts selects, in byte-wise key
@@ -279,7 +283,7 @@ type ListOptions struct {
 // store (for example Delete the key it was given) but must not Close it.
 //
 // A value that fails to open stops List with an error wrapping ErrCorrupt and
-// naming the key, which the caller can Delete.
+// naming the key, which the caller can Delete, unless opts.Corrupt is set.
 func (n *Namespace) List(ctx context.Context, opts ListOptions, fn func(key string, v []byte) error) error {
 	if len(opts.Prefix) > MaxKeyLen || len(opts.StartAfter) > MaxKeyLen {
 		return fmt.Errorf("storage: list %s: %w", n.name, ErrInvalidKey)
@@ -325,6 +329,12 @@ func (n *Namespace) List(ctx context.Context, opts ListOptions, fn func(key stri
 			expiry, value, err = n.s.sealer.open(n.name, key, v)
 			return err
 		})
+		if opts.Corrupt != nil && errors.Is(err, ErrCorrupt) {
+			if err := opts.Corrupt(key); err != nil {
+				return err
+			}
+			continue
+		}
 		if err != nil {
 			return fmt.Errorf("storage: list %s: key %q: %w", n.name, key, err)
 		}

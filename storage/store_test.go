@@ -588,6 +588,65 @@ func TestCorrupt(t *testing.T) {
 	}
 }
 
+// TestListPastCorrupt: with ListOptions.Corrupt, List reports a value that
+// fails to open and goes on to the values after it.
+func TestListPastCorrupt(t *testing.T) {
+	ctx := context.Background()
+	st := open(t, "")
+	ns := st.Namespace("ns")
+	for _, k := range []string{"a", "b", "c", "d"} {
+		mustPut(t, ns, k, []byte("value "+k))
+	}
+	// Move b's sealed value to c: both fail to open.
+	db := storage.RawDB(st)
+	err := db.Update(func(txn *badger.Txn) error {
+		item, err := txn.Get(storage.DataKey("ns", "b"))
+		if err != nil {
+			return err
+		}
+		v, err := item.ValueCopy(nil)
+		if err != nil {
+			return err
+		}
+		if err := txn.Set(storage.DataKey("ns", "b"), v[:len(v)-1]); err != nil {
+			return err
+		}
+		return txn.Set(storage.DataKey("ns", "c"), v)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got, corrupt []string
+	opts := storage.ListOptions{Limit: 2, Corrupt: func(key string) error {
+		corrupt = append(corrupt, key)
+		return nil
+	}}
+	err = ns.List(ctx, opts, func(key string, v []byte) error {
+		if want := "value " + key; string(v) != want {
+			t.Errorf("List: %q holds %q, want %q", key, v, want)
+		}
+		got = append(got, key)
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("List: %v", err)
+	}
+	if fmt.Sprint(got) != "[a d]" || fmt.Sprint(corrupt) != "[b c]" {
+		t.Fatalf("List: got values %v and corrupt %v, want [a d] and [b c]", got, corrupt)
+	}
+	// An error from Corrupt stops List.
+	stop := errors.New("stop")
+	opts.Corrupt = func(string) error { return stop }
+	got = nil
+	err = ns.List(ctx, opts, func(key string, _ []byte) error {
+		got = append(got, key)
+		return nil
+	})
+	if !errors.Is(err, stop) || fmt.Sprint(got) != "[a]" {
+		t.Fatalf("List stopped by Corrupt: got %v after %v, want stop after [a]", err, got)
+	}
+}
+
 func TestReopenKeepsData(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
