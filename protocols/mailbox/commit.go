@@ -20,6 +20,7 @@ const (
 	opDeposit opKind = iota + 1
 	opAck
 	opPurge
+	opDrop // delete unreadable items; nobody waits for the answer
 )
 
 // op is one request on its way through the committer.
@@ -32,6 +33,7 @@ type op struct {
 	pre       []Code   // deposit: per-item codes decided before (CodeOK: candidate)
 	seqs      []uint64 // ack
 	known     []known  // ack: what the session delivered, per seq
+	keys      []string // drop: the item keys to delete
 
 	// Results, set by the committer.
 	codes   []Code       // deposit, ack: per item
@@ -80,6 +82,8 @@ func (o *op) cost() (items, cost int) {
 		return len(o.envelopes), cost
 	case opAck:
 		return len(o.seqs), 200 * len(o.seqs)
+	case opDrop:
+		return len(o.keys), 200 * len(o.keys)
 	}
 	return 1, 0
 }
@@ -228,6 +232,15 @@ func (s *Service) stage(st *staging, o *op) {
 	i, c := o.cost()
 	st.items, st.cost = st.items+i, st.cost+c
 	o.codes, o.stored, o.deleted, o.err = nil, nil, 0, CodeOK
+	if o.kind == opDrop {
+		for _, key := range o.keys {
+			if !st.deletes(key) {
+				_ = st.batch.Delete(s.ns, key)
+				st.deleted[key] = true
+			}
+		}
+		return
+	}
 	m, err := s.loadMeta(st, o.mbox)
 	if err != nil {
 		s.log.Warn("mailbox record unreadable", "err", err)
@@ -486,6 +499,8 @@ func (s *Service) stageAck(st *staging, m *meta, o *op) {
 			continue
 		case errors.Is(err, storage.ErrCorrupt):
 			// Unreadable: it can never be delivered; delete it.
+			s.log.Warn("deleting an unreadable mailbox item")
+			s.tr.unreadable(1)
 			_ = st.batch.Delete(s.ns, key)
 			st.deleted[key] = true
 			o.codes[i] = CodeNotFound
@@ -510,14 +525,25 @@ func (s *Service) stageAck(st *staging, m *meta, o *op) {
 // purgeChunk bounds the deletes in one purge transaction.
 const purgeChunk = 1000
 
-// purge deletes a whole mailbox: its items and its record.
+// purge deletes a whole mailbox: its items, readable or not, and its
+// record.
 func (s *Service) purge(o *op) {
 	prefix := s.prefix(o.mbox)
 	var keys []string
-	err := s.ns.List(s.ctx, storage.ListOptions{Prefix: prefix + "/"}, func(key string, _ []byte) error {
+	unreadable := 0
+	opts := storage.ListOptions{Prefix: prefix + "/", Corrupt: func(key string) error {
+		keys = append(keys, key)
+		unreadable++
+		return nil
+	}}
+	err := s.ns.List(s.ctx, opts, func(key string, _ []byte) error {
 		keys = append(keys, key)
 		return nil
 	})
+	if unreadable > 0 {
+		s.log.Warn("purging unreadable mailbox items", "items", unreadable)
+		s.tr.unreadable(unreadable)
+	}
 	// Expired items are invisible to List; the sweep takes them.
 	for err == nil && len(keys) > 0 {
 		n := min(len(keys), purgeChunk)

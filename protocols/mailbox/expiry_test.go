@@ -195,6 +195,7 @@ func (c *countingTracer) Fetched(items int, _ int64)                { c.add("fet
 func (c *countingTracer) Acked(items int)                           { c.add("acked", items) }
 func (c *countingTracer) Expired(items int, _ int64)                { c.add("expired", items) }
 func (c *countingTracer) Purged(items int)                          { c.add("purged", items) }
+func (c *countingTracer) Unreadable(items int)                      { c.add("unreadable", items) }
 func (c *countingTracer) Pushed(items int)                          { c.add("pushed", items) }
 func (c *countingTracer) PushOverflow()                             { c.add("overflow", 1) }
 func (c *countingTracer) SessionOpened()                            { c.add("sessions", 1) }

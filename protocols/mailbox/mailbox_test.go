@@ -9,6 +9,8 @@ import (
 	"sync"
 	"testing"
 
+	badger "github.com/dgraph-io/badger/v4"
+
 	"github.com/kinmesh/kinmesh/storage"
 )
 
@@ -394,5 +396,48 @@ func TestGroupTooLargeSplits(t *testing.T) {
 			t.Fatalf("%s: envelope %d after %d", who, n, p)
 		}
 		last[who] = n
+	}
+}
+
+// TestUnreadableItem: an item whose stored value no longer opens (damaged
+// on disk) blocks nothing. A fetch returns the items around it and has it
+// deleted; a purge deletes it with the rest.
+func TestUnreadableItem(t *testing.T) {
+	tr := &countingTracer{}
+	r := startRelay(t, WithMetricsTracer(tr))
+	c := newClient(t, r)
+	fetched, purged := newKey(t), newKey(t)
+	envs := envelopes(3, 100, "unreadable")
+	var middle []uint64
+	for _, k := range []Key{fetched, purged} {
+		mustDeposit(t, c, r, k.ID(), envs)
+		s := openSession(t, c, r, k)
+		middle = append(middle, fetchAll(t, s)[1].Seq)
+		_ = s.Close()
+	}
+	r.restart(t, func(db *badger.DB) {
+		r.corruptItem(t, db, fetched.ID(), middle[0])
+		r.corruptItem(t, db, purged.ID(), middle[1])
+	})
+
+	s := openSession(t, c, r, fetched)
+	items, more, err := s.Fetch(testCtx(t), 0, 0)
+	if err != nil {
+		t.Fatalf("Fetch past an unreadable item: %v", err)
+	}
+	if len(items) != 2 || more || !bytes.Equal(items[0].Envelope, envs[0]) || !bytes.Equal(items[1].Envelope, envs[2]) {
+		t.Fatalf("Fetch: got %d items (more %v), want the first and the third", len(items), more)
+	}
+	waitFor(t, "the unreadable item deleted", func() bool { return countItems(t, r, fetched.ID()) == 2 })
+	if got := tr.get("unreadable"); got != 1 {
+		t.Fatalf("unreadable count %d, want 1", got)
+	}
+
+	n, err := openSession(t, c, r, purged).Purge(testCtx(t))
+	if err != nil || n != 3 {
+		t.Fatalf("Purge with an unreadable item: %d, %v; want 3", n, err)
+	}
+	if got := countItems(t, r, purged.ID()); got != 0 {
+		t.Fatalf("store holds %d items after purge", got)
 	}
 }

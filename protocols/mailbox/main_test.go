@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	badger "github.com/dgraph-io/badger/v4"
 	"github.com/libp2p/go-libp2p"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
@@ -82,6 +83,9 @@ type testRelay struct {
 	svc   *Service
 	dir   string
 	clock *clock
+
+	storeOpts []storage.Option // as started, for restart
+	opts      []Option
 }
 
 func startRelay(t testing.TB, opts ...Option) *testRelay {
@@ -94,18 +98,73 @@ func startRelayWith(t testing.TB, storeOpts []storage.Option, opts ...Option) *t
 	t.Helper()
 	clk := newClock()
 	dir := t.TempDir()
-	st, err := storage.Open(dir, append([]storage.Option{storage.WithProfile(storage.ProfileRelay), storage.WithClock(clk.Now)}, storeOpts...)...)
+	r := &testRelay{
+		h:         newHost(t),
+		dir:       dir,
+		clock:     clk,
+		storeOpts: append([]storage.Option{storage.WithProfile(storage.ProfileRelay), storage.WithClock(clk.Now)}, storeOpts...),
+		opts:      append([]Option{WithClock(clk.Now)}, opts...),
+	}
+	r.start(t)
+	return r
+}
+
+// start opens r's store and starts its service.
+func (r *testRelay) start(t testing.TB) {
+	t.Helper()
+	st, err := storage.Open(r.dir, r.storeOpts...)
 	if err != nil {
 		t.Fatalf("storage.Open: %v", err)
 	}
 	t.Cleanup(func() { _ = st.Close() })
-	h := newHost(t)
-	svc, err := NewService(h, st, append([]Option{WithClock(clk.Now)}, opts...)...)
+	svc, err := NewService(r.h, st, r.opts...)
 	if err != nil {
 		t.Fatalf("NewService: %v", err)
 	}
 	t.Cleanup(func() { _ = svc.Close() })
-	return &testRelay{h: h, st: st, svc: svc, dir: dir, clock: clk}
+	r.st, r.svc = st, svc
+}
+
+// restart stops r's service and store, lets offline change the store's
+// Badger database as it is on disk, and starts them again.
+func (r *testRelay) restart(t testing.TB, offline func(db *badger.DB)) {
+	t.Helper()
+	_ = r.svc.Close()
+	if err := r.st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	db, err := badger.Open(badger.DefaultOptions(r.dir).WithLogger(nil))
+	if err != nil {
+		t.Fatalf("badger.Open: %v", err)
+	}
+	offline(db)
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	r.start(t)
+}
+
+// corruptItem damages the stored value of mbox's item seq in db (as
+// restart's offline function): the store can no longer open it.
+func (r *testRelay) corruptItem(t testing.TB, db *badger.DB, mbox MailboxID, seq uint64) {
+	t.Helper()
+	raw, _ := mailboxRaw(string(mbox))
+	key := append([]byte("d/"+namespace+"/"), itemKey(r.svc.prefix(raw), seq)...)
+	err := db.Update(func(txn *badger.Txn) error {
+		item, err := txn.Get(key)
+		if err != nil {
+			return err
+		}
+		v, err := item.ValueCopy(nil)
+		if err != nil {
+			return err
+		}
+		v[len(v)-1] ^= 1
+		return txn.Set(key, v)
+	})
+	if err != nil {
+		t.Fatalf("corrupt item %d: %v", seq, err)
+	}
 }
 
 func (r *testRelay) info() peer.AddrInfo { return peer.AddrInfo{ID: r.h.ID(), Addrs: r.h.Addrs()} }
@@ -256,4 +315,19 @@ func (s *rawStream) errCode(m *pb.Response) pb.Code {
 		s.t.Fatalf("got %v, want an error response", m)
 	}
 	return e.GetCode()
+}
+
+// waitFor polls cond until it holds, failing the test after 30 s.
+func waitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	tick := time.NewTicker(2 * time.Millisecond)
+	defer tick.Stop()
+	ctx := testCtx(t)
+	for !cond() {
+		select {
+		case <-tick.C:
+		case <-ctx.Done():
+			t.Fatalf("timed out waiting for %s", what)
+		}
+	}
 }

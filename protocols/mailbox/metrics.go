@@ -23,6 +23,9 @@ type MetricsTracer interface {
 	Expired(items int, bytes int64)
 	// Purged: items deleted by purges.
 	Purged(items int)
+	// Unreadable: stored items found unreadable (damaged on disk), which
+	// the relay deletes.
+	Unreadable(items int)
 	// Pushed: items pushed to open sessions.
 	Pushed(items int)
 	// PushOverflow: a session's push queue was full; a "more" notice
@@ -78,6 +81,12 @@ func (t tracer) purged(items int) {
 	}
 }
 
+func (t tracer) unreadable(items int) {
+	if t.t != nil && items > 0 {
+		t.t.Unreadable(items)
+	}
+}
+
 func (t tracer) pushed(items int) {
 	if t.t != nil && items > 0 {
 		t.t.Pushed(items)
@@ -124,6 +133,7 @@ type promTracer struct {
 	expired       prometheus.Counter
 	expiredBytes  prometheus.Counter
 	purged        prometheus.Counter
+	unreadable    prometheus.Counter
 	pushed        prometheus.Counter
 	pushOverflows prometheus.Counter
 	sessions      prometheus.Gauge
@@ -142,6 +152,7 @@ type promTracer struct {
 //	kinmesh_mailbox_acked_total
 //	kinmesh_mailbox_expired_total, _expired_bytes_total
 //	kinmesh_mailbox_purged_total
+//	kinmesh_mailbox_unreadable_total           stored items found damaged, and deleted
 //	kinmesh_mailbox_pushed_total, _push_overflows_total
 //	kinmesh_mailbox_sessions                    open owner sessions
 //	kinmesh_mailbox_session_duration_seconds    histogram
@@ -164,6 +175,7 @@ func NewMetricsTracer(reg prometheus.Registerer) MetricsTracer {
 		expired:       counter("expired_total", "Items that expired undelivered."),
 		expiredBytes:  counter("expired_bytes_total", "Envelope bytes that expired undelivered."),
 		purged:        counter("purged_total", "Items deleted by mailbox purges."),
+		unreadable:    counter("unreadable_total", "Stored items found unreadable, and deleted."),
 		pushed:        counter("pushed_total", "Items pushed to open owner sessions."),
 		pushOverflows: counter("push_overflows_total", "Push queues that overflowed into a fetch notice."),
 		sessions: prometheus.NewGauge(prometheus.GaugeOpts{
@@ -188,7 +200,7 @@ func NewMetricsTracer(reg prometheus.Registerer) MetricsTracer {
 		}),
 	}
 	reg.MustRegister(t.deposits, t.depositBytes, t.fetched, t.fetchedBytes, t.acked, t.expired,
-		t.expiredBytes, t.purged, t.pushed, t.pushOverflows, t.sessions, t.sessionSecs,
+		t.expiredBytes, t.purged, t.unreadable, t.pushed, t.pushOverflows, t.sessions, t.sessionSecs,
 		t.authFailures, t.commitSecs, t.commitItems)
 	return t
 }
@@ -214,10 +226,11 @@ func (t *promTracer) Expired(items int, bytes int64) {
 	t.expiredBytes.Add(float64(bytes))
 }
 
-func (t *promTracer) Purged(items int) { t.purged.Add(float64(items)) }
-func (t *promTracer) Pushed(items int) { t.pushed.Add(float64(items)) }
-func (t *promTracer) PushOverflow()    { t.pushOverflows.Inc() }
-func (t *promTracer) SessionOpened()   { t.sessions.Inc() }
+func (t *promTracer) Purged(items int)     { t.purged.Add(float64(items)) }
+func (t *promTracer) Unreadable(items int) { t.unreadable.Add(float64(items)) }
+func (t *promTracer) Pushed(items int)     { t.pushed.Add(float64(items)) }
+func (t *promTracer) PushOverflow()        { t.pushOverflows.Inc() }
+func (t *promTracer) SessionOpened()       { t.sessions.Inc() }
 
 func (t *promTracer) SessionClosed(d time.Duration) {
 	t.sessions.Dec()

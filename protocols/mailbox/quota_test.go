@@ -13,14 +13,18 @@ import (
 )
 
 // countItems returns how many items the relay's store holds for mbox,
-// whatever the service thinks.
-func countItems(t *testing.T, r *testRelay, mbox MailboxID) int {
+// readable or not, whatever the service thinks.
+func countItems(t testing.TB, r *testRelay, mbox MailboxID) int {
 	t.Helper()
 	raw, _ := mailboxRaw(string(mbox))
 	n := 0
-	err := r.st.Namespace(namespace).List(testCtx(t), storage.ListOptions{Prefix: r.svc.prefix(raw) + "/"}, func(string, []byte) error {
+	count := func(string) error {
 		n++
 		return nil
+	}
+	opts := storage.ListOptions{Prefix: r.svc.prefix(raw) + "/", Corrupt: count}
+	err := r.st.Namespace(namespace).List(testCtx(t), opts, func(key string, _ []byte) error {
+		return count(key)
 	})
 	if err != nil {
 		t.Fatal(err)

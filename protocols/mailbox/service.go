@@ -206,15 +206,30 @@ func (s *Service) expired(deposited int64, now time.Time) bool {
 var errPageFull = errors.New("page full")
 
 // fetch reads a page of mbox's items with seq > after, in seq order,
-// skipping items expired on the service clock.
+// skipping items expired on the service clock. An item that can't be read
+// (its value fails to open or decode) can never be delivered: fetch skips
+// it and has the committer delete it.
 func (s *Service) fetch(ctx context.Context, mbox [idRawSize]byte, after uint64, limit int) (items []storedItem, more bool, bytes int, err error) {
 	prefix := s.prefix(mbox) + "/"
 	now := s.cfg.now()
-	err = s.ns.List(ctx, storage.ListOptions{Prefix: prefix, StartAfter: itemKey(prefix[:len(prefix)-1], after)}, func(key string, v []byte) error {
+	var unreadable []string
+	opts := storage.ListOptions{
+		Prefix:     prefix,
+		StartAfter: itemKey(prefix[:len(prefix)-1], after),
+		Corrupt: func(key string) error {
+			unreadable = append(unreadable, key)
+			return nil
+		},
+	}
+	err = s.ns.List(ctx, opts, func(key string, v []byte) error {
 		seq, ok := seqFromKey(key)
-		dep, env, vok := decodeValue(v)
-		if !ok || !vok {
-			s.log.Warn("skipping unreadable mailbox item", "key", key)
+		if !ok {
+			s.log.Warn("skipping a key that names no mailbox item", "key", key)
+			return nil
+		}
+		dep, env, ok := decodeValue(v)
+		if !ok {
+			unreadable = append(unreadable, key)
 			return nil
 		}
 		if s.expired(dep, now) {
@@ -231,11 +246,24 @@ func (s *Service) fetch(ctx context.Context, mbox [idRawSize]byte, after uint64,
 	if errors.Is(err, errPageFull) {
 		err = nil
 	}
+	s.drop(mbox, unreadable)
 	if err != nil {
 		return nil, false, 0, fmt.Errorf("mailbox: fetch: %w", err)
 	}
 	s.tr.fetched(len(items), int64(bytes))
 	return items, more, bytes, nil
+}
+
+// drop has the committer delete the unreadable items keys of mbox, without
+// waiting for it. Their deposit time and size are lost with them, so the
+// mailbox's usage keeps counting them until their bucket expires.
+func (s *Service) drop(mbox [idRawSize]byte, keys []string) {
+	if len(keys) == 0 {
+		return
+	}
+	s.log.Warn("deleting unreadable mailbox items", "items", len(keys))
+	s.tr.unreadable(len(keys))
+	s.submit(&op{kind: opDrop, mbox: mbox, keys: keys, done: func(*op) {}})
 }
 
 // peerTag marks connections with an open owner session, so the
