@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"time"
 
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/kinmesh/kinmesh/protocols/mailbox/pb"
@@ -47,7 +48,23 @@ type request struct {
 // returns the code to answer with and the request id, if the frame had
 // one. Per-envelope size checks are left to the deposit path, which
 // answers them per item.
+//
+// Entry counts are checked on the wire before decoding: decoding gives
+// every envelope a slice header (24 bytes, for 2 bytes of frame) and
+// every seq 8 bytes (for 1), so a frame within its size cap but full of
+// empty entries would take many times the memory reserved for it.
 func decodeRequest(b []byte) (request, Code) {
+	id, envelopes, seqs, ok := scanRequest(b)
+	switch {
+	case !ok:
+		return request{}, CodeMalformed
+	case id == 0:
+		return request{}, CodeMalformed
+	case envelopes > MaxBatchItems:
+		return request{id: id, kind: reqDeposit}, CodeBatchTooLarge
+	case seqs > MaxAckSeqs:
+		return request{id: id, kind: reqAck}, CodeBatchTooLarge
+	}
 	var m pb.Request
 	if err := proto.Unmarshal(b, &m); err != nil {
 		return request{}, CodeMalformed
@@ -115,6 +132,91 @@ func decodeRequest(b []byte) (request, Code) {
 		return r, CodeMalformed
 	}
 	return r, CodeOK
+}
+
+// Field numbers scanRequest looks for (pb/mailbox.proto).
+const (
+	fieldRequestID      = 1 // Request.id
+	fieldRequestDeposit = 2 // Request.deposit
+	fieldRequestAck     = 6 // Request.ack
+	fieldEnvelopes      = 2 // Deposit.envelopes
+	fieldSeqs           = 1 // Ack.seqs
+)
+
+// scanRequest walks a Request frame without decoding it and returns its
+// id and how many envelopes and seqs it holds in all: protobuf merges a
+// body that appears more than once, so the counts add up over every
+// occurrence. ok is false when the frame is not well-formed protobuf.
+func scanRequest(b []byte) (id uint64, envelopes, seqs int, ok bool) {
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return 0, 0, 0, false
+		}
+		b = b[n:]
+		switch {
+		case num == fieldRequestID && typ == protowire.VarintType:
+			id, n = protowire.ConsumeVarint(b)
+		case (num == fieldRequestDeposit || num == fieldRequestAck) && typ == protowire.BytesType:
+			var body []byte
+			body, n = protowire.ConsumeBytes(b)
+			if n < 0 {
+				return 0, 0, 0, false
+			}
+			var c int
+			if num == fieldRequestDeposit {
+				c, ok = countField(body, fieldEnvelopes, false)
+				envelopes += c
+			} else {
+				c, ok = countField(body, fieldSeqs, true)
+				seqs += c
+			}
+			if !ok {
+				return 0, 0, 0, false
+			}
+		default:
+			n = protowire.ConsumeFieldValue(num, typ, b)
+		}
+		if n < 0 {
+			return 0, 0, 0, false
+		}
+		b = b[n:]
+	}
+	return id, envelopes, seqs, true
+}
+
+// countField counts the entries of the repeated field num in message b:
+// length-delimited ones, or varints (unpacked, or packed in a
+// length-delimited entry) when varints is set.
+func countField(b []byte, num protowire.Number, varints bool) (count int, ok bool) {
+	for len(b) > 0 {
+		fn, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return 0, false
+		}
+		b = b[n:]
+		n = protowire.ConsumeFieldValue(fn, typ, b)
+		if n < 0 {
+			return 0, false
+		}
+		if fn == num {
+			switch {
+			case typ == protowire.BytesType && !varints:
+				count++
+			case typ == protowire.VarintType && varints:
+				count++
+			case typ == protowire.BytesType && varints:
+				packed, _ := protowire.ConsumeBytes(b[:n])
+				for _, c := range packed {
+					if c < 0x80 {
+						count++
+					}
+				}
+			}
+		}
+		b = b[n:]
+	}
+	return count, true
 }
 
 // encodeRequest is the inverse of decodeRequest, for the client.

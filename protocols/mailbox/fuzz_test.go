@@ -36,6 +36,11 @@ func FuzzDecodeRequest(f *testing.F) {
 	}
 	f.Add([]byte{})
 	f.Add([]byte{0x08, 0x00})
+	// One entry over the caps, refused before decoding.
+	tooMany, _ := proto.Marshal(&pb.Request{Id: 8, Body: &pb.Request_Ack{Ack: &pb.Ack{Seqs: make([]uint64, MaxAckSeqs+1)}}})
+	f.Add(tooMany)
+	tooMany, _ = proto.Marshal(depositReq(9, make([]byte, idRawSize), make([][]byte, MaxBatchItems+1)...))
+	f.Add(tooMany)
 	f.Fuzz(func(t *testing.T, b []byte) {
 		r, code := decodeRequest(b)
 		if code != CodeOK {
