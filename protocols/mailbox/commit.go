@@ -115,12 +115,15 @@ func (s *Service) commitLoop() {
 			settled(<-inflight.done)
 		}
 	}
-	// purge runs o once everything before it is committed.
+	// purge runs o once everything staged for its mailbox is committed;
+	// groups that don't touch the mailbox go on underneath.
 	purge := func(o *op) {
-		settle()
-		if next != nil {
-			inflight, next = s.launch(next), nil
+		if inflight.touches(o.mbox) || next.touches(o.mbox) {
 			settle()
+			if next != nil {
+				inflight, next = s.launch(next), nil
+				settle()
+			}
 		}
 		s.purge(o)
 	}
@@ -232,15 +235,6 @@ func (s *Service) stage(st *staging, o *op) {
 	i, c := o.cost()
 	st.items, st.cost = st.items+i, st.cost+c
 	o.codes, o.stored, o.deleted, o.err = nil, nil, 0, CodeOK
-	if o.kind == opDrop {
-		for _, key := range o.keys {
-			if !st.deletes(key) {
-				_ = st.batch.Delete(s.ns, key)
-				st.deleted[key] = true
-			}
-		}
-		return
-	}
 	m, err := s.loadMeta(st, o.mbox)
 	if err != nil {
 		s.log.Warn("mailbox record unreadable", "err", err)
@@ -252,6 +246,13 @@ func (s *Service) stage(st *staging, o *op) {
 		s.stageDeposit(st, m, o)
 	case opAck:
 		s.stageAck(st, m, o)
+	case opDrop:
+		for _, key := range o.keys {
+			if !st.deletes(key) {
+				_ = st.batch.Delete(s.ns, key)
+				st.deleted[key] = true
+			}
+		}
 	}
 }
 
@@ -385,6 +386,15 @@ func (s *Service) loadMeta(st *staging, mbox [idRawSize]byte) (*meta, error) {
 	st.expired.bytes += b
 	st.metas[mbox] = m
 	return m, nil
+}
+
+// touches reports whether st stages a change to mbox.
+func (st *staging) touches(mbox [idRawSize]byte) bool {
+	if st == nil {
+		return false
+	}
+	_, ok := st.metas[mbox]
+	return ok
 }
 
 // meta returns the record of mbox as the group underneath left it.
@@ -526,7 +536,7 @@ func (s *Service) stageAck(st *staging, m *meta, o *op) {
 const purgeChunk = 1000
 
 // purge deletes a whole mailbox: its items, readable or not, and its
-// record.
+// record. A mailbox with neither costs no write.
 func (s *Service) purge(o *op) {
 	prefix := s.prefix(o.mbox)
 	var keys []string
@@ -554,13 +564,21 @@ func (s *Service) purge(o *op) {
 		if len(keys) == n {
 			_ = b.Delete(s.ns, metaKey(prefix))
 		}
+		began := time.Now()
 		if err = b.Commit(s.ctx); err == nil {
 			o.deleted += n
 			keys = keys[n:]
+			s.tr.committed(1, n, time.Since(began))
 		}
 	}
 	if err == nil && o.deleted == 0 {
-		err = s.ns.Delete(s.ctx, metaKey(prefix))
+		var held bool
+		if held, err = s.hasMeta(o.mbox); held {
+			began := time.Now()
+			if err = s.ns.Delete(s.ctx, metaKey(prefix)); err == nil {
+				s.tr.committed(1, 0, time.Since(began))
+			}
+		}
 	}
 	delete(s.metas, o.mbox)
 	if err != nil {
@@ -571,4 +589,17 @@ func (s *Service) purge(o *op) {
 	}
 	s.tr.purged(o.deleted)
 	o.done(o)
+}
+
+// hasMeta reports whether mbox has a record, cached or stored (readable
+// or not).
+func (s *Service) hasMeta(mbox [idRawSize]byte) (bool, error) {
+	if _, ok := s.metas[mbox]; ok {
+		return true, nil
+	}
+	held, err := s.ns.Has(s.ctx, metaKey(s.prefix(mbox)))
+	if errors.Is(err, storage.ErrCorrupt) {
+		return true, nil
+	}
+	return held, err
 }

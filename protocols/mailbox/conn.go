@@ -286,6 +286,11 @@ func (c *conn) dispatch(ctx context.Context, req request, mem int) error {
 	case reqAck:
 		return c.submit(ctx, &op{kind: opAck, mbox: c.mbox, id: req.id, seqs: req.seqs, known: c.takeDelivered(req.seqs)})
 	case reqPurge:
+		// A purge runs alone in the committer: bound how often one peer
+		// makes it.
+		if n, wait := c.s.purges.take(c.remote, []int{0}); n == 0 {
+			return c.sendErr(ctx, req.id, CodeRateLimited, wait)
+		}
 		return c.submit(ctx, &op{kind: opPurge, mbox: c.mbox, id: req.id})
 	}
 	return c.sendErr(ctx, req.id, CodeMalformed, 0)

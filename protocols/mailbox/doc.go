@@ -90,6 +90,7 @@
 // Wire caps (MaxEnvelopeSize, MaxBatchItems, MaxBatchBytes, MaxAckSeqs,
 // MaxPageItems, MaxPageBytes), per-mailbox quotas (WithMailboxQuota),
 // per-depositor token buckets (WithDepositorRate, WithMaxDepositors),
+// a per-peer purge budget (WithPurgeRate),
 // memory reserved from each stream's resource scope for every frame and
 // fetch page, bounded push queues (WithPushQueue) and deadlines
 // (WithTimeouts) bound every inbound path. Refusals carry a Code; the

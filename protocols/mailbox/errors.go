@@ -32,8 +32,10 @@ var (
 	ErrMailboxFull = errors.New("mailbox: mailbox full")
 
 	// ErrRateLimited means this depositor (peer id) deposited more than
-	// the relay allows per minute; the envelope was not stored. Retry
-	// after DepositResult.RetryAfter.
+	// the relay allows per minute, and the envelope was not stored (retry
+	// after DepositResult.RetryAfter); or, from Session.Purge, that this
+	// peer asked for more purges than the relay allows per minute, and
+	// nothing was deleted (retry after the time the error gives).
 	ErrRateLimited = errors.New("mailbox: deposit rate limit exceeded")
 
 	// ErrUnauthorized means the relay refused a fetch, ack or purge on a

@@ -62,6 +62,9 @@ const (
 	// DefaultDepositBytesPerMinute is how many envelope bytes one
 	// depositor may deposit per minute; the same number may come at once.
 	DefaultDepositBytesPerMinute = 64 << 20
+	// DefaultPurgesPerMinute is how many purges one peer may request per
+	// minute; the same number may come at once.
+	DefaultPurgesPerMinute = 6
 )
 
 const (

@@ -3,6 +3,7 @@ package mailbox
 import (
 	"bufio"
 	"context"
+	"crypto/ed25519"
 	"fmt"
 	"os"
 	"sync"
@@ -282,6 +283,21 @@ func openRaw(t testing.TB, c *Client, r *testRelay) *rawStream {
 	t.Cleanup(func() { _ = st.Reset() })
 	_ = st.SetDeadline(time.Now().Add(30 * time.Second))
 	return &rawStream{t: t, st: st, rd: wire.NewReader(bufio.NewReader(st))}
+}
+
+// openRawSession opens a raw stream on c and authenticates it as the
+// owner of k's mailbox.
+func openRawSession(t testing.TB, c *Client, r *testRelay, k Key) *rawStream {
+	t.Helper()
+	s := openRaw(t, c, r)
+	s.send(helloReq(1))
+	nonce := s.recv().GetChallenge().GetNonce()
+	sig := ed25519.Sign(k.priv, authMessage(nonce, r.h.ID(), c.h.ID(), rawIDFromPublicKey(k.Public())))
+	s.send(authReq(2, k.Public(), sig))
+	if m := s.recv(); m.GetAuth() == nil {
+		t.Fatalf("auth: got %v, want AuthOK", m)
+	}
+	return s
 }
 
 func (s *rawStream) send(req *pb.Request) {

@@ -22,6 +22,7 @@ type config struct {
 	ratePerMin      int
 	rateBytesPerMin int64
 	maxDepositors   int
+	purgesPerMin    int
 
 	pushItems int
 	pushBytes int
@@ -42,6 +43,7 @@ func defaultConfig() config {
 		ratePerMin:      DefaultDepositsPerMinute,
 		rateBytesPerMin: DefaultDepositBytesPerMinute,
 		maxDepositors:   1 << 16,
+		purgesPerMin:    DefaultPurgesPerMinute,
 		pushItems:       256,
 		pushBytes:       1 << 20,
 		streamTimeout:   30 * time.Second,
@@ -132,6 +134,19 @@ func WithMaxDepositors(n int) Option {
 			return fmt.Errorf("mailbox: max depositors %d: want at least 1", n)
 		}
 		c.maxDepositors = n
+		return nil
+	}
+}
+
+// WithPurgeRate sets how many purges one peer may request per minute (a
+// token bucket that holds one minute's worth). A purge over the budget is
+// refused with ErrRateLimited and a retry time.
+func WithPurgeRate(perMinute int) Option {
+	return func(c *config) error {
+		if perMinute <= 0 {
+			return fmt.Errorf("mailbox: purge rate %d per minute: want at least 1", perMinute)
+		}
+		c.purgesPerMin = perMinute
 		return nil
 	}
 }

@@ -219,3 +219,50 @@ func TestTooLargeAndMalformed(t *testing.T) {
 		}
 	}
 }
+
+// TestPurgeRateLimit: one peer gets a few purges a minute, then
+// RATE_LIMITED with a retry time, until its budget refills; another peer
+// is unaffected. A purge of a mailbox that holds nothing writes nothing.
+func TestPurgeRateLimit(t *testing.T) {
+	tr := &countingTracer{}
+	r := startRelay(t, WithPurgeRate(2), WithMetricsTracer(tr))
+	c := newClient(t, r)
+	k := newKey(t)
+	s := openSession(t, c, r, k)
+	mustDeposit(t, c, r, k.ID(), envelopes(2, 100, "purge"))
+	waitFor(t, "the deposit's commit counted", func() bool { return tr.get("commits") == 1 })
+
+	if n, err := s.Purge(testCtx(t)); err != nil || n != 2 {
+		t.Fatalf("first purge: %d, %v; want 2", n, err)
+	}
+	if got := tr.get("commits"); got != 2 {
+		t.Fatalf("%d commits after a purge of 2 items, want 2", got)
+	}
+	if n, err := s.Purge(testCtx(t)); err != nil || n != 0 {
+		t.Fatalf("second purge: %d, %v; want 0", n, err)
+	}
+	if got := tr.get("commits"); got != 2 {
+		t.Fatalf("%d commits after a purge of nothing, want still 2", got)
+	}
+
+	// The budget is per peer: a raw session of the same host is refused.
+	raw := openRawSession(t, c, r, k)
+	raw.send(&pb.Request{Id: 3, Body: &pb.Request_Purge{Purge: &pb.Purge{}}})
+	m := raw.recv()
+	if raw.errCode(m) != pb.Code_CODE_RATE_LIMITED || m.GetId() != 3 {
+		t.Fatalf("third purge: got %v, want RATE_LIMITED", m)
+	}
+	if ra := m.GetError().GetRetryAfterMs(); ra < 29_000 || ra > 30_000 {
+		t.Fatalf("retry after %d ms, want about 30,000 (one purge at 2/min)", ra)
+	}
+	if _, err := s.Purge(testCtx(t)); !errors.Is(err, ErrRateLimited) {
+		t.Fatalf("purge over the budget: got %v, want ErrRateLimited", err)
+	}
+	if n, err := openSession(t, newClient(t, r), r, k).Purge(testCtx(t)); err != nil || n != 0 {
+		t.Fatalf("purge from another peer: %d, %v", n, err)
+	}
+	r.clock.Advance(30 * time.Second)
+	if _, err := s.Purge(testCtx(t)); err != nil {
+		t.Fatalf("purge once the budget refilled: %v", err)
+	}
+}

@@ -23,14 +23,15 @@ const namespace = "mailbox"
 // serves owner sessions and pushes new deposits to them. Create it with
 // NewService; Close stops it.
 type Service struct {
-	h     host.Host
-	store *storage.Store
-	ns    *storage.Namespace
-	cfg   config
-	log   *slog.Logger
-	tr    tracer
-	lim   *limiter
-	width int64 // quota bucket width, seconds
+	h      host.Host
+	store  *storage.Store
+	ns     *storage.Namespace
+	cfg    config
+	log    *slog.Logger
+	tr     tracer
+	lim    *limiter // deposits, per depositor
+	purges *limiter // purges, per peer
+	width  int64    // quota bucket width, seconds
 
 	ctx     context.Context // cancelled by Close
 	cancel  context.CancelFunc
@@ -55,7 +56,7 @@ type Service struct {
 // slog.Default(); no metrics; per mailbox DefaultMaxItems envelopes and
 // DefaultMaxBytes bytes; per depositor DefaultDepositsPerMinute envelopes
 // and DefaultDepositBytesPerMinute bytes per minute, 65,536 depositors
-// tracked; push queues of 256 items and 1 MiB per session; unauthenticated
+// tracked; per peer DefaultPurgesPerMinute purges per minute; push queues of 256 items and 1 MiB per session; unauthenticated
 // streams idle for 30 s, owner sessions idle for 3 min and writes taking
 // 30 s are cut.
 func NewService(h host.Host, st *storage.Store, opts ...Option) (*Service, error) {
@@ -85,12 +86,14 @@ func newService(st *storage.Store, opts ...Option) (*Service, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Service{
-		store:  st,
-		ns:     st.Namespace(namespace),
-		cfg:    cfg,
-		log:    cfg.logger.With("component", "mailbox"),
-		tr:     tracer{cfg.tracer},
-		lim:    newLimiter(cfg.now, cfg.ratePerMin, cfg.rateBytesPerMin, cfg.maxDepositors),
+		store: st,
+		ns:    st.Namespace(namespace),
+		cfg:   cfg,
+		log:   cfg.logger.With("component", "mailbox"),
+		tr:    tracer{cfg.tracer},
+		lim:   newLimiter(cfg.now, cfg.ratePerMin, cfg.rateBytesPerMin, cfg.maxDepositors),
+		// Purges count, not bytes: take passes them as size 0.
+		purges: newLimiter(cfg.now, cfg.purgesPerMin, 1, cfg.maxDepositors),
 		width:  max(int64(cfg.maxAge/time.Second)/90, 1),
 		ctx:    ctx,
 		cancel: cancel,
@@ -144,7 +147,7 @@ func (s *Service) handle(st network.Stream) {
 	c.serve()
 }
 
-// janitor forgets idle depositors once a minute.
+// janitor forgets idle depositors and purgers once a minute.
 func (s *Service) janitor() {
 	defer s.wg.Done()
 	t := time.NewTicker(time.Minute)
@@ -155,6 +158,7 @@ func (s *Service) janitor() {
 			return
 		case <-t.C:
 			s.lim.sweep()
+			s.purges.sweep()
 		}
 	}
 }

@@ -324,9 +324,13 @@ func (s *Session) Ack(ctx context.Context, seqs ...uint64) ([]error, error) {
 
 // Purge deletes the whole mailbox from the relay (for account deletion)
 // and returns how many items it held. Deposits after it start the mailbox
-// anew.
+// anew. A relay takes a few purges per minute from one peer: over that it
+// answers ErrRateLimited, and the error says when to retry.
 func (s *Session) Purge(ctx context.Context) (int, error) {
 	r, err := s.roundTrip(ctx, request{kind: reqPurge})
+	if err != nil && r.retryAfter > 0 {
+		return 0, fmt.Errorf("mailbox: purge: retry after %v: %w", r.retryAfter, err)
+	}
 	if err != nil {
 		return 0, fmt.Errorf("mailbox: purge: %w", err)
 	}
