@@ -195,6 +195,7 @@ func TestInvalidArguments(t *testing.T) {
 		{"put long key", func() error { return ns.Put(ctx, long, nil) }, storage.ErrInvalidKey},
 		{"get empty key", func() error { _, err := ns.Get(ctx, ""); return err }, storage.ErrInvalidKey},
 		{"has long key", func() error { _, err := ns.Has(ctx, long); return err }, storage.ErrInvalidKey},
+		{"has key empty key", func() error { _, err := ns.HasKey(ctx, ""); return err }, storage.ErrInvalidKey},
 		{"delete empty key", func() error { return ns.Delete(ctx, "") }, storage.ErrInvalidKey},
 		{"list long prefix", func() error {
 			return ns.List(ctx, storage.ListOptions{Prefix: long}, func(string, []byte) error { return nil })
@@ -586,6 +587,51 @@ func TestCorrupt(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestHasKey: HasKey finds a key without reading its value, so it also
+// finds a value expired but not swept yet and one that fails to open.
+func TestHasKey(t *testing.T) {
+	ctx := context.Background()
+	clk := newFakeClock()
+	st := open(t, "", storage.WithClock(clk.Now))
+	ns := st.Namespace("ns")
+	hasKey := func(key string, want bool) {
+		t.Helper()
+		if got, err := ns.HasKey(ctx, key); err != nil || got != want {
+			t.Fatalf("HasKey(%q) = %v, %v; want %v", key, got, err, want)
+		}
+	}
+	hasKey("k", false)
+	mustPut(t, ns, "k", []byte("v"))
+	mustPut(t, ns, "large", randBytes(64<<10)) // in the value log
+	if err := ns.PutTTL(ctx, "short", []byte("v"), time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	hasKey("k", true)
+	hasKey("large", true)
+	clk.Advance(time.Hour)
+	if ok, err := ns.Has(ctx, "short"); err != nil || ok {
+		t.Fatalf("Has(short) after expiry = %v, %v; want false", ok, err)
+	}
+	hasKey("short", true)
+	if _, err := st.Sweep(ctx); err != nil {
+		t.Fatal(err)
+	}
+	hasKey("short", false)
+	err := storage.RawDB(st).Update(func(txn *badger.Txn) error {
+		return txn.Set(storage.DataKey("ns", "corrupt"), []byte("not sealed"))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hasKey("corrupt", true)
+	if err := ns.Delete(ctx, "k"); err != nil {
+		t.Fatal(err)
+	}
+	hasKey("k", false)
+	hasKey("other", false)
+	hasKey("large", true)
 }
 
 // TestListPastCorrupt: with ListOptions.Corrupt, List reports a value that
@@ -1091,6 +1137,7 @@ func TestClose(t *testing.T) {
 		{"PutTTL", func() error { return ns.PutTTL(ctx, "k", nil, time.Hour) }},
 		{"Get", func() error { _, err := ns.Get(ctx, "k"); return err }},
 		{"Has", func() error { _, err := ns.Has(ctx, "k"); return err }},
+		{"HasKey", func() error { _, err := ns.HasKey(ctx, "k"); return err }},
 		{"Delete", func() error { return ns.Delete(ctx, "k") }},
 		{"List", func() error { return ns.List(ctx, storage.ListOptions{}, func(string, []byte) error { return nil }) }},
 		{"DeleteAll", func() error { _, err := ns.DeleteAll(ctx); return err }},
