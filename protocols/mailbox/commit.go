@@ -486,11 +486,22 @@ func (s *Service) stageAck(st *staging, m *meta, o *op) {
 			continue
 		}
 		if i < len(o.known) && o.known[i].ok {
-			// Delivered on this session and not acked on it since: it
-			// exists unless another session of the same mailbox acked it
-			// meanwhile, in which case the usage count errs one item low
-			// until the bucket expires.
+			// Delivered on this session and not acked on it since, so
+			// its deposit time and size are known; but another session
+			// of the mailbox may have acked it meanwhile. The committer
+			// is the only writer of items and the group underneath is
+			// checked above, so the key's presence in the store says
+			// whether it is there; finding it reads no value.
 			k := o.known[i]
+			held, err := s.ns.HasKey(s.ctx, key)
+			if err != nil {
+				o.codes[i] = CodeUnavailable
+				continue
+			}
+			if !held {
+				o.codes[i] = CodeNotFound
+				continue
+			}
 			_ = st.batch.Delete(s.ns, key)
 			st.deleted[key] = true
 			if s.expired(k.deposited, st.now) {
@@ -581,6 +592,7 @@ func (s *Service) purge(o *op) {
 		}
 	}
 	delete(s.metas, o.mbox)
+	s.forgetDelivered(o.mbox)
 	if err != nil {
 		if s.ctx.Err() == nil {
 			s.log.Warn("mailbox purge failed", "err", err)

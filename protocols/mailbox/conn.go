@@ -62,11 +62,6 @@ type conn struct {
 	inflight chan struct{} // one token per request with the committer
 	sub      *subscription
 
-	// delivered remembers the items this session fetched or had pushed,
-	// until acked (bounded by maxDelivered).
-	deliveredMu sync.Mutex
-	delivered   map[uint64]known
-
 	// Reader only.
 	nonce     []byte
 	nonceAt   time.Time
@@ -284,7 +279,7 @@ func (c *conn) dispatch(ctx context.Context, req request, mem int) error {
 	case reqFetch:
 		return c.fetch(ctx, req)
 	case reqAck:
-		return c.submit(ctx, &op{kind: opAck, mbox: c.mbox, id: req.id, seqs: req.seqs, known: c.takeDelivered(req.seqs)})
+		return c.submit(ctx, &op{kind: opAck, mbox: c.mbox, id: req.id, seqs: req.seqs, known: c.sub.takeDelivered(req.seqs)})
 	case reqPurge:
 		// A purge runs alone in the committer: bound how often one peer
 		// makes it.
@@ -397,38 +392,6 @@ func (c *conn) auth(ctx context.Context, req request) error {
 	return c.send(ctx, outMsg{resp: &pb.Response{Id: req.id, Body: &pb.Response_Auth{Auth: &pb.AuthOK{}}}})
 }
 
-// maxDelivered bounds the items a session remembers for its acks.
-const maxDelivered = 1024
-
-// remember notes items delivered on this session.
-func (c *conn) remember(items []storedItem) {
-	c.deliveredMu.Lock()
-	defer c.deliveredMu.Unlock()
-	if c.delivered == nil || len(c.delivered)+len(items) > maxDelivered {
-		c.delivered = make(map[uint64]known, len(items))
-	}
-	for _, it := range items {
-		c.delivered[it.seq] = known{deposited: it.deposited, size: len(it.envelope), ok: true}
-	}
-}
-
-// takeDelivered returns (and forgets) what the session knows of seqs.
-func (c *conn) takeDelivered(seqs []uint64) []known {
-	c.deliveredMu.Lock()
-	defer c.deliveredMu.Unlock()
-	if len(c.delivered) == 0 {
-		return nil
-	}
-	out := make([]known, len(seqs))
-	for i, seq := range seqs {
-		if k, ok := c.delivered[seq]; ok {
-			out[i] = k
-			delete(c.delivered, seq)
-		}
-	}
-	return out
-}
-
 // fetchMem is what a fetch reserves for its page.
 const fetchMem = MaxPageBytes + MaxEnvelopeSize
 
@@ -436,6 +399,7 @@ func (c *conn) fetch(ctx context.Context, req request) error {
 	if !c.reserve(fetchMem) {
 		return c.sendErr(ctx, req.id, CodeUnavailable, time.Second)
 	}
+	gen := c.sub.deliveredGen()
 	items, more, _, err := c.s.fetch(ctx, c.mbox, req.after, req.limit)
 	if err != nil {
 		c.release(fetchMem)
@@ -445,7 +409,7 @@ func (c *conn) fetch(ctx context.Context, req request) error {
 		c.s.log.Warn("mailbox fetch failed", "err", err)
 		return c.sendErr(ctx, req.id, CodeUnavailable, 0)
 	}
-	c.remember(items)
+	c.sub.remember(items, gen)
 	res := &pb.FetchResult{Items: make([]*pb.Item, len(items)), More: more}
 	for i, it := range items {
 		res.Items[i] = itemToWire(it)
@@ -518,6 +482,7 @@ func opResponse(o *op) *pb.Response {
 // writePushes writes the queued pushes (dropping any that expired in the
 // queue), then the "more" notice if the queue overflowed.
 func (c *conn) writePushes() error {
+	gen := c.sub.deliveredGen()
 	items, missedFrom := c.sub.take()
 	now := c.s.cfg.now()
 	var frame []*pb.Item
@@ -542,7 +507,7 @@ func (c *conn) writePushes() error {
 		}
 		frame = append(frame, itemToWire(it))
 		bytes += len(it.envelope)
-		c.remember([]storedItem{it})
+		c.sub.remember([]storedItem{it}, gen)
 	}
 	if err := flush(); err != nil {
 		return err
@@ -558,6 +523,10 @@ func (c *conn) writePushes() error {
 // and drained by the session's writer. It is bounded; on overflow it
 // keeps only the first seq it dropped, and the writer then sends a "more"
 // notice so the owner fetches from there.
+//
+// It also remembers the items the session fetched or had pushed, until
+// acked (at most maxDelivered), so acking them needs no read; a purge of
+// the mailbox makes it forget them.
 type subscription struct {
 	maxItems, maxBytes int
 	signal             chan struct{}
@@ -566,6 +535,62 @@ type subscription struct {
 	items      []storedItem
 	bytes      int
 	missedFrom uint64
+
+	deliveredMu sync.Mutex
+	delivered   map[uint64]known
+	gen         uint64 // counts forget calls
+}
+
+// maxDelivered bounds the items a session remembers for its acks.
+const maxDelivered = 1024
+
+// deliveredGen returns the generation to pass to remember for items read
+// from now on: a purge in between makes remember drop them.
+func (u *subscription) deliveredGen() uint64 {
+	u.deliveredMu.Lock()
+	defer u.deliveredMu.Unlock()
+	return u.gen
+}
+
+// remember notes items delivered on the session, read at generation gen.
+func (u *subscription) remember(items []storedItem, gen uint64) {
+	u.deliveredMu.Lock()
+	defer u.deliveredMu.Unlock()
+	if gen != u.gen {
+		return
+	}
+	if u.delivered == nil || len(u.delivered)+len(items) > maxDelivered {
+		u.delivered = make(map[uint64]known, len(items))
+	}
+	for _, it := range items {
+		u.delivered[it.seq] = known{deposited: it.deposited, size: len(it.envelope), ok: true}
+	}
+}
+
+// takeDelivered returns (and forgets) what the session knows of seqs.
+func (u *subscription) takeDelivered(seqs []uint64) []known {
+	u.deliveredMu.Lock()
+	defer u.deliveredMu.Unlock()
+	if len(u.delivered) == 0 {
+		return nil
+	}
+	out := make([]known, len(seqs))
+	for i, seq := range seqs {
+		if k, ok := u.delivered[seq]; ok {
+			out[i] = k
+			delete(u.delivered, seq)
+		}
+	}
+	return out
+}
+
+// forget drops every remembered item, and those being read: the mailbox
+// was purged.
+func (u *subscription) forget() {
+	u.deliveredMu.Lock()
+	defer u.deliveredMu.Unlock()
+	u.delivered = nil
+	u.gen++
 }
 
 func newSubscription(maxItems, maxBytes int) *subscription {

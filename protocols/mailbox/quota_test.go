@@ -266,3 +266,98 @@ func TestPurgeRateLimit(t *testing.T) {
 		t.Fatalf("purge once the budget refilled: %v", err)
 	}
 }
+
+// storedUsage returns the item count of mbox's record in the store.
+func storedUsage(t testing.TB, r *testRelay, mbox MailboxID) int {
+	t.Helper()
+	raw, _ := mailboxRaw(string(mbox))
+	b, err := r.st.Namespace(namespace).Get(testCtx(t), metaKey(r.svc.prefix(raw)))
+	if err != nil {
+		t.Fatalf("mailbox record: %v", err)
+	}
+	m, err := decodeMeta(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, _ := m.usage()
+	return n
+}
+
+// wantAcks acks seqs on s and checks each result.
+func wantAcks(t testing.TB, s *Session, want error, seqs ...uint64) {
+	t.Helper()
+	res, err := s.Ack(testCtx(t), seqs...)
+	if err != nil {
+		t.Fatalf("Ack: %v", err)
+	}
+	for i, e := range res {
+		if want == nil && e != nil || want != nil && !errors.Is(e, want) {
+			t.Fatalf("ack of %d: got %v, want %v", seqs[i], e, want)
+		}
+	}
+}
+
+func seqsOf(items []Item) []uint64 {
+	out := make([]uint64, len(items))
+	for i, it := range items {
+		out[i] = it.Seq
+	}
+	return out
+}
+
+// TestAckFromTwoSessions: items delivered on two sessions of one mailbox
+// and acked on both are counted off once. The second ack finds nothing,
+// the usage stays what the store holds, and the item quota still holds.
+func TestAckFromTwoSessions(t *testing.T) {
+	r := startRelay(t, WithMailboxQuota(4, 1<<20))
+	c := newClient(t, r)
+	k := newKey(t)
+	a, b := openSession(t, c, r, k), openSession(t, newClient(t, r), r, k)
+	mustDeposit(t, c, r, k.ID(), envelopes(2, 100, "first"))
+	seqs := seqsOf(fetchAll(t, a))
+	if got := fetchAll(t, b); len(got) != 2 {
+		t.Fatalf("second session fetched %d items, want 2", len(got))
+	}
+	wantAcks(t, a, nil, seqs...)
+	mustDeposit(t, c, r, k.ID(), envelopes(2, 100, "second"))
+	wantAcks(t, b, ErrNotFound, seqs...)
+	if used, held := storedUsage(t, r, k.ID()), countItems(t, r, k.ID()); used != 2 || held != 2 {
+		t.Fatalf("usage %d with %d items stored, want 2 and 2", used, held)
+	}
+	res, err := c.Deposit(testCtx(t), r.h.ID(), k.ID(), envelopes(3, 100, "third"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantErrs(t, res, nil, nil, ErrMailboxFull)
+	if n := countItems(t, r, k.ID()); n != 4 {
+		t.Fatalf("store holds %d items, want the quota of 4", n)
+	}
+}
+
+// TestAckAfterPurge: a purge makes the mailbox's sessions forget what
+// they delivered. Acking such an item after the purge and new deposits
+// finds nothing and counts nothing off.
+func TestAckAfterPurge(t *testing.T) {
+	r := startRelay(t, WithMailboxQuota(3, 1<<20))
+	c := newClient(t, r)
+	k := newKey(t)
+	s := openSession(t, c, r, k)
+	mustDeposit(t, c, r, k.ID(), envelopes(2, 100, "before"))
+	seqs := seqsOf(fetchAll(t, s))
+	if n, err := openSession(t, newClient(t, r), r, k).Purge(testCtx(t)); err != nil || n != 2 {
+		t.Fatalf("Purge: %d, %v; want 2", n, err)
+	}
+	// The new record's seqs start at the clock's microsecond: let it move
+	// on, so they don't repeat the purged ones.
+	r.clock.Advance(time.Millisecond)
+	mustDeposit(t, c, r, k.ID(), envelopes(2, 100, "after"))
+	wantAcks(t, s, ErrNotFound, seqs...)
+	if used, held := storedUsage(t, r, k.ID()), countItems(t, r, k.ID()); used != 2 || held != 2 {
+		t.Fatalf("usage %d with %d items stored, want 2 and 2", used, held)
+	}
+	res, err := c.Deposit(testCtx(t), r.h.ID(), k.ID(), envelopes(2, 100, "more"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantErrs(t, res, nil, ErrMailboxFull)
+}

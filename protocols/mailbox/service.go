@@ -190,6 +190,16 @@ func (s *Service) unsubscribe(mbox [idRawSize]byte, sub *subscription) {
 	s.sessions--
 }
 
+// forgetDelivered makes mbox's open sessions forget what they delivered:
+// the mailbox was purged.
+func (s *Service) forgetDelivered(mbox [idRawSize]byte) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for sub := range s.subs[mbox] {
+		sub.forget()
+	}
+}
+
 // notify queues items just stored in mbox for push to its open sessions.
 func (s *Service) notify(mbox [idRawSize]byte, items []storedItem) {
 	s.mu.Lock()
