@@ -124,6 +124,33 @@ func TestAuthRefused(t *testing.T) {
 		}
 	})
 
+	t.Run("malformed auth uses up the challenge", func(t *testing.T) {
+		s := openRaw(t, c, r)
+		s.send(helloReq(1))
+		n := s.recv().GetChallenge().GetNonce()
+		s.send(authReq(2, k.Public()[:31], sign(k, n, relayID, me)))
+		if got := s.errCode(s.recv()); got != pb.Code_CODE_MALFORMED {
+			t.Fatalf("auth with a short key: got %v, want MALFORMED", got)
+		}
+		s.send(authReq(3, k.Public(), sign(k, n, relayID, me)))
+		if got := s.errCode(s.recv()); got != pb.Code_CODE_UNAUTHORIZED {
+			t.Fatalf("good auth on a challenge a malformed one used: got %v, want UNAUTHORIZED", got)
+		}
+	})
+
+	t.Run("malformed auths end the stream", func(t *testing.T) {
+		s := openRaw(t, c, r)
+		for i := range maxAuthFailures {
+			s.send(authReq(uint64(i+1), k.Public(), make([]byte, ed25519.SignatureSize-1)))
+			if got := s.errCode(s.recv()); got != pb.Code_CODE_MALFORMED {
+				t.Fatalf("auth %d with a short signature: got %v, want MALFORMED", i+1, got)
+			}
+		}
+		if _, err := s.rd.ReadBytes(maxResponseFrame); !errors.Is(err, io.EOF) {
+			t.Fatalf("after %d malformed auths: read %v, want EOF", maxAuthFailures, err)
+		}
+	})
+
 	t.Run("three failures end the stream", func(t *testing.T) {
 		s := openRaw(t, c, r)
 		for i := range maxAuthFailures {

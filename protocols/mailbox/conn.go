@@ -222,6 +222,14 @@ func (c *conn) readRequests(ctx context.Context) error {
 			if req.kind == reqDeposit {
 				c.s.tr.rejected(code, max(1, len(req.envelopes)))
 			}
+			if req.kind == reqAuth && !c.authed {
+				// A malformed Auth is a refused one: it takes the
+				// challenge and counts towards ending the stream.
+				if err := c.refuseAuth(ctx, req.id, code); err != nil {
+					return err
+				}
+				continue
+			}
 			if err := c.sendErr(ctx, req.id, code, 0); err != nil {
 				return err
 			}
@@ -373,15 +381,7 @@ func (c *conn) auth(ctx context.Context, req request) error {
 		ok = ed25519.Verify(req.pub, authMessage(nonce, c.local, c.remote, mbox), req.sig)
 	}
 	if !ok {
-		c.s.tr.authFailed()
-		c.authFails++
-		if err := c.sendErr(ctx, req.id, CodeUnauthorized, 0); err != nil {
-			return err
-		}
-		if c.authFails >= maxAuthFailures {
-			return errEnd
-		}
-		return nil
+		return c.refuseAuth(ctx, req.id, CodeUnauthorized)
 	}
 	c.authed, c.mbox, c.opened = true, mbox, time.Now()
 	// Subscribe before answering: every deposit committed after the
@@ -390,6 +390,21 @@ func (c *conn) auth(ctx context.Context, req request) error {
 	c.s.tagPeer(c.remote, 10)
 	c.s.tr.sessionOpened()
 	return c.send(ctx, outMsg{resp: &pb.Response{Id: req.id, Body: &pb.Response_Auth{Auth: &pb.AuthOK{}}}})
+}
+
+// refuseAuth answers a refused Auth with code. The challenge is used up
+// whatever the outcome, and maxAuthFailures refusals end the stream.
+func (c *conn) refuseAuth(ctx context.Context, id uint64, code Code) error {
+	c.nonce = nil
+	c.s.tr.authFailed()
+	c.authFails++
+	if err := c.sendErr(ctx, id, code, 0); err != nil {
+		return err
+	}
+	if c.authFails >= maxAuthFailures {
+		return errEnd
+	}
+	return nil
 }
 
 // fetchMem is what a fetch reserves for its page.

@@ -64,7 +64,8 @@
 //
 // so it is good once, on one stream, to one relay, from one connection.
 // Fetch, Ack and Purge before a successful Auth are refused with
-// CodeUnauthorized; three refused Auths end the stream.
+// CodeUnauthorized; three refused Auths (malformed ones included) end
+// the stream.
 //
 // # Frames
 //
