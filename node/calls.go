@@ -118,12 +118,27 @@ func (n *Node) callsService() (*calls.Service, error) {
 	return n.calls.svc, nil
 }
 
-// callBook adapts the contact book to calls.Contacts.
+// callBook shows the contact book to calls: only friends — contacts the
+// user added from their invite (Source "invite"), as presence and moments
+// count them — may call this device or be called from it. Someone who
+// only wrote first ("message") or shares a group ("group"), a removed
+// friend among them, is a stranger to calls: their invites are refused
+// with unavailable before anything rings, and calling them is
+// calls.ErrUnknownContact.
 type callBook struct{ b *contactBook }
 
-func (c callBook) Contact(id e2ee.AccountID) (contact.Signed, bool) { return c.b.Contact(id) }
-func (c callBook) Blocked(id e2ee.AccountID) bool                   { return c.b.Blocked(id) }
-func (c callBook) Learn(rec contact.Signed)                         { c.b.Learn(rec) }
+func (c callBook) Contact(id e2ee.AccountID) (contact.Signed, bool) {
+	c.b.mu.RLock()
+	defer c.b.mu.RUnlock()
+	e, ok := c.b.entries[id]
+	if !ok || e.Source != "invite" {
+		return contact.Signed{}, false
+	}
+	return e.rec, true
+}
+
+func (c callBook) Blocked(id e2ee.AccountID) bool { return c.b.Blocked(id) }
+func (c callBook) Learn(rec contact.Signed)       { c.b.Learn(rec) }
 
 // iceServers returns the STUN and TURN servers of the first connected
 // bootstrap relay that issues credentials (cached until two minutes
@@ -184,9 +199,10 @@ func TestMedia(forceRelay bool) (CallOptions, error) {
 	return CallOptions{Media: p, ForceRelay: forceRelay}, nil
 }
 
-// Call calls a contact (to is its account id). It returns at once, the
-// call ringing; its progress shows in CallInfo and as call.* events.
-// Errors: ErrUnknownContact (calls.ErrUnknownContact), calls.ErrBlocked,
+// Call calls a friend (to is its account id: a contact added from its
+// invite; see callBook). It returns at once, the call ringing; its
+// progress shows in CallInfo and as call.* events. Errors:
+// calls.ErrUnknownContact (not a friend), calls.ErrBlocked,
 // calls.ErrTooManyCalls, calls.ErrNoRelay.
 func (n *Node) Call(ctx context.Context, to string, o CallOptions) (*calls.Call, error) {
 	svc, err := n.callsService()

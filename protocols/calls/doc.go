@@ -13,11 +13,14 @@
 // relay circuit if that is all there is (network.WithAllowLimitedConn:
 // signalling is small). libp2p's Noise handshake authenticates both
 // peer ids, so each side knows which device it talks to. The callee
-// takes the call only if the invite names a contact whose signed record
-// lists that device (or the invite carries the contact's newer record,
-// signed by the account, that does). Strangers and blocked contacts are
-// refused with "unavailable" before anything rings, so a caller can't
-// tell either from a device that takes no calls. Invites are rate-limited
+// takes the call only if the invite names someone its Contacts answer for
+// (the node: a friend, i.e. a contact the user added from their invite)
+// whose signed record lists that device (or the invite carries the
+// contact's newer record, signed by the account, that does). Strangers —
+// anyone else whose record the device happens to hold included — and
+// blocked contacts are refused with "unavailable" before anything rings,
+// so a caller can't tell either from a device that takes no calls. A
+// device likewise calls only those its Contacts answer for. Invites are rate-limited
 // per caller peer and per caller account; a device rings for at most
 // Limits.MaxRinging calls at once and answers Busy while in a call.
 //

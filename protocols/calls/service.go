@@ -22,9 +22,15 @@ import (
 	"github.com/kinmesh/kinmesh/protocols/netkit"
 )
 
-// Contacts is what the service needs of the address book.
+// Contacts is what the service needs of the address book: who may call
+// this account and be called by it.
 type Contacts interface {
-	// Contact returns the contact's current signed record.
+	// Contact returns the current signed record of someone this account
+	// takes calls from and calls; false for anyone else, whose invites
+	// are refused (unavailable) and whom Call refuses (ErrUnknownContact).
+	// The embedding app decides who that is: the node answers for friends
+	// only (contacts added from their invite), not for everyone whose
+	// record it happens to hold.
 	Contact(id e2ee.AccountID) (contact.Signed, bool)
 	// Blocked reports whether id is blocked: its calls never ring.
 	Blocked(id e2ee.AccountID) bool
