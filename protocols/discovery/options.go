@@ -278,8 +278,8 @@ func WithTombstoneTTL(d time.Duration) Option {
 }
 
 // WithMaxTracked bounds how many keys each rate limiter tracks at once.
-// Idle ones are forgotten; while all are busy, new keys are refused with
-// ErrRateLimited.
+// When a limiter is full, a new key takes the place of the one used least
+// recently (which starts over with a full budget if it comes back).
 func WithMaxTracked(n int) Option {
 	return func(c *config) error {
 		if n <= 0 {

@@ -360,15 +360,15 @@ func (s *Service) sendCode(ctx context.Context, acct, raw string, now time.Time)
 	if err != nil {
 		return response{code: CodeInvalidNumber}
 	}
-	if ok, wait := s.sendLim.take(acct); !ok {
+	if ok, wait := s.sendLim.allow(acct, 1); !ok {
 		return response{code: CodeRateLimited, retryAfter: wait}
 	}
 	out, err := s.output(number)
 	if err != nil {
 		return s.unavailable("send code: evaluate", err)
 	}
-	if ok, wait := s.numberLim.take(out.ID().String()); !ok {
-		return response{code: CodeRateLimited, retryAfter: wait}
+	if r, ok := s.takeSendBudgets(acct, out.ID().String()); !ok {
+		return r
 	}
 	prev, err := s.pending(ctx, acct)
 	if err != nil {
@@ -395,6 +395,31 @@ func (s *Service) sendCode(ctx context.Context, acct, raw string, now time.Time)
 		return s.unavailable("send code: status", err)
 	}
 	return response{status: st}
+}
+
+// takeSendBudgets takes one text from the account's and the number's
+// budgets, or from neither. Both are checked before either is taken, and
+// the tables get an entry only for a request that will send: a request
+// refused by one budget (a flood of fresh accounts asking for one number,
+// say) leaves no trace in the other. Called with the account's lock held,
+// so its bucket can't change between the check and the take.
+func (s *Service) takeSendBudgets(acct, number string) (response, bool) {
+	refused := func(wait time.Duration) (response, bool) {
+		return response{code: CodeRateLimited, retryAfter: wait}, false
+	}
+	if ok, wait := s.numberLim.allow(number, 1); !ok {
+		return refused(wait)
+	}
+	// The number's bucket may have been drained by other accounts since:
+	// take it first, and give it back if the account's is refused.
+	if ok, wait := s.numberLim.take(number); !ok {
+		return refused(wait)
+	}
+	if ok, wait := s.sendLim.take(acct); !ok {
+		s.numberLim.refund(number, 1)
+		return refused(wait)
+	}
+	return response{}, true
 }
 
 // output evaluates the OPRF on number with the relay's key.
