@@ -3,6 +3,7 @@ package discovery
 import (
 	"fmt"
 	"testing"
+	"time"
 )
 
 // TestFullLimiterTableAdmitsNewcomers: made-up accounts fill the relay's
@@ -39,5 +40,46 @@ func TestFullLimiterTableAdmitsNewcomers(t *testing.T) {
 				t.Fatalf("the account table holds %d keys, want at most %d", got, tracked)
 			}
 		})
+	}
+}
+
+// TestSMSBudget: the relay sends at most its budget of texts an hour and
+// a day, whoever asks; beyond it requests are refused with the time until
+// there is room, send nothing and spend none of the asker's budgets.
+func TestSMSBudget(t *testing.T) {
+	clk := newClock()
+	r := startRelay(t, clk, WithSMSBudget(2, 3), WithAccountOpRate(1<<20, 1<<20))
+	c := newClient(t, r)
+	num := func(i int) Number { return mustNumber(t, fmt.Sprintf("+3519123450%02d", i)) }
+	for i := range 2 {
+		if _, err := c.RequestCode(testCtx(t), r.ID(), newAccount(t, "a").id, num(i)); err != nil {
+			t.Fatalf("text %d: %v", i, err)
+		}
+	}
+	late := newAccount(t, "late")
+	_, err := c.RequestCode(testCtx(t), r.ID(), late.id, num(2))
+	wantCode(t, err, ErrRateLimited)
+	if wait := RetryAfter(err); wait < 29*time.Minute || wait > 31*time.Minute {
+		t.Fatalf("retry after %v, want about 30 minutes (the hour's budget)", wait)
+	}
+	if _, ok := r.gw.LastMessage(num(2)); ok {
+		t.Fatal("a text was sent beyond the hour's budget")
+	}
+	if got := r.svc.sendLim.tracked(); got != 2 {
+		t.Fatalf("the account table holds %d keys, want 2: a refused request takes no room", got)
+	}
+	clk.Advance(30 * time.Minute)
+	if _, err := c.RequestCode(testCtx(t), r.ID(), late.id, num(2)); err != nil {
+		t.Fatalf("after waiting: %v", err)
+	}
+	r.code(t, num(2))
+	// The day's budget of 3 is spent now.
+	_, err = c.RequestCode(testCtx(t), r.ID(), newAccount(t, "b").id, num(3))
+	wantCode(t, err, ErrRateLimited)
+	if wait := RetryAfter(err); wait < 7*time.Hour || wait > 8*time.Hour {
+		t.Fatalf("retry after %v, want 7–8 hours (the day's budget)", wait)
+	}
+	if _, ok := r.gw.LastMessage(num(3)); ok {
+		t.Fatal("a text was sent beyond the day's budget")
 	}
 }

@@ -87,6 +87,7 @@ type testRelay struct {
 var relaxed = []Option{
 	WithSendRate(1<<20, 1<<20), WithNumberSendRate(1<<20, 1<<20), WithGuessRate(1<<20, 1<<20),
 	WithEvaluationRate(1<<20, 1<<20), WithListRate(1<<20, 1<<20), WithAccountOpRate(1<<20, 1<<20),
+	WithSMSBudget(1<<20, 1<<20),
 }
 
 func startRelay(t testing.TB, clk *clock, opts ...Option) *testRelay {

@@ -27,6 +27,13 @@ const (
 	// number may be sent, by any accounts, so nobody can flood a phone.
 	DefaultNumberSendsPerDay = 5
 	DefaultNumberSendBurst   = 3
+	// DefaultSMSPerHour and DefaultSMSPerDay: verification texts the relay
+	// sends in all, to anyone: the operator pays for each, and account
+	// keys and numbers cost an attacker nothing, so this is what bounds
+	// the bill (SMS pumping). A relay of 10 000 users (the directory's
+	// design size) verifies them all in ten days at this rate.
+	DefaultSMSPerHour = 100
+	DefaultSMSPerDay  = 1000
 	// DefaultGuessesPerNumberPerDay: codes that may be submitted for one
 	// number, by any accounts (bursts of as many). With 6-digit codes an
 	// attacker who can't read the victim's SMS gets at most this many
@@ -77,6 +84,7 @@ type config struct {
 
 	sendRate, sendBurst             float64 // per account, per second
 	numberSendRate, numberSendBurst float64 // per number
+	smsPerHour, smsPerDay           float64 // relay-wide
 	guessRate, guessBurst           float64 // per number
 	evalRate, evalBurst             float64 // per account, elements
 	listRate, listBurst             float64 // per peer
@@ -109,6 +117,8 @@ func defaultConfig() config {
 		sendBurst:       DefaultSendBurst,
 		numberSendRate:  DefaultNumberSendsPerDay / day,
 		numberSendBurst: DefaultNumberSendBurst,
+		smsPerHour:      DefaultSMSPerHour,
+		smsPerDay:       DefaultSMSPerDay,
 		guessRate:       DefaultGuessesPerNumberPerDay / day,
 		guessBurst:      DefaultGuessesPerNumberPerDay,
 		evalRate:        DefaultEvaluationsPerDay / day,
@@ -200,6 +210,21 @@ func WithNumberSendRate(perDay, burst int) Option {
 			return err
 		}
 		c.numberSendRate, c.numberSendBurst = float64(perDay)/day, float64(burst)
+		return nil
+	}
+}
+
+// WithSMSBudget sets how many verification texts the relay sends in all,
+// to any numbers for any accounts, per hour and per day (each a token
+// bucket of that size refilling over the hour or the day). Beyond it
+// every code request is refused with ErrRateLimited and the time until
+// the budget has room again.
+func WithSMSBudget(perHour, perDay int) Option {
+	return func(c *config) error {
+		if perHour <= 0 || perDay <= 0 {
+			return fmt.Errorf("discovery: SMS budget %d an hour, %d a day: want both at least 1", perHour, perDay)
+		}
+		c.smsPerHour, c.smsPerDay = float64(perHour), float64(perDay)
 		return nil
 	}
 }

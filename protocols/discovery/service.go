@@ -41,6 +41,8 @@ type Service struct {
 	listLim     *limiter // per peer: directory pages
 	sendLim     *limiter // per account: codes sent
 	numberLim   *limiter // per number (directory id): codes sent
+	smsHour     *limiter // relay-wide (one key): texts sent this hour
+	smsDay      *limiter // relay-wide (one key): texts sent today
 	guessLim    *limiter // per number: codes submitted
 	evalLim     *limiter // per account: elements evaluated
 	locks       [64]sync.Mutex
@@ -68,7 +70,8 @@ type Service struct {
 // DefaultSendBurst (3) at once, and DefaultEvaluationsPerDay (1000)
 // lookups a day, DefaultEvaluationBurst (2000) at once; per number
 // DefaultNumberSendsPerDay (5) codes a day, DefaultNumberSendBurst (3) at
-// once, and DefaultGuessesPerNumberPerDay (10) codes submitted; per peer
+// once, and DefaultGuessesPerNumberPerDay (10) codes submitted; relay-wide
+// DefaultSMSPerHour (100) and DefaultSMSPerDay (1000) texts; per peer
 // DefaultListsPerMinute (60) directory pages a minute, DefaultListBurst
 // (120) at once, and DefaultAccountOpsPerMinute (30) account operations,
 // DefaultAccountOpBurst (30) at once; lookups need a verified number;
@@ -140,6 +143,8 @@ func newService(local peer.ID, st *storage.Store, gw SMSGateway, opts ...Option)
 		listLim:   newLimiter(cfg.now, cfg.listRate, cfg.listBurst, cfg.maxTracked),
 		sendLim:   newLimiter(cfg.now, cfg.sendRate, cfg.sendBurst, cfg.maxTracked),
 		numberLim: newLimiter(cfg.now, cfg.numberSendRate, cfg.numberSendBurst, cfg.maxTracked),
+		smsHour:   newLimiter(cfg.now, cfg.smsPerHour/3600, cfg.smsPerHour, 1),
+		smsDay:    newLimiter(cfg.now, cfg.smsPerDay/day, cfg.smsPerDay, 1),
 		guessLim:  newLimiter(cfg.now, cfg.guessRate, cfg.guessBurst, cfg.maxTracked),
 		evalLim:   newLimiter(cfg.now, cfg.evalRate, cfg.evalBurst, cfg.maxTracked),
 		opSem:     make(chan struct{}, cfg.maxOps),
@@ -397,12 +402,14 @@ func (s *Service) sendCode(ctx context.Context, acct, raw string, now time.Time)
 	return response{status: st}
 }
 
-// takeSendBudgets takes one text from the account's and the number's
-// budgets, or from neither. Both are checked before either is taken, and
-// the tables get an entry only for a request that will send: a request
-// refused by one budget (a flood of fresh accounts asking for one number,
-// say) leaves no trace in the other. Called with the account's lock held,
-// so its bucket can't change between the check and the take.
+// takeSendBudgets takes one text from the account's, the number's and the
+// relay's budgets, or none of them. Every budget is checked before any is
+// taken, and the per-key tables get an entry only for a request that
+// will send: a request refused by one budget (a flood of fresh accounts
+// asking for one number, say) leaves no trace in the others, and pushing
+// a key out of a full table costs a table's worth of texts from the
+// relay's budget. Called with the account's lock held, so its bucket
+// can't change between the check and the take.
 func (s *Service) takeSendBudgets(acct, number string) (response, bool) {
 	refused := func(wait time.Duration) (response, bool) {
 		return response{code: CodeRateLimited, retryAfter: wait}, false
@@ -410,12 +417,30 @@ func (s *Service) takeSendBudgets(acct, number string) (response, bool) {
 	if ok, wait := s.numberLim.allow(number, 1); !ok {
 		return refused(wait)
 	}
-	// The number's bucket may have been drained by other accounts since:
-	// take it first, and give it back if the account's is refused.
+	okH, waitH := s.smsHour.allow("", 1)
+	okD, waitD := s.smsDay.allow("", 1)
+	if !okH || !okD {
+		s.log.Debug("relay-wide SMS budget spent", "retry_after", max(waitH, waitD))
+		return refused(max(waitH, waitD))
+	}
+	// The number's and the relay's buckets may have been drained by other
+	// accounts since: take them with care, giving back what a later
+	// refusal leaves unused.
+	if ok, wait := s.smsHour.take(""); !ok {
+		return refused(wait)
+	}
+	if ok, wait := s.smsDay.take(""); !ok {
+		s.smsHour.refund("", 1)
+		return refused(wait)
+	}
 	if ok, wait := s.numberLim.take(number); !ok {
+		s.smsHour.refund("", 1)
+		s.smsDay.refund("", 1)
 		return refused(wait)
 	}
 	if ok, wait := s.sendLim.take(acct); !ok {
+		s.smsHour.refund("", 1)
+		s.smsDay.refund("", 1)
 		s.numberLim.refund(number, 1)
 		return refused(wait)
 	}
