@@ -83,3 +83,52 @@ func TestSMSBudget(t *testing.T) {
 		t.Fatal("a text was sent beyond the day's budget")
 	}
 }
+
+// TestLookupBudgetPerNumber: one number verified on three accounts in
+// turn gets one number's lookup budget, not three accounts' worth.
+func TestLookupBudgetPerNumber(t *testing.T) {
+	const perDay, burst = 10, 20
+	r := startRelay(t, nil, WithEvaluationRate(perDay, burst), WithNumberSendRate(100, 100), WithAccountOpRate(1<<20, 1<<20))
+	c := newClient(t, r)
+	sim := mustNumber(t, "+351912345777")
+	lookups := func(from, n int) []Number {
+		var out []Number
+		for i := range n {
+			out = append(out, mustNumber(t, fmt.Sprintf("+3519130%05d", from+i)))
+		}
+		return out
+	}
+	pk := r.svc.PublicKey()
+
+	a1 := newAccount(t, "first")
+	verify(t, c, r, a1, sim)
+	if _, err := c.Evaluate(testCtx(t), r.ID(), a1.id, pk, lookups(0, 15)); err != nil {
+		t.Fatalf("first account, 15 of 20: %v", err)
+	}
+
+	// The number moves to a fresh account: its budget doesn't start over.
+	a2 := newAccount(t, "second")
+	st := verify(t, c, r, a2, sim)
+	if st.EvaluationsLeft != burst-15 {
+		t.Fatalf("the second account may look up %d, want the number's %d left", st.EvaluationsLeft, burst-15)
+	}
+	_, err := c.Evaluate(testCtx(t), r.ID(), a2.id, pk, lookups(100, 15))
+	wantCode(t, err, ErrRateLimited)
+	if _, err := c.Evaluate(testCtx(t), r.ID(), a2.id, pk, lookups(100, burst-15)); err != nil {
+		t.Fatalf("second account, the number's last %d: %v", burst-15, err)
+	}
+
+	a3 := newAccount(t, "third")
+	verify(t, c, r, a3, sim)
+	_, err = c.Evaluate(testCtx(t), r.ID(), a3.id, pk, lookups(200, 1))
+	wantCode(t, err, ErrRateLimited)
+	if wait := RetryAfter(err); wait < time.Duration(day/perDay)*time.Second-time.Second {
+		t.Fatalf("retry after %v, want about %v (one lookup of the number's daily budget)", wait, time.Duration(day/perDay)*time.Second)
+	}
+
+	// Another account with its own number is unaffected.
+	other := discoverer(t, c, r)
+	if _, err := c.Evaluate(testCtx(t), r.ID(), other.id, pk, lookups(300, burst)); err != nil {
+		t.Fatalf("an account with another number: %v", err)
+	}
+}

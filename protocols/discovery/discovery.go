@@ -60,7 +60,8 @@ type Status struct {
 	// LockedUntil, if in the future, is when the account may ask for
 	// codes and submit them again (after too many wrong codes).
 	LockedUntil time.Time
-	// EvaluationsLeft is how many numbers the account may look up now.
+	// EvaluationsLeft is how many numbers the account may look up now:
+	// the smaller of its own budget and its verified number's.
 	EvaluationsLeft int
 	// PublicKey is the relay's OPRF public key.
 	PublicKey PublicKey

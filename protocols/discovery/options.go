@@ -43,7 +43,8 @@ const (
 	// DefaultEvaluationsPerDay and DefaultEvaluationBurst: numbers one
 	// account may look up (OPRF evaluations): a first sync of up to 2000
 	// contacts at once, then 1000 a day. Clients cache their results, so
-	// later syncs only look up new numbers.
+	// later syncs only look up new numbers. The same budget holds per
+	// verified number, whichever accounts verify it in turn.
 	DefaultEvaluationsPerDay = 1000
 	DefaultEvaluationBurst   = 2000
 
@@ -86,7 +87,7 @@ type config struct {
 	numberSendRate, numberSendBurst float64 // per number
 	smsPerHour, smsPerDay           float64 // relay-wide
 	guessRate, guessBurst           float64 // per number
-	evalRate, evalBurst             float64 // per account, elements
+	evalRate, evalBurst             float64 // per account and per verified number, elements
 	listRate, listBurst             float64 // per peer
 	opRate, opBurst                 float64 // per peer, before auth
 	maxTracked                      int
@@ -243,7 +244,9 @@ func WithGuessRate(perDay, burst int) Option {
 }
 
 // WithEvaluationRate sets how many numbers one account may look up per
-// day, and how many at once (the largest first sync).
+// day, and how many at once (the largest first sync). The same budget
+// applies to each verified number, shared by every account that verifies
+// it, so moving a number to fresh accounts buys no lookups.
 func WithEvaluationRate(perDay, burst int) Option {
 	return func(c *config) error {
 		if err := rate("evaluation", perDay, burst); err != nil {

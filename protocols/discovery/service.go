@@ -45,6 +45,7 @@ type Service struct {
 	smsDay      *limiter // relay-wide (one key): texts sent today
 	guessLim    *limiter // per number: codes submitted
 	evalLim     *limiter // per account: elements evaluated
+	evalNumLim  *limiter // per verified number (directory id): elements evaluated
 	locks       [64]sync.Mutex
 	opSem       chan struct{}
 	dirMu       sync.Mutex // guards meta, lastCompact and every directory write
@@ -68,7 +69,8 @@ type Service struct {
 // min), DefaultMaxAttempts (5) wrong codes lock verification for
 // DefaultLockout (1 h); per account DefaultSendsPerDay (5) codes a day,
 // DefaultSendBurst (3) at once, and DefaultEvaluationsPerDay (1000)
-// lookups a day, DefaultEvaluationBurst (2000) at once; per number
+// lookups a day, DefaultEvaluationBurst (2000) at once (and as many per
+// verified number, whichever accounts verify it); per number
 // DefaultNumberSendsPerDay (5) codes a day, DefaultNumberSendBurst (3) at
 // once, and DefaultGuessesPerNumberPerDay (10) codes submitted; relay-wide
 // DefaultSMSPerHour (100) and DefaultSMSPerDay (1000) texts; per peer
@@ -129,28 +131,29 @@ func newService(local peer.ID, st *storage.Store, gw SMSGateway, opts ...Option)
 		return nil, err
 	}
 	s := &Service{
-		local:     local,
-		store:     st,
-		ns:        ns,
-		gw:        gw,
-		cfg:       cfg,
-		log:       cfg.logger.With("component", "discovery"),
-		tr:        tracer{cfg.tracer},
-		server:    oprf.NewVerifiableServer(suite, evalKey),
-		numbers:   oprf.NewVerifiableServer(suite, key),
-		pub:       pub,
-		opLim:     newLimiter(cfg.now, cfg.opRate, cfg.opBurst, cfg.maxTracked),
-		listLim:   newLimiter(cfg.now, cfg.listRate, cfg.listBurst, cfg.maxTracked),
-		sendLim:   newLimiter(cfg.now, cfg.sendRate, cfg.sendBurst, cfg.maxTracked),
-		numberLim: newLimiter(cfg.now, cfg.numberSendRate, cfg.numberSendBurst, cfg.maxTracked),
-		smsHour:   newLimiter(cfg.now, cfg.smsPerHour/3600, cfg.smsPerHour, 1),
-		smsDay:    newLimiter(cfg.now, cfg.smsPerDay/day, cfg.smsPerDay, 1),
-		guessLim:  newLimiter(cfg.now, cfg.guessRate, cfg.guessBurst, cfg.maxTracked),
-		evalLim:   newLimiter(cfg.now, cfg.evalRate, cfg.evalBurst, cfg.maxTracked),
-		opSem:     make(chan struct{}, cfg.maxOps),
-		meta:      m,
-		ctx:       ctx,
-		cancel:    cancel,
+		local:      local,
+		store:      st,
+		ns:         ns,
+		gw:         gw,
+		cfg:        cfg,
+		log:        cfg.logger.With("component", "discovery"),
+		tr:         tracer{cfg.tracer},
+		server:     oprf.NewVerifiableServer(suite, evalKey),
+		numbers:    oprf.NewVerifiableServer(suite, key),
+		pub:        pub,
+		opLim:      newLimiter(cfg.now, cfg.opRate, cfg.opBurst, cfg.maxTracked),
+		listLim:    newLimiter(cfg.now, cfg.listRate, cfg.listBurst, cfg.maxTracked),
+		sendLim:    newLimiter(cfg.now, cfg.sendRate, cfg.sendBurst, cfg.maxTracked),
+		numberLim:  newLimiter(cfg.now, cfg.numberSendRate, cfg.numberSendBurst, cfg.maxTracked),
+		smsHour:    newLimiter(cfg.now, cfg.smsPerHour/3600, cfg.smsPerHour, 1),
+		smsDay:     newLimiter(cfg.now, cfg.smsPerDay/day, cfg.smsPerDay, 1),
+		guessLim:   newLimiter(cfg.now, cfg.guessRate, cfg.guessBurst, cfg.maxTracked),
+		evalLim:    newLimiter(cfg.now, cfg.evalRate, cfg.evalBurst, cfg.maxTracked),
+		evalNumLim: newLimiter(cfg.now, cfg.evalRate, cfg.evalBurst, cfg.maxTracked),
+		opSem:      make(chan struct{}, cfg.maxOps),
+		meta:       m,
+		ctx:        ctx,
+		cancel:     cancel,
 	}
 	s.tr.entries(m.entries)
 	return s, nil
@@ -651,6 +654,7 @@ func (s *Service) status(ctx context.Context, acct string, now time.Time) (*Stat
 	}
 	if link != nil {
 		st.Verified, st.VerifiedAt = true, link.verifiedAt
+		st.EvaluationsLeft = min(st.EvaluationsLeft, s.evalNumLim.left(link.output.ID().String()))
 	}
 	p, err := s.pending(ctx, acct)
 	if err != nil {
@@ -665,22 +669,53 @@ func (s *Service) status(ctx context.Context, acct string, now time.Time) (*Stat
 	return st, nil
 }
 
+// takeEvalBudgets takes n lookups from the account's budget and, if
+// number is not empty, from the budget of the account's verified number
+// (its directory id), or from neither. The number's budget is what keeps
+// one SIM at its daily lookups: verifying it again on a fresh account
+// moves the number, not a fresh budget. wait is never if n exceeds a
+// whole budget.
+func (s *Service) takeEvalBudgets(acct, number string, n int) (ok bool, wait time.Duration) {
+	okA, waitA := s.evalLim.allow(acct, n)
+	okN, waitN := true, time.Duration(0)
+	if number != "" {
+		okN, waitN = s.evalNumLim.allow(number, n)
+	}
+	if !okA || !okN {
+		return false, max(waitA, waitN)
+	}
+	if number != "" {
+		if ok, wait := s.evalNumLim.takeN(number, n); !ok {
+			return false, wait
+		}
+	}
+	if ok, wait := s.evalLim.takeN(acct, n); !ok {
+		if number != "" {
+			s.evalNumLim.refund(number, n)
+		}
+		return false, wait
+	}
+	return true, 0
+}
+
 // evaluate answers an OPRF evaluation request.
 func (s *Service) evaluate(ctx context.Context, acct string, blinded [][]byte) response {
-	if s.cfg.requireVerified {
-		link, err := s.link(ctx, acct)
-		if err != nil {
-			return s.unavailable("evaluate: read link", err)
-		}
-		if link == nil {
-			return response{code: CodeNotVerified}
-		}
+	link, err := s.link(ctx, acct)
+	if err != nil {
+		return s.unavailable("evaluate: read link", err)
+	}
+	if link == nil && s.cfg.requireVerified {
+		return response{code: CodeNotVerified}
 	}
 	elems, err := parseElements(blinded)
 	if err != nil {
 		return response{code: CodeMalformed}
 	}
-	if ok, wait := s.evalLim.takeN(acct, len(elems)); !ok {
+	number := "" // the verified number's budget, if the account has one
+	if link != nil {
+		number = link.output.ID().String()
+	}
+	if ok, wait := s.takeEvalBudgets(acct, number, len(elems)); !ok {
 		if wait == never {
 			return response{code: CodeTooLarge}
 		}
