@@ -32,15 +32,57 @@ import (
 // directory copies, the pinned relay keys and the cached outputs live in
 // the "discovery" namespace:
 //
-//	r/<relay peer id>            JSON: the relay's OPRF key and the sync cursor
+//	r/<relay peer id>            JSON: the relay's OPRF key, the sync cursor, the copy's size
 //	d/<relay peer id>/<id hex>   sealed record of one directory entry
 //	y/<Opaque(relay, key, number)>  the number's OPRF output under that key
+//
+// A copy is bounded (MaxDirectoryEntries, MaxDirectoryBytes), and so is
+// the work of one sync (MaxDirectorySyncPages): a relay — the user's own
+// home relay, but hostile or compromised — that keeps answering "more"
+// can't fill the device's disk. A sync stops at the first page that would
+// take the copy beyond its caps, writing nothing of that page, with
+// ErrDirectoryTooLarge; what it wrote before stays, within the caps.
 
 // MaxDiscoverNumbers caps the numbers of one DiscoverContacts call.
 const MaxDiscoverNumbers = 5000
 
+// Caps on the copy of one relay's directory, sized from the directory's
+// design (docs/protocol/discovery.md): a relay holds at most
+// discovery.DefaultMaxEntries entries of about 500–700 bytes each, which
+// it lists in pages of up to discovery.MaxPageEntries entries and about
+// 256 KiB.
+const (
+	// MaxDirectoryEntries caps the entries of a copy: a full relay's.
+	MaxDirectoryEntries = discovery.DefaultMaxEntries
+	// MaxDirectoryBytes caps the sealed records of a copy: a full relay's
+	// entries at 768 bytes each, on average.
+	MaxDirectoryBytes = 768 << 20
+	// MaxDirectorySyncPages caps the pages of one sync: twice what a
+	// first sync of a copy at both caps needs (3072 pages of 256 KiB of
+	// entries, and 977 of a million deletions).
+	MaxDirectorySyncPages = 8192
+)
+
 // ErrTooManyNumbers: more numbers than MaxDiscoverNumbers in one call.
 var ErrTooManyNumbers = fmt.Errorf("node: at most %d numbers per discovery request; split the address book", MaxDiscoverNumbers)
+
+// ErrDirectoryTooLarge: a relay's directory would take this device's copy
+// beyond MaxDirectoryEntries or MaxDirectoryBytes, or a sync beyond
+// MaxDirectorySyncPages. No honest relay within the design's limits does
+// that, so the relay counts as misbehaving (the error wraps
+// discovery.ErrProtocol); discovery goes on with the other relays.
+var ErrDirectoryTooLarge = fmt.Errorf("node: the relay's directory exceeds what this device keeps of it: %w", discovery.ErrProtocol)
+
+// directoryCaps are the caps syncDirectory applies (tests shrink them).
+type directoryCaps struct {
+	entries int
+	bytes   int64
+	pages   int
+}
+
+func defaultDirectoryCaps() directoryCaps {
+	return directoryCaps{entries: MaxDirectoryEntries, bytes: MaxDirectoryBytes, pages: MaxDirectorySyncPages}
+}
 
 const discoveryNamespace = "discovery"
 
@@ -85,6 +127,13 @@ func (m DiscoveryMatch) Record() contact.Signed { return m.Contact.record }
 type relayCopy struct {
 	Key    []byte `json:"key"`
 	Cursor uint64 `json:"cursor"`
+	// Entries and Bytes measure the copy (its entries, their sealed
+	// records' bytes); they are written with every page. Counted is false
+	// for a copy written before they were, or while it is being dropped:
+	// the next sync counts it.
+	Entries int   `json:"entries"`
+	Bytes   int64 `json:"bytes"`
+	Counted bool  `json:"counted"`
 }
 
 // DiscoverContacts looks numbers up (international form; others are
@@ -132,7 +181,7 @@ func (n *Node) DiscoverContacts(ctx context.Context, numbers []string) (*Discove
 			continue
 		}
 		errs = append(errs, unreachable(err))
-		if discovery.RetryAfter(err) > 0 || errors.Is(err, discovery.ErrBadProof) || errors.Is(err, discovery.ErrKeyChanged) {
+		if discovery.RetryAfter(err) > 0 || errors.Is(err, discovery.ErrBadProof) || errors.Is(err, discovery.ErrKeyChanged) || errors.Is(err, ErrDirectoryTooLarge) {
 			n.log.Warn("discovery on a relay failed", "relay", r.ID, "err", err)
 		}
 	}
@@ -221,7 +270,7 @@ func (n *Node) discoverOn(ctx context.Context, c *discovery.Client, a *account, 
 			return err
 		}
 	}
-	synced, err := n.syncDirectory(ctx, c, relay)
+	synced, err := n.syncDirectory(ctx, c, relay, defaultDirectoryCaps())
 	if err != nil {
 		return err
 	}
@@ -291,10 +340,10 @@ func entryKey(relay peer.ID, id discovery.EntryID) string {
 
 // syncDirectory brings the copy of relay's directory up to date and
 // returns the relay's OPRF key (pinned at the first sync:
-// discovery.ErrKeyChanged if the relay shows another).
-func (n *Node) syncDirectory(ctx context.Context, c *discovery.Client, relay peer.ID) (discovery.PublicKey, error) {
-	ns := n.store.Namespace(discoveryNamespace)
-	metaKey := "r/" + relay.String()
+// discovery.ErrKeyChanged if the relay shows another). It keeps the copy
+// within caps and stops after caps.pages pages (ErrDirectoryTooLarge); a
+// page that would break a cap is not written.
+func (n *Node) syncDirectory(ctx context.Context, c *discovery.Client, relay peer.ID, caps directoryCaps) (discovery.PublicKey, error) {
 	cp, err := n.relayCopy(ctx, relay)
 	if err != nil {
 		return discovery.PublicKey{}, err
@@ -305,7 +354,16 @@ func (n *Node) syncDirectory(ctx context.Context, c *discovery.Client, relay pee
 			return pinned, fmt.Errorf("discovery copy of %s: %w", relay, err)
 		}
 	}
-	for {
+	if !cp.Counted {
+		if cp.Entries, cp.Bytes, err = n.countCopy(ctx, relay); err != nil {
+			return pinned, err
+		}
+		cp.Counted = true
+	}
+	for pages := 0; ; pages++ {
+		if pages == caps.pages {
+			return pinned, fmt.Errorf("%w: relay %s: still more after %d pages", ErrDirectoryTooLarge, relay, pages)
+		}
 		p, err := c.List(ctx, relay, cp.Cursor, discovery.MaxPageEntries)
 		if err != nil {
 			return pinned, err
@@ -314,37 +372,118 @@ func (n *Node) syncDirectory(ctx context.Context, c *discovery.Client, relay pee
 			return pinned, fmt.Errorf("discovery: relay %s: %w", relay, discovery.ErrKeyChanged)
 		}
 		pinned = p.PublicKey
+		since := cp.Cursor
 		if p.StartOver {
-			if err := n.dropCopy(ctx, relay); err != nil {
+			since = 0
+			if cp, err = n.startOver(ctx, relay, pinned); err != nil {
 				return pinned, err
 			}
 		}
-		batch := n.store.NewBatch()
-		for _, e := range p.Entries {
-			if e.Deleted() {
-				err = batch.Delete(ns, entryKey(relay, e.ID))
-			} else {
-				err = batch.Put(ns, entryKey(relay, e.ID), e.Box)
-			}
-			if err != nil {
-				return pinned, err
-			}
+		if p.More && p.Next <= since {
+			return pinned, fmt.Errorf("discovery: relay %s: more changes but no progress past %d: %w", relay, since, discovery.ErrProtocol)
 		}
-		cp = relayCopy{Key: pinned.Bytes(), Cursor: p.Next}
-		v, err := json.Marshal(cp)
+		next, batch, err := n.applyPage(ctx, relay, cp, p, caps)
 		if err != nil {
 			return pinned, err
 		}
-		if err := batch.Put(ns, metaKey, v); err != nil {
+		next.Key = pinned.Bytes()
+		if err := n.putRelayCopy(batch, relay, next); err != nil {
 			return pinned, err
 		}
 		if err := batch.CommitUnsynced(ctx); err != nil {
 			return pinned, err
 		}
+		cp = next
 		if !p.More {
 			return pinned, nil
 		}
 	}
+}
+
+// applyPage returns a batch that applies page p to the copy cp, and the
+// copy's state after it; ErrDirectoryTooLarge if it would break a cap.
+func (n *Node) applyPage(ctx context.Context, relay peer.ID, cp relayCopy, p *discovery.Page, caps directoryCaps) (relayCopy, *storage.Batch, error) {
+	ns := n.store.Namespace(discoveryNamespace)
+	batch := n.store.NewBatch()
+	size := make(map[discovery.EntryID]int, len(p.Entries)) // after this page so far; -1: none
+	for _, e := range p.Entries {
+		key := entryKey(relay, e.ID)
+		old, ok := size[e.ID]
+		if !ok {
+			b, err := ns.Get(ctx, key)
+			switch {
+			case err == nil:
+				old = len(b)
+			case errors.Is(err, storage.ErrNotFound):
+				old = -1
+			default:
+				return cp, nil, err
+			}
+		}
+		if old >= 0 {
+			cp.Entries--
+			cp.Bytes -= int64(old)
+		}
+		var err error
+		if e.Deleted() {
+			size[e.ID] = -1
+			err = batch.Delete(ns, key)
+		} else {
+			size[e.ID] = len(e.Box)
+			cp.Entries++
+			cp.Bytes += int64(len(e.Box))
+			err = batch.Put(ns, key, e.Box)
+		}
+		if err != nil {
+			return cp, nil, err
+		}
+	}
+	if cp.Entries > caps.entries || cp.Bytes > caps.bytes {
+		return cp, nil, fmt.Errorf("%w: relay %s: its next page would make the copy %d entries, %d bytes (at most %d, %d)",
+			ErrDirectoryTooLarge, relay, cp.Entries, cp.Bytes, caps.entries, caps.bytes)
+	}
+	cp.Cursor = p.Next
+	return cp, batch, nil
+}
+
+// putRelayCopy adds the write of relay's copy state to b.
+func (n *Node) putRelayCopy(b *storage.Batch, relay peer.ID, cp relayCopy) error {
+	v, err := json.Marshal(cp)
+	if err != nil {
+		return err
+	}
+	return b.Put(n.store.Namespace(discoveryNamespace), "r/"+relay.String(), v)
+}
+
+// startOver drops the copy of relay's directory, as the relay asks, and
+// returns the empty copy's state (key pinned). The state is marked
+// uncounted while entries are deleted, so an interrupted drop is counted
+// again at the next sync.
+func (n *Node) startOver(ctx context.Context, relay peer.ID, pk discovery.PublicKey) (relayCopy, error) {
+	cp := relayCopy{Key: pk.Bytes()}
+	b := n.store.NewBatch()
+	if err := n.putRelayCopy(b, relay, cp); err != nil {
+		return cp, err
+	}
+	if err := b.CommitUnsynced(ctx); err != nil {
+		return cp, err
+	}
+	if err := n.dropCopy(ctx, relay); err != nil {
+		return cp, err
+	}
+	cp.Counted = true
+	return cp, nil
+}
+
+// countCopy counts the entries of the copy of relay's directory and
+// their bytes.
+func (n *Node) countCopy(ctx context.Context, relay peer.ID) (entries int, bytes int64, err error) {
+	err = n.store.Namespace(discoveryNamespace).List(ctx, storage.ListOptions{Prefix: "d/" + relay.String() + "/"}, func(_ string, v []byte) error {
+		entries++
+		bytes += int64(len(v))
+		return nil
+	})
+	return entries, bytes, err
 }
 
 // dropCopy deletes the copy of relay's directory entries.

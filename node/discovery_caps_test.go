@@ -1,0 +1,249 @@
+package node
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/cloudflare/circl/oprf"
+	"github.com/libp2p/go-libp2p"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/peerstore"
+
+	"github.com/kinmesh/kinmesh/protocols/discovery"
+	"github.com/kinmesh/kinmesh/protocols/discovery/pb"
+	"github.com/kinmesh/kinmesh/protocols/wire"
+	"github.com/kinmesh/kinmesh/storage"
+)
+
+// fakeDirectory is a relay whose directory pages come from a function
+// of the cursor asked for. It counts the list requests it answers.
+type fakeDirectory struct {
+	id       peer.ID
+	pk       []byte
+	requests atomic.Int64
+}
+
+func startFakeDirectory(t *testing.T, n *Node, page func(pk []byte, since uint64) *pb.Page) *fakeDirectory {
+	t.Helper()
+	h, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"), libp2p.DisableMetrics())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = h.Close() })
+	k, err := oprf.GenerateKey(oprf.SuiteRistretto255, rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pk, err := k.Public().MarshalBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &fakeDirectory{id: h.ID(), pk: pk}
+	h.SetStreamHandler(discovery.ID, func(st network.Stream) {
+		defer st.Close()
+		_ = st.SetDeadline(time.Now().Add(10 * time.Second))
+		var req pb.Request
+		if err := wire.NewReader(st).Read(&req, 128); err != nil || req.GetList() == nil {
+			_ = st.Reset()
+			return
+		}
+		r.requests.Add(1)
+		_ = wire.Write(st, &pb.Response{Body: &pb.Response_Page{Page: page(pk, req.GetList().GetSince())}}, 1<<20)
+	})
+	n.host.Peerstore().AddAddrs(h.ID(), h.Addrs(), peerstore.PermanentAddrTTL)
+	return r
+}
+
+// fakeEntries returns the entries of sequence numbers from+1 … to, with
+// ids id(seq) and boxes of size bytes.
+func fakeEntries(from, to uint64, id func(seq uint64) uint64, size int) []*pb.Entry {
+	box := make([]byte, size)
+	_, _ = rand.Read(box)
+	var out []*pb.Entry
+	for seq := from + 1; seq <= to; seq++ {
+		b := make([]byte, discovery.IDSize)
+		binary.BigEndian.PutUint64(b, id(seq))
+		out = append(out, &pb.Entry{Seq: seq, Id: b, Box: box})
+	}
+	return out
+}
+
+// hostileMode is how a hostile directory never ends: every page says
+// there is more (for hostilePages pages), with hostilePerPage entries of
+// hostileBox bytes — new ids (grows), the same ids again (churns), or no
+// entries and no progress at all (stuck).
+type hostileMode int
+
+const (
+	hostileGrows hostileMode = iota
+	hostileChurns
+	hostileStuck
+)
+
+const (
+	hostilePages   = 300
+	hostilePerPage = 16
+	hostileBox     = 1000
+)
+
+func startHostileDirectory(t *testing.T, n *Node, mode hostileMode) *fakeDirectory {
+	t.Helper()
+	const end = hostilePages * hostilePerPage
+	return startFakeDirectory(t, n, func(pk []byte, since uint64) *pb.Page {
+		p := &pb.Page{PublicKey: pk, Version: end, Next: since, More: since < end}
+		if mode == hostileStuck {
+			return p
+		}
+		id := func(seq uint64) uint64 { return seq }
+		if mode == hostileChurns {
+			id = func(seq uint64) uint64 { return seq % hostilePerPage }
+		}
+		p.Next = min(since+hostilePerPage, end)
+		p.Entries = fakeEntries(since, p.Next, id, hostileBox)
+		p.More = p.Next < end
+		return p
+	})
+}
+
+// copyOf returns what n holds of relay's directory: its entries and their
+// bytes, counted, and the copy state it keeps.
+func copyOf(t *testing.T, n *Node, relay peer.ID) (entries int, bytes int64, cp relayCopy) {
+	t.Helper()
+	ns := n.store.Namespace(discoveryNamespace)
+	err := ns.List(context.Background(), storage.ListOptions{Prefix: "d/" + relay.String() + "/"}, func(_ string, v []byte) error {
+		entries++
+		bytes += int64(len(v))
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, err := ns.Get(context.Background(), "r/"+relay.String()); err == nil {
+		if err := json.Unmarshal(b, &cp); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return entries, bytes, cp
+}
+
+// TestDirectorySyncIsBounded: a relay that keeps answering "more" fills
+// the device's copy of its directory up to the caps and no further; the
+// sync fails with ErrDirectoryTooLarge (a misbehaving relay), and so does
+// the next one, without growing the copy.
+func TestDirectorySyncIsBounded(t *testing.T) {
+	tests := []struct {
+		name        string
+		mode        hostileMode
+		caps        directoryCaps
+		maxRequests int64 // list requests the relay may see per sync
+		want        error
+	}{
+		{"entries", hostileGrows, directoryCaps{entries: 100, bytes: 1 << 30, pages: 1000}, 10, ErrDirectoryTooLarge},
+		{"bytes", hostileGrows, directoryCaps{entries: 1 << 20, bytes: 50_000, pages: 1000}, 10, ErrDirectoryTooLarge},
+		{"pages", hostileChurns, directoryCaps{entries: 1 << 20, bytes: 1 << 30, pages: 20}, 20, ErrDirectoryTooLarge},
+		{"no progress", hostileStuck, defaultDirectoryCaps(), 1, discovery.ErrProtocol},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			n := startNode(t, Config{})
+			r := startHostileDirectory(t, n, tt.mode)
+			c, err := discovery.NewClient(n.host, discovery.WithClientLogger(n.log))
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			defer cancel()
+			var first int
+			for sync := range 2 {
+				r.requests.Store(0)
+				_, err := n.syncDirectory(ctx, c, r.id, tt.caps)
+				if !errors.Is(err, tt.want) || !errors.Is(err, discovery.ErrProtocol) {
+					t.Fatalf("sync %d: %v, want %v (a misbehaving relay)", sync, err, tt.want)
+				}
+				if got := r.requests.Load(); got > tt.maxRequests {
+					t.Fatalf("sync %d asked for %d pages, want at most %d", sync, got, tt.maxRequests)
+				}
+				entries, bytes, cp := copyOf(t, n, r.id)
+				if entries > tt.caps.entries || bytes > tt.caps.bytes {
+					t.Fatalf("sync %d: the copy holds %d entries, %d bytes; want at most %d, %d", sync, entries, bytes, tt.caps.entries, tt.caps.bytes)
+				}
+				if cp.Entries != entries || cp.Bytes != bytes {
+					t.Fatalf("sync %d: the copy's state says %d entries, %d bytes; it holds %d, %d", sync, cp.Entries, cp.Bytes, entries, bytes)
+				}
+				if sync == 0 {
+					first = entries
+				} else if entries != first {
+					t.Fatalf("the second sync changed the copy from %d to %d entries", first, entries)
+				}
+			}
+		})
+	}
+}
+
+// TestDirectoryStartOverKeepsCount: a relay that asks the device to start
+// over has its copy dropped and listed again, and the copy's size is
+// counted right through it; so is a copy written before sizes were kept.
+func TestDirectoryStartOverKeepsCount(t *testing.T) {
+	n := startNode(t, Config{})
+	var startOver atomic.Bool
+	r := startFakeDirectory(t, n, func(pk []byte, since uint64) *pb.Page {
+		if startOver.Load() {
+			// The log starts again at 100; five entries, all new ids.
+			if since != 0 && since < 100 {
+				return &pb.Page{PublicKey: pk, Version: 105, StartOver: true, Next: 105,
+					Entries: fakeEntries(100, 105, func(seq uint64) uint64 { return 1000 + seq }, 300)}
+			}
+			return &pb.Page{PublicKey: pk, Version: 105, Next: 105}
+		}
+		// 40 changes in pages of 16: 30 ids, the last ten replacing the
+		// first ten, at 500 bytes each.
+		next := min(since+16, 40)
+		return &pb.Page{PublicKey: pk, Version: 40, Next: next, More: next < 40,
+			Entries: fakeEntries(since, next, func(seq uint64) uint64 { return (seq-1)%30 + 1 }, 500)}
+	})
+	c, err := discovery.NewClient(n.host, discovery.WithClientLogger(n.log))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	want := func(what string, entries int, bytes int64) {
+		t.Helper()
+		got, gotBytes, cp := copyOf(t, n, r.id)
+		if got != entries || gotBytes != bytes || cp.Entries != entries || cp.Bytes != bytes || !cp.Counted {
+			t.Fatalf("%s: the copy holds %d entries, %d bytes, its state says %d, %d (counted %v); want %d, %d",
+				what, got, gotBytes, cp.Entries, cp.Bytes, cp.Counted, entries, bytes)
+		}
+	}
+	if _, err := n.syncDirectory(ctx, c, r.id, defaultDirectoryCaps()); err != nil {
+		t.Fatal(err)
+	}
+	want("first sync", 30, 30*500)
+
+	// A copy state from before sizes were kept: counted at the next sync.
+	cp := relayCopy{Key: r.pk, Cursor: 40}
+	b := n.store.NewBatch()
+	if err := n.putRelayCopy(b, r.id, cp); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.syncDirectory(ctx, c, r.id, defaultDirectoryCaps()); err != nil {
+		t.Fatal(err)
+	}
+	want("an old copy state", 30, 30*500)
+
+	startOver.Store(true)
+	if _, err := n.syncDirectory(ctx, c, r.id, defaultDirectoryCaps()); err != nil {
+		t.Fatal(err)
+	}
+	want("after starting over", 5, 5*300)
+}
