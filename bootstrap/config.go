@@ -155,6 +155,11 @@ type Config struct {
 	PhoneSendBurst         int `toml:"phone_send_burst"`
 	PhoneNumberSendsPerDay int `toml:"phone_number_sends_per_day"`
 	PhoneNumberSendBurst   int `toml:"phone_number_send_burst"`
+	// PhoneSMSPerHour, PhoneSMSPerDay: verification texts the relay sends
+	// in all, whoever asks (defaults 100 an hour, 1000 a day): what the
+	// operator's SMS bill can't exceed.
+	PhoneSMSPerHour int `toml:"phone_sms_per_hour"`
+	PhoneSMSPerDay  int `toml:"phone_sms_per_day"`
 	// DiscoveryEvaluationsPerDay, DiscoveryEvaluationBurst: numbers one
 	// account may look up (defaults 1000 a day, 2000 at once).
 	DiscoveryEvaluationsPerDay int `toml:"discovery_evaluations_per_day"`

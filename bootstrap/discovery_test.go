@@ -32,6 +32,8 @@ phone_sends_per_day = 4
 phone_send_burst = 2
 phone_number_sends_per_day = 6
 phone_number_send_burst = 1
+phone_sms_per_hour = 7
+phone_sms_per_day = 70
 discovery_evaluations_per_day = 500
 discovery_evaluation_burst = 1500
 discovery_max_entries = 1000
@@ -44,8 +46,8 @@ discovery_allow_unverified = true
 	if err := c.applyDiscoveryDefaults(); err != nil {
 		t.Fatal(err)
 	}
-	got := [...]int{c.PhoneSendsPerDay, c.PhoneSendBurst, c.PhoneNumberSendsPerDay, c.PhoneNumberSendBurst, c.DiscoveryEvaluationsPerDay, c.DiscoveryEvaluationBurst, c.DiscoveryMaxEntries}
-	if want := [...]int{4, 2, 6, 1, 500, 1500, 1000}; got != want || !c.DiscoveryAllowUnverified || c.SMSGateway != SMSWebhook || c.SMSWebhookTokenFile != "/etc/kinmesh/sms.token" {
+	got := [...]int{c.PhoneSendsPerDay, c.PhoneSendBurst, c.PhoneNumberSendsPerDay, c.PhoneNumberSendBurst, c.PhoneSMSPerHour, c.PhoneSMSPerDay, c.DiscoveryEvaluationsPerDay, c.DiscoveryEvaluationBurst, c.DiscoveryMaxEntries}
+	if want := [...]int{4, 2, 6, 1, 7, 70, 500, 1500, 1000}; got != want || !c.DiscoveryAllowUnverified || c.SMSGateway != SMSWebhook || c.SMSWebhookTokenFile != "/etc/kinmesh/sms.token" {
 		t.Fatalf("discovery settings %v %+v, want %v and the webhook", got, c, want)
 	}
 
@@ -53,7 +55,7 @@ discovery_allow_unverified = true
 	if err := d.applyDefaults(); err != nil {
 		t.Fatal(err)
 	}
-	if d.SMSGateway != SMSConsole || d.PhoneSendsPerDay != discovery.DefaultSendsPerDay || d.DiscoveryEvaluationBurst != discovery.DefaultEvaluationBurst || d.DiscoveryAllowUnverified {
+	if d.SMSGateway != SMSConsole || d.PhoneSendsPerDay != discovery.DefaultSendsPerDay || d.PhoneSMSPerDay != discovery.DefaultSMSPerDay || d.DiscoveryEvaluationBurst != discovery.DefaultEvaluationBurst || d.DiscoveryAllowUnverified {
 		t.Fatalf("defaults not applied: %+v", d)
 	}
 	for _, tc := range []struct {
