@@ -44,6 +44,7 @@ var momentErrors = []struct {
 	{moments.ErrMediaType, http.StatusUnsupportedMediaType, "unsupported_media_type"},
 	{moments.ErrNotFound, http.StatusNotFound, "unknown_moment"},
 	{moments.ErrNotAuthor, http.StatusForbidden, "not_author"},
+	{moments.ErrAmbiguous, http.StatusConflict, "ambiguous_moment"},
 	{moments.ErrNoRelays, http.StatusServiceUnavailable, "no_relay"},
 	{moments.ErrMediaUnavailable, http.StatusBadGateway, "media_unavailable"},
 	{moments.ErrMalformed, http.StatusBadRequest, "invalid_request"},

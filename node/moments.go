@@ -248,7 +248,9 @@ func (n *Node) MomentsFeed(ctx context.Context, cursor string, limit int) (ms []
 }
 
 // Moment returns one moment of the feed (moments.ErrNotFound if this
-// device has no such moment).
+// device has no such moment). Here and in the other moment methods id is
+// the moment's id, or "author:id" when two authors have a moment with
+// that id (moments.ErrAmbiguous otherwise).
 func (n *Node) Moment(ctx context.Context, id string) (*moments.Moment, error) {
 	eng, err := n.momentsEngine()
 	if err != nil {

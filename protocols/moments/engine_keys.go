@@ -19,30 +19,35 @@ import (
 )
 
 // Device store keys, in the "moments" namespace, with A = Opaque(account
-// id), R = Opaque(relay peer id, topic), and hex moment and item ids:
+// id) of a feed's author, D = Opaque(a reaction's delete key), R =
+// Opaque(relay peer id, topic), and hex moment and item ids. Everything
+// about a moment is keyed by its author, and a reaction by its delete key
+// too, so no friend's frame can touch another's (engine_store.go):
 //
-//	"own"                        pb.Own: our sender key, epoch, audience members
-//	"aud"                        JSON Audience setting
-//	"f/" A                       pb.Following: a friend's sender-key state and epochs
-//	"c/" R                       uvarint: backfill cursor of a relay's topic
-//	"p/" %016x(^created) "/" id  pb.StoredPost, newest first
-//	"pi/" id                     the moment's "p/" key
-//	"r/" id "/" item             pb.StoredReaction
-//	"d/" id                      moment deleted (TTL MarkerTTL)
-//	"w/" item                    reaction withdrawn (TTL MarkerTTL)
-//	"q/" seq                     pb.Pending: a frame waiting for its key or moment (TTL 1 day)
-//	"o/" seq                     pb.Outbox: a frame still to be kept on relays
-//	"in/" seq                    pb.Inbox: a control received, not yet applied
+//	"v"                             uvarint: the layout version (storeVersion)
+//	"own"                           pb.Own: our sender key, epoch, audience members
+//	"aud"                           JSON Audience setting
+//	"f/" A                          pb.Following: a friend's sender-key state and epochs
+//	"c/" R                          uvarint: backfill cursor of a relay's topic
+//	"m/" %016x(^created) "/" id "/" A  pb.StoredPost, newest first
+//	"mi/" id "/" A                  the moment's "m/" key
+//	"mr/" id "/" A "/" item "/" D   pb.StoredReaction
+//	"md/" A "/" id                  moment deleted (TTL MarkerTTL)
+//	"mw/" A "/" id "/" item "/" D   reaction withdrawn (TTL MarkerTTL)
+//	"q/" seq                        pb.Pending: a frame waiting for its key or moment (TTL 1 day)
+//	"o/" seq                        pb.Outbox: a frame still to be kept on relays
+//	"in/" seq                       pb.Inbox: a control received, not yet applied
 const (
+	dkVersion  = "v"
 	dkOwn      = "own"
 	dkAudience = "aud"
 	dkFollow   = "f/"
 	dkCursor   = "c/"
-	dkPost     = "p/"
-	dkPostIdx  = "pi/"
-	dkReaction = "r/"
-	dkDeleted  = "d/"
-	dkWithdraw = "w/"
+	dkPost     = "m/"
+	dkPostIdx  = "mi/"
+	dkReaction = "mr/"
+	dkDeleted  = "md/"
+	dkWithdraw = "mw/"
 	dkPending  = "q/"
 	dkOutbox   = "o/"
 	dkInbox    = "in/"
@@ -53,6 +58,9 @@ const (
 
 // load reads the engine's state at start.
 func (e *Engine) load(ctx context.Context) error {
+	if err := e.migrate(ctx); err != nil {
+		return err
+	}
 	if b, err := e.ns.Get(ctx, dkAudience); err == nil {
 		if err := json.Unmarshal(b, &e.audience); err != nil {
 			return fmt.Errorf("moments: load audience: %w", err)

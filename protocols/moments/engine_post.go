@@ -8,7 +8,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"math"
 	"slices"
 	"strings"
 	"sync"
@@ -64,6 +63,11 @@ func checkMedia(media []MediaInput) error {
 // frame goes on the feed's topic and to every home relay (retried until
 // each confirms).
 func (e *Engine) Post(ctx context.Context, text string, media []MediaInput) (*Moment, error) {
+	return e.post(ctx, newItemID(), text, media)
+}
+
+// post is Post with the moment id given.
+func (e *Engine) post(ctx context.Context, id itemID, text string, media []MediaInput) (*Moment, error) {
 	text = strings.TrimSpace(text)
 	switch {
 	case text == "" && len(media) == 0:
@@ -83,7 +87,6 @@ func (e *Engine) Post(ctx context.Context, text string, media []MediaInput) (*Mo
 			return nil, err
 		}
 	}
-	id := newItemID()
 	var key [32]byte
 	if _, err := rand.Read(key[:]); err != nil {
 		return nil, err
@@ -134,7 +137,7 @@ func (e *Engine) Post(ctx context.Context, text string, media []MediaInput) (*Mo
 	}
 	e.publish(ctx, topic, raw)
 	e.emit(Event{Type: "posted", Moment: id.String(), Author: string(e.me)})
-	return e.Moment(ctx, id.String())
+	return e.Moment(ctx, string(e.me)+":"+id.String())
 }
 
 // upload puts a sealed medium on every home relay in parallel; at least
@@ -171,23 +174,28 @@ func (e *Engine) publish(ctx context.Context, topic string, raw []byte) {
 	wake(e.wakeOutbox)
 }
 
-// Delete deletes one of this account's moments: a signed tombstone, with
-// the deletion proofs of its media, goes on the topic and to every home
-// relay; relays purge the moment, its reactions and media, friends their
-// copies.
+// Delete deletes one of this account's moments (id as for Moment; a bare
+// id means ours): a signed tombstone, with the deletion proofs of its
+// media, goes on the topic and to every home relay; relays purge the
+// moment, its reactions and media, friends their copies.
 func (e *Engine) Delete(ctx context.Context, id string) error {
-	pid, err := parseItemID(id)
+	author, pid, err := parseRef(id)
 	if err != nil {
 		return err
+	}
+	if author != "" && author != e.me {
+		return ErrNotAuthor
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	sp, pk, err := e.loadPost(ctx, pid)
+	sp, _, err := e.loadPost(ctx, e.me, pid)
+	if errors.Is(err, ErrNotFound) {
+		if _, _, oerr := e.lookup(ctx, pid.String()); oerr == nil || errors.Is(oerr, ErrAmbiguous) {
+			return ErrNotAuthor // someone else's
+		}
+	}
 	if err != nil {
 		return err
-	}
-	if sp.GetAuthor() != string(e.me) {
-		return ErrNotAuthor
 	}
 	if e.own == nil {
 		return ErrClosed
@@ -206,7 +214,7 @@ func (e *Engine) Delete(ctx context.Context, id string) error {
 		return err
 	}
 	b := e.cfg.Store.NewBatch()
-	if err := e.deletePost(ctx, b, pid, pk); err != nil {
+	if err := e.deletePost(ctx, b, e.me, pid); err != nil {
 		return err
 	}
 	e.queueOutbox(b, topic, raw, e.me, true, e.cfg.HomeRelays())
@@ -214,7 +222,7 @@ func (e *Engine) Delete(ctx context.Context, id string) error {
 		return fmt.Errorf("moments: delete the moment: %w", err)
 	}
 	go e.publish(e.ctx, topic, raw)
-	e.emit(Event{Type: "deleted", Moment: id, Author: string(e.me)})
+	e.emit(Event{Type: "deleted", Moment: pid.String(), Author: string(e.me)})
 	return nil
 }
 
@@ -258,19 +266,16 @@ func (e *Engine) feedTopic(author e2ee.AccountID) (string, ed25519.PrivateKey, b
 }
 
 func (e *Engine) react(ctx context.Context, id string, kind pb.ReactionKind, text string) (*pb.StoredReaction, error) {
-	pid, err := parseItemID(id)
-	if err != nil {
-		return nil, err
-	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	sp, pk, err := e.loadPost(ctx, pid)
+	sp, pk, err := e.lookup(ctx, id)
 	if err != nil {
 		return nil, err
 	}
+	pid, _ := itemFromBytes(sp.GetId())
 	author := e2ee.AccountID(sp.GetAuthor())
 	if kind == pb.ReactionKind_REACTION_LIKE {
-		if mine := e.myReactions(ctx, pid, kind); len(mine) > 0 {
+		if mine := e.myReactions(ctx, author, pid, kind); len(mine) > 0 {
 			return mine[0], nil
 		}
 	}
@@ -292,13 +297,13 @@ func (e *Engine) react(ctx context.Context, id string, kind pb.ReactionKind, tex
 	}
 	sr := &pb.StoredReaction{Item: item[:], Post: pid[:], From: string(e.me), Name: rb.Name, Kind: kind, Text: text, CreatedMs: now.UnixMilli(), DeleteKey: dpub}
 	b := e.cfg.Store.NewBatch()
-	_ = b.Put(e.ns, reactionKey(pid, item), marshal(sr))
+	_ = b.Put(e.ns, e.reactionKey(author, pid, item, dpub), marshal(sr))
 	e.queueOutbox(b, topic, raw, author, author == e.me, e.relaysOf(author))
 	if err := b.Commit(ctx); err != nil {
 		return nil, fmt.Errorf("moments: store the reaction: %w", err)
 	}
 	go e.publish(e.ctx, topic, raw)
-	e.emit(Event{Type: "reaction", Moment: id, Author: string(author), From: string(e.me)})
+	e.emit(Event{Type: "reaction", Moment: pid.String(), Author: string(author), From: string(e.me)})
 	return sr, nil
 }
 
@@ -331,18 +336,15 @@ func (e *Engine) DeleteComment(ctx context.Context, id, commentID string) error 
 }
 
 func (e *Engine) withdrawMine(ctx context.Context, id, itemHex string, kind pb.ReactionKind) error {
-	pid, err := parseItemID(id)
-	if err != nil {
-		return err
-	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	sp, _, err := e.loadPost(ctx, pid)
+	sp, _, err := e.lookup(ctx, id)
 	if err != nil {
 		return err
 	}
+	pid, _ := itemFromBytes(sp.GetId())
 	author := e2ee.AccountID(sp.GetAuthor())
-	mine := e.myReactions(ctx, pid, kind)
+	mine := e.myReactions(ctx, author, pid, kind)
 	if itemHex != "" {
 		mine = slices.DeleteFunc(mine, func(r *pb.StoredReaction) bool { return hex.EncodeToString(r.GetItem()) != itemHex })
 	}
@@ -358,15 +360,16 @@ func (e *Engine) withdrawMine(ctx context.Context, id, itemHex string, kind pb.R
 	for _, r := range mine {
 		item, _ := itemFromBytes(r.GetItem())
 		dk := reactionDeleteKey(e.cfg.Identity, item)
-		f := &frame{kind: KindWithdraw, item: item, post: pid, created: e.cfg.Now(), deleteKey: dk.Public().(ed25519.PublicKey),
+		dpub := dk.Public().(ed25519.PublicKey)
+		f := &frame{kind: KindWithdraw, item: item, post: pid, created: e.cfg.Now(), deleteKey: dpub,
 			proof: ed25519.Sign(dk, withdrawMessage(pid, item))}
 		raw, err := encodeFrame(topic, f, audience)
 		if err != nil {
 			return err
 		}
 		raws = append(raws, raw)
-		_ = b.Delete(e.ns, reactionKey(pid, item))
-		_ = b.PutTTL(e.ns, dkWithdraw+item.String(), nil, MarkerTTL)
+		_ = b.Delete(e.ns, e.reactionKey(author, pid, item, dpub))
+		_ = b.PutTTL(e.ns, e.withdrawnKey(author, pid, item, dpub), nil, MarkerTTL)
 		e.queueOutbox(b, topic, raw, author, author == e.me, e.relaysOf(author))
 	}
 	if err := b.Commit(ctx); err != nil {
@@ -375,15 +378,15 @@ func (e *Engine) withdrawMine(ctx context.Context, id, itemHex string, kind pb.R
 	for _, raw := range raws {
 		go e.publish(e.ctx, topic, raw)
 	}
-	e.emit(Event{Type: "reaction", Moment: id, Author: string(author), From: string(e.me)})
+	e.emit(Event{Type: "reaction", Moment: pid.String(), Author: string(author), From: string(e.me)})
 	return nil
 }
 
-// myReactions lists this account's reactions of kind on a moment. Called
-// with mu held.
-func (e *Engine) myReactions(ctx context.Context, pid itemID, kind pb.ReactionKind) []*pb.StoredReaction {
+// myReactions lists this account's reactions of kind on author's moment.
+// Called with mu held.
+func (e *Engine) myReactions(ctx context.Context, author e2ee.AccountID, pid itemID, kind pb.ReactionKind) []*pb.StoredReaction {
 	var out []*pb.StoredReaction
-	_ = e.ns.List(ctx, storage.ListOptions{Prefix: dkReaction + pid.String() + "/"}, func(_ string, v []byte) error {
+	_ = e.ns.List(ctx, storage.ListOptions{Prefix: e.reactionPrefix(author, pid)}, func(_ string, v []byte) error {
 		var r pb.StoredReaction
 		if proto.Unmarshal(v, &r) == nil && r.GetFrom() == string(e.me) && r.GetKind() == kind {
 			out = append(out, &r)
@@ -391,60 +394,6 @@ func (e *Engine) myReactions(ctx context.Context, pid itemID, kind pb.ReactionKi
 		return nil
 	})
 	return out
-}
-
-func reactionKey(post, item itemID) string {
-	return dkReaction + post.String() + "/" + item.String()
-}
-
-func postListKey(created int64, id []byte) string {
-	return fmt.Sprintf("%s%016x/%s", dkPost, uint64(math.MaxInt64-created), hex.EncodeToString(id))
-}
-
-// putPost adds a moment to b.
-func (e *Engine) putPost(b *storage.Batch, sp *pb.StoredPost) {
-	k := postListKey(sp.GetCreatedMs(), sp.GetId())
-	_ = b.Put(e.ns, k, marshal(sp))
-	_ = b.Put(e.ns, dkPostIdx+hex.EncodeToString(sp.GetId()), []byte(k))
-}
-
-// loadPost returns a moment and its key, or ErrNotFound.
-func (e *Engine) loadPost(ctx context.Context, id itemID) (*pb.StoredPost, [32]byte, error) {
-	k, err := e.ns.Get(ctx, dkPostIdx+id.String())
-	if errors.Is(err, storage.ErrNotFound) {
-		return nil, [32]byte{}, fmt.Errorf("moments: moment %s: %w", id, ErrNotFound)
-	}
-	if err != nil {
-		return nil, [32]byte{}, err
-	}
-	v, err := e.ns.Get(ctx, string(k))
-	if err != nil {
-		return nil, [32]byte{}, fmt.Errorf("moments: moment %s: %w", id, ErrNotFound)
-	}
-	var sp pb.StoredPost
-	if err := proto.Unmarshal(v, &sp); err != nil || len(sp.GetPostKey()) != 32 {
-		return nil, [32]byte{}, fmt.Errorf("moments: moment %s: %w", id, ErrMalformed)
-	}
-	return &sp, [32]byte(sp.GetPostKey()), nil
-}
-
-// deletePost adds the deletion of a moment and its reactions to b, and the
-// marker that keeps it deleted. Called with mu held.
-func (e *Engine) deletePost(ctx context.Context, b *storage.Batch, id itemID, _ [32]byte) error {
-	k, err := e.ns.Get(ctx, dkPostIdx+id.String())
-	if err == nil {
-		_ = b.Delete(e.ns, string(k))
-		_ = b.Delete(e.ns, dkPostIdx+id.String())
-	} else if !errors.Is(err, storage.ErrNotFound) {
-		return err
-	}
-	err = e.ns.List(ctx, storage.ListOptions{Prefix: dkReaction + id.String() + "/"}, func(k string, _ []byte) error {
-		return b.Delete(e.ns, k)
-	})
-	if err != nil {
-		return err
-	}
-	return b.PutTTL(e.ns, dkDeleted+id.String(), nil, MarkerTTL)
 }
 
 // queueOutbox adds a frame to keep on relays to b.
@@ -626,7 +575,7 @@ func postOfFrame(raw []byte) (itemID, bool) {
 // countKept records how many relays confirmed one of our moments. Called
 // with mu held.
 func (e *Engine) countKept(ctx context.Context, id itemID, n int) {
-	sp, _, err := e.loadPost(ctx, id)
+	sp, _, err := e.loadPost(ctx, e.me, id)
 	if err != nil {
 		return
 	}

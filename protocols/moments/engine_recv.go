@@ -73,7 +73,9 @@ func (e *Engine) apply(ctx context.Context, topic string, ti topicInfo, raw []by
 	if !ti.own && e.cfg.Contacts.Blocked(author) {
 		return dropped, false
 	}
-	deleted, _ := e.ns.Has(ctx, dkDeleted+f.post.String())
+	// Everything a frame does stays within its topic's feed: the moment
+	// it names is author's, whatever another feed holds under that id.
+	deleted, _ := e.ns.Has(ctx, e.deletedKey(author, f.post))
 	switch f.kind {
 	case KindPost:
 		return e.applyPost(ctx, ti, f, deleted, evs), true
@@ -83,17 +85,14 @@ func (e *Engine) apply(ctx context.Context, topic string, ti topicInfo, raw []by
 		}
 		return e.applyReaction(ctx, ti, f, evs), false
 	case KindWithdraw:
-		return e.applyWithdraw(ctx, f, evs), false
+		return e.applyWithdraw(ctx, ti, f, evs), false
 	case KindTombstone:
 		if deleted {
 			return skipped, false
 		}
-		sp, pk, err := e.loadPost(ctx, f.post)
-		if err == nil && sp.GetAuthor() != string(author) {
-			return dropped, false // a tombstone for another feed's moment
-		}
+		sp, _, _ := e.loadPost(ctx, author, f.post)
 		b := e.cfg.Store.NewBatch()
-		if err := e.deletePost(ctx, b, f.post, pk); err != nil || b.Commit(ctx) != nil {
+		if err := e.deletePost(ctx, b, author, f.post); err != nil || b.Commit(ctx) != nil {
 			return dropped, false
 		}
 		if sp != nil {
@@ -108,7 +107,7 @@ func (e *Engine) applyPost(ctx context.Context, ti topicInfo, f *frame, deleted 
 	if deleted {
 		return skipped
 	}
-	if has, _ := e.ns.Has(ctx, dkPostIdx+f.post.String()); has {
+	if has, _ := e.ns.Has(ctx, e.postIdxKey(ti.author, f.post)); has {
 		return skipped
 	}
 	if ti.own {
@@ -163,18 +162,18 @@ func (e *Engine) applyPost(ctx context.Context, ti topicInfo, f *frame, deleted 
 }
 
 func (e *Engine) applyReaction(ctx context.Context, ti topicInfo, f *frame, evs *[]Event) outcome {
-	if w, _ := e.ns.Has(ctx, dkWithdraw+f.item.String()); w {
+	rk := e.reactionKey(ti.author, f.post, f.item, f.deleteKey)
+	if w, _ := e.ns.Has(ctx, e.withdrawnKey(ti.author, f.post, f.item, f.deleteKey)); w {
 		return skipped
 	}
-	if has, _ := e.ns.Has(ctx, reactionKey(f.post, f.item)); has {
+	if has, _ := e.ns.Has(ctx, rk); has {
 		return skipped
 	}
-	sp, pk, err := e.loadPost(ctx, f.post)
+	// Only a moment of the topic's feed: another feed's moment with
+	// this id is not this reaction's.
+	_, pk, err := e.loadPost(ctx, ti.author, f.post)
 	if err != nil {
 		return parked
-	}
-	if sp.GetAuthor() != string(ti.author) {
-		return dropped // a reaction to another feed's moment
 	}
 	bb, err := open(&pk, reactionLabel, reactionAD(f.post, f.item, f.deleteKey), f.sealed)
 	if err != nil {
@@ -203,36 +202,39 @@ func (e *Engine) applyReaction(ctx context.Context, ti topicInfo, f *frame, evs 
 	}
 	sr := &pb.StoredReaction{Item: f.item[:], Post: f.post[:], From: string(from), Name: rb.GetName(), Kind: rb.GetKind(),
 		Text: rb.GetText(), CreatedMs: rb.GetCreatedMs(), DeleteKey: f.deleteKey}
-	if err := e.ns.Put(ctx, reactionKey(f.post, f.item), marshal(sr)); err != nil {
+	if err := e.ns.Put(ctx, rk, marshal(sr)); err != nil {
 		return dropped
 	}
 	*evs = append(*evs, Event{Type: "reaction", Moment: f.post.String(), Author: string(ti.author), From: string(from)})
 	return applied
 }
 
-func (e *Engine) applyWithdraw(ctx context.Context, f *frame, evs *[]Event) outcome {
-	if w, _ := e.ns.Has(ctx, dkWithdraw+f.item.String()); w {
+// applyWithdraw withdraws the reaction with the frame's item id and delete
+// key (the proof checkFrame verified is that key's) on a moment of the
+// topic's feed, or marks it withdrawn before it arrives. Another reactor's
+// reaction with the same item id has another delete key: untouched.
+func (e *Engine) applyWithdraw(ctx context.Context, ti topicInfo, f *frame, evs *[]Event) outcome {
+	wk := e.withdrawnKey(ti.author, f.post, f.item, f.deleteKey)
+	if w, _ := e.ns.Has(ctx, wk); w {
 		return skipped
 	}
+	rk := e.reactionKey(ti.author, f.post, f.item, f.deleteKey)
 	b := e.cfg.Store.NewBatch()
-	v, err := e.ns.Get(ctx, reactionKey(f.post, f.item))
+	v, err := e.ns.Get(ctx, rk)
 	var sr pb.StoredReaction
 	found := err == nil && proto.Unmarshal(v, &sr) == nil
 	if found {
 		if !bytes.Equal(f.deleteKey, sr.GetDeleteKey()) {
 			return dropped // not the reaction's author
 		}
-		_ = b.Delete(e.ns, reactionKey(f.post, f.item))
+		_ = b.Delete(e.ns, rk)
 	}
-	_ = b.PutTTL(e.ns, dkWithdraw+f.item.String(), nil, MarkerTTL)
+	_ = b.PutTTL(e.ns, wk, nil, MarkerTTL)
 	if err := b.Commit(ctx); err != nil {
 		return dropped
 	}
 	if found {
-		sp, _, _ := e.loadPost(ctx, f.post)
-		if sp != nil {
-			*evs = append(*evs, Event{Type: "reaction", Moment: f.post.String(), Author: sp.GetAuthor(), From: sr.GetFrom()})
-		}
+		*evs = append(*evs, Event{Type: "reaction", Moment: f.post.String(), Author: string(ti.author), From: sr.GetFrom()})
 	}
 	return applied
 }
@@ -442,7 +444,7 @@ func (e *Engine) Page(ctx context.Context, cursor string, limit int) (ms []Momen
 	}
 	opts := storage.ListOptions{Prefix: dkPost}
 	if cursor != "" {
-		if len(cursor) > 64 || strings.ContainsAny(cursor, "\x00") {
+		if len(cursor) > 96 || strings.ContainsAny(cursor, "\x00") {
 			return nil, "", fmt.Errorf("moments: cursor %q: %w", cursor, ErrMalformed)
 		}
 		opts.StartAfter = dkPost + cursor
@@ -483,13 +485,10 @@ func (e *Engine) Page(ctx context.Context, cursor string, limit int) (ms []Momen
 	return ms, next, nil
 }
 
-// Moment returns one moment.
+// Moment returns one moment: id is its id, or "author:id" (needed only if
+// two authors have a moment with that id: ErrAmbiguous).
 func (e *Engine) Moment(ctx context.Context, id string) (*Moment, error) {
-	pid, err := parseItemID(id)
-	if err != nil {
-		return nil, err
-	}
-	sp, _, err := e.loadPost(ctx, pid)
+	sp, _, err := e.lookup(ctx, id)
 	if err != nil {
 		return nil, err
 	}
@@ -509,7 +508,8 @@ func (e *Engine) view(ctx context.Context, sp *pb.StoredPost) (*Moment, error) {
 		m.Media = append(m.Media, Media{N: int(md.GetIndex()), Type: md.GetMime(), Size: int64(md.GetSize()), Blob: fmt.Sprintf("%x", md.GetBlob())})
 	}
 	liked := map[string]bool{}
-	err := e.ns.List(ctx, storage.ListOptions{Prefix: dkReaction + m.ID + "/"}, func(_ string, v []byte) error {
+	pid, _ := itemFromBytes(sp.GetId())
+	err := e.ns.List(ctx, storage.ListOptions{Prefix: e.reactionPrefix(e2ee.AccountID(sp.GetAuthor()), pid)}, func(_ string, v []byte) error {
 		var r pb.StoredReaction
 		if proto.Unmarshal(v, &r) != nil || (r.GetFrom() != string(e.me) && e.cfg.Contacts.Blocked(e2ee.AccountID(r.GetFrom()))) {
 			return nil
@@ -537,14 +537,10 @@ func commentOf(r *pb.StoredReaction) Comment {
 	return Comment{ID: fmt.Sprintf("%x", r.GetItem()), From: r.GetFrom(), Name: r.GetName(), Text: r.GetText(), At: time.UnixMilli(r.GetCreatedMs()).UTC()}
 }
 
-// Media fetches medium n of a moment from its author's relays and
-// decrypts it. It returns its MIME type and bytes.
+// Media fetches medium n of a moment (id as for Moment) from its author's
+// relays and decrypts it. It returns its MIME type and bytes.
 func (e *Engine) Media(ctx context.Context, id string, n int) (string, []byte, error) {
-	pid, err := parseItemID(id)
-	if err != nil {
-		return "", nil, err
-	}
-	sp, pk, err := e.loadPost(ctx, pid)
+	sp, pk, err := e.lookup(ctx, id)
 	if err != nil {
 		return "", nil, err
 	}
