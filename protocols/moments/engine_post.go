@@ -465,6 +465,7 @@ func (e *Engine) drainOutbox(ctx context.Context) bool {
 	batches := map[target][]int{}
 	addrs := map[peer.ID]peer.AddrInfo{}
 	own := map[peer.ID]bool{}
+	gone := map[int]map[string]bool{} // own frames' relays that are no homes any more
 	for i, en := range entries {
 		if now.Sub(time.UnixMilli(en.o.GetCreatedMs())) > MaxKeepAge {
 			_ = e.ns.Delete(ctx, en.key)
@@ -477,6 +478,16 @@ func (e *Engine) drainOutbox(ctx context.Context) bool {
 		for _, rs := range en.o.GetRelays() {
 			id, err := peer.Decode(rs)
 			if err != nil {
+				continue
+			}
+			if _, ok := known[id]; !ok && en.o.GetOwn() && len(known) > 0 {
+				// No home relay of ours any more: the whole feed is
+				// purged there (the node purges a replaced home relay),
+				// so keeping this frame there is moot.
+				if gone[i] == nil {
+					gone[i] = map[string]bool{}
+				}
+				gone[i][rs] = true
 				continue
 			}
 			if ai, ok := known[id]; ok {
@@ -532,7 +543,7 @@ func (e *Engine) drainOutbox(ctx context.Context) bool {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	for i, en := range entries {
-		left := slices.DeleteFunc(slices.Clone(en.o.GetRelays()), func(r string) bool { return done[i][r] })
+		left := slices.DeleteFunc(slices.Clone(en.o.GetRelays()), func(r string) bool { return done[i][r] || gone[i][r] })
 		switch {
 		case len(left) == 0:
 			_ = e.ns.Delete(ctx, en.key)
