@@ -571,17 +571,31 @@ func (e *Engine) Media(ctx context.Context, id string, n int) (string, []byte, e
 }
 
 // PurgeRelay deletes everything of id's moments on relay: the feed (every
-// moment, reaction and tombstone) and the media its moments had. It needs
-// nothing but the identity (the keys derive from it), so it works after
-// the device's data is wiped. Account deletion runs it on every home
-// relay.
-func PurgeRelay(ctx context.Context, c *Client, bc *blobs.Client, relay peer.ID, id *e2ee.Identity) error {
+// moment, reaction and tombstone) and the media its moments had, and the
+// media in extra that the relay holds (OwnMedia: a medium uploaded to a
+// relay that never kept its moment is not in the feed). It needs nothing
+// but the identity (the keys derive from it), so it works after the
+// device's data is wiped. Account deletion runs it on every relay the
+// account kept data on; the node runs it on a home relay a move replaced.
+func PurgeRelay(ctx context.Context, c *Client, bc *blobs.Client, relay peer.ID, id *e2ee.Identity, extra ...blobs.BlobID) error {
 	media, err := c.Purge(ctx, relay, OwnerKey(id))
-	if err != nil {
+	if err != nil && !errors.Is(err, ErrNotFound) { // not found: no feed here, maybe media
 		return err
 	}
-	secret := MediaSecret(id)
 	var errs []error
+	for chunk := range slices.Chunk(extra, blobs.MaxHasIDs) {
+		held, err := bc.Has(ctx, relay, chunk)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		for i, h := range held {
+			if h && !slices.Contains(media, chunk[i]) {
+				media = append(media, chunk[i])
+			}
+		}
+	}
+	secret := MediaSecret(id)
 	for _, m := range media {
 		err := bc.Delete(ctx, relay, m, blobs.SignDelete(blobDeleteKey(secret, m), m))
 		if err != nil && !errors.Is(err, blobs.ErrNotFound) {

@@ -12,6 +12,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/kinmesh/kinmesh/protocols/blobs"
 	"github.com/kinmesh/kinmesh/protocols/e2ee"
 	"github.com/kinmesh/kinmesh/protocols/moments/pb"
 	"github.com/kinmesh/kinmesh/storage"
@@ -189,6 +190,32 @@ func (e *Engine) deletePost(ctx context.Context, b *storage.Batch, author e2ee.A
 		return err
 	}
 	return b.PutTTL(e.ns, e.deletedKey(author, id), nil, MarkerTTL)
+}
+
+// OwnMedia lists the blob ids of the media of account id's own moments in
+// st, a device store (the moments namespace; either layout). PurgeRelay
+// deletes those a relay holds besides its feed's.
+func OwnMedia(ctx context.Context, st *storage.Store, id e2ee.AccountID) ([]blobs.BlobID, error) {
+	ns := st.Namespace(Namespace)
+	var out []blobs.BlobID
+	for _, prefix := range []string{dkPost, v1Post} {
+		err := ns.List(ctx, storage.ListOptions{Prefix: prefix}, func(_ string, v []byte) error {
+			var sp pb.StoredPost
+			if proto.Unmarshal(v, &sp) != nil || sp.GetAuthor() != string(id) {
+				return nil
+			}
+			for _, m := range sp.GetMedia() {
+				if b, err := blobs.BlobIDFromBytes(m.GetBlob()); err == nil {
+					out = append(out, b)
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, fmt.Errorf("moments: list own media: %w", err)
+		}
+	}
+	return out, nil
 }
 
 // migrateBatch is how many keys one migration batch changes at most.
