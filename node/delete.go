@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -17,15 +18,18 @@ import (
 	"github.com/kinmesh/kinmesh/storage"
 )
 
-// Deleting an account. The node asks every home relay to purge what it
-// holds for the account — the mailbox (authenticated by the mailbox key)
-// and the prekeys (authenticated by the identity key); later features add
-// their own purges to purgeRelay — then wipes every namespace of the
-// account from the local store. A relay that doesn't confirm is retried in
-// the background (backoff up to an hour) until it does: for that alone the
-// node keeps a purge job with the two keys needed, deleted once every relay
-// has confirmed. The DHT copy of the contact record is not republished
-// and expires there.
+// Deleting an account. The node asks every relay that holds data of the
+// account to purge it: the home relays, the home relays a move replaced
+// and that have not confirmed their purge yet (former.go), and the relays
+// holding the phone link or the recovery backup. Each purges the mailbox
+// (authenticated by the mailbox key), the prekeys (by the identity key),
+// what the features registered at Start hold (reports, directory entry,
+// backup), the moments feed and media, and the profile photos. Then the
+// node wipes every namespace of the account from the local store. A relay
+// that doesn't confirm is retried in the background (backoff up to an
+// hour) until it does: for that alone the node keeps a purge job with the
+// keys and blob ids needed, deleted once every relay has confirmed. The
+// DHT copy of the contact record is not republished and expires there.
 
 // accountNamespaces are the store namespaces that hold account data.
 var accountNamespaces = []string{"account", "contacts", "blocks", "message", "presence", "phone", "discovery", callsNamespace, momentsNamespace}
@@ -35,6 +39,10 @@ type RelayPurge struct {
 	Relay     string `json:"relay"`
 	Confirmed bool   `json:"confirmed"`
 	Error     string `json:"error,omitempty"`
+	// Former is true for a relay that is not a home relay of the account
+	// but still held its data: a home relay a move replaced, or the relay
+	// of the phone link or the backup.
+	Former bool `json:"former,omitempty"`
 }
 
 // Deletion is the result of DeleteAccount.
@@ -52,6 +60,9 @@ type purgeJob struct {
 	Relays      []string `json:"relays"` // full multiaddrs still to purge
 	// Photos are the profile photo blobs (hex ids) to delete (photo.go).
 	Photos []string `json:"photos,omitempty"`
+	// Media are the blobs (hex ids) of the account's own moments, deleted
+	// where a relay holds them besides its feed's (moments.go).
+	Media []string `json:"media,omitempty"`
 }
 
 const keyPurgeJob = "job"
@@ -69,7 +80,11 @@ func (n *Node) DeleteAccount(ctx context.Context) (*Deletion, error) {
 	if err != nil {
 		return nil, err
 	}
-	job := purgeJob{Identity: idb, MailboxAuth: authb, Relays: a.HomeRelays, Photos: n.photoBlobs(ctx, a)}
+	relays, err := n.accountRelays(ctx, a)
+	if err != nil {
+		return nil, err
+	}
+	job := purgeJob{Identity: idb, MailboxAuth: authb, Relays: relays, Photos: n.photoBlobs(ctx, a), Media: n.momentsMedia(ctx, a)}
 	// Keep the job first: a crash from here on still finishes the purge.
 	if err := n.savePurgeJob(ctx, job); err != nil {
 		return nil, err
@@ -98,8 +113,8 @@ func (n *Node) DeleteAccount(ctx context.Context) (*Deletion, error) {
 	}
 	res := &Deletion{Deleted: true, Relays: []RelayPurge{}, Pending: []string{}}
 	pending := n.runPurge(ctx, &job)
-	for _, r := range a.HomeRelays {
-		rp := RelayPurge{Relay: r, Confirmed: pending[r] == nil}
+	for _, r := range relays {
+		rp := RelayPurge{Relay: r, Confirmed: pending[r] == nil, Former: !slices.ContainsFunc(a.HomeRelays, func(h string) bool { return relayID(h) == relayID(r) })}
 		if err := pending[r]; err != nil {
 			rp.Error = err.Error()
 			res.Pending = append(res.Pending, r)
@@ -151,7 +166,7 @@ func (n *Node) runPurge(ctx context.Context, job *purgeJob) map[string]error {
 	var wg sync.WaitGroup
 	for _, r := range job.Relays {
 		wg.Go(func() {
-			err := n.purgeRelay(ctx, r, id, auth)
+			err := n.purgeRelay(ctx, r, id, auth, job.Media, true)
 			err = errors.Join(err, n.purgePhotos(ctx, r, id, job.Photos)) // photo.go
 			mu.Lock()
 			out[r] = err
@@ -162,8 +177,12 @@ func (n *Node) runPurge(ctx context.Context, job *purgeJob) map[string]error {
 	return out
 }
 
-// purgeRelay deletes everything one relay holds for the account.
-func (n *Node) purgeRelay(ctx context.Context, relay string, id *e2ee.Identity, auth mailbox.Key) error {
+// purgeRelay deletes everything one relay holds for the account: mailbox,
+// prekeys, moments feed and media (media: more blob ids of its moments),
+// and what each purger holds — with all false (a relay a move replaced,
+// the account living on) only the purgers safe then, not the directory
+// entry and backup the account may still use there.
+func (n *Node) purgeRelay(ctx context.Context, relay string, id *e2ee.Identity, auth mailbox.Key, media []string, all bool) error {
 	ai, err := peer.AddrInfoFromString(relay)
 	if err != nil {
 		return err
@@ -191,12 +210,61 @@ func (n *Node) purgeRelay(ctx context.Context, relay string, id *e2ee.Identity, 
 	if err != nil && !errors.Is(err, prekeys.ErrNotFound) {
 		errs = append(errs, fmt.Errorf("prekeys: %w", err))
 	}
+	if err := n.purgeMoments(ctx, ai.ID, id, media); err != nil { // moments.go
+		errs = append(errs, err)
+	}
 	for _, p := range n.purgers {
-		if err := p(ctx, ai.ID, id); err != nil {
+		if !all && !p.onMove {
+			continue
+		}
+		if err := p.purge(ctx, ai.ID, id); err != nil {
 			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// accountRelays lists every relay holding data of account a: its home
+// relays first, then the home relays a move replaced that have not
+// confirmed a purge (former.go), the phone link's relay (and a pending
+// verification's), and the relays holding its backup. Each once.
+func (n *Node) accountRelays(ctx context.Context, a *account) ([]string, error) {
+	var out []string
+	add := func(addr string) {
+		id := relayID(addr)
+		if id != "" && !slices.ContainsFunc(out, func(o string) bool { return relayID(o) == id }) {
+			out = append(out, addr)
+		}
+	}
+	n.acctMu.Lock()
+	homes := slices.Clone(a.HomeRelays)
+	former, err := n.loadFormer(ctx)
+	n.acctMu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	for _, h := range homes {
+		add(h)
+	}
+	for _, f := range former {
+		add(f.Relay)
+	}
+	ph, err := n.loadPhone(ctx)
+	if err != nil {
+		return nil, err
+	}
+	add(ph.Relay)
+	add(ph.PendingRelay)
+	rec, err := n.loadRecovery(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if rec != nil {
+		for _, h := range rec.Held {
+			add(h.Relay)
+		}
+	}
+	return out, nil
 }
 
 // purgeLoop retries a pending purge until every relay confirmed.

@@ -32,8 +32,9 @@ import (
 //   - Events "moment.posted", "moment.deleted" and "moment.reaction"
 //     carry a moments.Event in Event.Moment.
 //   - Deleting the account purges the feed and every medium from each
-//     home relay (purgeMoments, a purger registered at Start: see
-//     delete.go) and wipes the "moments" namespace.
+//     relay it kept them on (purgeMoments: see delete.go) and wipes the
+//     "moments" namespace; a home relay a move replaced is purged at
+//     once (former.go).
 
 // momentsNamespace is the device store namespace of moments.
 const momentsNamespace = moments.Namespace
@@ -203,11 +204,13 @@ func (n *Node) momentsEngine() (*moments.Engine, error) {
 }
 
 // purgeMoments deletes, on one relay, the account's moments feed (every
-// moment, reaction and tombstone) and the media of its moments (a purger:
-// see delete.go). A relay that holds no feed of the account confirms.
-func (n *Node) purgeMoments(ctx context.Context, relay peer.ID, id *e2ee.Identity) error {
+// moment, reaction and tombstone), the media of its moments, and those of
+// media (hex blob ids, moments.OwnMedia: the account's own moments) the
+// relay holds besides (see delete.go and former.go). A relay that holds no
+// feed of the account confirms.
+func (n *Node) purgeMoments(ctx context.Context, relay peer.ID, id *e2ee.Identity, media []string) error {
 	log := n.log.With("component", "moments")
-	rc, err := moments.NewClient(n.host, moments.WithClientLogger(log))
+	rc, err := moments.NewClient(n.host, moments.WithClientLogger(log), moments.WithClientClock(n.cfg.Now))
 	if err != nil {
 		return err
 	}
@@ -215,10 +218,30 @@ func (n *Node) purgeMoments(ctx context.Context, relay peer.ID, id *e2ee.Identit
 	if err != nil {
 		return err
 	}
-	if err := moments.PurgeRelay(ctx, rc, bc, relay, id); err != nil && !errors.Is(err, moments.ErrNotFound) {
+	var extra []blobs.BlobID
+	for _, s := range media {
+		if b, err := blobs.ParseBlobID(s); err == nil {
+			extra = append(extra, b)
+		}
+	}
+	if err := moments.PurgeRelay(ctx, rc, bc, relay, id, extra...); err != nil && !errors.Is(err, moments.ErrNotFound) {
 		return fmt.Errorf("moments: %w", err)
 	}
 	return nil
+}
+
+// momentsMedia lists the media of the account's own moments (hex blob
+// ids), for purges.
+func (n *Node) momentsMedia(ctx context.Context, a *account) []string {
+	ids, err := moments.OwnMedia(ctx, n.store, a.identity.AccountID())
+	if err != nil {
+		n.log.Warn("list moments media to purge", "err", err)
+	}
+	out := make([]string, 0, len(ids))
+	for _, b := range ids {
+		out = append(out, b.String())
+	}
+	return out
 }
 
 // MomentMedia is a photo or video to post (moments.MediaInput).

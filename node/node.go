@@ -23,7 +23,6 @@ import (
 	ma "github.com/multiformats/go-multiaddr"
 
 	"github.com/kinmesh/kinmesh/protocols/contact"
-	"github.com/kinmesh/kinmesh/protocols/e2ee"
 	"github.com/kinmesh/kinmesh/protocols/message"
 	"github.com/kinmesh/kinmesh/protocols/netkit"
 	"github.com/kinmesh/kinmesh/storage"
@@ -74,8 +73,10 @@ type Node struct {
 	events   *eventHub
 
 	// purgers are extra purges features add to account deletion (e.g.
-	// the discovery directory), run per home relay.
-	purgers []func(ctx context.Context, relay peer.ID, id *e2ee.Identity) error
+	// the discovery directory), run per relay holding account data.
+	purgers []purger
+	// formerWake wakes the purge of home relays a move replaced (former.go).
+	formerWake chan struct{}
 
 	// phoneMu serializes phone verification and discovery syncs (phone.go,
 	// discovery.go).
@@ -115,6 +116,7 @@ func New(cfg Config) (*Node, error) {
 		reservations: map[peer.ID]time.Time{},
 		downSince:    map[peer.ID]time.Time{},
 		events:       newEventHub(),
+		formerWake:   make(chan struct{}, 1),
 		bgCtx:        bgCtx,
 		bgStop:       bgStop,
 	}, nil
@@ -171,12 +173,14 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	}
 	n.bg.Go(n.watchRelays)
 	n.bg.Go(n.homesLoop)
-	// Purges of every feature, registered before the retry loop starts
+	// Purges of every feature, registered before the retry loops start
 	// so a purge left pending by a deleted account (no account loaded)
 	// still covers them: reports and directory (presence.go, phone.go),
-	// backups (recovery.go).
-	n.purgers = append(n.purgers, n.purgeReports, n.purgeDiscovery, n.purgeBackup)
-	n.purgers = append(n.purgers, n.purgeMoments) // moments feed and media (moments.go)
+	// backups (recovery.go). Moments and photos are purged with the job's
+	// blob ids (delete.go). A relay a move replaced gets the reports
+	// purge at once; its directory entry and backup stay until the
+	// account is deleted: the account may still use them.
+	n.purgers = append(n.purgers, purger{n.purgeReports, true}, purger{n.purgeDiscovery, false}, purger{n.purgeBackup, false})
 	n.bg.Go(n.purgeLoop)
 	if n.acct, err = n.loadAccount(ctx); err != nil {
 		return err
@@ -189,6 +193,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 			return err
 		}
 	}
+	n.bg.Go(n.formerLoop) // reads n.acct: after it is loaded
 	if n.cfg.API != "" {
 		if n.api, err = startAPI(n, n.cfg.API); err != nil {
 			return err

@@ -16,7 +16,10 @@ import (
 // replaces it: a new record (seq+1) goes out with every envelope from then
 // on and into the DHT, the mailbox session moves, and prekeys are
 // published on the new relay. Contacts that still deposit on the old relay
-// lose nothing while the other homes hold the same envelopes.
+// lose nothing while the other homes hold the same envelopes. The old
+// relay is remembered and purged of the account's data as soon as it
+// answers (former.go); until it confirmed, it is not chosen as a home
+// again.
 
 // watchRelays notes when each bootstrap relay went down, on every change
 // of the relay links.
@@ -33,11 +36,20 @@ func (n *Node) watchRelays() {
 			}
 		}
 		n.rsvMu.Unlock()
+		wakeFormer(n.formerWake) // a former home relay may be back
 		select {
 		case <-n.bgCtx.Done():
 			return
 		case <-changed:
 		}
+	}
+}
+
+// wakeFormer wakes the purge of former home relays without blocking.
+func wakeFormer(c chan struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
 	}
 }
 
@@ -84,11 +96,20 @@ func (n *Node) CheckHomes(ctx context.Context) (bool, error) {
 	isHome := func(id peer.ID) bool {
 		return slices.ContainsFunc(homes, func(h peer.AddrInfo) bool { return h.ID == id })
 	}
+	former, err := n.loadFormer(ctx)
+	if err != nil {
+		return false, err
+	}
+	// A relay still to purge of the account's data is no new home: the
+	// purge would take what the account keeps there again.
+	isFormer := func(id peer.ID) bool {
+		return slices.ContainsFunc(former, func(f formerRelay) bool { return relayID(f.Relay) == id.String() })
+	}
 	n.rsvMu.Lock()
 	var spares []peer.AddrInfo
 	for _, r := range n.relays {
 		_, down := n.downSince[r.ID]
-		if !isHome(r.ID) && !down && n.reservations[r.ID].After(time.Now()) {
+		if !isHome(r.ID) && !isFormer(r.ID) && !down && n.reservations[r.ID].After(time.Now()) {
 			spares = append(spares, r)
 		}
 	}
@@ -102,6 +123,9 @@ func (n *Node) CheckHomes(ctx context.Context) (bool, error) {
 			continue
 		}
 		n.log.Info("moving home relay", "from", h.ID, "to", spares[0].ID, "down_for", now.Sub(since).Round(time.Minute))
+		if !isFormer(h.ID) {
+			former = append(former, formerRelay{Relay: relayAddr(h), Since: now})
+		}
 		homes[i], spares = spares[0], spares[1:]
 		changed = true
 	}
@@ -130,12 +154,16 @@ func (n *Node) CheckHomes(ctx context.Context) (bool, error) {
 	if err := b.Put(ns, keyRecord, rec.Raw); err != nil {
 		return false, err
 	}
+	if err := n.putFormer(b, former); err != nil {
+		return false, err
+	}
 	if err := b.Commit(ctx); err != nil {
 		return false, fmt.Errorf("store new home relays: %w", err)
 	}
 	a.Account, a.record = next.Account, rec
 	n.msg.UpdateRecord(rec)
 	n.publishRecord()
+	wakeFormer(n.formerWake)
 	return true, nil
 }
 

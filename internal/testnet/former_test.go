@@ -1,0 +1,143 @@
+package testnet
+
+import (
+	"context"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kinmesh/kinmesh/node"
+	"github.com/kinmesh/kinmesh/protocols/blobs"
+	"github.com/kinmesh/kinmesh/protocols/moments"
+)
+
+// moveHome posts a moment with a photo from a's account (on all three
+// home relays), then takes home relay dead down for over a day (on clk)
+// so that the node replaces it with the fourth relay.
+func moveHome(ctx context.Context, t *testing.T, n *Network, clk *clock, dead *Relay) *moments.Moment {
+	t.Helper()
+	a := n.Devices[0]
+	acct, _ := a.Node().Account()
+	homes := strings.Join(acct.HomeRelays, " ")
+	spare := n.Relays[3]
+	if strings.Contains(homes, spare.AddrInfo().ID.String()) || !strings.Contains(homes, dead.AddrInfo().ID.String()) {
+		t.Fatalf("homes %v: want relays 1-3, with %s", acct.HomeRelays, dead.Name)
+	}
+	m, err := a.Node().PostMoment(ctx, "before the move", []moments.MediaInput{{Type: "image/jpeg", Data: momentPhoto(100<<10, "MOVE-MARKER")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitCond(ctx, t, "the three homes keep the moment", func() bool {
+		x, err := a.Node().Moment(ctx, m.ID)
+		return err == nil && x.Relays >= 3
+	})
+	if _, items, _ := dead.Relay().Moments().Stats(); items == 0 || dead.Relay().Blobs().Usage() == (blobs.Usage{}) {
+		t.Fatalf("%s keeps no moment or photo before the move", dead.Name)
+	}
+	if err := dead.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(ctx, t, a.Node(), dead.Name+" seen down and a reservation on "+spare.Name, func(st node.Status) bool {
+		return !relayState(st, dead.AddrInfo().ID.String()).DownSince.IsZero() &&
+			relayState(st, spare.AddrInfo().ID.String()).Reserved
+	})
+	clk.Advance(25 * time.Hour)
+	if moved, err := a.Node().CheckHomes(ctx); err != nil || !moved {
+		t.Fatalf("CheckHomes after 25h = %v, %v; want a move", moved, err)
+	}
+	return m
+}
+
+// relayEmpty reports whether r holds no moments feed and no blob.
+func relayEmpty(r *Relay) bool {
+	feeds, items, bytes := r.Relay().Moments().Stats()
+	return feeds == 0 && items == 0 && bytes == 0 && r.Relay().Blobs().Usage() == blobs.Usage{}
+}
+
+// TestMovePurgesFormerHome: the home relay a move replaced is purged of
+// the account's moments feed and media once it is back, while the phone
+// link and the backup the account still uses there stay; deleting the
+// account then purges those too.
+func TestMovePurgesFormerHome(t *testing.T) {
+	var clk clock
+	n := startNet(t, Config{Relays: 4, Devices: 1, Now: clk.Now})
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	accounts(t, ctx, n)
+	a := n.Devices[0]
+	ph, err := n.VerifyPhone(ctx, a, "+351 91 555 0177")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Node().EnableRecovery(ctx); err != nil {
+		t.Fatal(err)
+	}
+	i := slices.IndexFunc(n.Relays, func(r *Relay) bool { return r.AddrInfo().ID.String() == ph.Relay })
+	if i < 0 || i > 2 {
+		t.Fatalf("phone relay %s: want one of the homes, relays 1-3", ph.Relay)
+	}
+	dead := n.Relays[i]
+	moveHome(ctx, t, n, &clk, dead)
+	if err := dead.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitCond(ctx, t, "the former home purged of the feed and the photo", func() bool { return relayEmpty(dead) })
+	if e, b := dead.Relay().Discovery().Entries(), dead.Relay().Backup().Backups(); e != 1 || b != 1 {
+		t.Fatalf("the former home holds %d directory entries and %d backups; want the account's, still in use", e, b)
+	}
+	res, err := a.Node().DeleteAccount(ctx)
+	if err != nil || len(res.Pending) != 0 {
+		t.Fatalf("deletion %+v, %v", res, err)
+	}
+	if !slices.ContainsFunc(res.Relays, func(p node.RelayPurge) bool {
+		return strings.Contains(p.Relay, ph.Relay) && p.Former && p.Confirmed
+	}) {
+		t.Fatalf("deletion reports %+v; want %s, the phone relay, as a former home that confirmed", res.Relays, dead.Name)
+	}
+	for _, r := range n.Relays {
+		if !relayEmpty(r) || r.Relay().Discovery().Entries() != 0 || r.Relay().Backup().Backups() != 0 {
+			t.Errorf("%s still holds data of the deleted account", r.Name)
+		}
+	}
+}
+
+// TestDeletionReachesFormerHome: deleting the account purges a home
+// relay a move replaced, which holds the moments feed and a photo: while
+// it is down the deletion reports it pending (and former); once it is
+// back the node's retries purge it.
+func TestDeletionReachesFormerHome(t *testing.T) {
+	var clk clock
+	n := startNet(t, Config{Relays: 4, Devices: 1, Now: clk.Now})
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	accounts(t, ctx, n)
+	a, dead := n.Devices[0], n.Relays[1]
+	moveHome(ctx, t, n, &clk, dead)
+	res, err := a.Node().DeleteAccount(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadID := dead.AddrInfo().ID.String()
+	if len(res.Pending) != 1 || !strings.Contains(res.Pending[0], deadID) || !slices.ContainsFunc(res.Relays, func(p node.RelayPurge) bool {
+		return strings.Contains(p.Relay, deadID) && p.Former && !p.Confirmed && p.Error != ""
+	}) {
+		t.Fatalf("deletion %+v; want %s pending, reported as a former home", res, dead.Name)
+	}
+	for _, r := range n.Relays {
+		if r != dead && !relayEmpty(r) {
+			t.Errorf("%s still holds moments of the deleted account", r.Name)
+		}
+	}
+	if err := dead.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitCond(ctx, t, "the purge of the former home confirmed", func() bool {
+		p, err := a.Node().PendingPurges(ctx)
+		return err == nil && len(p) == 0
+	})
+	if !relayEmpty(dead) {
+		feeds, items, _ := dead.Relay().Moments().Stats()
+		t.Fatalf("%s keeps %d feeds, %d frames, blobs %+v after the purge", dead.Name, feeds, items, dead.Relay().Blobs().Usage())
+	}
+}
