@@ -192,7 +192,11 @@ func deleteAccount(ctx context.Context, c *apiClient, stdout io.Writer) error {
 		if !r.Confirmed {
 			state = "not confirmed yet (the node retries): " + r.Error
 		}
-		fmt.Fprintf(stdout, "  relay %s: %s\n", r.Relay, state)
+		kind := "relay"
+		if r.Former {
+			kind = "former relay" // no home any more, but it held data
+		}
+		fmt.Fprintf(stdout, "  %s %s: %s\n", kind, r.Relay, state)
 	}
 	return nil
 }
