@@ -213,6 +213,15 @@ type Config struct {
 	TURNAccountBandwidth   int64 `toml:"turn_account_bandwidth"`
 	// TURNMaxAllocations: allocations on the relay (default 1024).
 	TURNMaxAllocations int `toml:"turn_max_allocations"`
+	// TURNAllowPeers: address ranges (CIDR, or single addresses) the
+	// TURN server may relay to although it refuses them by default. By
+	// default it relays only to globally reachable addresses: not to
+	// loopback, private, carrier-grade NAT, link-local, multicast or other
+	// special-purpose ranges, nor to the relay's own addresses (but for
+	// its allocations' ports). Test networks set it (127.0.0.0/8 on one
+	// machine, the NAT lab's 198.18.0.0/15); a relay serving a private
+	// network on purpose lists that network. Default none.
+	TURNAllowPeers []string `toml:"turn_allow_peers"`
 
 	// Moments and their media (protocols/moments, protocols/blobs; see
 	// docs/protocol/moments.md, docs/protocol/blobs.md and the operator

@@ -56,6 +56,9 @@ func (c *Config) applyTURNDefaults() error {
 	if c.TURNAccountBandwidth == 0 {
 		c.TURNAccountBandwidth = turn.DefaultAccountBandwidth
 	}
+	if _, err := parsePeerRanges(c.TURNAllowPeers); err != nil {
+		return err
+	}
 	if c.TURNCredentialTTL < 0 {
 		return fmt.Errorf("%w: turn_credential_ttl must be positive", ErrConfig)
 	}
@@ -99,6 +102,24 @@ func (c *Config) applyTURNDefaults() error {
 		return fmt.Errorf("%w: turn_public_ip %q: want the relay's public IP address", ErrConfig, c.TURNPublicIP)
 	}
 	return nil
+}
+
+// parsePeerRanges parses turn_allow_peers: CIDR prefixes, or single
+// addresses.
+func parsePeerRanges(ss []string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, s := range ss {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			a, aerr := netip.ParseAddr(s)
+			if aerr != nil {
+				return nil, fmt.Errorf("%w: turn_allow_peers %q: want a CIDR range (e.g. 127.0.0.0/8) or an IP address", ErrConfig, s)
+			}
+			p = netip.PrefixFrom(a, a.BitLen())
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
 }
 
 // firstIPv4 returns the IP and port of the first /ip4 address of addrs
@@ -169,6 +190,10 @@ func (r *Relay) startTURN(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	allow, err := parsePeerRanges(r.cfg.TURNAllowPeers)
+	if err != nil {
+		return err
+	}
 	opts := []turn.Option{
 		turn.WithListen(netip.MustParseAddrPort(r.cfg.TURNListen)),
 		turn.WithTCP(!r.cfg.TURNNoTCP),
@@ -176,6 +201,7 @@ func (r *Relay) startTURN(ctx context.Context) error {
 		turn.WithCredentialTTL(time.Duration(r.cfg.TURNCredentialTTL), turn.DefaultRefreshGrace),
 		turn.WithAccountQuota(r.cfg.TURNAccountAllocations, r.cfg.TURNAccountBandwidth),
 		turn.WithMaxAllocations(r.cfg.TURNMaxAllocations),
+		turn.WithAllowedPeers(allow...),
 		turn.WithClock(r.cfg.Now),
 		turn.WithLogger(r.log),
 		turn.WithMetricsTracer(turn.NewMetricsTracer(r.cfg.Registry)),

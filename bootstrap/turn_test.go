@@ -39,6 +39,7 @@ turn_credential_ttl = "20m"
 turn_account_allocations = 4
 turn_account_bandwidth = 100000
 turn_max_allocations = 99
+turn_allow_peers = ["127.0.0.0/8", "198.18.0.0/15", "192.0.2.1"]
 `), 0o600)
 	c, err := LoadConfigFile(path)
 	if err != nil {
@@ -46,7 +47,8 @@ turn_max_allocations = 99
 	}
 	if c.TURNListen != "0.0.0.0:3479" || c.TURNPublicIP != "198.51.100.7" || !c.TURNNoTCP || c.TURNThreads != 2 ||
 		c.TURNRelayPortMin != 50000 || c.TURNRelayPortMax != 50999 || time.Duration(c.TURNCredentialTTL) != 20*time.Minute ||
-		c.TURNAccountAllocations != 4 || c.TURNAccountBandwidth != 100000 || c.TURNMaxAllocations != 99 {
+		c.TURNAccountAllocations != 4 || c.TURNAccountBandwidth != 100000 || c.TURNMaxAllocations != 99 ||
+		strings.Join(c.TURNAllowPeers, " ") != "127.0.0.0/8 198.18.0.0/15 192.0.2.1" {
 		t.Fatalf("TURN settings not read: %+v", c)
 	}
 
@@ -69,6 +71,7 @@ turn_max_allocations = 99
 				t.Fatalf("listen %q public %q, want %q %q", d.TURNListen, d.TURNPublicIP, tt.wantListen, tt.wantPublic)
 			}
 			if d.TURNAccountAllocations != turn.DefaultAccountAllocations || d.TURNAccountBandwidth != turn.DefaultAccountBandwidth ||
+				len(d.TURNAllowPeers) != 0 ||
 				d.TURNMaxAllocations != turn.DefaultMaxAllocations || time.Duration(d.TURNCredentialTTL) != turn.DefaultCredentialTTL {
 				t.Fatalf("defaults not applied: %+v", d)
 			}
@@ -79,6 +82,7 @@ turn_max_allocations = 99
 		{DataDir: "x", TURNListen: "nowhere"},
 		{DataDir: "x", TURNPublicIP: "0.0.0.0"},
 		{DataDir: "x", TURNAccountAllocations: -1},
+		{DataDir: "x", TURNAllowPeers: []string{"localhost"}},
 	} {
 		if _, err := New(bad); !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), "turn_") {
 			t.Errorf("%+v: got %v, want ErrConfig naming the turn setting", bad, err)
@@ -216,7 +220,7 @@ func TestTURNRelayQuota(t *testing.T) {
 // TestTURNRelayBandwidthCap: an account relaying faster than its cap
 // has the excess dropped, and /metrics counts both.
 func TestTURNRelayBandwidthCap(t *testing.T) {
-	r, cr := turnRelay(t, Config{TURNAccountBandwidth: 10_000})
+	r, cr := turnRelay(t, Config{TURNAccountBandwidth: 10_000, TURNAllowPeers: []string{"127.0.0.0/8"}})
 	relay, err := allocate(t, r, cr.Username, cr.Password)
 	if err != nil {
 		t.Fatal(err)
@@ -295,5 +299,66 @@ func TestTURNRelayCoturn(t *testing.T) {
 	m := metricsText(t, r)
 	if got := metric(t, m, `kinmesh_turn_relayed_packets_total{direction="to_peer"}`); got < 40 {
 		t.Errorf("relayed packets to peers %v, want at least 40", got)
+	}
+}
+
+// turnClient makes an allocation on the relay's UDP port and returns the
+// pion client holding it.
+func turnClient(t *testing.T, r *Relay, cr turn.Credentials) *pturn.Client {
+	t.Helper()
+	conn, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := r.TURN().UDPAddr().String()
+	c, err := pturn.NewClient(&pturn.ClientConfig{
+		STUNServerAddr: addr, TURNServerAddr: addr, Conn: conn, Username: cr.Username, Password: cr.Password,
+		Realm: turn.Realm, RTO: 200 * time.Millisecond, LoggerFactory: pionlog.Factory(nil),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		c.Close()
+		_ = conn.Close()
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	relay, err := c.AllocateWithContext(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = relay.Close() })
+	return c
+}
+
+// TestTURNRelayPeerPolicy: by default the relay's TURN server grants no
+// permission for a private address (nothing is sent: the permission is
+// all that is asked), and counts the refusal on /metrics;
+// turn_allow_peers lets the operator allow a range.
+func TestTURNRelayPeerPolicy(t *testing.T) {
+	private := &net.UDPAddr{IP: net.ParseIP("10.0.0.5"), Port: 9}
+	for _, tt := range []struct {
+		name  string
+		allow []string
+		ok    bool
+	}{
+		{"default", nil, false},
+		{"turn_allow_peers", []string{"10.0.0.0/8"}, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			r, cr := turnRelay(t, Config{TURNAllowPeers: tt.allow})
+			err := turnClient(t, r, cr).CreatePermission(private)
+			if (err == nil) != tt.ok {
+				t.Fatalf("permission for %v: got %v, want granted %v", private, err, tt.ok)
+			}
+			refused := metric(t, metricsText(t, r), "kinmesh_turn_peer_refused_total")
+			if want := map[bool]float64{true: 0, false: 1}[tt.ok]; refused != want {
+				t.Errorf("kinmesh_turn_peer_refused_total = %v, want %v", refused, want)
+			}
+		})
 	}
 }

@@ -182,7 +182,14 @@ var (
 func (l *Lab) StartRelays(ctx context.Context) error {
 	var boot []string
 	for _, r := range l.Relays {
-		args := []string{"relay", "--data", filepath.Join(l.cfg.Dir, r.Name),
+		// The lab is 198.18.0.0/15, which a relay's TURN server refuses to
+		// relay to by default (not globally reachable): allow it, as an
+		// operator would for a private network.
+		conf := filepath.Join(l.cfg.Dir, r.Name+".toml")
+		if err := os.WriteFile(conf, []byte("turn_allow_peers = [\"198.18.0.0/15\"]\n"), 0o600); err != nil {
+			return err
+		}
+		args := []string{"relay", "--config", conf, "--data", filepath.Join(l.cfg.Dir, r.Name),
 			"--listen", fmt.Sprintf("/ip4/%s/tcp/4001", r.Addr),
 			"--listen", fmt.Sprintf("/ip4/%s/udp/4001/quic-v1", r.Addr),
 			"--http", "127.0.0.1:8080"}

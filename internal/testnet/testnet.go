@@ -206,6 +206,9 @@ func (n *Network) startRelay(ctx context.Context, name string, fellows []string)
 		Now:       n.cfg.Now,
 		// Every device of the testnet comes from 127.0.0.1.
 		MaxReservationsPerIP: 1024,
+		// Devices' candidates, and other relays' TURN allocations, are on
+		// loopback, which a relay's TURN server refuses by default.
+		TURNAllowPeers: []string{"127.0.0.0/8"},
 	}
 	if n.cfg.RelayHTTP {
 		r.cfg.HTTP = "127.0.0.1:0"

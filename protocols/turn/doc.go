@@ -55,9 +55,16 @@
 // account (tag) may hold a few allocations (WithAccountQuota; beyond:
 // TURN error 486) and relay a capped number of bytes per second over all
 // of them (beyond: packets are dropped); the relay caps its allocations
-// as a whole (WithMaxAllocations). Peers on loopback, link-local,
-// multicast and unspecified addresses are refused (WithPeerFilter). What
-// the server does is counted by a MetricsTracer (kinmesh_turn_* on a
-// relay's /metrics). docs/protocol/calls.md has the whole call setup and
-// what a relay learns.
+// as a whole (WithMaxAllocations).
+//
+// Allocations relay only to globally reachable addresses: loopback,
+// private, carrier-grade NAT, link-local, multicast and the other
+// special-purpose ranges are refused, and so are the relay's own
+// addresses but for the relay ports of its own allocations (two devices
+// on one relay reach each other), so the server is no way into its host
+// or its hosting network. The operator may allow ranges
+// (WithAllowedPeers: test networks, a relay that serves a private network
+// on purpose). What the server does is counted by a MetricsTracer
+// (kinmesh_turn_* on a relay's /metrics). docs/protocol/calls.md has the
+// whole call setup and what a relay learns.
 package turn

@@ -70,6 +70,10 @@ func testSecret(t testing.TB) []byte {
 
 var loopback = netip.MustParseAddr("127.0.0.1")
 
+// allowLoopback lets a test server relay to plain sockets on loopback,
+// which the default peer policy refuses.
+var allowLoopback = WithAllowedPeers(netip.MustParsePrefix("127.0.0.0/8"))
+
 // startServer starts a TURN server on loopback (free ports, 2 threads).
 func startServer(t testing.TB, opts ...Option) *Server {
 	t.Helper()
@@ -136,7 +140,15 @@ func testCtx(t testing.TB) context.Context {
 // returned conn is the relayed socket (close it to deallocate).
 func allocate(t testing.TB, s *Server, user, pass string) (net.PacketConn, func(), error) {
 	t.Helper()
-	conn, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	relay, _, done, err := allocateFrom(t, s, "127.0.0.1", user, pass)
+	return relay, done, err
+}
+
+// allocateFrom is allocate from a client socket on local (a loopback
+// address), returning the pion client too.
+func allocateFrom(t testing.TB, s *Server, local, user, pass string) (net.PacketConn, *pturn.Client, func(), error) {
+	t.Helper()
+	conn, err := net.ListenPacket("udp4", local+":0")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -161,9 +173,9 @@ func allocate(t testing.TB, s *Server, user, pass string) (net.PacketConn, func(
 	relay, err := c.AllocateWithContext(ctx)
 	if err != nil {
 		done()
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
-	return relay, func() {
+	return relay, c, func() {
 		_ = relay.Close()
 		done()
 	}, nil

@@ -43,6 +43,9 @@ type MetricsTracer interface {
 	// Dropped: a packet of n bytes was dropped because its account was
 	// over its bandwidth cap.
 	Dropped(toPeer bool, n int)
+	// PeerRefused: a permission, channel bind or packet was refused by
+	// the peer policy (an address the relay does not relay to).
+	PeerRefused()
 	// Limits: the server's caps, once when it starts: allocations per
 	// account, relayed bytes a second per account, allocations in all.
 	Limits(accountAllocations int, accountBandwidth int64, maxAllocations int)
@@ -93,6 +96,12 @@ func (t tracer) dropped(toPeer bool, n int) {
 	}
 }
 
+func (t tracer) peerRefused() {
+	if t.t != nil {
+		t.t.PeerRefused()
+	}
+}
+
 func (t tracer) limits(acctAllocs int, acctBW int64, maxAllocs int) {
 	if t.t != nil {
 		t.t.Limits(acctAllocs, acctBW, maxAllocs)
@@ -112,6 +121,7 @@ type promTracer struct {
 	packetsFrom prometheus.Counter
 	droppedTo   prometheus.Counter
 	droppedFrom prometheus.Counter
+	peerRefused prometheus.Counter
 	limAllocs   prometheus.Gauge
 	limBW       prometheus.Gauge
 	limTotal    prometheus.Gauge
@@ -129,6 +139,7 @@ type promTracer struct {
 //	kinmesh_turn_relayed_bytes_total{direction}     relayed payload bytes: to_peer, from_peer
 //	kinmesh_turn_relayed_packets_total{direction}   relayed packets
 //	kinmesh_turn_dropped_bytes_total{direction}     bytes dropped over an account's bandwidth cap
+//	kinmesh_turn_peer_refused_total                 permissions, channel binds and packets refused by the peer policy
 //	kinmesh_turn_account_allocations_limit          allocations an account may hold
 //	kinmesh_turn_account_bandwidth_limit_bytes      relayed bytes a second an account may use
 //	kinmesh_turn_allocations_limit                  allocations the relay holds at most
@@ -157,6 +168,7 @@ func NewMetricsTracer(reg prometheus.Registerer) MetricsTracer {
 		relayedTo: relayed.WithLabelValues("to_peer"), relayedFrom: relayed.WithLabelValues("from_peer"),
 		packetsTo: packets.WithLabelValues("to_peer"), packetsFrom: packets.WithLabelValues("from_peer"),
 		droppedTo: dropped.WithLabelValues("to_peer"), droppedFrom: dropped.WithLabelValues("from_peer"),
+		peerRefused: prometheus.NewCounter(opts("peer_refused_total", "TURN permissions, channel binds and packets refused because the peer address is not relayed to.")),
 		limAllocs: prometheus.NewGauge(prometheus.GaugeOpts{
 			Namespace: "kinmesh", Subsystem: "turn", Name: "account_allocations_limit", Help: "TURN allocations one account may hold at once.",
 		}),
@@ -167,7 +179,7 @@ func NewMetricsTracer(reg prometheus.Registerer) MetricsTracer {
 			Namespace: "kinmesh", Subsystem: "turn", Name: "allocations_limit", Help: "TURN allocations the relay holds at most.",
 		}),
 	}
-	reg.MustRegister(t.creds, t.auth, t.allocs, t.lifetime, t.open, t.accounts, relayed, packets, dropped, t.limAllocs, t.limBW, t.limTotal)
+	reg.MustRegister(t.creds, t.auth, t.allocs, t.lifetime, t.open, t.accounts, relayed, packets, dropped, t.peerRefused, t.limAllocs, t.limBW, t.limTotal)
 	return t
 }
 
@@ -200,6 +212,8 @@ func (t *promTracer) Dropped(toPeer bool, n int) {
 	}
 	t.droppedFrom.Add(float64(n))
 }
+
+func (t *promTracer) PeerRefused() { t.peerRefused.Inc() }
 
 func (t *promTracer) Limits(acctAllocs int, acctBW int64, maxAllocs int) {
 	t.limAllocs.Set(float64(acctAllocs))

@@ -64,6 +64,7 @@ type config struct {
 	issueBurst float64
 	maxTracked int
 	peerOK     func(netip.Addr) bool
+	allowPeers []netip.Prefix
 	now        func() time.Time
 	logger     *slog.Logger
 	tracer     MetricsTracer
@@ -192,11 +193,33 @@ func WithIssueRate(perMinute, burst int) Option {
 	}
 }
 
-// WithPeerFilter sets which peer addresses allocations may send to
-// (CreatePermission, ChannelBind). The default refuses unspecified,
-// multicast, broadcast and link-local addresses, and loopback unless the
-// server itself listens on loopback (a test network): a TURN server must
-// not be a way into its own host's services.
+// WithAllowedPeers lets allocations relay to addresses in ranges the
+// default refuses. By default a TURN server relays only to globally
+// reachable addresses: not to loopback, private (RFC 1918, RFC 4193),
+// carrier-grade NAT, link-local, multicast, benchmarking, documentation
+// or other special-purpose ranges, nor to the relay's own addresses
+// (except the relay ports of its own allocations, so two devices on one
+// relay reach each other): it must be no way into its own host or its
+// hosting network. A range given here is allowed, the relay's own
+// addresses in it included; unspecified, multicast and broadcast
+// addresses never are. For test networks (loopback, a lab's range) and
+// relays that serve a private network on purpose.
+func WithAllowedPeers(ranges ...netip.Prefix) Option {
+	return func(c *config) error {
+		for _, r := range ranges {
+			if !r.IsValid() {
+				return fmt.Errorf("turn: allowed peer range %v: want an address prefix", r)
+			}
+			c.allowPeers = append(c.allowPeers, r.Masked())
+		}
+		return nil
+	}
+}
+
+// WithPeerFilter replaces the peer policy (see WithAllowedPeers) with ok:
+// it alone decides which peer addresses allocations may send to
+// (CreatePermission, ChannelBind), the relay's own addresses included, at
+// any port. A TURN server must not be a way into its own host's services.
 func WithPeerFilter(ok func(netip.Addr) bool) Option {
 	return func(c *config) error {
 		if ok == nil {

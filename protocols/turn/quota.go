@@ -26,6 +26,9 @@ type quotas struct {
 	total  int
 	conns  map[*relayConn]struct{}
 	closed bool
+
+	portsMu sync.RWMutex
+	ports   map[uint16]int // relay ports of open allocations
 }
 
 // acct is one account's share: its open allocations and a token bucket
@@ -41,7 +44,7 @@ type acct struct {
 }
 
 func newQuotas(s *Server, perAcct, maxTotal int, rate float64) *quotas {
-	return &quotas{s: s, perAcct: perAcct, maxTotal: maxTotal, rate: rate, accts: map[string]*acct{}, conns: map[*relayConn]struct{}{}}
+	return &quotas{s: s, perAcct: perAcct, maxTotal: maxTotal, rate: rate, accts: map[string]*acct{}, conns: map[*relayConn]struct{}{}, ports: map[uint16]int{}}
 }
 
 // admit reports whether tag may open one more allocation now.
@@ -105,7 +108,8 @@ func (q *quotas) counts() (allocs, accounts int) {
 	return q.total, len(q.accts)
 }
 
-// track and untrack keep the open relay sockets, so Close can end them.
+// track and untrack keep the open relay sockets, so Close can end them,
+// and their ports, so allocations may relay to each other (ownOnly).
 func (q *quotas) track(c *relayConn) bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
@@ -113,13 +117,31 @@ func (q *quotas) track(c *relayConn) bool {
 		return false
 	}
 	q.conns[c] = struct{}{}
+	q.portsMu.Lock()
+	q.ports[c.port]++
+	q.portsMu.Unlock()
 	return true
 }
 
 func (q *quotas) untrack(c *relayConn) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	if _, ok := q.conns[c]; !ok {
+		return
+	}
 	delete(q.conns, c)
+	q.portsMu.Lock()
+	if q.ports[c.port]--; q.ports[c.port] <= 0 {
+		delete(q.ports, c.port)
+	}
+	q.portsMu.Unlock()
+}
+
+// relayPort reports whether an open allocation relays on port.
+func (q *quotas) relayPort(port uint16) bool {
+	q.portsMu.RLock()
+	defer q.portsMu.RUnlock()
+	return q.ports[port] > 0
 }
 
 // closeAll closes every relay socket still open (pion's Close stops its
@@ -181,7 +203,11 @@ func (g *generator) AllocatePacketConn(conf pturn.AllocateListenerConfig) (net.P
 		g.s.tr.allocation(AllocFailed)
 		return nil, nil, err
 	}
-	c := &relayConn{PacketConn: conn, s: g.s, tag: conf.UserID, acct: a, opened: time.Now()}
+	var port uint16
+	if ua, ok := conn.LocalAddr().(*net.UDPAddr); ok {
+		port = uint16(ua.Port)
+	}
+	c := &relayConn{PacketConn: conn, s: g.s, tag: conf.UserID, acct: a, port: port, opened: time.Now()}
 	if !g.s.quota.track(c) {
 		_ = c.Close()
 		return nil, nil, ErrClosed
@@ -206,11 +232,31 @@ type relayConn struct {
 	s      *Server
 	tag    string
 	acct   *acct
+	port   uint16
 	opened time.Time
 	once   sync.Once
 }
 
+// peerOK reports whether the peer policy lets this allocation exchange
+// packets with addr: an address the policy keeps to the relay's own
+// allocations must be at one of their ports.
+func (c *relayConn) peerOK(addr net.Addr) bool {
+	ua, ok := addr.(*net.UDPAddr)
+	if !ok {
+		return false
+	}
+	ap := ua.AddrPort()
+	if !c.s.peers.ownOnly(ap.Addr()) {
+		return true
+	}
+	return ap.Port() != c.port && c.s.quota.relayPort(ap.Port())
+}
+
 func (c *relayConn) WriteTo(p []byte, addr net.Addr) (int, error) {
+	if !c.peerOK(addr) {
+		c.s.peerRefused()
+		return len(p), nil // dropped, as a firewall would
+	}
 	if !c.acct.spend(len(p)) {
 		c.s.stats.droppedBytes.Add(int64(len(p)))
 		c.s.tr.dropped(true, len(p))
@@ -230,6 +276,10 @@ func (c *relayConn) ReadFrom(p []byte) (int, net.Addr, error) {
 		n, addr, err := c.PacketConn.ReadFrom(p)
 		if err != nil {
 			return n, addr, err
+		}
+		if !c.peerOK(addr) {
+			c.s.peerRefused()
+			continue
 		}
 		if !c.acct.spend(n) {
 			c.s.stats.droppedBytes.Add(int64(n))

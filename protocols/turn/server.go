@@ -39,6 +39,7 @@ type Server struct {
 	tcp   net.Listener
 	urls  []string
 	quota *quotas
+	peers *peerPolicy
 
 	peerLim *limiter // credential requests per peer
 	acctLim *limiter // credential requests per account
@@ -61,6 +62,7 @@ type counters struct {
 	relayedBytes, relayedPackets  atomic.Int64
 	droppedBytes, authFailures    atomic.Int64
 	authOK, authExpired, authMalf atomic.Int64
+	peerRefused                   atomic.Int64
 }
 
 // Stats are the server's counters since it started.
@@ -77,6 +79,9 @@ type Stats struct {
 	// AuthOK, AuthFailures (bad password), AuthExpired and AuthMalformed
 	// count TURN requests carrying credentials.
 	AuthOK, AuthFailures, AuthExpired, AuthMalformed int64
+	// PeerRefused counts permissions, channel binds and packets refused
+	// by the peer policy (WithAllowedPeers).
+	PeerRefused int64
 }
 
 // NewServer starts a STUN/TURN server and serves /kinmesh/turn-creds/1.0.0
@@ -93,8 +98,9 @@ type Stats struct {
 // allocations and DefaultAccountBandwidth bytes a second; the relay
 // DefaultMaxAllocations allocations; per peer and per account
 // DefaultIssuesPerMinute credential requests a minute, bursts of
-// DefaultIssueBurst; the default peer filter (WithPeerFilter); the real
-// clock; slog.Default(); no metrics; credential streams cut after 10 s.
+// DefaultIssueBurst; relaying to globally reachable addresses only
+// (WithAllowedPeers); the real clock; slog.Default(); no metrics;
+// credential streams cut after 10 s.
 func NewServer(h host.Host, secret []byte, public netip.Addr, opts ...Option) (*Server, error) {
 	if h == nil {
 		return nil, errors.New("turn: NewServer needs a host")
@@ -115,14 +121,12 @@ func NewServer(h host.Host, secret []byte, public netip.Addr, opts ...Option) (*
 	if cfg.logger == nil {
 		cfg.logger = slog.Default()
 	}
-	if cfg.peerOK == nil {
-		cfg.peerOK = defaultPeerFilter(cfg.listen.Addr().IsLoopback() || public.IsLoopback())
-	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{
 		h: h, secret: append([]byte(nil), secret...), public: public, cfg: cfg,
 		log:     cfg.logger.With("component", "turn"),
 		tr:      tracer{cfg.tracer},
+		peers:   &peerPolicy{custom: cfg.peerOK, allow: cfg.allowPeers, own: ownAddrs(h, public, cfg.listen.Addr())},
 		peerLim: newLimiter(cfg.now, cfg.issueRate, cfg.issueBurst, cfg.maxTracked),
 		acctLim: newLimiter(cfg.now, cfg.issueRate, cfg.issueBurst, cfg.maxTracked),
 		ctx:     ctx, cancel: cancel,
@@ -192,7 +196,11 @@ func (s *Server) listen() (err error) {
 	}}
 	perm := func(_ net.Addr, ip net.IP) bool {
 		a, ok := netip.AddrFromSlice(ip)
-		return ok && s.cfg.peerOK(a.Unmap())
+		if !ok || !s.peers.permit(a) {
+			s.peerRefused()
+			return false
+		}
+		return true
 	}
 	sc := pturn.ServerConfig{
 		Realm:         Realm,
@@ -229,18 +237,9 @@ func (s *Server) listen() (err error) {
 	return nil
 }
 
-// defaultPeerFilter refuses peers a TURN server must not relay to.
-func defaultPeerFilter(allowLoopback bool) func(netip.Addr) bool {
-	bcast := netip.AddrFrom4([4]byte{255, 255, 255, 255})
-	return func(a netip.Addr) bool {
-		switch {
-		case !a.IsValid(), a.IsUnspecified(), a.IsMulticast(), a.IsLinkLocalUnicast(), a == bcast:
-			return false
-		case a.IsLoopback():
-			return allowLoopback
-		}
-		return true
-	}
+func (s *Server) peerRefused() {
+	s.stats.peerRefused.Add(1)
+	s.tr.peerRefused()
 }
 
 // auth is pion's AuthHandler: it checks a REST username's form and expiry
@@ -301,6 +300,7 @@ func (s *Server) Stats() Stats {
 		DroppedBytes: s.stats.droppedBytes.Load(),
 		AuthOK:       s.stats.authOK.Load(), AuthFailures: s.stats.authFailures.Load(),
 		AuthExpired: s.stats.authExpired.Load(), AuthMalformed: s.stats.authMalf.Load(),
+		PeerRefused: s.stats.peerRefused.Load(),
 	}
 }
 

@@ -109,7 +109,7 @@ func TestCredentialsRefused(t *testing.T) {
 
 func TestAllocate(t *testing.T) {
 	clk := newClock()
-	s := startServer(t, WithClock(clk.Now))
+	s := startServer(t, WithClock(clk.Now), allowLoopback)
 	cr := s.Issue(accountKey(t, newAccount(t)))
 
 	relay, done, err := allocate(t, s, cr.Username, cr.Password)
@@ -207,7 +207,7 @@ func TestAllocationQuota(t *testing.T) {
 }
 
 func TestBandwidthCap(t *testing.T) {
-	s := startServer(t, WithAccountQuota(4, 10_000))
+	s := startServer(t, WithAccountQuota(4, 10_000), allowLoopback)
 	cr := s.Issue(accountKey(t, newAccount(t)))
 	relay, done, err := allocate(t, s, cr.Username, cr.Password)
 	if err != nil {
@@ -235,31 +235,63 @@ func TestBandwidthCap(t *testing.T) {
 	}
 }
 
-func TestPeerFilter(t *testing.T) {
-	public := defaultPeerFilter(false)
-	test := defaultPeerFilter(true)
+func TestPeerPolicy(t *testing.T) {
+	own := netip.MustParseAddr("185.199.108.1") // the relay's own public address
+	def := &peerPolicy{own: map[netip.Addr]bool{own: true}}
+	lab := &peerPolicy{own: map[netip.Addr]bool{own: true}, allow: []netip.Prefix{
+		netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("198.18.0.0/15"), netip.MustParsePrefix("185.199.108.0/24"),
+	}}
+	all := &peerPolicy{allow: []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("::/0")}}
 	for _, tt := range []struct {
-		addr         string
-		public, test bool
+		name                string
+		addr                string
+		def, lab, all       bool // permit
+		defOwnOnly, labOwnO bool // ownOnly
 	}{
-		{"198.51.100.7", true, true},
-		{"10.0.0.5", true, true},
-		{"2001:db8::1", true, true},
-		{"127.0.0.1", false, true},
-		{"::1", false, true},
-		{"0.0.0.0", false, false},
-		{"169.254.169.254", false, false},
-		{"224.0.0.1", false, false},
-		{"255.255.255.255", false, false},
-		{"fe80::1", false, false},
+		{"public IPv4", "8.8.8.8", true, true, true, false, false},
+		{"public IPv6", "2606:4700:4700::1111", true, true, true, false, false},
+		{"RFC 1918 10/8", "10.0.0.5", false, false, true, false, false},
+		{"RFC 1918 172.16/12", "172.20.1.1", false, false, true, false, false},
+		{"RFC 1918 192.168/16", "192.168.1.1", false, false, true, false, false},
+		{"CGNAT", "100.64.0.1", false, false, true, false, false},
+		{"loopback", "127.0.0.1", false, true, true, false, false},
+		{"loopback, elsewhere in 127/8", "127.0.0.2", false, true, true, false, false},
+		{"IPv6 loopback", "::1", false, false, true, false, false},
+		{"cloud metadata (link-local)", "169.254.169.254", false, false, true, false, false},
+		{"IPv6 link-local", "fe80::1", false, false, true, false, false},
+		{"RFC 4193 unique local", "fd12:3456::1", false, false, true, false, false},
+		{"benchmarking (the NAT lab)", "198.18.0.10", false, true, true, false, false},
+		{"IPv4-mapped private", "::ffff:10.0.0.5", false, false, true, false, false},
+		{"NAT64 of a private address", "64:ff9b::a00:5", false, false, true, false, false},
+		{"the relay's own address", own.String(), true, true, true, true, false},
+		{"multicast", "224.0.0.1", false, false, false, false, false},
+		{"IPv6 multicast", "ff02::1", false, false, false, false, false},
+		{"broadcast", "255.255.255.255", false, false, false, false, false},
+		{"unspecified", "0.0.0.0", false, false, false, false, false},
+		{"IPv6 unspecified", "::", false, false, false, false, false},
 	} {
-		a := netip.MustParseAddr(tt.addr)
-		if got := public(a); got != tt.public {
-			t.Errorf("public relay, peer %s: got %v, want %v", a, got, tt.public)
-		}
-		if got := test(a); got != tt.test {
-			t.Errorf("loopback relay, peer %s: got %v, want %v", a, got, tt.test)
-		}
+		t.Run(tt.name, func(t *testing.T) {
+			a := netip.MustParseAddr(tt.addr)
+			if got := def.permit(a); got != tt.def {
+				t.Errorf("default policy, peer %s: got %v, want %v", a, got, tt.def)
+			}
+			if got := lab.permit(a); got != tt.lab {
+				t.Errorf("policy allowing 127/8, 198.18/15 and its own /24, peer %s: got %v, want %v", a, got, tt.lab)
+			}
+			if got := all.permit(a); got != tt.all {
+				t.Errorf("policy allowing everything, peer %s: got %v, want %v", a, got, tt.all)
+			}
+			if got := def.ownOnly(a); got != tt.defOwnOnly {
+				t.Errorf("default policy, ownOnly(%s): got %v, want %v", a, got, tt.defOwnOnly)
+			}
+			if got := lab.ownOnly(a); got != tt.labOwnO {
+				t.Errorf("lab policy, ownOnly(%s): got %v, want %v", a, got, tt.labOwnO)
+			}
+		})
+	}
+	custom := &peerPolicy{custom: func(a netip.Addr) bool { return a.IsLoopback() }, own: map[netip.Addr]bool{loopback: true}}
+	if !custom.permit(loopback) || custom.permit(netip.MustParseAddr("8.8.8.8")) || custom.ownOnly(loopback) {
+		t.Error("a custom filter does not decide alone")
 	}
 }
 
