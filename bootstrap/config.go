@@ -211,6 +211,19 @@ type Config struct {
 	// directions together (default 524288, 4 Mbit/s).
 	TURNAccountAllocations int   `toml:"turn_account_allocations"`
 	TURNAccountBandwidth   int64 `toml:"turn_account_bandwidth"`
+	// TURNPeerAllocations, TURNPeerBandwidth: what the credentials issued
+	// to one libp2p peer (a device) may hold, whatever accounts they are
+	// for: allocations (default 8) and relayed bytes per second (default
+	// 524288). Account keys are free; the peer that asks bounds one
+	// requester.
+	TURNPeerAllocations int   `toml:"turn_peer_allocations"`
+	TURNPeerBandwidth   int64 `toml:"turn_peer_bandwidth"`
+	// TURNIPAllocations, TURNIPBandwidth: what TURN clients from one IP
+	// address (one IPv6 /64) may hold, whatever peers and accounts:
+	// allocations (default 64) and relayed bytes per second (default
+	// 4194304, 32 Mbit/s).
+	TURNIPAllocations int   `toml:"turn_ip_allocations"`
+	TURNIPBandwidth   int64 `toml:"turn_ip_bandwidth"`
 	// TURNMaxAllocations: allocations on the relay (default 1024).
 	TURNMaxAllocations int `toml:"turn_max_allocations"`
 	// TURNAllowPeers: address ranges (CIDR, or single addresses) the

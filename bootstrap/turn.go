@@ -38,6 +38,8 @@ func (c *Config) applyTURNDefaults() error {
 		{"turn_relay_port_min", &c.TURNRelayPortMin, turn.DefaultRelayPortMin},
 		{"turn_relay_port_max", &c.TURNRelayPortMax, turn.DefaultRelayPortMax},
 		{"turn_account_allocations", &c.TURNAccountAllocations, turn.DefaultAccountAllocations},
+		{"turn_peer_allocations", &c.TURNPeerAllocations, turn.DefaultPeerAllocations},
+		{"turn_ip_allocations", &c.TURNIPAllocations, turn.DefaultIPAllocations},
 		{"turn_max_allocations", &c.TURNMaxAllocations, turn.DefaultMaxAllocations},
 	} {
 		if *f.p < 0 {
@@ -50,11 +52,21 @@ func (c *Config) applyTURNDefaults() error {
 	if c.TURNRelayPortMin > c.TURNRelayPortMax || c.TURNRelayPortMax > 65535 {
 		return fmt.Errorf("%w: turn_relay_port_min %d, turn_relay_port_max %d: want min <= max <= 65535", ErrConfig, c.TURNRelayPortMin, c.TURNRelayPortMax)
 	}
-	if c.TURNAccountBandwidth < 0 {
-		return fmt.Errorf("%w: turn_account_bandwidth must be positive, got %d", ErrConfig, c.TURNAccountBandwidth)
-	}
-	if c.TURNAccountBandwidth == 0 {
-		c.TURNAccountBandwidth = turn.DefaultAccountBandwidth
+	for _, f := range []struct {
+		name string
+		p    *int64
+		def  int64
+	}{
+		{"turn_account_bandwidth", &c.TURNAccountBandwidth, turn.DefaultAccountBandwidth},
+		{"turn_peer_bandwidth", &c.TURNPeerBandwidth, turn.DefaultPeerBandwidth},
+		{"turn_ip_bandwidth", &c.TURNIPBandwidth, turn.DefaultIPBandwidth},
+	} {
+		if *f.p < 0 {
+			return fmt.Errorf("%w: %s must be positive, got %d", ErrConfig, f.name, *f.p)
+		}
+		if *f.p == 0 {
+			*f.p = f.def
+		}
 	}
 	if _, err := parsePeerRanges(c.TURNAllowPeers); err != nil {
 		return err
@@ -200,6 +212,8 @@ func (r *Relay) startTURN(ctx context.Context) error {
 		turn.WithRelayPorts(r.cfg.TURNRelayPortMin, r.cfg.TURNRelayPortMax),
 		turn.WithCredentialTTL(time.Duration(r.cfg.TURNCredentialTTL), turn.DefaultRefreshGrace),
 		turn.WithAccountQuota(r.cfg.TURNAccountAllocations, r.cfg.TURNAccountBandwidth),
+		turn.WithPeerQuota(r.cfg.TURNPeerAllocations, r.cfg.TURNPeerBandwidth),
+		turn.WithIPQuota(r.cfg.TURNIPAllocations, r.cfg.TURNIPBandwidth),
 		turn.WithMaxAllocations(r.cfg.TURNMaxAllocations),
 		turn.WithAllowedPeers(allow...),
 		turn.WithClock(r.cfg.Now),

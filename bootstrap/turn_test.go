@@ -39,6 +39,10 @@ turn_credential_ttl = "20m"
 turn_account_allocations = 4
 turn_account_bandwidth = 100000
 turn_max_allocations = 99
+turn_peer_allocations = 3
+turn_peer_bandwidth = 50000
+turn_ip_allocations = 30
+turn_ip_bandwidth = 400000
 turn_allow_peers = ["127.0.0.0/8", "198.18.0.0/15", "192.0.2.1"]
 `), 0o600)
 	c, err := LoadConfigFile(path)
@@ -48,6 +52,7 @@ turn_allow_peers = ["127.0.0.0/8", "198.18.0.0/15", "192.0.2.1"]
 	if c.TURNListen != "0.0.0.0:3479" || c.TURNPublicIP != "198.51.100.7" || !c.TURNNoTCP || c.TURNThreads != 2 ||
 		c.TURNRelayPortMin != 50000 || c.TURNRelayPortMax != 50999 || time.Duration(c.TURNCredentialTTL) != 20*time.Minute ||
 		c.TURNAccountAllocations != 4 || c.TURNAccountBandwidth != 100000 || c.TURNMaxAllocations != 99 ||
+		c.TURNPeerAllocations != 3 || c.TURNPeerBandwidth != 50000 || c.TURNIPAllocations != 30 || c.TURNIPBandwidth != 400000 ||
 		strings.Join(c.TURNAllowPeers, " ") != "127.0.0.0/8 198.18.0.0/15 192.0.2.1" {
 		t.Fatalf("TURN settings not read: %+v", c)
 	}
@@ -71,7 +76,8 @@ turn_allow_peers = ["127.0.0.0/8", "198.18.0.0/15", "192.0.2.1"]
 				t.Fatalf("listen %q public %q, want %q %q", d.TURNListen, d.TURNPublicIP, tt.wantListen, tt.wantPublic)
 			}
 			if d.TURNAccountAllocations != turn.DefaultAccountAllocations || d.TURNAccountBandwidth != turn.DefaultAccountBandwidth ||
-				len(d.TURNAllowPeers) != 0 ||
+				d.TURNPeerAllocations != turn.DefaultPeerAllocations || d.TURNPeerBandwidth != turn.DefaultPeerBandwidth ||
+				d.TURNIPAllocations != turn.DefaultIPAllocations || d.TURNIPBandwidth != turn.DefaultIPBandwidth || len(d.TURNAllowPeers) != 0 ||
 				d.TURNMaxAllocations != turn.DefaultMaxAllocations || time.Duration(d.TURNCredentialTTL) != turn.DefaultCredentialTTL {
 				t.Fatalf("defaults not applied: %+v", d)
 			}
@@ -82,6 +88,8 @@ turn_allow_peers = ["127.0.0.0/8", "198.18.0.0/15", "192.0.2.1"]
 		{DataDir: "x", TURNListen: "nowhere"},
 		{DataDir: "x", TURNPublicIP: "0.0.0.0"},
 		{DataDir: "x", TURNAccountAllocations: -1},
+		{DataDir: "x", TURNPeerAllocations: -1},
+		{DataDir: "x", TURNIPBandwidth: -1},
 		{DataDir: "x", TURNAllowPeers: []string{"localhost"}},
 	} {
 		if _, err := New(bad); !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), "turn_") {
@@ -360,5 +368,20 @@ func TestTURNRelayPeerPolicy(t *testing.T) {
 				t.Errorf("kinmesh_turn_peer_refused_total = %v, want %v", refused, want)
 			}
 		})
+	}
+}
+
+// TestTURNRelayPeerQuota: turn_peer_allocations caps what one device's
+// credentials hold, below its account's cap, and /metrics says why.
+func TestTURNRelayPeerQuota(t *testing.T) {
+	r, cr := turnRelay(t, Config{TURNAccountAllocations: 4, TURNPeerAllocations: 1})
+	if _, err := allocate(t, r, cr.Username, cr.Password); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := allocate(t, r, cr.Username, cr.Password); err == nil {
+		t.Fatal("an allocation beyond the peer's cap succeeded")
+	}
+	if got := metric(t, metricsText(t, r), `kinmesh_turn_allocation_requests_total{result="peer_quota"}`); got != 1 {
+		t.Errorf(`allocation_requests_total{result="peer_quota"} = %v, want 1`, got)
 	}
 }

@@ -90,7 +90,7 @@ func TestCoturnClient(t *testing.T) {
 // it is a random one in hex here.
 func TestCoturnRESTSecret(t *testing.T) {
 	s := startServerSecret(t, []byte(hex.EncodeToString(testSecret(t))))
-	tag := accountTag(s.secret, accountKey(t, newAccount(t)))
+	tag := accountTag(s.secret, accountKey(t, newAccount(t)), s.h.ID())
 	out, err := uclient(t, s, "-y", "-m", "2", "-n", "5", "-u", tag, "-W", string(s.secret))
 	if err != nil {
 		t.Fatalf("turnutils_uclient -W: %v\n%s", err, out)

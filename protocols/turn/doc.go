@@ -14,13 +14,17 @@
 //	password = base64(HMAC-SHA1(secret, username))
 //
 // The secret is the relay's own (SecretSize random bytes kept in its
-// store). The account tag is base32(HMAC-SHA256(secret,
-// "kinmesh/turn/account/v1" || account Ed25519 key)[:15]): stable per
-// account on one relay, so quotas hold across credentials, but opaque to
-// anyone else (TURN usernames cross the network in the clear). An
-// allocation needs unexpired credentials; refreshes, permissions and
-// channel binds for it are accepted for WithRefreshGrace longer, so a call
-// outlives its credentials.
+// store). The account tag (24 characters) is base32 of
+//
+//	HMAC-SHA256(secret, "kinmesh/turn/account/v1" || account Ed25519 key)[:9]
+//	|| HMAC-SHA256(secret, "kinmesh/turn/peer/v1" || requesting peer id)[:6]
+//
+// stable per account and per requesting peer on one relay, so quotas hold
+// per account and per peer across credentials, but opaque to anyone else
+// (TURN usernames cross the network in the clear). An allocation needs
+// unexpired credentials; refreshes, permissions and channel binds for it
+// are accepted for WithRefreshGrace longer, so a call outlives its
+// credentials.
 //
 // # Message flow
 //
@@ -43,7 +47,8 @@
 // that relay only, and only while time_unix is within MaxClockSkew of the
 // relay's clock. Replaying it from the same peer only gets the same
 // account fresh credentials. Requests are rate-limited per peer and per
-// account. Result codes (Code, pb.Code) map to ErrUnauthorized,
+// account, and per source IP address (an IPv6 /64) all peers together.
+// Result codes (Code, pb.Code) map to ErrUnauthorized,
 // ErrMalformed, ErrTooLarge, ErrRateLimited and ErrUnavailable.
 //
 // # Server
@@ -52,10 +57,14 @@
 // each with its own read loop (WithThreads), and on TCP (for networks that
 // block UDP; relayed traffic is UDP either way). Allocations get relay
 // ports from a configured range and the relay's public address. Every
-// account (tag) may hold a few allocations (WithAccountQuota; beyond:
-// TURN error 486) and relay a capped number of bytes per second over all
-// of them (beyond: packets are dropped); the relay caps its allocations
-// as a whole (WithMaxAllocations).
+// allocation counts against three shares, each capped in allocations
+// (beyond: TURN error 486) and in relayed bytes per second over all of
+// them (beyond: packets are dropped): its account's (WithAccountQuota),
+// the requesting peer's its credentials were issued to (WithPeerQuota)
+// and its client's source IP address's, an IPv6 /64 (WithIPQuota).
+// Account keys and peer ids are free, so one requester with many of them
+// is bounded by its peer and, with many peers, by its address. The relay
+// caps its allocations as a whole (WithMaxAllocations).
 //
 // Allocations relay only to globally reachable addresses: loopback,
 // private, carrier-grade NAT, link-local, multicast and the other

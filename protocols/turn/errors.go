@@ -41,8 +41,9 @@ var (
 	ErrProtocol = errors.New("turn: protocol violation by the relay")
 
 	// ErrQuota means an allocation would exceed the account's cap
-	// (WithAccountQuota) or the relay's (WithMaxAllocations). TURN clients
-	// see error 486 (Allocation Quota Reached).
+	// (WithAccountQuota), the requesting peer's (WithPeerQuota), the
+	// client address's (WithIPQuota) or the relay's (WithMaxAllocations).
+	// TURN clients see error 486 (Allocation Quota Reached).
 	ErrQuota = errors.New("turn: allocation quota reached")
 
 	// ErrClosed means the server has been closed.

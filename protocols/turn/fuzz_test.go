@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/peer"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -36,7 +37,7 @@ func FuzzDecodeRequest(f *testing.F) {
 
 func FuzzDecodeResponse(f *testing.F) {
 	secret := make([]byte, SecretSize)
-	c := issue(secret, make([]byte, 32), time.Unix(1_800_000_000, 0), serverURLs(netip.MustParseAddrPort("198.51.100.7:3478"), netip.MustParseAddrPort("198.51.100.7:3478")))
+	c := issue(secret, make([]byte, 32), peer.ID("device"), time.Unix(1_800_000_000, 0), serverURLs(netip.MustParseAddrPort("198.51.100.7:3478"), netip.MustParseAddrPort("198.51.100.7:3478")))
 	f.Add(marshal(encodeResponse(response{creds: &c, ttl: 10 * time.Minute})))
 	f.Add(marshal(encodeResponse(response{code: CodeRateLimited, retryAfter: time.Second})))
 	now := time.Unix(1_700_000_000, 0)
@@ -54,7 +55,7 @@ func FuzzDecodeResponse(f *testing.F) {
 }
 
 func FuzzParseUsername(f *testing.F) {
-	f.Add("1800000000:" + accountTag(make([]byte, SecretSize), make([]byte, 32)))
+	f.Add("1800000000:" + accountTag(make([]byte, SecretSize), make([]byte, 32), peer.ID("device")))
 	f.Add("0:x")
 	f.Fuzz(func(t *testing.T, s string) {
 		exp, tag, err := parseUsername(s)

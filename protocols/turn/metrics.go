@@ -18,8 +18,10 @@ const (
 const (
 	AllocOpened       = "opened"        // an allocation (a relay port) was made
 	AllocAccountQuota = "account_quota" // refused: the account holds its cap
+	AllocPeerQuota    = "peer_quota"    // refused: the peer the credentials were issued to holds its cap
+	AllocIPQuota      = "ip_quota"      // refused: the client's IP address (IPv6 /64) holds its cap
 	AllocRelayQuota   = "relay_quota"   // refused: the relay holds its cap
-	AllocFailed       = "failed"        // no relay port could be opened
+	AllocFailed       = "failed"        // no relay port could be opened, or no user to count it against
 )
 
 // MetricsTracer receives the server's events. Implementations must be
@@ -40,8 +42,8 @@ type MetricsTracer interface {
 	// Relayed: an allocation relayed a packet of n bytes, toward the peer
 	// (from the device) or from it.
 	Relayed(toPeer bool, n int)
-	// Dropped: a packet of n bytes was dropped because its account was
-	// over its bandwidth cap.
+	// Dropped: a packet of n bytes was dropped because its account, peer
+	// or source IP was over its bandwidth cap.
 	Dropped(toPeer bool, n int)
 	// PeerRefused: a permission, channel bind or packet was refused by
 	// the peer policy (an address the relay does not relay to).
@@ -132,13 +134,13 @@ type promTracer struct {
 //
 //	kinmesh_turn_credentials_total{result}          credential requests: ok, unauthorized, malformed, too_large, rate_limited, unavailable
 //	kinmesh_turn_auth_total{result}                 TURN requests with credentials: ok, bad_password, expired, malformed
-//	kinmesh_turn_allocation_requests_total{result}  opened, account_quota, relay_quota, failed
+//	kinmesh_turn_allocation_requests_total{result}  opened, account_quota, peer_quota, ip_quota, relay_quota, failed
 //	kinmesh_turn_allocations                        allocations open now
 //	kinmesh_turn_accounts                           accounts holding allocations now
 //	kinmesh_turn_allocation_seconds                 how long allocations lived
 //	kinmesh_turn_relayed_bytes_total{direction}     relayed payload bytes: to_peer, from_peer
 //	kinmesh_turn_relayed_packets_total{direction}   relayed packets
-//	kinmesh_turn_dropped_bytes_total{direction}     bytes dropped over an account's bandwidth cap
+//	kinmesh_turn_dropped_bytes_total{direction}     bytes dropped over an account's, peer's or IP's bandwidth cap
 //	kinmesh_turn_peer_refused_total                 permissions, channel binds and packets refused by the peer policy
 //	kinmesh_turn_account_allocations_limit          allocations an account may hold
 //	kinmesh_turn_account_bandwidth_limit_bytes      relayed bytes a second an account may use
@@ -149,7 +151,7 @@ func NewMetricsTracer(reg prometheus.Registerer) MetricsTracer {
 	}
 	relayed := prometheus.NewCounterVec(opts("relayed_bytes_total", "Payload bytes relayed by TURN allocations, by direction."), []string{"direction"})
 	packets := prometheus.NewCounterVec(opts("relayed_packets_total", "Packets relayed by TURN allocations, by direction."), []string{"direction"})
-	dropped := prometheus.NewCounterVec(opts("dropped_bytes_total", "Bytes dropped because their account was over its bandwidth cap, by direction."), []string{"direction"})
+	dropped := prometheus.NewCounterVec(opts("dropped_bytes_total", "Bytes dropped because their account, peer or source IP was over its bandwidth cap, by direction."), []string{"direction"})
 	t := &promTracer{
 		creds:  prometheus.NewCounterVec(opts("credentials_total", "TURN credential requests answered, by result."), []string{"result"}),
 		auth:   prometheus.NewCounterVec(opts("auth_total", "TURN requests carrying credentials, by verdict."), []string{"result"}),

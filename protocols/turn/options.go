@@ -32,12 +32,29 @@ const (
 	// in bytes per second, both directions together (4 Mbit/s: a video
 	// call each way with room to spare).
 	DefaultAccountBandwidth = 512 << 10
+	// DefaultPeerAllocations and DefaultPeerBandwidth cap what the
+	// credentials issued to one libp2p peer (a device) may hold, whatever
+	// accounts they are for: a device has one account, so they are the
+	// account's caps, and one peer with many throwaway keys gets no more.
+	DefaultPeerAllocations = DefaultAccountAllocations
+	DefaultPeerBandwidth   = DefaultAccountBandwidth
+	// DefaultIPAllocations and DefaultIPBandwidth cap what clients from
+	// one IP address (one IPv6 /64) may hold, whatever peers and accounts
+	// they use: a household or an office behind one NAT, 1/16 of the
+	// relay's allocations, so one address can't take the relay.
+	DefaultIPAllocations = 64
+	DefaultIPBandwidth   = 8 * DefaultAccountBandwidth
 	// DefaultMaxAllocations caps the relay's open allocations.
 	DefaultMaxAllocations = 1024
 	// DefaultIssuesPerMinute and DefaultIssueBurst: credential requests
 	// one peer (and, separately, one account) may make.
 	DefaultIssuesPerMinute = 30
 	DefaultIssueBurst      = 10
+	// DefaultIPIssuesPerMinute and DefaultIPIssueBurst: credential
+	// requests all peers connecting from one IP address (one IPv6 /64)
+	// may make together. A device asks about every 8 minutes.
+	DefaultIPIssuesPerMinute = 120
+	DefaultIPIssueBurst      = 30
 	// MaxClockSkew is how far a credential request's time may be from
 	// the relay's clock.
 	MaxClockSkew = 5 * time.Minute
@@ -50,44 +67,56 @@ const (
 type Option func(*config) error
 
 type config struct {
-	listen     netip.AddrPort
-	tcp        bool
-	threads    int
-	portMin    int
-	portMax    int
-	ttl        time.Duration
-	grace      time.Duration
-	acctAllocs int
-	acctBW     int64
-	maxAllocs  int
-	issueRate  float64 // per second
-	issueBurst float64
-	maxTracked int
-	peerOK     func(netip.Addr) bool
-	allowPeers []netip.Prefix
-	now        func() time.Time
-	logger     *slog.Logger
-	tracer     MetricsTracer
-	timeout    time.Duration // a credential stream as a whole
+	listen       netip.AddrPort
+	tcp          bool
+	threads      int
+	portMin      int
+	portMax      int
+	ttl          time.Duration
+	grace        time.Duration
+	acctAllocs   int
+	acctBW       int64
+	peerAllocs   int
+	peerBW       int64
+	ipAllocs     int
+	ipBW         int64
+	maxAllocs    int
+	issueRate    float64 // per second
+	issueBurst   float64
+	ipIssueRate  float64 // per second
+	ipIssueBurst float64
+	maxTracked   int
+	peerOK       func(netip.Addr) bool
+	allowPeers   []netip.Prefix
+	now          func() time.Time
+	logger       *slog.Logger
+	tracer       MetricsTracer
+	timeout      time.Duration // a credential stream as a whole
 }
 
 func defaultConfig() config {
 	return config{
-		listen:     netip.AddrPortFrom(netip.IPv4Unspecified(), DefaultPort),
-		tcp:        true,
-		threads:    runtime.NumCPU(),
-		portMin:    DefaultRelayPortMin,
-		portMax:    DefaultRelayPortMax,
-		ttl:        DefaultCredentialTTL,
-		grace:      DefaultRefreshGrace,
-		acctAllocs: DefaultAccountAllocations,
-		acctBW:     DefaultAccountBandwidth,
-		maxAllocs:  DefaultMaxAllocations,
-		issueRate:  DefaultIssuesPerMinute / 60.0,
-		issueBurst: DefaultIssueBurst,
-		maxTracked: DefaultMaxTracked,
-		now:        time.Now,
-		timeout:    10 * time.Second,
+		listen:       netip.AddrPortFrom(netip.IPv4Unspecified(), DefaultPort),
+		tcp:          true,
+		threads:      runtime.NumCPU(),
+		portMin:      DefaultRelayPortMin,
+		portMax:      DefaultRelayPortMax,
+		ttl:          DefaultCredentialTTL,
+		grace:        DefaultRefreshGrace,
+		acctAllocs:   DefaultAccountAllocations,
+		acctBW:       DefaultAccountBandwidth,
+		peerAllocs:   DefaultPeerAllocations,
+		peerBW:       DefaultPeerBandwidth,
+		ipAllocs:     DefaultIPAllocations,
+		ipBW:         DefaultIPBandwidth,
+		maxAllocs:    DefaultMaxAllocations,
+		issueRate:    DefaultIssuesPerMinute / 60.0,
+		issueBurst:   DefaultIssueBurst,
+		ipIssueRate:  DefaultIPIssuesPerMinute / 60.0,
+		ipIssueBurst: DefaultIPIssueBurst,
+		maxTracked:   DefaultMaxTracked,
+		now:          time.Now,
+		timeout:      10 * time.Second,
 	}
 }
 
@@ -168,6 +197,37 @@ func WithAccountQuota(allocations int, bytesPerSecond int64) Option {
 	}
 }
 
+// WithPeerQuota caps what the credentials issued to one libp2p peer may
+// hold, whatever accounts they are for (defaults DefaultPeerAllocations,
+// DefaultPeerBandwidth): an account's keys are free, so the peer that asks
+// is what bounds one requester. Beyond the first, allocations are refused
+// (TURN error 486); beyond the second, packets are dropped.
+func WithPeerQuota(allocations int, bytesPerSecond int64) Option {
+	return func(c *config) error {
+		if allocations < 1 || bytesPerSecond < 1500 {
+			return fmt.Errorf("turn: peer quota %d allocations, %d B/s: want at least 1 and 1500", allocations, bytesPerSecond)
+		}
+		c.peerAllocs, c.peerBW = allocations, bytesPerSecond
+		return nil
+	}
+}
+
+// WithIPQuota caps what TURN clients from one IP address (one IPv6 /64:
+// a subscriber can pick any address in it) may hold, whatever peers and
+// accounts their credentials are for (defaults DefaultIPAllocations,
+// DefaultIPBandwidth): peer ids are free too. Beyond the first,
+// allocations are refused (TURN error 486); beyond the second, packets
+// are dropped.
+func WithIPQuota(allocations int, bytesPerSecond int64) Option {
+	return func(c *config) error {
+		if allocations < 1 || bytesPerSecond < 1500 {
+			return fmt.Errorf("turn: IP quota %d allocations, %d B/s: want at least 1 and 1500", allocations, bytesPerSecond)
+		}
+		c.ipAllocs, c.ipBW = allocations, bytesPerSecond
+		return nil
+	}
+}
+
 // WithMaxAllocations caps the relay's open allocations, all accounts
 // together (default DefaultMaxAllocations).
 func WithMaxAllocations(n int) Option {
@@ -189,6 +249,20 @@ func WithIssueRate(perMinute, burst int) Option {
 			return fmt.Errorf("turn: issue rate %d, burst %d: want both at least 1", perMinute, burst)
 		}
 		c.issueRate, c.issueBurst = float64(perMinute)/60, float64(burst)
+		return nil
+	}
+}
+
+// WithIPIssueRate sets how many credential requests all peers connecting
+// from one IP address (one IPv6 /64) may make per minute together, and
+// how many at once (defaults DefaultIPIssuesPerMinute,
+// DefaultIPIssueBurst).
+func WithIPIssueRate(perMinute, burst int) Option {
+	return func(c *config) error {
+		if perMinute < 1 || burst < 1 {
+			return fmt.Errorf("turn: IP issue rate %d, burst %d: want both at least 1", perMinute, burst)
+		}
+		c.ipIssueRate, c.ipIssueBurst = float64(perMinute)/60, float64(burst)
 		return nil
 	}
 }

@@ -3,26 +3,29 @@ package turn
 import (
 	"errors"
 	"net"
+	"strings"
 	"sync"
 	"time"
 
 	pturn "github.com/pion/turn/v5"
 )
 
-// quotas keeps every account's allocations and bandwidth. Accounts are
-// the tags of their credentials (pion's "user id"). pion asks admit
-// before it makes an allocation (refusing with 486), and the relay
-// address generator takes a slot in acquire when it opens the relay
-// socket, so the caps hold exactly even when requests race; closing the
-// socket gives the slot back.
+// quotas keeps the allocations and bandwidth of every account, every
+// requesting peer and every source IP. pion hands the server the user id
+// its AuthHandler returned (auth: "<tag>@<source>", see userID), whose
+// tag names the account and the peer the credentials were issued to, and
+// whose source is the client's IP (or IPv6 /64). pion asks admit before
+// it makes an allocation (refusing with 486), and the relay address
+// generator takes a slot in acquire when it opens the relay socket, so
+// the caps hold exactly even when requests race; closing the socket gives
+// the slot back.
 type quotas struct {
 	s        *Server
-	perAcct  int
 	maxTotal int
-	rate     float64 // bytes per second per account
+	caps     [kinds]shareCap
 
 	mu     sync.Mutex
-	accts  map[string]*acct
+	shares [kinds]map[string]*share
 	total  int
 	conns  map[*relayConn]struct{}
 	closed bool
@@ -31,9 +34,25 @@ type quotas struct {
 	ports   map[uint16]int // relay ports of open allocations
 }
 
-// acct is one account's share: its open allocations and a token bucket
-// of relayed bytes (burst: one second's worth).
-type acct struct {
+// The kinds of share every allocation counts against.
+const (
+	kindAccount = iota
+	kindPeer
+	kindIP
+	kinds
+)
+
+// shareCap is what one share of a kind may hold: open allocations, and
+// relayed bytes a second.
+type shareCap struct {
+	allocs int
+	rate   float64
+}
+
+// share is one account's, peer's or source IP's share: its open
+// allocations and a token bucket of relayed bytes (burst: one second's
+// worth).
+type share struct {
 	allocs int // guarded by quotas.mu
 
 	mu     sync.Mutex
@@ -43,15 +62,44 @@ type acct struct {
 	now    func() time.Time
 }
 
-func newQuotas(s *Server, perAcct, maxTotal int, rate float64) *quotas {
-	return &quotas{s: s, perAcct: perAcct, maxTotal: maxTotal, rate: rate, accts: map[string]*acct{}, conns: map[*relayConn]struct{}{}, ports: map[uint16]int{}}
+func newQuotas(s *Server, maxTotal int, caps [kinds]shareCap) *quotas {
+	q := &quotas{s: s, maxTotal: maxTotal, caps: caps, conns: map[*relayConn]struct{}{}, ports: map[uint16]int{}}
+	for k := range q.shares {
+		q.shares[k] = map[string]*share{}
+	}
+	return q
 }
 
-// admit reports whether tag may open one more allocation now.
-func (q *quotas) admit(tag string) bool {
+// userID is what the AuthHandler returns for a request: the credentials'
+// tag and the client's source, which pion hands back to admit and acquire
+// and matches against the allocation's for refreshes (the source is part
+// of the allocation's 5-tuple, so it never changes under it).
+func userID(tag, source string) string { return tag + "@" + source }
+
+// shareKeys splits a user id into the keys of its account, peer and
+// source shares.
+func shareKeys(user string) (keys [kinds]string, ok bool) {
+	tag, src, found := strings.Cut(user, "@")
+	if !found || src == "" {
+		return keys, false
+	}
+	acct, dev, ok := splitTag(tag)
+	if !ok {
+		return keys, false
+	}
+	keys[kindAccount], keys[kindPeer], keys[kindIP] = acct, dev, src
+	return keys, true
+}
+
+// admit reports whether user may open one more allocation now.
+func (q *quotas) admit(user string) bool {
+	keys, ok := shareKeys(user)
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	ok, reason := q.checkLocked(tag)
+	reason := AllocFailed
+	if ok {
+		ok, reason = q.checkLocked(keys)
+	}
 	if !ok {
 		q.s.stats.refused.Add(1)
 		q.s.tr.allocation(reason)
@@ -59,53 +107,68 @@ func (q *quotas) admit(tag string) bool {
 	return ok
 }
 
-func (q *quotas) checkLocked(tag string) (bool, string) {
+var refusedBy = [kinds]string{kindAccount: AllocAccountQuota, kindPeer: AllocPeerQuota, kindIP: AllocIPQuota}
+
+func (q *quotas) checkLocked(keys [kinds]string) (bool, string) {
 	if q.closed || q.total >= q.maxTotal {
 		return false, AllocRelayQuota
 	}
-	if a := q.accts[tag]; a != nil && a.allocs >= q.perAcct {
-		return false, AllocAccountQuota
+	for k, key := range keys {
+		if sh := q.shares[k][key]; sh != nil && sh.allocs >= q.caps[k].allocs {
+			return false, refusedBy[k]
+		}
 	}
 	return true, ""
 }
 
-// acquire takes an allocation slot for tag.
-func (q *quotas) acquire(tag string) (*acct, error) {
+// acquire takes an allocation slot for user, in each of its shares.
+func (q *quotas) acquire(user string) ([kinds]*share, error) {
+	var out [kinds]*share
+	keys, ok := shareKeys(user)
+	if !ok {
+		return out, ErrQuota
+	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if ok, reason := q.checkLocked(tag); !ok {
+	if ok, reason := q.checkLocked(keys); !ok {
 		q.s.stats.refused.Add(1)
 		q.s.tr.allocation(reason)
-		return nil, ErrQuota
+		return out, ErrQuota
 	}
-	a := q.accts[tag]
-	if a == nil {
-		now := q.s.cfg.now
-		a = &acct{tokens: q.rate, last: now(), rate: q.rate, now: now}
-		q.accts[tag] = a
+	for k, key := range keys {
+		sh := q.shares[k][key]
+		if sh == nil {
+			now := q.s.cfg.now
+			sh = &share{tokens: q.caps[k].rate, last: now(), rate: q.caps[k].rate, now: now}
+			q.shares[k][key] = sh
+		}
+		sh.allocs++
+		out[k] = sh
 	}
-	a.allocs++
 	q.total++
-	q.s.tr.allocations(q.total, len(q.accts))
-	return a, nil
+	q.s.tr.allocations(q.total, len(q.shares[kindAccount]))
+	return out, nil
 }
 
-// release gives back a slot of tag's.
-func (q *quotas) release(tag string, a *acct) {
+// release gives back a slot of user's.
+func (q *quotas) release(user string, shares [kinds]*share) {
+	keys, _ := shareKeys(user)
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	a.allocs--
-	q.total--
-	if a.allocs <= 0 && q.accts[tag] == a {
-		delete(q.accts, tag)
+	for k, sh := range shares {
+		sh.allocs--
+		if sh.allocs <= 0 && q.shares[k][keys[k]] == sh {
+			delete(q.shares[k], keys[k])
+		}
 	}
-	q.s.tr.allocations(q.total, len(q.accts))
+	q.total--
+	q.s.tr.allocations(q.total, len(q.shares[kindAccount]))
 }
 
-func (q *quotas) counts() (allocs, accounts int) {
+func (q *quotas) counts() (allocs, accounts, peers, sources int) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	return q.total, len(q.accts)
+	return q.total, len(q.shares[kindAccount]), len(q.shares[kindPeer]), len(q.shares[kindIP])
 }
 
 // track and untrack keep the open relay sockets, so Close can end them,
@@ -159,19 +222,41 @@ func (q *quotas) closeAll() {
 	}
 }
 
-// spend takes n bytes from the account's bucket; false: over its cap.
-func (a *acct) spend(n int) bool {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	now := a.now()
-	if el := now.Sub(a.last); el > 0 {
-		a.tokens = min(a.rate, a.tokens+el.Seconds()*a.rate)
-		a.last = now
+// take takes n bytes from the share's bucket; false: over its cap.
+func (sh *share) take(n float64) bool {
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	now := sh.now()
+	if el := now.Sub(sh.last); el > 0 {
+		sh.tokens = min(sh.rate, sh.tokens+el.Seconds()*sh.rate)
+		sh.last = now
 	}
-	if a.tokens < float64(n) {
+	if sh.tokens < n {
 		return false
 	}
-	a.tokens -= float64(n)
+	sh.tokens -= n
+	return true
+}
+
+// give puts back n bytes taken.
+func (sh *share) give(n float64) {
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	sh.tokens = min(sh.rate, sh.tokens+n)
+}
+
+// spend takes n bytes from every share of an allocation, or from none:
+// false means one of them is over its cap.
+func spend(shares [kinds]*share, n int) bool {
+	f := float64(n)
+	for i, sh := range shares {
+		if !sh.take(f) {
+			for _, back := range shares[:i] {
+				back.give(f)
+			}
+			return false
+		}
+	}
 	return true
 }
 
@@ -193,13 +278,13 @@ func (g *generator) AllocatePacketConn(conf pturn.AllocateListenerConfig) (net.P
 		// closed at once, never relays.
 		return g.inner.AllocatePacketConn(conf)
 	}
-	a, err := g.s.quota.acquire(conf.UserID)
+	shares, err := g.s.quota.acquire(conf.UserID)
 	if err != nil {
 		return nil, nil, err
 	}
 	conn, addr, err := g.inner.AllocatePacketConn(conf)
 	if err != nil {
-		g.s.quota.release(conf.UserID, a)
+		g.s.quota.release(conf.UserID, shares)
 		g.s.tr.allocation(AllocFailed)
 		return nil, nil, err
 	}
@@ -207,7 +292,7 @@ func (g *generator) AllocatePacketConn(conf pturn.AllocateListenerConfig) (net.P
 	if ua, ok := conn.LocalAddr().(*net.UDPAddr); ok {
 		port = uint16(ua.Port)
 	}
-	c := &relayConn{PacketConn: conn, s: g.s, tag: conf.UserID, acct: a, port: port, opened: time.Now()}
+	c := &relayConn{PacketConn: conn, s: g.s, user: conf.UserID, shares: shares, port: port, opened: time.Now()}
 	if !g.s.quota.track(c) {
 		_ = c.Close()
 		return nil, nil, ErrClosed
@@ -230,8 +315,8 @@ func (g *generator) AllocateConn(pturn.AllocateConnConfig) (net.Conn, error) {
 type relayConn struct {
 	net.PacketConn
 	s      *Server
-	tag    string
-	acct   *acct
+	user   string
+	shares [kinds]*share
 	port   uint16
 	opened time.Time
 	once   sync.Once
@@ -257,7 +342,7 @@ func (c *relayConn) WriteTo(p []byte, addr net.Addr) (int, error) {
 		c.s.peerRefused()
 		return len(p), nil // dropped, as a firewall would
 	}
-	if !c.acct.spend(len(p)) {
+	if !spend(c.shares, len(p)) {
 		c.s.stats.droppedBytes.Add(int64(len(p)))
 		c.s.tr.dropped(true, len(p))
 		return len(p), nil // dropped, as the network would
@@ -281,7 +366,7 @@ func (c *relayConn) ReadFrom(p []byte) (int, net.Addr, error) {
 			c.s.peerRefused()
 			continue
 		}
-		if !c.acct.spend(n) {
+		if !spend(c.shares, n) {
 			c.s.stats.droppedBytes.Add(int64(n))
 			c.s.tr.dropped(false, n)
 			continue
@@ -297,7 +382,7 @@ func (c *relayConn) Close() error {
 	err := c.PacketConn.Close()
 	c.once.Do(func() {
 		c.s.quota.untrack(c)
-		c.s.quota.release(c.tag, c.acct)
+		c.s.quota.release(c.user, c.shares)
 		c.s.tr.allocationClosed(time.Since(c.opened))
 	})
 	return err

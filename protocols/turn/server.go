@@ -19,6 +19,7 @@ import (
 	"github.com/pion/transport/v5/reuseport"
 	pturn "github.com/pion/turn/v5"
 
+	"github.com/kinmesh/kinmesh/protocols/netkit"
 	"github.com/kinmesh/kinmesh/protocols/pionlog"
 	"github.com/kinmesh/kinmesh/protocols/wire"
 )
@@ -42,6 +43,7 @@ type Server struct {
 	peers *peerPolicy
 
 	peerLim *limiter // credential requests per peer
+	ipLim   *limiter // credential requests per source IP (or IPv6 /64)
 	acctLim *limiter // credential requests per account
 
 	stats counters
@@ -67,8 +69,9 @@ type counters struct {
 
 // Stats are the server's counters since it started.
 type Stats struct {
-	// Allocations open now, and the accounts holding them.
-	Allocations, Accounts int
+	// Allocations open now, and the accounts, peers (the devices the
+	// credentials were issued to) and source IPs holding them.
+	Allocations, Accounts, Peers, Sources int
 	// AllocationsTotal were ever opened; Refused were refused for a quota.
 	AllocationsTotal, Refused int64
 	// Issued credentials.
@@ -95,10 +98,13 @@ type Stats struct {
 // runtime.NumCPU() sockets and TCP; relay ports DefaultRelayPortMin to
 // DefaultRelayPortMax; credentials good for DefaultCredentialTTL, refreshes
 // for DefaultRefreshGrace more; per account DefaultAccountAllocations
-// allocations and DefaultAccountBandwidth bytes a second; the relay
+// allocations and DefaultAccountBandwidth bytes a second, per requesting
+// peer DefaultPeerAllocations and DefaultPeerBandwidth, per source IP
+// DefaultIPAllocations and DefaultIPBandwidth; the relay
 // DefaultMaxAllocations allocations; per peer and per account
 // DefaultIssuesPerMinute credential requests a minute, bursts of
-// DefaultIssueBurst; relaying to globally reachable addresses only
+// DefaultIssueBurst, per source IP DefaultIPIssuesPerMinute, bursts of
+// DefaultIPIssueBurst; relaying to globally reachable addresses only
 // (WithAllowedPeers); the real clock; slog.Default(); no metrics;
 // credential streams cut after 10 s.
 func NewServer(h host.Host, secret []byte, public netip.Addr, opts ...Option) (*Server, error) {
@@ -128,10 +134,15 @@ func NewServer(h host.Host, secret []byte, public netip.Addr, opts ...Option) (*
 		tr:      tracer{cfg.tracer},
 		peers:   &peerPolicy{custom: cfg.peerOK, allow: cfg.allowPeers, own: ownAddrs(h, public, cfg.listen.Addr())},
 		peerLim: newLimiter(cfg.now, cfg.issueRate, cfg.issueBurst, cfg.maxTracked),
+		ipLim:   newLimiter(cfg.now, cfg.ipIssueRate, cfg.ipIssueBurst, cfg.maxTracked),
 		acctLim: newLimiter(cfg.now, cfg.issueRate, cfg.issueBurst, cfg.maxTracked),
 		ctx:     ctx, cancel: cancel,
 	}
-	s.quota = newQuotas(s, cfg.acctAllocs, cfg.maxAllocs, float64(cfg.acctBW))
+	s.quota = newQuotas(s, cfg.maxAllocs, [kinds]shareCap{
+		kindAccount: {cfg.acctAllocs, float64(cfg.acctBW)},
+		kindPeer:    {cfg.peerAllocs, float64(cfg.peerBW)},
+		kindIP:      {cfg.ipAllocs, float64(cfg.ipBW)},
+	})
 	s.tr.limits(cfg.acctAllocs, cfg.acctBW, cfg.maxAllocs)
 	if err := s.listen(); err != nil {
 		cancel()
@@ -243,8 +254,9 @@ func (s *Server) peerRefused() {
 }
 
 // auth is pion's AuthHandler: it checks a REST username's form and expiry
-// and returns the key MESSAGE-INTEGRITY must match, and the account tag
-// as the user id quotas are kept by.
+// and returns the key MESSAGE-INTEGRITY must match, and as the user id
+// quotas are kept by the tag (account and peer) and the client's source
+// IP (userID).
 func (s *Server) auth(ra *pturn.RequestAttributes) (string, []byte, bool) {
 	exp, tag, err := parseUsername(ra.Username)
 	if err != nil || ra.Realm != Realm {
@@ -261,7 +273,24 @@ func (s *Server) auth(ra *pturn.RequestAttributes) (string, []byte, bool) {
 		s.tr.auth(AuthExpired)
 		return "", nil, false
 	}
-	return tag, pturn.GenerateAuthKey(ra.Username, Realm, Password(s.secret, ra.Username)), true
+	src, ok := addrOf(ra.SrcAddr)
+	if !ok {
+		s.stats.authMalf.Add(1)
+		s.tr.auth(AuthMalformed)
+		return "", nil, false
+	}
+	return userID(tag, netkit.SourceKey(src)), pturn.GenerateAuthKey(ra.Username, Realm, Password(s.secret, ra.Username)), true
+}
+
+// addrOf is the IP address of a UDP or TCP client address.
+func addrOf(a net.Addr) (netip.Addr, bool) {
+	switch a := a.(type) {
+	case *net.UDPAddr:
+		return a.AddrPort().Addr().Unmap(), true
+	case *net.TCPAddr:
+		return a.AddrPort().Addr().Unmap(), true
+	}
+	return netip.Addr{}, false
 }
 
 // URLs returns the STUN and TURN URLs clients get with their credentials.
@@ -282,18 +311,25 @@ func (s *Server) TCPAddr() netip.AddrPort {
 }
 
 // Issue returns credentials for the account with Ed25519 key account, as
-// the credential protocol hands them out (for tests and for tools on the
-// relay itself).
+// the credential protocol hands them out to the relay's own peer (for
+// tests and for tools on the relay itself).
 func (s *Server) Issue(account ed25519.PublicKey) Credentials {
+	return s.IssueFor(account, s.h.ID())
+}
+
+// IssueFor returns credentials for the account with Ed25519 key account
+// as the credential protocol hands them out to device: allocations made
+// with them count against both the account's and the device's quotas.
+func (s *Server) IssueFor(account ed25519.PublicKey, device peer.ID) Credentials {
 	s.stats.issued.Add(1)
-	return issue(s.secret, account, s.cfg.now().Add(s.cfg.ttl), s.URLs())
+	return issue(s.secret, account, device, s.cfg.now().Add(s.cfg.ttl), s.URLs())
 }
 
 // Stats returns the server's counters.
 func (s *Server) Stats() Stats {
-	allocs, accts := s.quota.counts()
+	allocs, accts, peers, sources := s.quota.counts()
 	return Stats{
-		Allocations: allocs, Accounts: accts,
+		Allocations: allocs, Accounts: accts, Peers: peers, Sources: sources,
 		AllocationsTotal: s.stats.allocsTotal.Load(), Refused: s.stats.refused.Load(),
 		Issued:       s.stats.issued.Load(),
 		RelayedBytes: s.stats.relayedBytes.Load(), RelayedPackets: s.stats.relayedPackets.Load(),
@@ -344,7 +380,7 @@ func (s *Server) handle(st network.Stream) {
 	stop := context.AfterFunc(s.ctx, func() { _ = st.Reset() })
 	defer stop()
 	_ = st.SetDeadline(time.Now().Add(s.cfg.timeout))
-	r := s.serve(wire.NewReader(st), st.Conn().RemotePeer())
+	r := s.serve(wire.NewReader(st), st.Conn().RemotePeer(), netkit.MultiaddrSource(st.Conn().RemoteMultiaddr()))
 	s.tr.credentialRequest(r.code)
 	if err := wire.Write(st, encodeResponse(r), maxResponseFrame); err != nil {
 		_ = st.Reset()
@@ -353,8 +389,9 @@ func (s *Server) handle(st network.Stream) {
 	_ = st.Close()
 }
 
-// serve reads and answers a request from remote.
-func (s *Server) serve(rd *wire.Reader, remote peer.ID) response {
+// serve reads and answers a request from remote, connected from source
+// (netkit.MultiaddrSource).
+func (s *Server) serve(rd *wire.Reader, remote peer.ID, source string) response {
 	b, err := rd.ReadBytes(maxRequestFrame)
 	if err != nil {
 		if errors.Is(err, wire.ErrTooLarge) {
@@ -363,6 +400,9 @@ func (s *Server) serve(rd *wire.Reader, remote peer.ID) response {
 		return response{code: CodeMalformed}
 	}
 	if ok, wait := s.peerLim.take(string(remote)); !ok {
+		return response{code: CodeRateLimited, retryAfter: wait}
+	}
+	if ok, wait := s.ipLim.take(source); !ok {
 		return response{code: CodeRateLimited, retryAfter: wait}
 	}
 	req, code := decodeRequest(b)
@@ -381,6 +421,6 @@ func (s *Server) serve(rd *wire.Reader, remote peer.ID) response {
 	if ok, wait := s.acctLim.take(string(req.account[:])); !ok {
 		return response{code: CodeRateLimited, retryAfter: wait}
 	}
-	c := s.Issue(req.account[:])
+	c := s.IssueFor(req.account[:], remote)
 	return response{creds: &c, ttl: s.cfg.ttl}
 }

@@ -28,7 +28,7 @@ func TestCredentials(t *testing.T) {
 	if want := clk.Now().Add(DefaultCredentialTTL).Unix(); exp.Unix() != want {
 		t.Errorf("expiry %d, want %d", exp.Unix(), want)
 	}
-	if want := accountTag(s.secret, accountKey(t, id)); tag != want {
+	if want := accountTag(s.secret, accountKey(t, id), c.h.ID()); tag != want {
 		t.Errorf("tag %q, want %q", tag, want)
 	}
 	if strings.Contains(cr.Username, string(id.AccountID())[:10]) {

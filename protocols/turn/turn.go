@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
 )
 
 // ID is the credential protocol's id.
@@ -57,16 +59,45 @@ type Credentials struct {
 // tagEncoding renders account tags: lower-case base32, no padding.
 var tagEncoding = base32.NewEncoding("abcdefghijklmnopqrstuvwxyz234567").WithPadding(base32.NoPadding)
 
-// accountTag is the opaque, stable id an account has in this relay's TURN
-// usernames: base32 of the first 15 bytes of HMAC-SHA256(secret,
-// "kinmesh/turn/account/v1" || Ed25519 key). It travels in the clear in
-// every TURN request, so it is not the account id: only the relay that
-// issued it can tell whose it is.
-func accountTag(secret, account []byte) string {
+// Tag parts: a username's tag is base32 of tagAccountLen bytes that stand
+// for the account and tagPeerLen bytes that stand for the libp2p peer the
+// credentials were issued to.
+const (
+	tagAccountLen = 9
+	tagPeerLen    = 6
+)
+
+// accountTag is the opaque id credentials carry in their username: base32
+// of
+//
+//	HMAC-SHA256(secret, "kinmesh/turn/account/v1" || Ed25519 key)[:9]
+//	|| HMAC-SHA256(secret, "kinmesh/turn/peer/v1" || peer id)[:6]
+//
+// The first part is stable per account on one relay, the second per
+// requesting peer, so quotas hold per account and per peer across
+// credentials. It travels in the clear in every TURN request, so it is
+// neither the account id nor the peer id: only the relay that issued it
+// can tell whose it is.
+func accountTag(secret, account []byte, device peer.ID) string {
 	m := hmac.New(sha256.New, secret)
 	m.Write([]byte("kinmesh/turn/account/v1"))
 	m.Write(account)
-	return tagEncoding.EncodeToString(m.Sum(nil)[:15])
+	b := m.Sum(nil)[:tagAccountLen]
+	m = hmac.New(sha256.New, secret)
+	m.Write([]byte("kinmesh/turn/peer/v1"))
+	m.Write([]byte(device))
+	b = append(b, m.Sum(nil)[:tagPeerLen]...)
+	return tagEncoding.EncodeToString(b)
+}
+
+// splitTag returns the account and peer parts of a tag parseUsername
+// accepted, as opaque map keys.
+func splitTag(tag string) (account, device string, ok bool) {
+	b, err := tagEncoding.DecodeString(tag)
+	if err != nil || len(b) != tagAccountLen+tagPeerLen {
+		return "", "", false
+	}
+	return string(b[:tagAccountLen]), string(b[tagAccountLen:]), true
 }
 
 // Password returns the TURN REST API password of username under secret:
@@ -77,9 +108,10 @@ func Password(secret []byte, username string) string {
 	return base64.StdEncoding.EncodeToString(m.Sum(nil))
 }
 
-// issue returns credentials for account valid until expires.
-func issue(secret, account []byte, expires time.Time, urls []string) Credentials {
-	user := formatUsername(expires, accountTag(secret, account))
+// issue returns credentials for account, asked for by device, valid until
+// expires.
+func issue(secret, account []byte, device peer.ID, expires time.Time, urls []string) Credentials {
+	user := formatUsername(expires, accountTag(secret, account, device))
 	return Credentials{Username: user, Password: Password(secret, user), Expires: time.Unix(expires.Unix(), 0), URLs: urls}
 }
 
