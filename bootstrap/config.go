@@ -131,10 +131,24 @@ type Config struct {
 	// UTC day (defaults 20 reports, 10 feedback and support requests).
 	ReportsPerDay  int `toml:"reports_per_day"`
 	FeedbackPerDay int `toml:"feedback_per_day"`
-	// ReportMaxItems, ReportMaxBytes: caps on both queues together
-	// (defaults 10000 items, 256 MiB).
+	// ReportMaxItems, ReportMaxBytes: caps on the report queue (defaults
+	// 10000 items, 256 MiB).
 	ReportMaxItems int   `toml:"report_max_items"`
 	ReportMaxBytes int64 `toml:"report_max_bytes"`
+	// FeedbackMaxItems, FeedbackMaxBytes: caps on the feedback queue
+	// (feedback and support requests), apart from the report queue so
+	// feedback can't crowd out reports (defaults 2000 items, 64 MiB).
+	FeedbackMaxItems int   `toml:"feedback_max_items"`
+	FeedbackMaxBytes int64 `toml:"feedback_max_bytes"`
+	// ReportUrgentReserve: percent of the report queue only urgent
+	// reports (child safety, self-harm, violence) may fill (default 20;
+	// -1 none).
+	ReportUrgentReserve int `toml:"report_urgent_reserve"`
+	// ReportPeerShare, ReportIPShare: percent of each queue what one peer,
+	// and what one IP address (one IPv6 /64), submitted may hold at once
+	// (defaults 2 and 10).
+	ReportPeerShare int `toml:"report_peer_share"`
+	ReportIPShare   int `toml:"report_ip_share"`
 
 	// Phone verification and contact discovery (/kinmesh/discovery/1.0.0,
 	// see docs/protocol/discovery.md and docs/operator-guide.md#sms-gateways).

@@ -41,6 +41,9 @@ func (c *Config) applyReportDefaults() error {
 		{"reports_per_day", &c.ReportsPerDay, report.DefaultReportsPerDay},
 		{"feedback_per_day", &c.FeedbackPerDay, report.DefaultFeedbackPerDay},
 		{"report_max_items", &c.ReportMaxItems, report.DefaultMaxItems},
+		{"feedback_max_items", &c.FeedbackMaxItems, report.DefaultFeedbackMaxItems},
+		{"report_peer_share", &c.ReportPeerShare, report.DefaultPeerShare},
+		{"report_ip_share", &c.ReportIPShare, report.DefaultIPShare},
 	} {
 		if *f.p < 0 {
 			return fmt.Errorf("%w: %s must be positive, got %d", ErrConfig, f.name, *f.p)
@@ -49,11 +52,34 @@ func (c *Config) applyReportDefaults() error {
 			*f.p = f.def
 		}
 	}
-	if c.ReportMaxBytes == 0 {
-		c.ReportMaxBytes = report.DefaultMaxBytes
+	for _, f := range []struct {
+		name string
+		p    *int64
+		def  int64
+	}{
+		{"report_max_bytes", &c.ReportMaxBytes, report.DefaultMaxBytes},
+		{"feedback_max_bytes", &c.FeedbackMaxBytes, report.DefaultFeedbackMaxBytes},
+	} {
+		if *f.p == 0 {
+			*f.p = f.def
+		}
+		if *f.p < report.MaxSubmissionSize {
+			return fmt.Errorf("%w: %s must be at least %d (one submission), got %d", ErrConfig, f.name, report.MaxSubmissionSize, *f.p)
+		}
 	}
-	if c.ReportMaxBytes < report.MaxSubmissionSize {
-		return fmt.Errorf("%w: report_max_bytes must be at least %d (one submission), got %d", ErrConfig, report.MaxSubmissionSize, c.ReportMaxBytes)
+	for _, f := range []struct {
+		name string
+		v    int
+	}{{"report_peer_share", c.ReportPeerShare}, {"report_ip_share", c.ReportIPShare}} {
+		if f.v > 100 {
+			return fmt.Errorf("%w: %s is a percentage of a queue: want 1 to 100, got %d", ErrConfig, f.name, f.v)
+		}
+	}
+	switch {
+	case c.ReportUrgentReserve == 0:
+		c.ReportUrgentReserve = report.DefaultUrgentReserve
+	case c.ReportUrgentReserve < -1 || c.ReportUrgentReserve > 90:
+		return fmt.Errorf("%w: report_urgent_reserve is a percentage of the report queue: want 1 to 90, or -1 for none, got %d", ErrConfig, c.ReportUrgentReserve)
 	}
 	if c.ReportRetention == 0 {
 		c.ReportRetention = Duration(report.DefaultRetention)
@@ -73,6 +99,9 @@ func (r *Relay) startReport() error {
 		report.WithRetention(time.Duration(r.cfg.ReportRetention)),
 		report.WithDailyQuota(r.cfg.ReportsPerDay, r.cfg.FeedbackPerDay),
 		report.WithQueueLimits(r.cfg.ReportMaxItems, r.cfg.ReportMaxBytes),
+		report.WithFeedbackLimits(r.cfg.FeedbackMaxItems, r.cfg.FeedbackMaxBytes),
+		report.WithUrgentReserve(max(r.cfg.ReportUrgentReserve, 0)),
+		report.WithSourceShares(r.cfg.ReportPeerShare, r.cfg.ReportIPShare),
 	)
 	if err != nil {
 		return fmt.Errorf("start report service: %w", err)

@@ -29,24 +29,35 @@ reports_per_day = 5
 feedback_per_day = 3
 report_max_items = 100
 report_max_bytes = 10485760
+feedback_max_items = 50
+feedback_max_bytes = 5242880
+report_urgent_reserve = 30
+report_peer_share = 4
+report_ip_share = 12
 `), 0o600)
 	c, err := LoadConfigFile(path)
 	if err != nil {
 		t.Fatalf("LoadConfigFile: %v", err)
 	}
-	if c.ReportRetention != Duration(240*time.Hour) || c.ReportsPerDay != 5 || c.FeedbackPerDay != 3 || c.ReportMaxItems != 100 || c.ReportMaxBytes != 10<<20 {
+	if c.ReportRetention != Duration(240*time.Hour) || c.ReportsPerDay != 5 || c.FeedbackPerDay != 3 || c.ReportMaxItems != 100 || c.ReportMaxBytes != 10<<20 ||
+		c.FeedbackMaxItems != 50 || c.FeedbackMaxBytes != 5<<20 || c.ReportUrgentReserve != 30 || c.ReportPeerShare != 4 || c.ReportIPShare != 12 {
 		t.Fatalf("report settings %+v", c)
 	}
 	d := Config{DataDir: "x"}
 	if err := d.applyDefaults(); err != nil {
 		t.Fatal(err)
 	}
-	if d.ReportRetention != Duration(report.DefaultRetention) || d.ReportsPerDay != report.DefaultReportsPerDay || d.ReportMaxBytes != report.DefaultMaxBytes {
+	if d.ReportRetention != Duration(report.DefaultRetention) || d.ReportsPerDay != report.DefaultReportsPerDay || d.ReportMaxBytes != report.DefaultMaxBytes ||
+		d.FeedbackMaxItems != report.DefaultFeedbackMaxItems || d.FeedbackMaxBytes != report.DefaultFeedbackMaxBytes ||
+		d.ReportUrgentReserve != report.DefaultUrgentReserve || d.ReportPeerShare != report.DefaultPeerShare || d.ReportIPShare != report.DefaultIPShare {
 		t.Fatalf("defaults not applied: %+v", d)
 	}
 	for _, bad := range []Config{
 		{DataDir: "x", ReportsPerDay: -1},
 		{DataDir: "x", ReportMaxBytes: 100},
+		{DataDir: "x", FeedbackMaxBytes: 100},
+		{DataDir: "x", ReportPeerShare: 101},
+		{DataDir: "x", ReportUrgentReserve: 95},
 		{DataDir: "x", ReportRetention: Duration(time.Minute)},
 	} {
 		if _, err := New(bad); !errors.Is(err, ErrConfig) {

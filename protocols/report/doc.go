@@ -24,10 +24,14 @@
 // the report queue, feedback and support requests in the feedback queue,
 // each item kept for the retention period (default 30 days) unless the
 // operator marks it done first (Done deletes it). Refused submissions are
-// not stored at all. Limits: a token bucket per peer on requests, a quota
-// per reporter account and UTC day per kind (reports; feedback and
-// support together), caps on the queues' items and bytes, size caps on
-// every field. A retried submission (same reporter, same submission id)
+// not stored at all. Limits: token buckets on requests per peer and per
+// source IP address, a quota per reporter account and UTC day per kind
+// (reports; feedback and support together), caps on each queue's items
+// and bytes — the feedback queue apart from the report queue, and part of
+// the report queue reserved for urgent reports (child safety, self-harm,
+// violence) — a share of each queue per peer and per IP address
+// (identities and peer ids are free: the connection's peer and address
+// bound one source), size caps on every field. A retried submission (same reporter, same submission id)
 // is answered with the item the relay already holds and counted once.
 // Operators read the queues with List and Get (bootstrap serves them on
 // the relay's loopback ops endpoint and `kinmesh relay reports|feedback`

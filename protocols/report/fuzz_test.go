@@ -159,14 +159,14 @@ func FuzzServe(f *testing.F) {
 		f.Fatal(err)
 	}
 	defer st.Close()
-	svc, err := newService(peer.ID("relay"), st, WithLogger(discard), WithRequestRate(1<<20, 1<<20))
+	svc, err := newService(peer.ID("relay"), st, WithLogger(discard), WithRequestRate(1<<20, 1<<20), WithIPRequestRate(1<<20, 1<<20))
 	if err != nil {
 		f.Fatal(err)
 	}
 	defer svc.Close()
 	f.Fuzz(func(t *testing.T, b []byte) {
 		ms := &memStream{in: bytes.NewReader(b)}
-		_ = svc.serve(context.Background(), ms, nil, peer.ID("client"))
+		_ = svc.serve(context.Background(), ms, nil, source{peer: "client", ip: "fuzz"})
 		rd := wire.NewReader(&ms.out)
 		for {
 			frame, err := rd.ReadBytes(maxResponseFrame)

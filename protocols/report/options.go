@@ -20,14 +20,39 @@ const (
 	DefaultReportsPerDay  = 20
 	DefaultFeedbackPerDay = 10
 
-	// DefaultMaxItems and DefaultMaxBytes cap the relay's queues together.
+	// DefaultMaxItems and DefaultMaxBytes cap the relay's report queue.
 	DefaultMaxItems = 10_000
 	DefaultMaxBytes = 256 << 20
+
+	// DefaultFeedbackMaxItems and DefaultFeedbackMaxBytes cap its
+	// feedback queue (feedback and support requests), apart from the
+	// report queue, so feedback can't crowd out reports.
+	DefaultFeedbackMaxItems = 2_000
+	DefaultFeedbackMaxBytes = 64 << 20
+
+	// DefaultUrgentReserve is the percentage of the report queue (items
+	// and bytes) kept for urgent reports (Reason.Urgent: child safety,
+	// self-harm, violence): other reports may fill the rest only.
+	DefaultUrgentReserve = 20
+
+	// DefaultPeerShare and DefaultIPShare are the percentages of each
+	// queue (items and bytes) that the submissions of one peer, and of
+	// one IP address (one IPv6 /64), may hold at once. Identities and
+	// peer ids are free, so the connection's peer and address are what
+	// bound one source.
+	DefaultPeerShare = 2
+	DefaultIPShare   = 10
 
 	// DefaultRequestsPerMinute and DefaultRequestBurst: submissions one
 	// peer may start.
 	DefaultRequestsPerMinute = 10
 	DefaultRequestBurst      = 10
+
+	// DefaultIPRequestsPerMinute and DefaultIPRequestBurst: submissions
+	// all peers connecting from one IP address (one IPv6 /64) may start
+	// together.
+	DefaultIPRequestsPerMinute = 30
+	DefaultIPRequestBurst      = 30
 
 	// DefaultMaxTracked bounds the peers whose rate buckets the relay
 	// tracks at once.
@@ -44,9 +69,11 @@ type config struct {
 
 	retention                     time.Duration
 	reportsPerDay, feedbackPerDay int
-	maxItems                      int
-	maxBytes                      int64
+	caps                          [queues]queueCap
+	urgentReserve                 int     // percent of the report queue
+	peerShare, ipShare            int     // percent of each queue
 	rate, burst                   float64 // per second, per peer
+	ipRate, ipBurst               float64 // per second, per source IP
 	maxTracked                    int
 	timeout                       time.Duration // whole stream
 	maxVerify                     int           // submissions verified and stored at once
@@ -58,13 +85,20 @@ func defaultConfig() config {
 		retention:      DefaultRetention,
 		reportsPerDay:  DefaultReportsPerDay,
 		feedbackPerDay: DefaultFeedbackPerDay,
-		maxItems:       DefaultMaxItems,
-		maxBytes:       DefaultMaxBytes,
-		rate:           DefaultRequestsPerMinute / 60.0,
-		burst:          DefaultRequestBurst,
-		maxTracked:     DefaultMaxTracked,
-		timeout:        30 * time.Second,
-		maxVerify:      4,
+		caps: [queues]queueCap{
+			QueueReports:  {DefaultMaxItems, DefaultMaxBytes},
+			QueueFeedback: {DefaultFeedbackMaxItems, DefaultFeedbackMaxBytes},
+		},
+		urgentReserve: DefaultUrgentReserve,
+		peerShare:     DefaultPeerShare,
+		ipShare:       DefaultIPShare,
+		rate:          DefaultRequestsPerMinute / 60.0,
+		burst:         DefaultRequestBurst,
+		ipRate:        DefaultIPRequestsPerMinute / 60.0,
+		ipBurst:       DefaultIPRequestBurst,
+		maxTracked:    DefaultMaxTracked,
+		timeout:       30 * time.Second,
+		maxVerify:     4,
 	}
 }
 
@@ -127,15 +161,63 @@ func WithDailyQuota(reports, feedback int) Option {
 	}
 }
 
-// WithQueueLimits caps how many items and how many bytes of submissions
-// the relay holds in both queues together. Beyond them submissions fail
-// with ErrQueueFull until the operator marks items done or they expire.
+// WithQueueLimits caps how many items and how many bytes of reports the
+// relay holds in its report queue (defaults DefaultMaxItems,
+// DefaultMaxBytes). Beyond them submissions fail with ErrQueueFull until
+// the operator marks items done or they expire; reports that are not
+// urgent fail once they would reach into the urgent reserve
+// (WithUrgentReserve).
 func WithQueueLimits(items int, bytes int64) Option {
 	return func(c *config) error {
 		if items <= 0 || bytes < MaxSubmissionSize {
 			return fmt.Errorf("report: queue limits %d items, %d bytes: want at least 1 item and %d bytes", items, bytes, MaxSubmissionSize)
 		}
-		c.maxItems, c.maxBytes = items, bytes
+		c.caps[QueueReports] = queueCap{items, bytes}
+		return nil
+	}
+}
+
+// WithFeedbackLimits caps how many items and how many bytes of feedback
+// and support requests the relay holds in its feedback queue (defaults
+// DefaultFeedbackMaxItems, DefaultFeedbackMaxBytes), apart from the report
+// queue. Beyond them submissions fail with ErrQueueFull.
+func WithFeedbackLimits(items int, bytes int64) Option {
+	return func(c *config) error {
+		if items <= 0 || bytes < MaxSubmissionSize {
+			return fmt.Errorf("report: feedback limits %d items, %d bytes: want at least 1 item and %d bytes", items, bytes, MaxSubmissionSize)
+		}
+		c.caps[QueueFeedback] = queueCap{items, bytes}
+		return nil
+	}
+}
+
+// WithUrgentReserve sets the percentage of the report queue, items and
+// bytes, that only urgent reports (Reason.Urgent) may fill (default
+// DefaultUrgentReserve; 0 for none): when the queue is nearly full, a
+// report of a child in danger still gets in.
+func WithUrgentReserve(percent int) Option {
+	return func(c *config) error {
+		if percent < 0 || percent > 90 {
+			return fmt.Errorf("report: urgent reserve %d%%: want 0 to 90", percent)
+		}
+		c.urgentReserve = percent
+		return nil
+	}
+}
+
+// WithSourceShares sets the percentages of each queue, items and bytes,
+// that what one peer and what one IP address (one IPv6 /64) submitted may
+// hold at once (defaults DefaultPeerShare, DefaultIPShare). A source
+// always has room for one item. Beyond its share a source's submissions
+// fail with ErrQueueFull until the operator marks its items done or they
+// expire. The shares are kept in memory: after a restart they count only
+// what was submitted since.
+func WithSourceShares(peerPercent, ipPercent int) Option {
+	return func(c *config) error {
+		if peerPercent < 1 || peerPercent > 100 || ipPercent < 1 || ipPercent > 100 {
+			return fmt.Errorf("report: source shares %d%% per peer, %d%% per IP: want 1 to 100", peerPercent, ipPercent)
+		}
+		c.peerShare, c.ipShare = peerPercent, ipPercent
 		return nil
 	}
 }
@@ -149,6 +231,20 @@ func WithRequestRate(perMinute, burst int) Option {
 			return fmt.Errorf("report: request rate %d, burst %d: want both at least 1", perMinute, burst)
 		}
 		c.rate, c.burst = float64(perMinute)/60, float64(burst)
+		return nil
+	}
+}
+
+// WithIPRequestRate sets how many submissions all peers connecting from
+// one IP address (one IPv6 /64) may start per minute together, and how
+// many at once (defaults DefaultIPRequestsPerMinute,
+// DefaultIPRequestBurst). Beyond it requests fail with ErrRateLimited.
+func WithIPRequestRate(perMinute, burst int) Option {
+	return func(c *config) error {
+		if perMinute <= 0 || burst <= 0 {
+			return fmt.Errorf("report: IP request rate %d, burst %d: want both at least 1", perMinute, burst)
+		}
+		c.ipRate, c.ipBurst = float64(perMinute)/60, float64(burst)
 		return nil
 	}
 }

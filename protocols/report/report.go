@@ -186,6 +186,13 @@ func (r *Reason) UnmarshalText(b []byte) error {
 
 func (r Reason) valid() bool { return r > 0 && int(r) < len(reasonNames) }
 
+// Urgent reports whether reports for r may use the report queue's urgent
+// reserve (WithUrgentReserve): child safety, self-harm and violence, where
+// someone may be in danger.
+func (r Reason) Urgent() bool {
+	return r == ReasonChildSafety || r == ReasonSelfHarm || r == ReasonViolence
+}
+
 // DisclosedMessage is a message the reporter chose to disclose, as its
 // device shows it (decrypted by the reporter). The relay cannot check it:
 // kinmesh messages are deniable, so a disclosed message is the reporter's

@@ -39,6 +39,26 @@ const (
 	feedbackPfx = "f/"
 )
 
+// queues sizes arrays indexed by Queue.
+const queues = QueueFeedback + 1
+
+// queueCap is what a queue may hold.
+type queueCap struct {
+	items int
+	bytes int64
+}
+
+// maxStoredItem bounds a stored item's encoding: a submit frame's worth,
+// and the nonce and time.
+const maxStoredItem = maxSubmitFrame + 256
+
+// source is where a submission came from: the connection's peer and its
+// IP address (netkit.MultiaddrSource). Kept in memory only, for the
+// per-source shares of the queues.
+type source struct {
+	peer, ip string
+}
+
 func queuePrefix(q Queue) string {
 	if q == QueueReports {
 		return reportsPfx
@@ -57,14 +77,15 @@ type Service struct {
 	cfg   config
 	log   *slog.Logger
 	tr    tracer
-	lim   *limiter
+	lim   *limiter      // submissions per peer
+	ipLim *limiter      // submissions per source IP
 	sem   chan struct{} // submissions being verified and stored
 
 	// mu serializes accepting submissions (retry check, quota, queue
 	// caps, sequence number and the write) and marking items done.
 	mu    sync.Mutex
 	seq   uint64
-	items map[string]queued // item key → size and expiry
+	items map[string]queued // item key → size, expiry and source
 
 	ctx       context.Context // cancelled by Close
 	cancel    context.CancelFunc
@@ -75,6 +96,7 @@ type Service struct {
 type queued struct {
 	size    int
 	expires time.Time
+	src     source // zero for items loaded at start
 }
 
 // NewService starts serving /kinmesh/report/1.0.0 on h, keeping the queues
@@ -84,11 +106,16 @@ type queued struct {
 // Defaults (see the Option functions): the real clock; slog.Default(); no
 // metrics; items kept DefaultRetention (30 days) unless marked done;
 // DefaultReportsPerDay reports and DefaultFeedbackPerDay feedback or
-// support requests per account and UTC day; queues capped at
-// DefaultMaxItems items and DefaultMaxBytes bytes together; per peer
-// DefaultRequestsPerMinute submissions a minute, bursts of
-// DefaultRequestBurst; DefaultMaxTracked peers tracked; streams cut after
-// 30 s; four submissions verified at once.
+// support requests per account and UTC day; the report queue capped at
+// DefaultMaxItems items and DefaultMaxBytes bytes, DefaultUrgentReserve
+// percent of it kept for urgent reports; the feedback queue capped apart
+// at DefaultFeedbackMaxItems and DefaultFeedbackMaxBytes; one peer's
+// submissions holding at most DefaultPeerShare percent of a queue, one IP
+// address's DefaultIPShare; per peer DefaultRequestsPerMinute
+// submissions a minute, bursts of DefaultRequestBurst, per IP address
+// DefaultIPRequestsPerMinute, bursts of DefaultIPRequestBurst;
+// DefaultMaxTracked peers and addresses tracked; streams cut after 30 s;
+// four submissions verified at once.
 func NewService(h host.Host, st *storage.Store, opts ...Option) (*Service, error) {
 	if h == nil || st == nil {
 		return nil, errors.New("report: NewService needs a host and a store")
@@ -123,6 +150,7 @@ func newService(local peer.ID, st *storage.Store, opts ...Option) (*Service, err
 		log:    cfg.logger.With("component", "report"),
 		tr:     tracer{cfg.tracer},
 		lim:    newLimiter(cfg.now, cfg.rate, cfg.burst, cfg.maxTracked),
+		ipLim:  newLimiter(cfg.now, cfg.ipRate, cfg.ipBurst, cfg.maxTracked),
 		sem:    make(chan struct{}, cfg.maxVerify),
 		items:  map[string]queued{},
 		ctx:    ctx,
@@ -182,7 +210,10 @@ func (s *Service) Close() error {
 }
 
 func (s *Service) handle(st network.Stream) {
-	s.streams.Handle(s.ctx, st, ServiceName, s.log, s.serve)
+	ip := netkit.MultiaddrSource(st.Conn().RemoteMultiaddr())
+	s.streams.Handle(s.ctx, st, ServiceName, s.log, func(ctx context.Context, ns netkit.Stream, scope netkit.MemScope, remote peer.ID) error {
+		return s.serve(ctx, ns, scope, source{peer: string(remote), ip: ip})
+	})
 }
 
 func (s *Service) reply(st netkit.Stream, r response) error {
@@ -195,9 +226,9 @@ func (s *Service) refuse(st netkit.Stream, code Code) error {
 	return s.reply(st, response{code: code})
 }
 
-// serve runs the one submission a stream carries: hello, challenge,
-// signed submission, answer.
-func (s *Service) serve(ctx context.Context, st netkit.Stream, scope netkit.MemScope, remote peer.ID) error {
+// serve runs the one submission a stream carries, from src: hello,
+// challenge, signed submission, answer.
+func (s *Service) serve(ctx context.Context, st netkit.Stream, scope netkit.MemScope, src source) error {
 	if err := st.SetDeadline(time.Now().Add(s.cfg.timeout)); err != nil {
 		return err
 	}
@@ -212,7 +243,11 @@ func (s *Service) serve(ctx context.Context, st netkit.Stream, scope netkit.MemS
 	if req, code := decodeRequest(b); code != CodeOK || req.kind != reqHello {
 		return s.refuse(st, CodeMalformed)
 	}
-	if ok, wait := s.lim.take(string(remote)); !ok {
+	if ok, wait := s.lim.take(src.peer); !ok {
+		s.tr.submission(0, CodeRateLimited)
+		return s.reply(st, response{code: CodeRateLimited, retryAfter: wait})
+	}
+	if ok, wait := s.ipLim.take(src.ip); !ok {
 		s.tr.submission(0, CodeRateLimited)
 		return s.reply(st, response{code: CodeRateLimited, retryAfter: wait})
 	}
@@ -251,15 +286,15 @@ func (s *Service) serve(ctx context.Context, st netkit.Stream, scope netkit.MemS
 	if req.kind == reqPurge {
 		r = s.purge(ctx, req, nonce)
 	} else {
-		r = s.accept(ctx, req, nonce)
+		r = s.accept(ctx, req, nonce, src)
 	}
 	<-s.sem
 	return s.reply(st, r)
 }
 
-// accept verifies a submission and queues it. Nothing is stored unless
-// every check passes.
-func (s *Service) accept(ctx context.Context, req request, nonce []byte) response {
+// accept verifies a submission from src and queues it. Nothing is stored
+// unless every check passes.
+func (s *Service) accept(ctx context.Context, req request, nonce []byte, src source) response {
 	id, err := e2ee.ParsePublicIdentity(req.identity)
 	if err != nil {
 		return s.refused(0, CodeMalformed, "identity", err)
@@ -278,7 +313,7 @@ func (s *Service) accept(ctx context.Context, req request, nonce []byte) respons
 	if sub.Kind == KindReport && sub.Reported == reporter {
 		return s.refused(sub.Kind, CodeMalformed, "self-report", nil)
 	}
-	rec, code, err := s.store1(ctx, sub, req, nonce, id.Sign)
+	rec, code, err := s.store1(ctx, sub, req, nonce, id.Sign, src)
 	if err != nil {
 		s.log.Warn("store submission", "err", err)
 		return s.refused(sub.Kind, CodeUnavailable, "store", err)
@@ -296,9 +331,10 @@ func (s *Service) refused(k Kind, code Code, what string, err error) response {
 	return response{code: code}
 }
 
-// store1 stores one verified submission, unless it is a retry, or the
-// reporter's quota or the queue's caps forbid.
-func (s *Service) store1(ctx context.Context, sub Submission, req request, nonce, reporterKey []byte) (*Receipt, Code, error) {
+// store1 stores one verified submission from src, unless it is a retry,
+// or the reporter's quota, the queue's caps or src's share of the queue
+// forbid.
+func (s *Service) store1(ctx context.Context, sub Submission, req request, nonce, reporterKey []byte, src source) (*Receipt, Code, error) {
 	retryKey := s.retryKey(reporterKey, sub.ID)
 	class := byte('r')
 	limit := s.cfg.reportsPerDay
@@ -330,7 +366,7 @@ func (s *Service) store1(ctx context.Context, sub Submission, req request, nonce
 	}
 	it := &storedItem{submission: req.submission, identity: req.identity, sig: req.sig, nonce: nonce, received: now}
 	val := it.encode()
-	if !s.roomFor(now, len(val)) {
+	if !s.roomFor(now, len(val), sub.Kind.Queue(), sub.Kind == KindReport && sub.Reason.Urgent(), src) {
 		return nil, CodeQueueFull, nil
 	}
 	seq := s.seq + 1
@@ -357,7 +393,7 @@ func (s *Service) store1(ctx context.Context, sub Submission, req request, nonce
 		return nil, CodeUnavailable, err
 	}
 	s.seq = seq
-	s.items[key] = queued{size: len(val), expires: now.Add(s.cfg.retention)}
+	s.items[key] = queued{size: len(val), expires: now.Add(s.cfg.retention), src: src}
 	s.traceQueuesLocked(now)
 	return &Receipt{ID: itemID(seq)}, CodeOK, nil
 }
@@ -414,10 +450,46 @@ func (s *Service) count(ctx context.Context, key string) (int, error) {
 }
 
 // roomFor forgets expired items and reports whether one more of size
-// bytes fits the queue caps. Called with mu held.
-func (s *Service) roomFor(now time.Time, size int) bool {
-	items, bytes := s.pruneLocked(now)
-	return items+1 <= s.cfg.maxItems && bytes+int64(size) <= s.cfg.maxBytes
+// bytes from src fits queue q: its caps (less the urgent reserve, for a
+// report that is not urgent), and src's peer and IP shares of it. Called
+// with mu held.
+func (s *Service) roomFor(now time.Time, size int, q Queue, urgent bool, src source) bool {
+	s.pruneLocked(now)
+	pfx := queuePrefix(q)
+	var all, peer, ip queueCap
+	for k, it := range s.items {
+		if k[:2] != pfx {
+			continue
+		}
+		all.add(it.size)
+		if src.peer != "" && it.src.peer == src.peer {
+			peer.add(it.size)
+		}
+		if src.ip != "" && it.src.ip == src.ip {
+			ip.add(it.size)
+		}
+	}
+	c := s.cfg.caps[q]
+	limit := c
+	if q == QueueReports && !urgent {
+		limit = queueCap{c.items - c.items*s.cfg.urgentReserve/100, c.bytes - c.bytes*int64(s.cfg.urgentReserve)/100}
+	}
+	return all.fits(limit, size) && peer.fits(c.share(s.cfg.peerShare), size) && ip.fits(c.share(s.cfg.ipShare), size)
+}
+
+func (u *queueCap) add(size int) {
+	u.items++
+	u.bytes += int64(size)
+}
+
+// fits reports whether one more item of size bytes keeps u within limit.
+func (u queueCap) fits(limit queueCap, size int) bool {
+	return u.items+1 <= limit.items && u.bytes+int64(size) <= limit.bytes
+}
+
+// share is percent of c, but room for one item at least.
+func (c queueCap) share(percent int) queueCap {
+	return queueCap{max(1, c.items*percent/100), max(maxStoredItem, c.bytes*int64(percent)/100)}
 }
 
 // pruneLocked drops expired items from the accounting (the store's sweep

@@ -244,12 +244,13 @@ func TestDailyQuota(t *testing.T) {
 	}
 }
 
-// TestQueueFullAndDone: the relay refuses beyond its queue cap; marking
-// an item done deletes it and makes room.
+// TestQueueFullAndDone: the relay refuses beyond its report queue's cap
+// (feedback does not count against it); marking an item done deletes it
+// and makes room.
 func TestQueueFullAndDone(t *testing.T) {
 	clk := newClock()
 	reg := prometheus.NewRegistry()
-	r := startRelay(t, clk, WithQueueLimits(2, DefaultMaxBytes), WithMetricsTracer(NewMetricsTracer(reg)))
+	r := startRelay(t, clk, WithQueueLimits(2, DefaultMaxBytes), WithSourceShares(100, 100), WithMetricsTracer(NewMetricsTracer(reg)))
 	alice, mallory := newIdentity(t), newIdentity(t)
 	c := newClient(t, r)
 	first, err := c.Submit(testCtx(t), r.ID(), alice, reportOf(mallory.AccountID(), clk.Now()))
@@ -259,8 +260,11 @@ func TestQueueFullAndDone(t *testing.T) {
 	if _, err := c.Submit(testCtx(t), r.ID(), alice, feedbackOf(KindFeedback, "x", clk.Now())); err != nil {
 		t.Fatal(err)
 	}
+	if _, err := c.Submit(testCtx(t), r.ID(), alice, reportOf(mallory.AccountID(), clk.Now())); err != nil {
+		t.Fatalf("second report: %v", err)
+	}
 	if _, err := c.Submit(testCtx(t), r.ID(), alice, reportOf(mallory.AccountID(), clk.Now())); !errors.Is(err, ErrQueueFull) {
-		t.Fatalf("third item: %v, want ErrQueueFull", err)
+		t.Fatalf("third report: %v, want ErrQueueFull", err)
 	}
 	if err := r.svc.Done(context.Background(), QueueFeedback, first.ID); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("Done of a report id in the feedback queue: %v, want ErrNotFound", err)
@@ -281,10 +285,10 @@ func TestQueueFullAndDone(t *testing.T) {
 		metric string
 		want   float64
 	}{
-		{`kinmesh_report_submissions_total{kind="report",result="ok"}`, 2},
+		{`kinmesh_report_submissions_total{kind="report",result="ok"}`, 3},
 		{`kinmesh_report_submissions_total{kind="report",result="queue_full"}`, 1},
 		{`kinmesh_report_done_total{queue="reports"}`, 1},
-		{`kinmesh_report_queue_items{queue="reports"}`, 1},
+		{`kinmesh_report_queue_items{queue="reports"}`, 2},
 		{`kinmesh_report_queue_items{queue="feedback"}`, 1},
 	} {
 		if got := metricValue(t, reg, tc.metric); got != tc.want {
