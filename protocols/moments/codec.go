@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/kinmesh/kinmesh/protocols/blobs"
@@ -53,7 +54,19 @@ type request struct {
 	limit    int               // backfill
 }
 
+// decodeRequest decodes and shape-checks one client frame. Entry counts
+// are checked on the wire first (wire.CountRepeated): decoding gives every
+// frame of a Keep a slice header (24 bytes for 2 bytes of request), so a
+// request within its size cap but full of empty frames would take many
+// times the memory reserved for it.
 func decodeRequest(b []byte) (request, Code) {
+	frames, ok := scanRequest(b)
+	switch {
+	case !ok:
+		return request{}, CodeMalformed
+	case frames > MaxKeepFrames:
+		return request{kind: reqKeep}, CodeTooLarge
+	}
 	var m pb.Request
 	if err := proto.Unmarshal(b, &m); err != nil {
 		return request{}, CodeMalformed
@@ -62,7 +75,7 @@ func decodeRequest(b []byte) (request, Code) {
 	key := func(b []byte) (ed25519.PublicKey, bool) {
 		return ed25519.PublicKey(b), len(b) == ed25519.PublicKeySize
 	}
-	var ok bool
+	ok = false
 	switch body := m.Body.(type) {
 	case *pb.Request_Register:
 		g := body.Register
@@ -96,6 +109,32 @@ func decodeRequest(b []byte) (request, Code) {
 		return r, CodeMalformed
 	}
 	return r, CodeOK
+}
+
+// Field numbers the wire scans look for (pb/moments.proto).
+const (
+	fieldRequestKeep = 2 // Request.keep
+	fieldKeepFrames  = 2 // Keep.frames
+	fieldRespCodes   = 3 // Response.codes
+	fieldRespItems   = 4 // Response.items
+	fieldRespMedia   = 6 // Response.media
+	fieldFrameMedia  = 8 // FrameBody.media
+	fieldFrameProofs = 9 // FrameBody.media_proofs
+	maxResponseMedia = 1 << 15
+)
+
+// scanRequest counts the frames of a Request without decoding it, over
+// every Keep body it holds (protobuf merges repeated bodies). ok is false
+// when b is not well-formed protobuf.
+func scanRequest(b []byte) (frames int, ok bool) {
+	ok = true
+	ok = wire.EachBytes(b, fieldRequestKeep, func(keep []byte) bool {
+		var n int
+		n, ok = wire.CountRepeated(keep, fieldKeepFrames, false)
+		frames += n
+		return ok
+	}) && ok
+	return frames, ok
 }
 
 func encodeRequest(r request) *pb.Request {
@@ -147,7 +186,28 @@ func encodeResponse(r response) *pb.Response {
 	return m
 }
 
+// decodeResponse decodes and checks a relay's answer: what a client reads
+// from a relay it does not trust to be well-behaved. Entry counts are
+// checked on the wire first, as in decodeRequest: a page of empty items
+// would otherwise become a message per 2 bytes.
 func decodeResponse(b []byte) (response, error) {
+	for _, c := range []struct {
+		num     protowire.Number
+		varints bool
+		max     int
+	}{
+		{fieldRespCodes, true, MaxKeepFrames},
+		{fieldRespItems, false, MaxPageItems},
+		{fieldRespMedia, false, maxResponseMedia},
+	} {
+		n, ok := wire.CountRepeated(b, c.num, c.varints)
+		if !ok {
+			return response{}, fmt.Errorf("decode response: %w", ErrProtocol)
+		}
+		if n > c.max {
+			return response{}, fmt.Errorf("response of %d entries of field %d (at most %d): %w", n, c.num, c.max, ErrProtocol)
+		}
+	}
 	var m pb.Response
 	if err := proto.Unmarshal(b, &m); err != nil {
 		return response{}, fmt.Errorf("decode response: %w", ErrProtocol)

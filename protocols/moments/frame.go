@@ -10,6 +10,7 @@ import (
 
 	"github.com/kinmesh/kinmesh/protocols/blobs"
 	"github.com/kinmesh/kinmesh/protocols/moments/pb"
+	"github.com/kinmesh/kinmesh/protocols/wire"
 )
 
 // Kind is what a frame carries.
@@ -85,6 +86,14 @@ func parseFrame(b []byte) (*frame, error) {
 		return nil, fmt.Errorf("frame length: %w", ErrMalformed)
 	}
 	split := len(b) - ed25519.SignatureSize
+	// Count media and proofs on the wire first: decoding makes a message
+	// of every (even empty) proof, 2 bytes each, before their number can
+	// be checked.
+	media, okm := wire.CountRepeated(b[1+k:split], fieldFrameMedia, false)
+	proofs, okp := wire.CountRepeated(b[1+k:split], fieldFrameProofs, false)
+	if !okm || !okp || media > MaxMedia || proofs > MaxMedia {
+		return nil, fmt.Errorf("frame media: %w", ErrMalformed)
+	}
 	var m pb.FrameBody
 	if err := proto.Unmarshal(b[1+k:split], &m); err != nil {
 		return nil, fmt.Errorf("frame body: %w", ErrMalformed)

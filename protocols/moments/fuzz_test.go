@@ -46,6 +46,12 @@ func FuzzParseFrame(f *testing.F) {
 	for _, raw := range fuzzFrames(f) {
 		f.Add(raw)
 	}
+	// A post with one medium too many.
+	tooMany, err := encodeFrame(fuzzTopic, &frame{kind: KindPost, item: itemID{1}, post: itemID{1}, created: fuzzNow, wrappedKey: []byte("w"), sealed: []byte("s"), media: make([]blobs.BlobID, MaxMedia+1)}, fuzzOwner)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(tooMany)
 	f.Fuzz(func(t *testing.T, b []byte) {
 		fr, err := parseFrame(b)
 		if err != nil {
@@ -98,6 +104,9 @@ func FuzzDecodeRequest(f *testing.F) {
 	} {
 		f.Add(marshal(encodeRequest(r)))
 	}
+	// Over the frame cap: one body, and two bodies that merge.
+	f.Add(marshal(encodeRequest(request{kind: reqKeep, topic: fuzzTopic, frames: make([][]byte, MaxKeepFrames+1)})))
+	f.Add(append(submessage(fieldRequestKeep, emptyEntries(fieldKeepFrames, 40)), submessage(fieldRequestKeep, emptyEntries(fieldKeepFrames, 40))...))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		r, code := decodeRequest(b)
 		if code != CodeOK {
@@ -120,6 +129,9 @@ func FuzzDecodeResponse(f *testing.F) {
 	} {
 		f.Add(marshal(encodeResponse(r)))
 	}
+	// Over the caps, in entries of two bytes.
+	f.Add(emptyEntries(fieldRespItems, MaxPageItems+1))
+	f.Add(submessage(fieldRespCodes, make([]byte, MaxKeepFrames+1)))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		r, err := decodeResponse(b)
 		if err != nil {
