@@ -269,9 +269,12 @@ func (s *Service) keysOf(topic string) (ref topicRef, keys feedKeys, isLive, ok 
 	if !ok {
 		return ref, feedKeys{}, false, false
 	}
-	fs := s.feeds[ref.feed]
+	fs, ok := s.feeds[ref.feed]
+	if !ok {
+		return ref, feedKeys{}, false, false // a feed purged under us: an unknown topic
+	}
 	for i, e := range fs.epochs {
-		if e.index == ref.epoch {
+		if e.index == ref.epoch && e.topic == topic {
 			return ref, feedKeys{owner: fs.owner, audience: e.audience}, live(fs, i, s.cfg.now()), true
 		}
 	}
@@ -306,7 +309,7 @@ func (s *Service) onGossip(topic string, _ peer.ID, data []byte) {
 	if err != nil {
 		return
 	}
-	if _, err := s.keep(s.ctx, ref, data, f, false); err != nil && !errors.Is(err, ErrDeleted) {
+	if _, err := s.keep(s.ctx, topic, ref, data, f, false); err != nil && !errors.Is(err, ErrDeleted) {
 		s.log.Debug("keep a gossiped frame", "kind", f.kind, "err", err)
 	}
 }
@@ -464,7 +467,7 @@ func (s *Service) keepRequest(ctx context.Context, req request) response {
 		}
 		var fresh bool
 		if err == nil {
-			fresh, err = s.keep(ctx, ref, raw, f, true)
+			fresh, err = s.keep(ctx, req.topic, ref, raw, f, true)
 		}
 		r.codes[i] = CodeOf(err)
 		if err != nil {
@@ -479,18 +482,22 @@ func (s *Service) keepRequest(ctx context.Context, req request) response {
 	return r
 }
 
-// keep stores one verified frame of a feed and acts on it. It reports
+// keep stores one verified frame of topic and acts on it. It reports
 // whether the frame was new. sync commits to disk before returning (Keep
 // requests are answered only once their frames are durable).
-func (s *Service) keep(ctx context.Context, ref topicRef, raw []byte, f *frame, sync bool) (bool, error) {
+func (s *Service) keep(ctx context.Context, topic string, ref topicRef, raw []byte, f *frame, sync bool) (bool, error) {
 	l := s.lock(ref.feed)
 	l.Lock()
 	defer l.Unlock()
+	// The topic may have been dropped or its feed purged since ref was
+	// read: check again under the feed's lock.
 	s.mu.Lock()
 	fs, ok := s.feeds[ref.feed]
 	var cp feedState
-	if ok {
+	if ok && s.topics[topic] == ref {
 		cp = *fs
+	} else {
+		ok = false
 	}
 	s.mu.Unlock()
 	if !ok {
@@ -762,6 +769,10 @@ func (s *Service) purge(ctx context.Context, req request, remote peer.ID) respon
 		return response{code: CodeUnauthorized}
 	}
 	fk := s.ns.Opaque(req.owner)
+	// The feed's topics are read under its lock, which Register takes
+	// too: a topic registered during the purge would outlive its feed.
+	l := s.lock(fk)
+	l.Lock()
 	s.mu.Lock()
 	fs, ok := s.feeds[fk]
 	var topics []string
@@ -772,15 +783,28 @@ func (s *Service) purge(ctx context.Context, req request, remote peer.ID) respon
 	}
 	s.mu.Unlock()
 	if !ok {
+		l.Unlock()
 		return response{code: CodeOK}
 	}
-	// Leave first, without the feed's lock: a delivery may be waiting for it.
+	r := s.purgeFeed(ctx, fk, fs, topics)
+	l.Unlock()
+	// Leave only without the feed's lock: a topic's delivery may be
+	// waiting for it (and finds no feed once it has it). A topic
+	// registered again since is kept.
 	for _, t := range topics {
-		s.router.Leave(t)
+		s.mu.Lock()
+		_, again := s.topics[t]
+		s.mu.Unlock()
+		if !again {
+			s.router.Leave(t)
+		}
 	}
-	l := s.lock(fk)
-	l.Lock()
-	defer l.Unlock()
+	return r
+}
+
+// purgeFeed deletes the feed fk, whose topics are topics. Called with the
+// feed's lock held.
+func (s *Service) purgeFeed(ctx context.Context, fk string, fs *feedState, topics []string) response {
 	var media []blobs.BlobID
 	n := 0
 	for _, p := range []string{keyItem, keyIndex, keyReaction, keyCount, keyDeleted} {
