@@ -5,6 +5,8 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"errors"
+	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -229,5 +231,96 @@ func TestPurgeRacesRegister(t *testing.T) {
 		if _, err := o.c.Purge(ctx, r.h.ID(), o.owner); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// flakyMedia fails the first fail deletions, as a busy blob store would.
+type flakyMedia struct {
+	MediaDeleter
+	mu   sync.Mutex
+	fail int
+}
+
+func (f *flakyMedia) DeleteSigned(ctx context.Context, id blobs.BlobID, sig []byte) error {
+	f.mu.Lock()
+	failing := f.fail > 0
+	if failing {
+		f.fail--
+	}
+	f.mu.Unlock()
+	if failing {
+		return fmt.Errorf("blobs: delete %s: %w", id, blobs.ErrUnavailable)
+	}
+	return f.MediaDeleter.DeleteSigned(ctx, id, sig)
+}
+
+// swapService replaces r's moments service by one deleting media with
+// media (on the same host, store and router).
+func swapService(t testing.TB, r *testRelay, media MediaDeleter) {
+	t.Helper()
+	if err := r.svc.Close(); err != nil {
+		t.Fatal(err)
+	}
+	svc, err := NewService(r.h, r.st, r.router, media, append([]Option{WithLogger(discard)}, r.opts...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.svc = svc
+}
+
+// kinds lists the kinds of frames.
+func kinds(t testing.TB, frames [][]byte) []Kind {
+	t.Helper()
+	var out []Kind
+	for _, raw := range frames {
+		f, err := parseFrame(raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, f.kind)
+	}
+	return out
+}
+
+// TestTombstoneRetryFinishes: a tombstone that failed partway (its marker
+// committed, the moment's frames or media not yet deleted) is finished by
+// its retry.
+func TestTombstoneRetryFinishes(t *testing.T) {
+	ctx := testCtx(t)
+	r := startRelay(t)
+	swapService(t, r, &flakyMedia{MediaDeleter: r.blobs, fail: 1})
+	o := newFeedOwner(t, ctx, r)
+	ep := o.register(ctx)
+	blob := o.upload(ctx, 1000)
+	post, raw := o.post(ep, blob)
+	_, _, like := o.reaction(ep, post)
+	o.mustKeep(ctx, ep, raw, like)
+
+	// The blob store fails: the tombstone is unavailable, its retry
+	// deletes the photo.
+	tomb := o.tombstone(ep, post, blob)
+	if errs := o.keep(ctx, ep, tomb); !errors.Is(errs[0], ErrUnavailable) {
+		t.Fatalf("tombstone with the blob store failing: got %v, want ErrUnavailable", errs[0])
+	}
+	o.mustKeep(ctx, ep, tomb)
+	if present, err := o.bc.Has(ctx, r.h.ID(), []blobs.BlobID{blob}); err != nil || present[0] {
+		t.Fatalf("the photo outlived the retried tombstone (present %v, %v)", present, err)
+	}
+
+	// The marker committed, then the relay failed before deleting
+	// anything: the retry deletes the moment and its like.
+	post2, raw2 := o.post(ep)
+	_, _, like2 := o.reaction(ep, post2)
+	o.mustKeep(ctx, ep, raw2, like2)
+	fk := r.svc.ns.Opaque(o.owner.Public().(ed25519.PublicKey))
+	if err := r.svc.ns.PutTTL(ctx, keyDeleted+fk+"/"+r.svc.ns.Opaque(post2[:]), nil, MarkerTTL); err != nil {
+		t.Fatal(err)
+	}
+	o.mustKeep(ctx, ep, o.tombstone(ep, post2))
+	if _, items, bytes := r.svc.Stats(); items != 0 || bytes != 0 {
+		t.Fatalf("after the retried tombstones the relay counts %d items, %d bytes; want none", items, bytes)
+	}
+	if got := kinds(t, o.backfill(ctx, ep)); slices.ContainsFunc(got, func(k Kind) bool { return k != KindTombstone }) {
+		t.Fatalf("backfill serves %v after the tombstones, want tombstones only", got)
 	}
 }

@@ -572,10 +572,7 @@ func (s *Service) keep(ctx context.Context, topic string, ref topicRef, raw []by
 	case KindWithdraw:
 		return s.withdraw(ctx, ref, &cp, raw, f, P, I, commit)
 	case KindTombstone:
-		if deleted {
-			return false, nil
-		}
-		return true, s.tombstone(ctx, ref, &cp, raw, f, P, commit)
+		return s.tombstone(ctx, ref, &cp, raw, f, P, deleted, commit)
 	}
 	return false, ErrMalformed
 }
@@ -639,70 +636,33 @@ func (s *Service) withdraw(ctx context.Context, ref topicRef, cp *feedState, raw
 }
 
 // tombstone deletes a moment with its reactions and media, and keeps the
-// tombstone for friends that backfill later.
-func (s *Service) tombstone(ctx context.Context, ref topicRef, cp *feedState, raw []byte, f *frame, P string, commit func(*storage.Batch) error) error {
+// tombstone for friends that backfill later. The marker that refuses the
+// moment's replays is committed first, with the tombstone; a tombstone
+// that arrives again (deleted: the marker is there) does the deletions
+// again, so one that failed partway is finished by its retry. It reports
+// whether the tombstone was new.
+func (s *Service) tombstone(ctx context.Context, ref topicRef, cp *feedState, raw []byte, f *frame, P string, deleted bool, commit func(*storage.Batch) error) (bool, error) {
 	F := ref.feed
-	b := s.store.NewBatch()
-	_ = b.PutTTL(s.ns, keyDeleted+F+"/"+P, nil, MarkerTTL)
-	_ = b.PutTTL(s.ns, itemKey(F, ref.epoch, cp.nextSeq), marshal(&pb.Stored{
-		Seq: cp.nextSeq, Epoch: ref.epoch, Frame: raw, Kind: pb.Kind(f.kind), Post: f.post[:], Item: f.item[:], KeptMs: s.cfg.now().UnixMilli(),
-	}), MarkerTTL)
-	cp.nextSeq++
-	_ = b.Put(s.ns, keyFeed+F, cp.encode())
-	if err := commit(b); err != nil {
-		return fmt.Errorf("%w: %w", ErrUnavailable, err)
-	}
-	s.setCounters(cp, 0, 0)
-	// The moment's items, in batches.
-	prefix := keyIndex + F + "/" + P + "/"
-	for {
-		var idx, items []string
-		err := s.ns.List(ctx, storage.ListOptions{Prefix: prefix, Limit: 256}, func(k string, v []byte) error {
-			idx = append(idx, k)
-			items = append(items, string(v))
-			return nil
-		})
-		if err != nil {
-			return fmt.Errorf("%w: %w", ErrUnavailable, err)
-		}
-		if len(idx) == 0 {
-			break
-		}
+	if !deleted {
 		b := s.store.NewBatch()
-		var n, size int64
-		for i, ik := range items {
-			if v, err := s.ns.Get(ctx, ik); err == nil {
-				var st pb.Stored
-				if proto.Unmarshal(v, &st) == nil {
-					n++
-					size += int64(len(st.GetFrame()))
-					if st.GetKind() == pb.Kind_KIND_REACTION {
-						_ = b.Delete(s.ns, keyReaction+F+"/"+s.ns.Opaque(st.GetItem()))
-					}
-				}
-			}
-			_ = b.Delete(s.ns, ik)
-			_ = b.Delete(s.ns, idx[i])
-		}
-		cp.items -= uint64(min(n, int64(cp.items)))
-		cp.bytes -= uint64(min(size, int64(cp.bytes)))
+		_ = b.PutTTL(s.ns, keyDeleted+F+"/"+P, nil, MarkerTTL)
+		_ = b.PutTTL(s.ns, itemKey(F, ref.epoch, cp.nextSeq), marshal(&pb.Stored{
+			Seq: cp.nextSeq, Epoch: ref.epoch, Frame: raw, Kind: pb.Kind(f.kind), Post: f.post[:], Item: f.item[:], KeptMs: s.cfg.now().UnixMilli(),
+		}), MarkerTTL)
+		cp.nextSeq++
 		_ = b.Put(s.ns, keyFeed+F, cp.encode())
 		if err := commit(b); err != nil {
-			return fmt.Errorf("%w: %w", ErrUnavailable, err)
+			return false, fmt.Errorf("%w: %w", ErrUnavailable, err)
 		}
-		s.setCounters(cp, -n, -size)
+		s.setCounters(cp, 0, 0)
 	}
-	if err := s.ns.Delete(ctx, keyCount+F+"/"+P); err != nil {
-		return fmt.Errorf("%w: %w", ErrUnavailable, err)
+	if err := s.removeMoment(ctx, cp, P, commit, nil); err != nil {
+		return false, err
 	}
-	if s.media != nil {
-		for _, p := range f.proofs {
-			if err := s.media.DeleteSigned(ctx, p.id, p.sig); err != nil && !errors.Is(err, blobs.ErrNotFound) {
-				s.log.Debug("tombstone: delete media", "blob", p.id, "err", err)
-			}
-		}
+	if err := s.deleteMedia(ctx, f.proofs); err != nil {
+		return false, err
 	}
-	return nil
+	return !deleted, nil
 }
 
 // setCounters publishes a feed's new counters (cp) and moves the totals.
