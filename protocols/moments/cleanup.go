@@ -81,10 +81,11 @@ func (s *Service) removeMoment(ctx context.Context, cp *feedState, P string, com
 }
 
 // counted reports whether a kept frame counts against its feed's quota:
-// posts and reactions.
+// posts, reactions and withdrawals (withdrawals kept before they were
+// counted are not marked; posts and reactions always were).
 func counted(st *pb.Stored) bool {
 	k := st.GetKind()
-	return k == pb.Kind_KIND_POST || k == pb.Kind_KIND_REACTION
+	return st.GetCounted() || k == pb.Kind_KIND_POST || k == pb.Kind_KIND_REACTION
 }
 
 // countOff takes n items of size bytes off cp's counters.

@@ -41,6 +41,12 @@ var (
 	// reaction; it was not kept.
 	ErrDeleted = errors.New("moments: moment deleted or reaction withdrawn")
 
+	// ErrNotHeld means the relay does not hold the moment a reaction is
+	// for, or the reaction a withdrawal takes back: not yet (it may still
+	// be on its way, from its author's outbox: retry later, as for
+	// ErrUnavailable), or no more (dropped with its epoch).
+	ErrNotHeld = errors.New("moments: the relay does not hold the moment or reaction the frame refers to")
+
 	// ErrNotFound means the relay holds no such feed, or the device no
 	// such moment.
 	ErrNotFound = errors.New("moments: not found")
@@ -106,6 +112,7 @@ const (
 	CodeRateLimited  = Code(pb.Code_CODE_RATE_LIMITED)
 	CodeUnavailable  = Code(pb.Code_CODE_UNAVAILABLE)
 	CodeDeleted      = Code(pb.Code_CODE_DELETED)
+	CodeNotHeld      = Code(pb.Code_CODE_NOT_HELD)
 )
 
 var codeInfo = [...]struct {
@@ -121,6 +128,7 @@ var codeInfo = [...]struct {
 	CodeRateLimited:  {"rate_limited", ErrRateLimited},
 	CodeUnavailable:  {"unavailable", ErrUnavailable},
 	CodeDeleted:      {"deleted", ErrDeleted},
+	CodeNotHeld:      {"not_held", ErrNotHeld},
 }
 
 // String returns the code's name as used in metric labels.

@@ -94,13 +94,16 @@ type topicRef struct {
 //	"f/" F                              pb.Feed: owner key, epochs, counters
 //	"t/" T                              F: which feed a topic belongs to
 //	"i/" F "/" %04x(epoch) "/" %016x(seq) pb.Stored: a kept frame
-//	"x/" F "/" P "/" I                  the key of an item of moment P (the moment and its reactions)
-//	"r/" F "/" I                        the key of reaction I, or "-" once withdrawn (TTL MarkerTTL)
-//	"n/" F "/" P                        uvarint: reactions kept for moment P
+//	"x/" F "/" P "/" I                  the key of an item of moment P (the moment, its reactions and withdrawals)
+//	"r/" F "/" I                        the key of reaction I, or "-" once withdrawn
+//	"n/" F "/" P                        uvarint: reactions and withdrawals kept for moment P
 //	"d/" F "/" P                        moment P was deleted (TTL MarkerTTL)
 //
-// Tombstones and withdrawals are kept as items with TTL MarkerTTL, so
-// friends that backfill later still learn of them.
+// Tombstones are kept as items with TTL MarkerTTL, so friends that
+// backfill later still learn of them. A withdrawal takes its reaction's
+// place (item, index entry, count) and goes with its moment. (Relays
+// before withdrawals were counted kept them, and their "r/" markers, with
+// TTL MarkerTTL, outside the index.)
 const (
 	keyFeed      = "f/"
 	keyTopic     = "t/"
@@ -486,6 +489,9 @@ func (s *Service) keepRequest(ctx context.Context, req request) response {
 // whether the frame was new. sync commits to disk before returning (Keep
 // requests are answered only once their frames are durable).
 func (s *Service) keep(ctx context.Context, topic string, ref topicRef, raw []byte, f *frame, sync bool) (bool, error) {
+	if len(raw) > frameCap(f.kind) {
+		return false, fmt.Errorf("%s frame of %d bytes (at most %d): %w", f.kind, len(raw), frameCap(f.kind), ErrTooLarge)
+	}
 	l := s.lock(ref.feed)
 	l.Lock()
 	defer l.Unlock()
@@ -523,6 +529,7 @@ func (s *Service) keep(ctx context.Context, topic string, ref topicRef, raw []by
 			return false, ErrDeleted
 		}
 		dupKey := keyIndex + F + "/" + P + "/" + I
+		itemsCap, bytesCap := s.cfg.feedItems, s.cfg.feedBytes
 		if f.kind == KindReaction {
 			v, err := s.ns.Get(ctx, keyReaction+F+"/"+I)
 			switch {
@@ -533,10 +540,18 @@ func (s *Service) keep(ctx context.Context, topic string, ref topicRef, raw []by
 			case !errors.Is(err, storage.ErrNotFound):
 				return false, fmt.Errorf("%w: %w", ErrUnavailable, err)
 			}
+			// Only reactions to a moment the relay holds: the moment's
+			// own index entry (a post's item is its moment id).
+			if held, err := has(keyIndex + F + "/" + P + "/" + P); err != nil {
+				return false, fmt.Errorf("%w: %w", ErrUnavailable, err)
+			} else if !held {
+				return false, ErrNotHeld
+			}
+			itemsCap, bytesCap = reactionShare(itemsCap), reactionShare(bytesCap)
 		} else if dup, err := has(dupKey); err != nil || dup {
 			return false, err
 		}
-		if cp.items+1 > s.cfg.feedItems || cp.bytes+uint64(len(raw)) > s.cfg.feedBytes {
+		if cp.items+1 > itemsCap || cp.bytes+uint64(len(raw)) > bytesCap {
 			return false, ErrQuota
 		}
 		b := s.store.NewBatch()
@@ -551,7 +566,7 @@ func (s *Service) keep(ctx context.Context, topic string, ref topicRef, raw []by
 			_ = b.Put(s.ns, keyCount+F+"/"+P, encodeCount(count+1))
 		}
 		ik := itemKey(F, ref.epoch, cp.nextSeq)
-		st := &pb.Stored{Seq: cp.nextSeq, Epoch: ref.epoch, Frame: raw, Kind: pb.Kind(f.kind), Post: f.post[:], Item: f.item[:], KeptMs: s.cfg.now().UnixMilli()}
+		st := &pb.Stored{Seq: cp.nextSeq, Epoch: ref.epoch, Frame: raw, Kind: pb.Kind(f.kind), Post: f.post[:], Item: f.item[:], KeptMs: s.cfg.now().UnixMilli(), Counted: true}
 		for _, m := range f.media {
 			st.Media = append(st.Media, m[:])
 		}
@@ -570,6 +585,9 @@ func (s *Service) keep(ctx context.Context, topic string, ref topicRef, raw []by
 		s.setCounters(&cp, 1, int64(len(raw)))
 		return true, nil
 	case KindWithdraw:
+		if deleted {
+			return false, ErrDeleted // the moment went, and its reactions with it
+		}
 		return s.withdraw(ctx, ref, &cp, raw, f, P, I, commit)
 	case KindTombstone:
 		return s.tombstone(ctx, ref, &cp, raw, f, P, deleted, commit)
@@ -577,61 +595,92 @@ func (s *Service) keep(ctx context.Context, topic string, ref topicRef, raw []by
 	return false, ErrMalformed
 }
 
-// withdraw deletes a reaction on its author's proof and keeps the
-// withdrawal for friends that backfill later.
+// Per-kind caps on the frames the relay keeps. A frame's signed bytes
+// can't be trimmed and protobuf carries unknown fields, so padding would
+// otherwise be kept as sent (a withdrawal or tombstone of 16 KiB). Each
+// cap is several times what this version writes: a comment of 1 KiB with
+// the longest name (~1.8 KiB), a withdrawal (~210 bytes), a tombstone
+// with 9 media proofs (~1 KiB).
+const (
+	maxReactionFrame  = 4 << 10
+	maxWithdrawFrame  = 512
+	maxTombstoneFrame = 2 << 10
+)
+
+// frameCap returns the largest frame of kind k the relay keeps.
+func frameCap(k Kind) int {
+	switch k {
+	case KindReaction:
+		return maxReactionFrame
+	case KindWithdraw:
+		return maxWithdrawFrame
+	case KindTombstone:
+		return maxTombstoneFrame
+	}
+	return MaxFrameSize
+}
+
+// reactionShare is the part of a feed's quota (items or bytes) that
+// friends' reactions and withdrawals may fill: three quarters, so a
+// friend flooding the feed can't stop its author from posting.
+func reactionShare(quota uint64) uint64 { return quota - quota/4 }
+
+// withdraw replaces a reaction the relay holds by its withdrawal, on the
+// proof of the reaction's delete key. The withdrawal takes the
+// reaction's place: in the moment's index and reaction count (so it goes
+// with the moment, and a moment's reactions and withdrawals together stay
+// under WithReactionsPerMoment) and in the feed's counters, within the
+// reactions' share. A withdrawal of a reaction the relay does not hold is
+// refused (ErrNotHeld): it would be kept for nothing, and cost nothing.
 func (s *Service) withdraw(ctx context.Context, ref topicRef, cp *feedState, raw []byte, f *frame, P, I string, commit func(*storage.Batch) error) (bool, error) {
 	F := ref.feed
 	rk := keyReaction + F + "/" + I
 	v, err := s.ns.Get(ctx, rk)
+	switch {
+	case errors.Is(err, storage.ErrNotFound):
+		return false, ErrNotHeld
+	case err != nil:
+		return false, fmt.Errorf("%w: %w", ErrUnavailable, err)
+	case string(v) == withdrawnVal:
+		return false, nil
+	}
+	old, err := s.ns.Get(ctx, string(v))
 	if err != nil && !errors.Is(err, storage.ErrNotFound) {
 		return false, fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
-	if err == nil && string(v) == withdrawnVal {
-		return false, nil
-	}
-	b := s.store.NewBatch()
-	var freed int64
+	var freedItems, freed int64
 	if err == nil {
-		old, err := s.ns.Get(ctx, string(v))
-		if err != nil && !errors.Is(err, storage.ErrNotFound) {
-			return false, fmt.Errorf("%w: %w", ErrUnavailable, err)
-		}
-		if err == nil {
-			var st pb.Stored
-			if proto.Unmarshal(old, &st) == nil {
-				of, perr := parseFrame(st.GetFrame())
-				if perr != nil || !bytes.Equal(of.deleteKey, f.deleteKey) {
-					return false, fmt.Errorf("withdrawal by another key: %w", ErrSignature)
-				}
-				freed = int64(len(st.GetFrame()))
+		var st pb.Stored
+		if proto.Unmarshal(old, &st) == nil {
+			of, perr := parseFrame(st.GetFrame())
+			if perr != nil || !bytes.Equal(of.deleteKey, f.deleteKey) {
+				return false, fmt.Errorf("withdrawal by another key: %w", ErrSignature)
 			}
-			_ = b.Delete(s.ns, string(v))
-			_ = b.Delete(s.ns, keyIndex+F+"/"+P+"/"+I)
-			count, err := s.count(ctx, F, P)
-			if err != nil {
-				return false, err
-			}
-			if count > 0 {
-				_ = b.Put(s.ns, keyCount+F+"/"+P, encodeCount(count-1))
+			if counted(&st) {
+				freedItems, freed = 1, int64(len(st.GetFrame()))
 			}
 		}
 	}
-	_ = b.PutTTL(s.ns, rk, []byte(withdrawnVal), MarkerTTL)
-	_ = b.PutTTL(s.ns, itemKey(F, ref.epoch, cp.nextSeq), marshal(&pb.Stored{
-		Seq: cp.nextSeq, Epoch: ref.epoch, Frame: raw, Kind: pb.Kind(f.kind), Post: f.post[:], Item: f.item[:], KeptMs: s.cfg.now().UnixMilli(),
-	}), MarkerTTL)
+	items := cp.items - min(uint64(freedItems), cp.items) + 1
+	size := cp.bytes - min(uint64(freed), cp.bytes) + uint64(len(raw))
+	if items > reactionShare(s.cfg.feedItems) || size > reactionShare(s.cfg.feedBytes) {
+		return false, ErrQuota
+	}
+	ik := itemKey(F, ref.epoch, cp.nextSeq)
+	b := s.store.NewBatch()
+	_ = b.Delete(s.ns, string(v))
+	_ = b.Put(s.ns, ik, marshal(&pb.Stored{
+		Seq: cp.nextSeq, Epoch: ref.epoch, Frame: raw, Kind: pb.Kind(f.kind), Post: f.post[:], Item: f.item[:], KeptMs: s.cfg.now().UnixMilli(), Counted: true,
+	}))
+	_ = b.Put(s.ns, keyIndex+F+"/"+P+"/"+I, []byte(ik))
+	_ = b.Put(s.ns, rk, []byte(withdrawnVal))
 	cp.nextSeq++
-	var dItems int64
-	if freed > 0 {
-		cp.items--
-		cp.bytes -= uint64(freed)
-		dItems = -1
-	}
+	cp.items, cp.bytes = items, size
 	_ = b.Put(s.ns, keyFeed+F, cp.encode())
 	if err := commit(b); err != nil {
 		return false, fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
-	s.setCounters(cp, dItems, -freed)
+	s.setCounters(cp, 1-freedItems, int64(len(raw))-freed)
 	return true, nil
 }
 

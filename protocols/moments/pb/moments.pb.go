@@ -140,6 +140,7 @@ const (
 	Code_CODE_RATE_LIMITED Code = 6 // too many requests from this peer; see retry_after_ms
 	Code_CODE_UNAVAILABLE  Code = 7 // the relay cannot serve now
 	Code_CODE_DELETED      Code = 8 // the frame refers to a deleted moment or withdrawn reaction
+	Code_CODE_NOT_HELD     Code = 9 // the relay does not hold (yet) the moment or reaction the frame refers to
 )
 
 // Enum value maps for Code.
@@ -154,6 +155,7 @@ var (
 		6: "CODE_RATE_LIMITED",
 		7: "CODE_UNAVAILABLE",
 		8: "CODE_DELETED",
+		9: "CODE_NOT_HELD",
 	}
 	Code_value = map[string]int32{
 		"CODE_OK":           0,
@@ -165,6 +167,7 @@ var (
 		"CODE_RATE_LIMITED": 6,
 		"CODE_UNAVAILABLE":  7,
 		"CODE_DELETED":      8,
+		"CODE_NOT_HELD":     9,
 	}
 )
 
@@ -1408,6 +1411,7 @@ type Stored struct {
 	Item          []byte                 `protobuf:"bytes,6,opt,name=item,proto3" json:"item,omitempty"`
 	Media         [][]byte               `protobuf:"bytes,7,rep,name=media,proto3" json:"media,omitempty"`
 	KeptMs        int64                  `protobuf:"varint,8,opt,name=kept_ms,json=keptMs,proto3" json:"kept_ms,omitempty"`
+	Counted       bool                   `protobuf:"varint,9,opt,name=counted,proto3" json:"counted,omitempty"` // in the feed's counters (records older than this field: posts and reactions are)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1496,6 +1500,13 @@ func (x *Stored) GetKeptMs() int64 {
 		return x.KeptMs
 	}
 	return 0
+}
+
+func (x *Stored) GetCounted() bool {
+	if x != nil {
+		return x.Counted
+	}
+	return false
 }
 
 // Own is the author's own feed state.
@@ -2227,7 +2238,7 @@ const file_protocols_moments_pb_moments_proto_rawDesc = "" +
 	"\x05topic\x18\x01 \x01(\tR\x05topic\x12!\n" +
 	"\faudience_key\x18\x02 \x01(\fR\vaudienceKey\x12#\n" +
 	"\rregistered_ms\x18\x03 \x01(\x03R\fregisteredMs\x12\x14\n" +
-	"\x05index\x18\x04 \x01(\rR\x05index\"\xc8\x01\n" +
+	"\x05index\x18\x04 \x01(\rR\x05index\"\xe2\x01\n" +
 	"\x06Stored\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\rR\x05epoch\x12\x14\n" +
@@ -2236,7 +2247,8 @@ const file_protocols_moments_pb_moments_proto_rawDesc = "" +
 	"\x04post\x18\x05 \x01(\fR\x04post\x12\x12\n" +
 	"\x04item\x18\x06 \x01(\fR\x04item\x12\x14\n" +
 	"\x05media\x18\a \x03(\fR\x05media\x12\x17\n" +
-	"\akept_ms\x18\b \x01(\x03R\x06keptMs\"\xf8\x01\n" +
+	"\akept_ms\x18\b \x01(\x03R\x06keptMs\x12\x18\n" +
+	"\acounted\x18\t \x01(\bR\acounted\"\xf8\x01\n" +
 	"\x03Own\x12\x1d\n" +
 	"\n" +
 	"sender_key\x18\x01 \x01(\fR\tsenderKey\x12\x14\n" +
@@ -2307,7 +2319,7 @@ const file_protocols_moments_pb_moments_proto_rawDesc = "" +
 	"\fReactionKind\x12\x18\n" +
 	"\x14REACTION_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rREACTION_LIKE\x10\x01\x12\x14\n" +
-	"\x10REACTION_COMMENT\x10\x02*\xb5\x01\n" +
+	"\x10REACTION_COMMENT\x10\x02*\xc8\x01\n" +
 	"\x04Code\x12\v\n" +
 	"\aCODE_OK\x10\x00\x12\x12\n" +
 	"\x0eCODE_NOT_FOUND\x10\x01\x12\x15\n" +
@@ -2318,7 +2330,8 @@ const file_protocols_moments_pb_moments_proto_rawDesc = "" +
 	"CODE_QUOTA\x10\x05\x12\x15\n" +
 	"\x11CODE_RATE_LIMITED\x10\x06\x12\x14\n" +
 	"\x10CODE_UNAVAILABLE\x10\a\x12\x10\n" +
-	"\fCODE_DELETED\x10\bB1Z/github.com/kinmesh/kinmesh/protocols/moments/pbb\x06proto3"
+	"\fCODE_DELETED\x10\b\x12\x11\n" +
+	"\rCODE_NOT_HELD\x10\tB1Z/github.com/kinmesh/kinmesh/protocols/moments/pbb\x06proto3"
 
 var (
 	file_protocols_moments_pb_moments_proto_rawDescOnce sync.Once
