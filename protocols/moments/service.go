@@ -52,11 +52,12 @@ type Service struct {
 	seed  maphash.Seed
 	locks [64]sync.Mutex // per feed, striped: every change of a feed
 
-	mu     sync.Mutex // guards feeds, topics and totals
-	feeds  map[string]*feedState
-	topics map[string]topicRef
-	items  uint64
-	bytes  uint64
+	mu       sync.Mutex // guards feeds, topics, totals and dropping
+	feeds    map[string]*feedState
+	topics   map[string]topicRef
+	items    uint64
+	bytes    uint64
+	dropping map[string]bool // epoch drops under way, by marker key
 
 	ctx       context.Context // cancelled by Close
 	cancel    context.CancelFunc
@@ -98,6 +99,8 @@ type topicRef struct {
 //	"r/" F "/" I                        the key of reaction I, or "-" once withdrawn
 //	"n/" F "/" P                        uvarint: reactions and withdrawals kept for moment P
 //	"d/" F "/" P                        moment P was deleted (TTL MarkerTTL)
+//	"m/" F "/" M                        blob id: a medium of a moment the relay no longer holds (its epoch dropped), for Purge to report
+//	"z/" F "/" %04x(epoch)              an epoch dropped beyond WithMaxEpochs whose frames are still to delete
 //
 // Tombstones are kept as items with TTL MarkerTTL, so friends that
 // backfill later still learn of them. A withdrawal takes its reaction's
@@ -112,6 +115,8 @@ const (
 	keyReaction  = "r/"
 	keyCount     = "n/"
 	keyDeleted   = "d/"
+	keyMedia     = "m/"
+	keyDropping  = "z/"
 	withdrawnVal = "-"
 )
 
@@ -148,7 +153,7 @@ func NewService(h host.Host, st *storage.Store, router *Router, media MediaDelet
 		reqLim:   newLimiter(cfg.now, cfg.reqRate, cfg.reqBurst, cfg.maxTracked),
 		topicLim: newLimiter(cfg.now, cfg.topicRate, cfg.topicB, cfg.maxTracked),
 		seed:     maphash.MakeSeed(),
-		feeds:    map[string]*feedState{}, topics: map[string]topicRef{},
+		feeds:    map[string]*feedState{}, topics: map[string]topicRef{}, dropping: map[string]bool{},
 		ctx: ctx, cancel: cancel,
 	}
 	if err := s.load(ctx); err != nil {
@@ -249,16 +254,19 @@ func (s *Service) joinLive() {
 	}
 }
 
-// janitor leaves topics past their grace window.
+// janitor leaves topics past their grace window, and finishes epoch drops
+// a failure or a restart cut short.
 func (s *Service) janitor() {
 	t := time.NewTicker(s.cfg.janitor)
 	defer t.Stop()
+	s.resumeDrops()
 	for {
 		select {
 		case <-s.ctx.Done():
 			return
 		case <-t.C:
 			s.joinLive()
+			s.resumeDrops()
 		}
 	}
 }
@@ -379,10 +387,11 @@ func (s *Service) register(ctx context.Context, req request) response {
 	fk := s.ns.Opaque(req.owner)
 	code, dropped := s.addEpoch(ctx, fk, req)
 	// Topics are left only without the feed's lock: a topic's delivery
-	// may be waiting for it.
+	// may be waiting for it. The drop outlives the request (the janitor
+	// finishes one cut short).
 	for _, e := range dropped {
 		s.router.Leave(e.topic)
-		if err := s.dropEpoch(ctx, fk, e.index); err != nil {
+		if err := s.dropEpoch(s.ctx, fk, e.index); err != nil {
 			s.log.Warn("register: drop the oldest epoch", "err", err)
 		}
 	}
@@ -434,6 +443,7 @@ func (s *Service) addEpoch(ctx context.Context, fk string, req request) (Code, [
 	_ = b.Put(s.ns, keyTopic+s.ns.Opaque([]byte(req.topic)), []byte(fk))
 	for _, e := range dropped {
 		_ = b.Delete(s.ns, keyTopic+s.ns.Opaque([]byte(e.topic)))
+		_ = b.Put(s.ns, dropKey(fk, e.index), nil)
 	}
 	if err := b.Commit(ctx); err != nil {
 		s.log.Warn("register: store", "err", err)
@@ -708,7 +718,7 @@ func (s *Service) tombstone(ctx context.Context, ref topicRef, cp *feedState, ra
 	if err := s.removeMoment(ctx, cp, P, commit, nil); err != nil {
 		return false, err
 	}
-	if err := s.deleteMedia(ctx, f.proofs); err != nil {
+	if err := s.deleteMedia(ctx, F, f.proofs); err != nil {
 		return false, err
 	}
 	return !deleted, nil
@@ -816,8 +826,14 @@ func (s *Service) purge(ctx context.Context, req request, remote peer.ID) respon
 func (s *Service) purgeFeed(ctx context.Context, fk string, fs *feedState, topics []string) response {
 	var media []blobs.BlobID
 	n := 0
-	for _, p := range []string{keyItem, keyIndex, keyReaction, keyCount, keyDeleted} {
+	for _, p := range []string{keyItem, keyIndex, keyReaction, keyCount, keyDeleted, keyDropping, keyMedia} {
 		deleted, err := s.deletePrefix(ctx, p+fk+"/", func(v []byte) {
+			if p == keyMedia {
+				if id, err := blobs.BlobIDFromBytes(v); err == nil {
+					media = append(media, id)
+				}
+				return
+			}
 			if p != keyItem {
 				return
 			}
@@ -856,13 +872,6 @@ func (s *Service) purgeFeed(ctx context.Context, fk string, fs *feedState, topic
 	s.mu.Unlock()
 	s.report()
 	return response{code: CodeOK, media: media, deleted: n}
-}
-
-// dropEpoch deletes the frames of a feed's epoch dropped beyond
-// WithMaxEpochs.
-func (s *Service) dropEpoch(ctx context.Context, fk string, epoch uint32) error {
-	_, err := s.deletePrefix(ctx, fmt.Sprintf("%s%s/%04x/", keyItem, fk, epoch), nil)
-	return err
 }
 
 // deletePrefix deletes every key under prefix, in batches, calling seen
