@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/host"
@@ -114,17 +115,53 @@ func (c *Client) Backfill(ctx context.Context, relay peer.ID, topic string, audi
 }
 
 // Purge deletes owner's whole feed on relay. It returns the ids of the
-// media the feed's moments had, for the caller to delete with their
-// proofs. Purging a feed the relay does not hold succeeds.
+// media the feed's moments had (also those of epochs the relay dropped),
+// for the caller to delete with their proofs. The relay keeps reporting
+// them, to every Purge (so one whose answer was lost can be retried),
+// until ConfirmPurge confirms them or for MarkerTTL. Purging a feed the
+// relay does not hold succeeds. Purge reads the list page by page.
 func (c *Client) Purge(ctx context.Context, relay peer.ID, owner ed25519.PrivateKey) ([]blobs.BlobID, error) {
+	var media []blobs.BlobID
+	var after *blobs.BlobID
+	for {
+		r, err := c.do(ctx, relay, c.purgeRequest(relay, owner, after, nil))
+		if err != nil {
+			return nil, err
+		}
+		media = append(media, r.media...)
+		if !r.more || len(r.media) == 0 {
+			return media, nil
+		}
+		if len(media) > maxPurgeMediaTotal {
+			return nil, fmt.Errorf("moments: purge on relay %s: more than %d media: %w", relay, maxPurgeMediaTotal, ErrProtocol)
+		}
+		last := r.media[len(r.media)-1]
+		after = &last
+	}
+}
+
+// maxPurgeMediaTotal bounds the media ids Purge collects from a relay
+// that keeps saying there are more: twice a full feed's (50 000 moments of
+// MaxMedia each).
+const maxPurgeMediaTotal = 1 << 20
+
+// ConfirmPurge tells relay that media, which Purge returned, are deleted:
+// it stops reporting them. Each request is also a Purge of owner's feed
+// (gone already, in the usual order).
+func (c *Client) ConfirmPurge(ctx context.Context, relay peer.ID, owner ed25519.PrivateKey, media []blobs.BlobID) error {
+	for chunk := range slices.Chunk(media, MaxPurgeMedia) {
+		if _, err := c.do(ctx, relay, c.purgeRequest(relay, owner, nil, chunk)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (c *Client) purgeRequest(relay peer.ID, owner ed25519.PrivateKey, after *blobs.BlobID, confirmed []blobs.BlobID) request {
 	now := c.cfg.now()
 	pub := owner.Public().(ed25519.PublicKey)
-	req := request{kind: reqPurge, owner: pub, time: now, sig: ed25519.Sign(owner, purgeMessage(relay, c.h.ID(), pub, now))}
-	r, err := c.do(ctx, relay, req)
-	if err != nil {
-		return nil, err
-	}
-	return r.media, nil
+	return request{kind: reqPurge, owner: pub, time: now, sig: ed25519.Sign(owner, purgeMessage(relay, c.h.ID(), pub, now)),
+		mediaAfter: after, confirmed: confirmed}
 }
 
 // do runs one request on a new stream to relay.

@@ -52,6 +52,9 @@ type request struct {
 	frames   [][]byte          // keep
 	after    uint64            // backfill
 	limit    int               // backfill
+
+	mediaAfter *blobs.BlobID  // purge: the page starts after it
+	confirmed  []blobs.BlobID // purge: media the owner deleted
 }
 
 // decodeRequest decodes and shape-checks one client frame. Entry counts
@@ -60,12 +63,14 @@ type request struct {
 // request within its size cap but full of empty frames would take many
 // times the memory reserved for it.
 func decodeRequest(b []byte) (request, Code) {
-	frames, ok := scanRequest(b)
+	frames, confirmed, ok := scanRequest(b)
 	switch {
 	case !ok:
 		return request{}, CodeMalformed
 	case frames > MaxKeepFrames:
 		return request{kind: reqKeep}, CodeTooLarge
+	case confirmed > MaxPurgeMedia:
+		return request{kind: reqPurge}, CodeTooLarge
 	}
 	var m pb.Request
 	if err := proto.Unmarshal(b, &m); err != nil {
@@ -104,6 +109,16 @@ func decodeRequest(b []byte) (request, Code) {
 		r.kind, r.time, r.sig = reqPurge, time.UnixMilli(p.GetTimeMs()), p.GetSignature()
 		r.owner, ok = key(p.GetOwnerKey())
 		ok = ok && len(r.sig) == ed25519.SignatureSize
+		if a := p.GetMediaAfter(); len(a) > 0 {
+			id, err := blobs.BlobIDFromBytes(a)
+			ok = ok && err == nil
+			r.mediaAfter = &id
+		}
+		for _, c := range p.GetConfirmed() {
+			id, err := blobs.BlobIDFromBytes(c)
+			ok = ok && err == nil
+			r.confirmed = append(r.confirmed, id)
+		}
 	}
 	if !ok {
 		return r, CodeMalformed
@@ -113,28 +128,34 @@ func decodeRequest(b []byte) (request, Code) {
 
 // Field numbers the wire scans look for (pb/moments.proto).
 const (
-	fieldRequestKeep = 2 // Request.keep
-	fieldKeepFrames  = 2 // Keep.frames
-	fieldRespCodes   = 3 // Response.codes
-	fieldRespItems   = 4 // Response.items
-	fieldRespMedia   = 6 // Response.media
-	fieldFrameMedia  = 8 // FrameBody.media
-	fieldFrameProofs = 9 // FrameBody.media_proofs
-	maxResponseMedia = 1 << 15
+	fieldRequestKeep  = 2 // Request.keep
+	fieldKeepFrames   = 2 // Keep.frames
+	fieldRequestPurge = 4 // Request.purge
+	fieldPurgeConfirm = 5 // Purge.confirmed
+	fieldRespCodes    = 3 // Response.codes
+	fieldRespItems    = 4 // Response.items
+	fieldRespMedia    = 6 // Response.media
+	fieldFrameMedia   = 8 // FrameBody.media
+	fieldFrameProofs  = 9 // FrameBody.media_proofs
+	maxResponseMedia  = 1 << 15
 )
 
-// scanRequest counts the frames of a Request without decoding it, over
-// every Keep body it holds (protobuf merges repeated bodies). ok is false
-// when b is not well-formed protobuf.
-func scanRequest(b []byte) (frames int, ok bool) {
+// scanRequest counts the frames and confirmed media ids of a Request
+// without decoding it, over every Keep and Purge body it holds (protobuf
+// merges repeated bodies). ok is false when b is not well-formed
+// protobuf.
+func scanRequest(b []byte) (frames, confirmed int, ok bool) {
 	ok = true
-	ok = wire.EachBytes(b, fieldRequestKeep, func(keep []byte) bool {
-		var n int
-		n, ok = wire.CountRepeated(keep, fieldKeepFrames, false)
-		frames += n
-		return ok
-	}) && ok
-	return frames, ok
+	count := func(body, num protowire.Number, total *int) bool {
+		return wire.EachBytes(b, body, func(m []byte) bool {
+			var n int
+			n, ok = wire.CountRepeated(m, num, false)
+			*total += n
+			return ok
+		}) && ok
+	}
+	ok = count(fieldRequestKeep, fieldKeepFrames, &frames) && count(fieldRequestPurge, fieldPurgeConfirm, &confirmed)
+	return frames, confirmed, ok
 }
 
 func encodeRequest(r request) *pb.Request {
@@ -150,7 +171,14 @@ func encodeRequest(r request) *pb.Request {
 			Topic: r.topic, After: r.after, Limit: uint32(r.limit), TimeMs: r.time.UnixMilli(), Signature: r.sig,
 		}}}
 	case reqPurge:
-		return &pb.Request{Body: &pb.Request_Purge{Purge: &pb.Purge{OwnerKey: r.owner, TimeMs: r.time.UnixMilli(), Signature: r.sig}}}
+		p := &pb.Purge{OwnerKey: r.owner, TimeMs: r.time.UnixMilli(), Signature: r.sig}
+		if r.mediaAfter != nil {
+			p.MediaAfter = r.mediaAfter[:]
+		}
+		for _, id := range r.confirmed {
+			p.Confirmed = append(p.Confirmed, id[:])
+		}
+		return &pb.Request{Body: &pb.Request_Purge{Purge: p}}
 	}
 	return &pb.Request{}
 }
@@ -166,8 +194,8 @@ type response struct {
 	retryAfter time.Duration
 	codes      []Code         // keep
 	items      []keptItem     // backfill
-	more       bool           // backfill
-	media      []blobs.BlobID // purge
+	more       bool           // backfill, purge
+	media      []blobs.BlobID // purge: a page
 	deleted    int            // purge
 }
 

@@ -4,9 +4,12 @@ import (
 	"crypto/ed25519"
 	"errors"
 	"runtime"
+	"slices"
 	"testing"
 
 	"google.golang.org/protobuf/encoding/protowire"
+
+	"github.com/kinmesh/kinmesh/protocols/blobs"
 )
 
 // allocated returns the fewest bytes f allocated over a few runs (other
@@ -56,6 +59,12 @@ func TestRequestCountsBeforeDecoding(t *testing.T) {
 		{
 			name:     "frames over two keep bodies",
 			req:      append(submessage(fieldRequestKeep, append(topic, emptyEntries(fieldKeepFrames, 40)...)), submessage(fieldRequestKeep, emptyEntries(fieldKeepFrames, 40))...),
+			want:     CodeTooLarge,
+			maxAlloc: 16 << 10,
+		},
+		{
+			name:     "a request's worth of empty confirmations",
+			req:      submessage(fieldRequestPurge, emptyEntries(fieldPurgeConfirm, (maxRequestFrame-64)/2-8)),
 			want:     CodeTooLarge,
 			maxAlloc: 16 << 10,
 		},
@@ -144,10 +153,12 @@ func TestRequestRoundTrip(t *testing.T) {
 		{kind: reqKeep, topic: fuzzTopic, frames: fuzzFrames(t)},
 		{kind: reqBackfill, topic: fuzzTopic, after: 9, limit: 10, time: fuzzNow, sig: make([]byte, 64)},
 		{kind: reqPurge, owner: pub, time: fuzzNow, sig: make([]byte, 64)},
+		{kind: reqPurge, owner: pub, time: fuzzNow, sig: make([]byte, 64), mediaAfter: &blobs.BlobID{1}, confirmed: []blobs.BlobID{{2}, {3}}},
 	} {
 		t.Run(r.kind.String(), func(t *testing.T) {
 			got, code := decodeRequest(marshal(encodeRequest(r)))
-			if code != CodeOK || got.kind != r.kind || got.topic != r.topic || len(got.frames) != len(r.frames) || !got.time.Equal(r.time) {
+			if code != CodeOK || got.kind != r.kind || got.topic != r.topic || len(got.frames) != len(r.frames) || !got.time.Equal(r.time) ||
+				(got.mediaAfter == nil) != (r.mediaAfter == nil) || !slices.Equal(got.confirmed, r.confirmed) {
 				t.Fatalf("got %+v, %v; want %+v", got, code, r)
 			}
 		})

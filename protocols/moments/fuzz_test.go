@@ -101,9 +101,11 @@ func FuzzDecodeRequest(f *testing.F) {
 		{kind: reqKeep, topic: fuzzTopic, frames: fuzzFrames(f)},
 		{kind: reqBackfill, topic: fuzzTopic, after: 9, limit: 10, time: fuzzNow, sig: make([]byte, 64)},
 		{kind: reqPurge, owner: pub, time: fuzzNow, sig: make([]byte, 64)},
+		{kind: reqPurge, owner: pub, time: fuzzNow, sig: make([]byte, 64), mediaAfter: &blobs.BlobID{1}, confirmed: []blobs.BlobID{{2}, {3}}},
 	} {
 		f.Add(marshal(encodeRequest(r)))
 	}
+	f.Add(submessage(fieldRequestPurge, emptyEntries(fieldPurgeConfirm, MaxPurgeMedia+1)))
 	// Over the frame cap: one body, and two bodies that merge.
 	f.Add(marshal(encodeRequest(request{kind: reqKeep, topic: fuzzTopic, frames: make([][]byte, MaxKeepFrames+1)})))
 	f.Add(append(submessage(fieldRequestKeep, emptyEntries(fieldKeepFrames, 40)), submessage(fieldRequestKeep, emptyEntries(fieldKeepFrames, 40))...))
@@ -114,7 +116,8 @@ func FuzzDecodeRequest(f *testing.F) {
 		}
 		again, code := decodeRequest(marshal(encodeRequest(r)))
 		if code != CodeOK || again.kind != r.kind || again.topic != r.topic || again.after != r.after ||
-			!bytes.Equal(again.sig, r.sig) || len(again.frames) != len(r.frames) || !again.time.Equal(r.time) {
+			!bytes.Equal(again.sig, r.sig) || len(again.frames) != len(r.frames) || !again.time.Equal(r.time) ||
+			(again.mediaAfter == nil) != (r.mediaAfter == nil) || len(again.confirmed) != len(r.confirmed) {
 			t.Fatalf("round trip changed the request (%v)", code)
 		}
 	})
@@ -125,6 +128,7 @@ func FuzzDecodeResponse(f *testing.F) {
 		{code: CodeOK, codes: []Code{CodeOK, CodeQuota}},
 		{code: CodeOK, items: []keptItem{{seq: 1, frame: fuzzFrames(f)[0]}}, more: true},
 		{code: CodeOK, media: []blobs.BlobID{{1}}, deleted: 3},
+		{code: CodeOK, media: []blobs.BlobID{{1}, {2}}, more: true},
 		{code: CodeRateLimited, retryAfter: time.Second},
 	} {
 		f.Add(marshal(encodeResponse(r)))

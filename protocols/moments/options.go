@@ -39,6 +39,9 @@ const (
 	MaxKeepFrames = 64
 	// MaxPageItems caps a backfill page; a page also stops at 1 MiB.
 	MaxPageItems = 256
+	// MaxPurgeMedia caps the media ids of one Purge answer (a page; the
+	// client asks for the next) and those one Purge confirms.
+	MaxPurgeMedia = 1 << 14
 	// RequestMaxSkew is how far a signed request's time may be from the
 	// relay's clock.
 	RequestMaxSkew = 10 * time.Minute

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"hash/maphash"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -781,8 +782,12 @@ func (s *Service) backfill(ctx context.Context, req request, remote peer.ID) res
 
 var errStop = errors.New("stop")
 
-// purge deletes a whole feed and tells the owner which media its moments
-// had, so it can delete them with their proofs.
+// purge deletes a whole feed and reports the media its moments had (and
+// those of its dropped epochs), for the owner to delete with its proofs.
+// The relay keeps the list of those media ids until the owner confirms
+// them (a Purge with confirmed ids), or for MarkerTTL once the feed is
+// gone: a Purge whose answer was lost gets them again when retried. The
+// list is served in pages of MaxPurgeMedia, after media_after.
 func (s *Service) purge(ctx context.Context, req request, remote peer.ID) response {
 	if !s.fresh(req.time) || !ed25519.Verify(req.owner, purgeMessage(s.local, remote, req.owner, req.time), req.sig) {
 		return response{code: CodeUnauthorized}
@@ -801,12 +806,12 @@ func (s *Service) purge(ctx context.Context, req request, remote peer.ID) respon
 		}
 	}
 	s.mu.Unlock()
-	if !ok {
-		l.Unlock()
-		return response{code: CodeOK}
-	}
-	r := s.purgeFeed(ctx, fk, fs, topics)
+	r, err := s.purgeLocked(ctx, fk, fs, topics, req)
 	l.Unlock()
+	if err != nil {
+		s.log.Warn("purge", "err", err)
+		return response{code: CodeUnavailable}
+	}
 	// Leave only without the feed's lock: a topic's delivery may be
 	// waiting for it (and finds no feed once it has it). A topic
 	// registered again since is kept.
@@ -821,38 +826,76 @@ func (s *Service) purge(ctx context.Context, req request, remote peer.ID) respon
 	return r
 }
 
-// purgeFeed deletes the feed fk, whose topics are topics. Called with the
-// feed's lock held.
-func (s *Service) purgeFeed(ctx context.Context, fk string, fs *feedState, topics []string) response {
-	var media []blobs.BlobID
-	n := 0
-	for _, p := range []string{keyItem, keyIndex, keyReaction, keyCount, keyDeleted, keyDropping, keyMedia} {
-		deleted, err := s.deletePrefix(ctx, p+fk+"/", func(v []byte) {
-			if p == keyMedia {
-				if id, err := blobs.BlobIDFromBytes(v); err == nil {
-					media = append(media, id)
-				}
-				return
-			}
-			if p != keyItem {
-				return
-			}
-			var st pb.Stored
-			if proto.Unmarshal(v, &st) == nil && st.GetKind() == pb.Kind_KIND_POST {
-				for _, m := range st.GetMedia() {
-					if id, err := blobs.BlobIDFromBytes(m); err == nil {
-						media = append(media, id)
-					}
-				}
-			}
-		})
-		if p == keyItem {
-			n = deleted
-		}
+// purgeLocked deletes the feed fk (if fs is not nil), forgets the media
+// req confirms and returns the page of media ids req asks for. Called
+// with the feed's lock held.
+func (s *Service) purgeLocked(ctx context.Context, fk string, fs *feedState, topics []string, req request) (response, error) {
+	r := response{code: CodeOK}
+	if fs != nil {
+		n, err := s.purgeFeed(ctx, fk, fs, topics)
 		if err != nil {
-			s.log.Warn("purge: delete", "err", err)
-			return response{code: CodeUnavailable}
+			return response{}, err
 		}
+		r.deleted = n
+	}
+	for c := range slices.Chunk(req.confirmed, 512) {
+		b := s.store.NewBatch()
+		for _, id := range c {
+			_ = b.Delete(s.ns, listedKey(s.ns, fk, id[:]))
+		}
+		if err := b.Commit(ctx); err != nil {
+			return response{}, fmt.Errorf("forget confirmed media: %w", err)
+		}
+	}
+	opts := storage.ListOptions{Prefix: keyMedia + fk + "/", Limit: MaxPurgeMedia + 1}
+	if req.mediaAfter != nil {
+		opts.StartAfter = listedKey(s.ns, fk, req.mediaAfter[:])
+	}
+	err := s.ns.List(ctx, opts, func(_ string, v []byte) error {
+		id, err := blobs.BlobIDFromBytes(v)
+		if err != nil {
+			return nil
+		}
+		if len(r.media) == MaxPurgeMedia {
+			r.more = true
+			return errStop
+		}
+		r.media = append(r.media, id)
+		return nil
+	})
+	if err != nil && !errors.Is(err, errStop) {
+		return response{}, fmt.Errorf("list media: %w", err)
+	}
+	return r, nil
+}
+
+// purgeFeed deletes the feed fk, whose topics are topics, and returns how
+// many frames it held. Its posts' media go on the feed's media list in
+// the batches that delete the posts, and the whole list then expires
+// after MarkerTTL unless confirmed sooner. It can fail partway and be
+// done again. Called with the feed's lock held.
+func (s *Service) purgeFeed(ctx context.Context, fk string, fs *feedState, topics []string) (int, error) {
+	n, err := s.deletePrefix(ctx, keyItem+fk+"/", func(b *storage.Batch, v []byte) {
+		var st pb.Stored
+		if proto.Unmarshal(v, &st) != nil || st.GetKind() != pb.Kind_KIND_POST {
+			return
+		}
+		for _, m := range st.GetMedia() {
+			if _, err := blobs.BlobIDFromBytes(m); err == nil {
+				_ = b.PutTTL(s.ns, listedKey(s.ns, fk, m), m, MarkerTTL)
+			}
+		}
+	})
+	if err != nil {
+		return 0, fmt.Errorf("delete frames: %w", err)
+	}
+	for _, p := range []string{keyIndex, keyReaction, keyCount, keyDeleted, keyDropping} {
+		if _, err := s.deletePrefix(ctx, p+fk+"/", nil); err != nil {
+			return 0, fmt.Errorf("delete %s keys: %w", p, err)
+		}
+	}
+	if err := s.expireMedia(ctx, fk); err != nil {
+		return 0, err
 	}
 	b := s.store.NewBatch()
 	_ = b.Delete(s.ns, keyFeed+fk)
@@ -860,7 +903,7 @@ func (s *Service) purgeFeed(ctx context.Context, fk string, fs *feedState, topic
 		_ = b.Delete(s.ns, keyTopic+s.ns.Opaque([]byte(t)))
 	}
 	if err := b.Commit(ctx); err != nil {
-		return response{code: CodeUnavailable}
+		return 0, fmt.Errorf("delete the feed: %w", err)
 	}
 	s.mu.Lock()
 	s.items -= min(s.items, fs.items)
@@ -871,19 +914,47 @@ func (s *Service) purgeFeed(ctx context.Context, fk string, fs *feedState, topic
 	}
 	s.mu.Unlock()
 	s.report()
-	return response{code: CodeOK, media: media, deleted: n}
+	return n, nil
 }
 
-// deletePrefix deletes every key under prefix, in batches, calling seen
-// with each value first; it returns how many it deleted.
-func (s *Service) deletePrefix(ctx context.Context, prefix string, seen func([]byte)) (int, error) {
+// expireMedia gives every medium on feed fk's list (those of dropped
+// epochs were kept for as long as the feed) MarkerTTL to be confirmed.
+func (s *Service) expireMedia(ctx context.Context, fk string) error {
+	prefix := keyMedia + fk + "/"
+	after := ""
+	for {
+		b := s.store.NewBatch()
+		n := 0
+		err := s.ns.List(ctx, storage.ListOptions{Prefix: prefix, StartAfter: after, Limit: 512}, func(k string, v []byte) error {
+			_ = b.PutTTL(s.ns, k, v, MarkerTTL)
+			after = k
+			n++
+			return nil
+		})
+		if err == nil && n > 0 {
+			err = b.Commit(ctx)
+		}
+		if err != nil {
+			return fmt.Errorf("expire the media list: %w", err)
+		}
+		if n == 0 {
+			return nil
+		}
+	}
+}
+
+// deletePrefix deletes every key under prefix, in batches, calling each
+// with each value and the batch that deletes it first; it returns how many
+// it deleted.
+func (s *Service) deletePrefix(ctx context.Context, prefix string, each func(*storage.Batch, []byte)) (int, error) {
 	n := 0
 	for {
 		var keys []string
-		err := s.ns.List(ctx, storage.ListOptions{Prefix: prefix, Limit: 512}, func(k string, v []byte) error {
+		b := s.store.NewBatch()
+		err := s.ns.List(ctx, storage.ListOptions{Prefix: prefix, Limit: 256}, func(k string, v []byte) error {
 			keys = append(keys, k)
-			if seen != nil {
-				seen(v)
+			if each != nil {
+				each(b, v)
 			}
 			return nil
 		})
@@ -893,7 +964,6 @@ func (s *Service) deletePrefix(ctx context.Context, prefix string, seen func([]b
 		if len(keys) == 0 {
 			return n, nil
 		}
-		b := s.store.NewBatch()
 		for _, k := range keys {
 			_ = b.Delete(s.ns, k)
 		}

@@ -1047,12 +1047,17 @@ func (x *Backfill) GetSignature() []byte {
 
 // Purge deletes a whole feed: signature by the owner key over
 // "kinmesh/moments/purge/v1" || relay peer id || requester peer id ||
-// owner key || time.
+// owner key || time. The relay reports the feed's media ids, page by
+// page, on every Purge until they are confirmed. The paging and
+// confirmation fields are not signed: the signature binds the request to
+// its requester's peer id, which alone can send them.
 type Purge struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	OwnerKey      []byte                 `protobuf:"bytes,1,opt,name=owner_key,json=ownerKey,proto3" json:"owner_key,omitempty"`
 	TimeMs        int64                  `protobuf:"varint,2,opt,name=time_ms,json=timeMs,proto3" json:"time_ms,omitempty"`
 	Signature     []byte                 `protobuf:"bytes,3,opt,name=signature,proto3" json:"signature,omitempty"`
+	MediaAfter    []byte                 `protobuf:"bytes,4,opt,name=media_after,json=mediaAfter,proto3" json:"media_after,omitempty"` // 32 bytes: page on after this media id (the last of the previous page)
+	Confirmed     [][]byte               `protobuf:"bytes,5,rep,name=confirmed,proto3" json:"confirmed,omitempty"`                     // media ids the owner deleted: the relay stops reporting them
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1108,6 +1113,20 @@ func (x *Purge) GetSignature() []byte {
 	return nil
 }
 
+func (x *Purge) GetMediaAfter() []byte {
+	if x != nil {
+		return x.MediaAfter
+	}
+	return nil
+}
+
+func (x *Purge) GetConfirmed() [][]byte {
+	if x != nil {
+		return x.Confirmed
+	}
+	return nil
+}
+
 // Response is the relay's answer.
 type Response struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1115,8 +1134,8 @@ type Response struct {
 	RetryAfterMs  uint64                 `protobuf:"varint,2,opt,name=retry_after_ms,json=retryAfterMs,proto3" json:"retry_after_ms,omitempty"`
 	Codes         []Code                 `protobuf:"varint,3,rep,packed,name=codes,proto3,enum=kinmesh.moments.Code" json:"codes,omitempty"` // keep: one per frame
 	Items         []*Item                `protobuf:"bytes,4,rep,name=items,proto3" json:"items,omitempty"`                                   // backfill
-	More          bool                   `protobuf:"varint,5,opt,name=more,proto3" json:"more,omitempty"`                                    // backfill: another page follows
-	Media         [][]byte               `protobuf:"bytes,6,rep,name=media,proto3" json:"media,omitempty"`                                   // purge: blob ids of the purged moments
+	More          bool                   `protobuf:"varint,5,opt,name=more,proto3" json:"more,omitempty"`                                    // backfill, purge: another page follows
+	Media         [][]byte               `protobuf:"bytes,6,rep,name=media,proto3" json:"media,omitempty"`                                   // purge: blob ids of the purged moments (a page)
 	Deleted       uint32                 `protobuf:"varint,7,opt,name=deleted,proto3" json:"deleted,omitempty"`                              // purge: frames deleted
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2212,11 +2231,14 @@ const file_protocols_moments_pb_moments_proto_rawDesc = "" +
 	"\x05after\x18\x02 \x01(\x04R\x05after\x12\x14\n" +
 	"\x05limit\x18\x03 \x01(\rR\x05limit\x12\x17\n" +
 	"\atime_ms\x18\x04 \x01(\x03R\x06timeMs\x12\x1c\n" +
-	"\tsignature\x18\x05 \x01(\fR\tsignature\"[\n" +
+	"\tsignature\x18\x05 \x01(\fR\tsignature\"\x9a\x01\n" +
 	"\x05Purge\x12\x1b\n" +
 	"\towner_key\x18\x01 \x01(\fR\bownerKey\x12\x17\n" +
 	"\atime_ms\x18\x02 \x01(\x03R\x06timeMs\x12\x1c\n" +
-	"\tsignature\x18\x03 \x01(\fR\tsignature\"\xf9\x01\n" +
+	"\tsignature\x18\x03 \x01(\fR\tsignature\x12\x1f\n" +
+	"\vmedia_after\x18\x04 \x01(\fR\n" +
+	"mediaAfter\x12\x1c\n" +
+	"\tconfirmed\x18\x05 \x03(\fR\tconfirmed\"\xf9\x01\n" +
 	"\bResponse\x12)\n" +
 	"\x04code\x18\x01 \x01(\x0e2\x15.kinmesh.moments.CodeR\x04code\x12$\n" +
 	"\x0eretry_after_ms\x18\x02 \x01(\x04R\fretryAfterMs\x12+\n" +
