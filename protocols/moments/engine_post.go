@@ -525,8 +525,11 @@ func (e *Engine) drainOutbox(ctx context.Context) bool {
 			continue
 		}
 		for j, rerr := range results {
-			// Anything but "unavailable" or "rate limited" is final.
-			if rerr != nil && (errors.Is(rerr, ErrUnavailable) || errors.Is(rerr, ErrRateLimited)) {
+			// Anything but "unavailable", "rate limited" or "moment not
+			// held" is final. A reaction can reach a relay before its
+			// moment does: it is kept once the moment is (the outbox
+			// backs off, and gives up after its 30 days).
+			if rerr != nil && (errors.Is(rerr, ErrUnavailable) || errors.Is(rerr, ErrRateLimited) || errors.Is(rerr, ErrNotHeld)) {
 				continue
 			}
 			if rerr != nil {

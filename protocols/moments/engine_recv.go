@@ -582,6 +582,7 @@ func PurgeRelay(ctx context.Context, c *Client, bc *blobs.Client, relay peer.ID,
 	if err != nil && !errors.Is(err, ErrNotFound) { // not found: no feed here, maybe media
 		return err
 	}
+	listed := slices.Clone(media) // the relay reports these until confirmed
 	var errs []error
 	for chunk := range slices.Chunk(extra, blobs.MaxHasIDs) {
 		held, err := bc.Has(ctx, relay, chunk)
@@ -596,10 +597,21 @@ func PurgeRelay(ctx context.Context, c *Client, bc *blobs.Client, relay peer.ID,
 		}
 	}
 	secret := MediaSecret(id)
+	var gone []blobs.BlobID
 	for _, m := range media {
 		err := bc.Delete(ctx, relay, m, blobs.SignDelete(blobDeleteKey(secret, m), m))
-		if err != nil && !errors.Is(err, blobs.ErrNotFound) {
+		switch {
+		case err == nil || errors.Is(err, blobs.ErrNotFound):
+			if slices.Contains(listed, m) {
+				gone = append(gone, m)
+			}
+		default:
 			errs = append(errs, err)
+		}
+	}
+	if len(gone) > 0 {
+		if err := c.ConfirmPurge(ctx, relay, OwnerKey(id), gone); err != nil {
+			errs = append(errs, fmt.Errorf("confirm the purged media: %w", err))
 		}
 	}
 	return errors.Join(errs...)

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/kinmesh/kinmesh/protocols/blobs"
+	"github.com/kinmesh/kinmesh/protocols/e2ee"
 )
 
 // TestPurgeRetryReportsMedia: a purge whose answer was lost, retried,
@@ -96,4 +97,31 @@ func sameIDs(a, b []blobs.BlobID) bool {
 	cmp := func(x, y blobs.BlobID) int { return slices.Compare(x[:], y[:]) }
 	a, b = slices.SortedFunc(slices.Values(a), cmp), slices.SortedFunc(slices.Values(b), cmp)
 	return slices.Equal(a, b)
+}
+
+// TestPurgeRelayConfirms: PurgeRelay, what account deletion and a move
+// run, deletes the feed's media and confirms them, so the relay keeps no
+// list of them.
+func TestPurgeRelayConfirms(t *testing.T) {
+	ctx := testCtx(t)
+	r := startRelay(t)
+	o := newFeedOwner(t, ctx, r)
+	id, err := e2ee.NewIdentity(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o.owner, o.secret = OwnerKey(id), MediaSecret(id)
+	ep := o.register(ctx)
+	m := o.upload(ctx, 1000)
+	_, raw := o.post(ep, m)
+	o.mustKeep(ctx, ep, raw)
+	if err := PurgeRelay(ctx, o.c, o.bc, r.h.ID(), id); err != nil {
+		t.Fatal(err)
+	}
+	if n := keysUnder(t, r.st, keyMedia); n != 0 {
+		t.Fatalf("%d media keys left on the relay after PurgeRelay", n)
+	}
+	if media, err := o.c.Purge(ctx, r.h.ID(), o.owner); err != nil || len(media) != 0 {
+		t.Fatalf("a purge after PurgeRelay reports %v, %v; want none", media, err)
+	}
 }
