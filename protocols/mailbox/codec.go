@@ -165,10 +165,10 @@ func scanRequest(b []byte) (id uint64, envelopes, seqs int, ok bool) {
 			}
 			var c int
 			if num == fieldRequestDeposit {
-				c, ok = countField(body, fieldEnvelopes, false)
+				c, ok = wire.CountRepeated(body, fieldEnvelopes, false)
 				envelopes += c
 			} else {
-				c, ok = countField(body, fieldSeqs, true)
+				c, ok = wire.CountRepeated(body, fieldSeqs, true)
 				seqs += c
 			}
 			if !ok {
@@ -183,40 +183,6 @@ func scanRequest(b []byte) (id uint64, envelopes, seqs int, ok bool) {
 		b = b[n:]
 	}
 	return id, envelopes, seqs, true
-}
-
-// countField counts the entries of the repeated field num in message b:
-// length-delimited ones, or varints (unpacked, or packed in a
-// length-delimited entry) when varints is set.
-func countField(b []byte, num protowire.Number, varints bool) (count int, ok bool) {
-	for len(b) > 0 {
-		fn, typ, n := protowire.ConsumeTag(b)
-		if n < 0 {
-			return 0, false
-		}
-		b = b[n:]
-		n = protowire.ConsumeFieldValue(fn, typ, b)
-		if n < 0 {
-			return 0, false
-		}
-		if fn == num {
-			switch {
-			case typ == protowire.BytesType && !varints:
-				count++
-			case typ == protowire.VarintType && varints:
-				count++
-			case typ == protowire.BytesType && varints:
-				packed, _ := protowire.ConsumeBytes(b[:n])
-				for _, c := range packed {
-					if c < 0x80 {
-						count++
-					}
-				}
-			}
-		}
-		b = b[n:]
-	}
-	return count, true
 }
 
 // encodeRequest is the inverse of decodeRequest, for the client.
