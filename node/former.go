@@ -150,7 +150,8 @@ func (n *Node) purgeFormer(ctx context.Context) (left bool) {
 	keep := slices.DeleteFunc(cur, func(f formerRelay) bool { return done[relayID(f.Relay)] })
 	if len(done) > 0 {
 		b := n.store.NewBatch()
-		if err := n.putFormer(b, keep); err == nil {
+		err := n.putFormer(b, keep)
+		if err == nil {
 			err = b.Commit(ctx)
 		}
 		if err != nil {
