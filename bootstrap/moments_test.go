@@ -70,16 +70,16 @@ func TestRelayKeepsMoments(t *testing.T) {
 	mc, _ := moments.NewClient(h)
 	_, owner, _ := ed25519.GenerateKey(rand.Reader)
 	_, audience, _ := ed25519.GenerateKey(rand.Reader)
-	var secret [32]byte
-	_, _ = rand.Read(secret[:])
-	topic := moments.TopicName(secret)
-	if err := mc.Register(ctx, r.ID(), owner, topic, audience.Public().(ed25519.PublicKey)); err != nil {
+	topic := moments.TopicOf(audience.Public().(ed25519.PublicKey))
+	if err := mc.Register(ctx, r.ID(), owner, topic, audience); err != nil {
 		t.Fatalf("Register: %v", err)
 	}
 	if !r.MomentsRouter().Joined(topic) {
 		t.Fatal("the relay did not join the registered topic")
 	}
 	bc, _ := blobs.NewClient(h)
+	var secret [32]byte
+	_, _ = rand.Read(secret[:])
 	s, err := blobs.Seal(&secret, []byte("a photo"))
 	if err != nil {
 		t.Fatal(err)

@@ -45,14 +45,17 @@ func NewClient(h host.Host, opts ...ClientOption) (*Client, error) {
 	return &Client{h: h, cfg: cfg, log: cfg.logger.With("component", "moments-client")}, nil
 }
 
-// Register asks relay to keep topic for the feed of owner, with audience
-// the public half of the topic's audience key. Registering a topic again
-// changes nothing.
-func (c *Client) Register(ctx context.Context, relay peer.ID, owner ed25519.PrivateKey, topic string, audience ed25519.PublicKey) error {
+// Register asks relay to keep topic for the feed of owner; audience is the
+// topic's audience key, which signs the request too (a relay registers
+// only the topic TopicOf names for it, else ErrUnauthorized). Registering
+// a topic again changes nothing.
+func (c *Client) Register(ctx context.Context, relay peer.ID, owner ed25519.PrivateKey, topic string, audience ed25519.PrivateKey) error {
 	now := c.cfg.now()
 	pub := owner.Public().(ed25519.PublicKey)
-	req := request{kind: reqRegister, owner: pub, topic: topic, audience: audience, time: now,
-		sig: ed25519.Sign(owner, registerMessage(relay, pub, topic, audience, now))}
+	aud := audience.Public().(ed25519.PublicKey)
+	msg := registerMessage(relay, pub, topic, aud, now)
+	req := request{kind: reqRegister, owner: pub, topic: topic, audience: aud, time: now,
+		sig: ed25519.Sign(owner, msg), audSig: ed25519.Sign(audience, msg)}
 	_, err := c.do(ctx, relay, req)
 	return err
 }

@@ -49,6 +49,7 @@ type request struct {
 	audience ed25519.PublicKey // register
 	time     time.Time         // register, backfill, purge
 	sig      []byte            // register, backfill, purge
+	audSig   []byte            // register: the audience key's signature
 	frames   [][]byte          // keep
 	after    uint64            // backfill
 	limit    int               // backfill
@@ -84,7 +85,7 @@ func decodeRequest(b []byte) (request, Code) {
 	switch body := m.Body.(type) {
 	case *pb.Request_Register:
 		g := body.Register
-		r.kind, r.topic, r.time, r.sig = reqRegister, g.GetTopic(), time.UnixMilli(g.GetTimeMs()), g.GetSignature()
+		r.kind, r.topic, r.time, r.sig, r.audSig = reqRegister, g.GetTopic(), time.UnixMilli(g.GetTimeMs()), g.GetSignature(), g.GetAudienceSignature()
 		var ok2 bool
 		r.owner, ok = key(g.GetOwnerKey())
 		r.audience, ok2 = key(g.GetAudienceKey())
@@ -162,7 +163,7 @@ func encodeRequest(r request) *pb.Request {
 	switch r.kind {
 	case reqRegister:
 		return &pb.Request{Body: &pb.Request_Register{Register: &pb.Register{
-			OwnerKey: r.owner, Topic: r.topic, AudienceKey: r.audience, TimeMs: r.time.UnixMilli(), Signature: r.sig,
+			OwnerKey: r.owner, Topic: r.topic, AudienceKey: r.audience, TimeMs: r.time.UnixMilli(), Signature: r.sig, AudienceSignature: r.audSig,
 		}}}
 	case reqKeep:
 		return &pb.Request{Body: &pb.Request_Keep{Keep: &pb.Keep{Topic: r.topic, Frames: r.frames}}}
@@ -270,7 +271,8 @@ func appendField(b []byte, f []byte) []byte {
 	return append(b, f...)
 }
 
-// registerMessage is what the owner key signs to register a topic:
+// registerMessage is what the owner key and the topic's audience key
+// each sign to register a topic:
 //
 //	"kinmesh/moments/register/v1" || 0x00 || f(relay) || owner (32) || f(topic) || audience (32) || i64be(time ms)
 //

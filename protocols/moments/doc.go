@@ -5,9 +5,10 @@
 // The flow:
 //
 //   - Each author has a feed secret per epoch (keys.go). From it derive the
-//     topic name (an outsider can't tell whose topic it is), the audience
-//     key that relays check backfill requests against, and the key that
-//     seals each post's key. The secret reaches friends over the pairwise
+//     audience key that relays check registrations and backfill requests
+//     against, and from that key's public half the topic name (an outsider
+//     can't tell whose topic it is; only a holder of the audience key can
+//     register it). The secret reaches friends over the pairwise
 //     sessions as a ControlKey control (message.Service.SendControl); a
 //     friend who gets frames it can't open asks again with
 //     ControlKeyRequest. Removing a friend starts a new epoch.

@@ -114,6 +114,7 @@ type Engine struct {
 
 	wakeInbox, wakeOutbox, wakeBackfill chan struct{}
 	wakeCatchUp                         chan struct{} // a topic joined: see catching
+	wakeAudience                        chan struct{} // a legacy topic refused: see ownState.refused
 	events                              chan Event
 
 	closeOnce sync.Once
@@ -136,6 +137,9 @@ type ownState struct {
 	previous   []oldEpoch
 	registered map[peer.ID]bool
 	started    time.Time
+	// refused is set when a relay refused to register the current epoch's
+	// legacy topic: the next audience sync starts a new epoch.
+	refused bool
 }
 
 type oldEpoch struct {
@@ -192,9 +196,9 @@ func New(cfg Config) (*Engine, error) {
 		follows: map[e2ee.AccountID]*follow{}, topics: map[string]topicInfo{}, catching: map[string]time.Time{}, keyReqs: map[e2ee.AccountID]time.Time{},
 		topicLim:  newLimiter(cfg.Now, DefaultTopicFramesPerMinute/60.0, DefaultTopicBurst, 1<<12),
 		wakeInbox: make(chan struct{}, 1), wakeOutbox: make(chan struct{}, 1), wakeBackfill: make(chan struct{}, 1),
-		wakeCatchUp: make(chan struct{}, 1),
-		events:      make(chan Event, 256),
-		audience:    Audience{All: true},
+		wakeCatchUp: make(chan struct{}, 1), wakeAudience: make(chan struct{}, 1),
+		events:   make(chan Event, 256),
+		audience: Audience{All: true},
 	}
 	e.seq.Store(uint64(time.Now().UnixNano()))
 	if err := e.load(ctx); err != nil {
@@ -447,6 +451,8 @@ func (e *Engine) maintainLoop() {
 			e.syncAudience(e.ctx)
 			e.connectRelays(e.ctx)
 			e.joinAll()
+		case <-e.wakeAudience:
+			e.syncAudience(e.ctx)
 		case <-bf.C:
 			backfill()
 		case <-e.wakeBackfill:

@@ -89,13 +89,13 @@ func (e *Engine) load(ctx context.Context) error {
 }
 
 func (o *ownState) encode() []byte {
-	m := &pb.Own{SenderKey: o.sk.Marshal(), Epoch: o.cur.epoch, EpochSecret: o.cur.secret[:], EpochStartedMs: o.started.UnixMilli()}
+	m := &pb.Own{SenderKey: o.sk.Marshal(), Epoch: o.cur.epoch, EpochSecret: o.cur.secret[:], EpochStartedMs: o.started.UnixMilli(), TopicVersion: o.cur.topicVersion()}
 	for id := range o.members {
 		m.Members = append(m.Members, string(id))
 	}
 	slices.Sort(m.Members)
 	for _, p := range o.previous {
-		m.Previous = append(m.Previous, &pb.OldEpoch{Epoch: p.epoch, EpochSecret: p.secret[:], RetiredMs: p.retired.UnixMilli()})
+		m.Previous = append(m.Previous, &pb.OldEpoch{Epoch: p.epoch, EpochSecret: p.secret[:], RetiredMs: p.retired.UnixMilli(), TopicVersion: p.topicVersion()})
 	}
 	for r := range o.registered {
 		m.Registered = append(m.Registered, r.String())
@@ -113,7 +113,7 @@ func decodeOwn(b []byte) (*ownState, error) {
 	if err != nil {
 		return nil, fmt.Errorf("moments: own sender key: %w", err)
 	}
-	o := &ownState{sk: sk, cur: deriveEpoch(m.GetEpoch(), [32]byte(m.GetEpochSecret())), members: map[e2ee.AccountID]bool{},
+	o := &ownState{sk: sk, cur: deriveEpochVersion(m.GetEpoch(), [32]byte(m.GetEpochSecret()), m.GetTopicVersion()), members: map[e2ee.AccountID]bool{},
 		registered: map[peer.ID]bool{}, started: time.UnixMilli(m.GetEpochStartedMs())}
 	for _, id := range m.GetMembers() {
 		o.members[e2ee.AccountID(id)] = true
@@ -122,7 +122,7 @@ func decodeOwn(b []byte) (*ownState, error) {
 		if len(p.GetEpochSecret()) != 32 {
 			continue
 		}
-		o.previous = append(o.previous, oldEpoch{deriveEpoch(p.GetEpoch(), [32]byte(p.GetEpochSecret())), time.UnixMilli(p.GetRetiredMs())})
+		o.previous = append(o.previous, oldEpoch{deriveEpochVersion(p.GetEpoch(), [32]byte(p.GetEpochSecret()), p.GetTopicVersion()), time.UnixMilli(p.GetRetiredMs())})
 	}
 	for _, r := range m.GetRegistered() {
 		if id, err := peer.Decode(r); err == nil {
@@ -135,7 +135,7 @@ func decodeOwn(b []byte) (*ownState, error) {
 func (f *follow) encode() []byte {
 	m := &pb.Following{Author: string(f.author), State: f.state.Marshal(), OwnerKey: f.owner}
 	for _, ep := range f.epochs {
-		m.Epochs = append(m.Epochs, &pb.OldEpoch{Epoch: ep.epoch, EpochSecret: ep.secret[:], RetiredMs: ep.retired.UnixMilli()})
+		m.Epochs = append(m.Epochs, &pb.OldEpoch{Epoch: ep.epoch, EpochSecret: ep.secret[:], RetiredMs: ep.retired.UnixMilli(), TopicVersion: ep.topicVersion()})
 	}
 	return marshal(m)
 }
@@ -162,7 +162,7 @@ func decodeFollow(b []byte) (*follow, error) {
 		if ep.GetRetiredMs() != 0 {
 			retired = time.UnixMilli(ep.GetRetiredMs())
 		}
-		f.epochs = append(f.epochs, oldEpoch{deriveEpoch(ep.GetEpoch(), [32]byte(ep.GetEpochSecret())), retired})
+		f.epochs = append(f.epochs, oldEpoch{deriveEpochVersion(ep.GetEpoch(), [32]byte(ep.GetEpochSecret()), ep.GetTopicVersion()), retired})
 	}
 	return f, nil
 }
@@ -256,7 +256,7 @@ func (e *Engine) syncAudience(ctx context.Context) error {
 		}
 		o = &ownState{sk: sk, cur: deriveEpoch(1, secret), members: map[e2ee.AccountID]bool{}, registered: map[peer.ID]bool{}, started: now}
 		rotated = true
-	case o.sk.NeedsRotation(now) || anyMissing(o.members, want):
+	case o.sk.NeedsRotation(now) || anyMissing(o.members, want) || o.refused:
 		sk, err := o.sk.Rotate(rand.Reader, now)
 		if err != nil {
 			e.mu.Unlock()
@@ -287,7 +287,7 @@ func (e *Engine) syncAudience(ctx context.Context) error {
 		}
 	}
 	slices.Sort(send)
-	dist := keyDistribution{senderKey: o.sk.Distribution().Marshal(), epoch: o.cur.epoch, secret: o.cur.secret, owner: e.owner.Public().(ed25519.PublicKey)}
+	dist := keyDistribution{senderKey: o.sk.Distribution().Marshal(), epoch: o.cur.epoch, secret: o.cur.secret, owner: e.owner.Public().(ed25519.PublicKey), legacy: o.cur.legacy}
 	cur := o.cur
 	e.mu.Unlock()
 	if rotated {
@@ -343,7 +343,17 @@ func (e *Engine) register(ctx context.Context, r peer.AddrInfo) error {
 	cur := o.cur
 	e.mu.Unlock()
 	e.cfg.Host.Peerstore().AddAddrs(r.ID, r.Addrs, time.Hour)
-	if err := e.cfg.Relays.Register(ctx, r.ID, e.owner, cur.topic, cur.audience.Public().(ed25519.PublicKey)); err != nil {
+	if err := e.cfg.Relays.Register(ctx, r.ID, e.owner, cur.topic, cur.audience); err != nil {
+		if cur.legacy && errors.Is(err, ErrUnauthorized) {
+			// A relay refuses a legacy topic (one not bound to its
+			// audience key): start a new epoch, whose topic it takes.
+			e.mu.Lock()
+			if e.own != nil && e.own.cur.epoch == cur.epoch {
+				e.own.refused = true
+			}
+			e.mu.Unlock()
+			wake(e.wakeAudience)
+		}
 		return err
 	}
 	e.mu.Lock()
@@ -471,7 +481,11 @@ func (e *Engine) applyDistribution(ctx context.Context, from e2ee.AccountID, pay
 	known := slices.IndexFunc(nf.epochs, func(ep oldEpoch) bool { return ep.epoch == d.epoch })
 	if known < 0 {
 		newest := len(nf.epochs) == 0 || d.epoch > nf.epochs[0].epoch
-		ep := oldEpoch{epochKeys: deriveEpoch(d.epoch, d.secret)}
+		v := uint32(topicVersionAudience)
+		if d.legacy {
+			v = topicVersionLegacy
+		}
+		ep := oldEpoch{epochKeys: deriveEpochVersion(d.epoch, d.secret, v)}
 		if newest {
 			for i := range nf.epochs {
 				if nf.epochs[i].retired.IsZero() {
@@ -539,7 +553,7 @@ func (e *Engine) answerKeyRequest(ctx context.Context, from e2ee.AccountID) {
 		e.mu.Unlock()
 		return
 	}
-	dist := keyDistribution{senderKey: o.sk.Distribution().Marshal(), epoch: o.cur.epoch, secret: o.cur.secret, owner: e.owner.Public().(ed25519.PublicKey)}
+	dist := keyDistribution{senderKey: o.sk.Distribution().Marshal(), epoch: o.cur.epoch, secret: o.cur.secret, owner: e.owner.Public().(ed25519.PublicKey), legacy: o.cur.legacy}
 	e.mu.Unlock()
 	if err := e.cfg.SendControl(ctx, []e2ee.AccountID{from}, ControlKey, dist.encode()); err != nil {
 		e.log.Debug("answer a moments key request", "err", err)

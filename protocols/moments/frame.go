@@ -266,13 +266,20 @@ type keyDistribution struct {
 	epoch     uint64
 	secret    [32]byte
 	owner     ed25519.PublicKey
+	legacy    bool // the epoch's topic is derived from the secret (version 1)
 }
 
-const distributionVersion = 1
-
+// A key distribution's version is its epoch's topic version: 1 (legacy,
+// topic from the secret) or 2 (topic from the audience key, TopicOf). A
+// device that knows only version 1 refuses a version 2 key, rather than
+// follow a topic the author doesn't use.
 func (d keyDistribution) encode() []byte {
+	v := uint32(topicVersionAudience)
+	if d.legacy {
+		v = topicVersionLegacy
+	}
 	b, _ := proto.Marshal(&pb.KeyDistribution{
-		Version: distributionVersion, SenderKey: d.senderKey, EpochSecret: d.secret[:], Epoch: d.epoch, OwnerKey: d.owner,
+		Version: v, SenderKey: d.senderKey, EpochSecret: d.secret[:], Epoch: d.epoch, OwnerKey: d.owner,
 	})
 	return b
 }
@@ -282,11 +289,12 @@ func decodeDistribution(b []byte) (keyDistribution, error) {
 	if err := proto.Unmarshal(b, &m); err != nil {
 		return keyDistribution{}, fmt.Errorf("key distribution: %w", ErrMalformed)
 	}
-	if m.GetVersion() != distributionVersion || len(m.GetSenderKey()) == 0 || len(m.GetEpochSecret()) != 32 ||
+	v := m.GetVersion()
+	if (v != topicVersionLegacy && v != topicVersionAudience) || len(m.GetSenderKey()) == 0 || len(m.GetEpochSecret()) != 32 ||
 		len(m.GetOwnerKey()) != ed25519.PublicKeySize || m.GetEpoch() == 0 {
 		return keyDistribution{}, fmt.Errorf("key distribution: %w", ErrMalformed)
 	}
-	d := keyDistribution{senderKey: m.GetSenderKey(), epoch: m.GetEpoch(), owner: ed25519.PublicKey(m.GetOwnerKey())}
+	d := keyDistribution{senderKey: m.GetSenderKey(), epoch: m.GetEpoch(), owner: ed25519.PublicKey(m.GetOwnerKey()), legacy: v == topicVersionLegacy}
 	copy(d.secret[:], m.GetEpochSecret())
 	return d, nil
 }

@@ -23,7 +23,8 @@ const (
 	ownerKeyLabel    = "kinmesh/moments/owner-key/v1"
 	mediaSecretLabel = "kinmesh/moments/media-delete/v1"
 	reactSecretLabel = "kinmesh/moments/reaction-delete/v1"
-	topicLabel       = "kinmesh/moments/topic/v1"
+	topicLabel       = "kinmesh/moments/topic/v2"
+	legacyTopicLabel = "kinmesh/moments/topic/v1"
 	audienceLabel    = "kinmesh/moments/audience-key/v1"
 	mediaKeyLabel    = "kinmesh/moments/media/v1"
 	postBodyLabel    = "kinmesh/moments/post-body/v1"
@@ -81,7 +82,19 @@ type epochKeys struct {
 	secret   [32]byte
 	topic    string
 	audience ed25519.PrivateKey
+	// legacy marks an epoch whose topic is derived from the secret (topic
+	// version 1, before topics were bound to the audience key): relays
+	// refuse to register it, so an own current epoch of it is rotated
+	// away when a relay does.
+	legacy bool
 }
+
+// Topic versions: how an epoch's topic is derived (stored with each
+// epoch; the key distribution's version).
+const (
+	topicVersionLegacy   = 1 // from the secret
+	topicVersionAudience = 2 // from the audience public key (TopicOf)
+)
 
 func newEpochSecret() ([32]byte, error) {
 	var s [32]byte
@@ -89,23 +102,60 @@ func newEpochSecret() ([32]byte, error) {
 	return s, err
 }
 
-// deriveEpoch derives an epoch's topic and audience key from its secret:
+// deriveEpoch derives an epoch's audience key from its secret, and its
+// topic from the audience public key:
 //
-//	topic    = TopicPrefix || base32(HMAC-SHA256(secret, "kinmesh/moments/topic/v1")[:20])
 //	audience = Ed25519 key from seed HKDF-SHA256(secret, info "kinmesh/moments/audience-key/v1")
+//	topic    = TopicOf(audience's public key)
 //
 // The topic says nothing of whose feed it is; only holders of the secret
 // (the author's friends) and the relays the author registered it with can
-// tell which topic is which author's.
+// tell which topic is which author's. Only a holder of the audience
+// private key can register it with a relay (Register carries the
+// audience key's signature, and the relay recomputes the topic).
 func deriveEpoch(epoch uint64, secret [32]byte) epochKeys {
-	m := hmac.New(sha256.New, secret[:])
-	m.Write([]byte(topicLabel))
-	topic := TopicPrefix + topicEncoding.EncodeToString(m.Sum(nil)[:20])
+	return deriveEpochVersion(epoch, secret, topicVersionAudience)
+}
+
+// deriveEpochVersion derives an epoch of a topic version; any version but
+// topicVersionAudience (0 in records older than the version) is legacy:
+//
+//	topic = TopicPrefix || base32(HMAC-SHA256(secret, "kinmesh/moments/topic/v1")[:20])
+func deriveEpochVersion(epoch uint64, secret [32]byte, version uint32) epochKeys {
 	seed, err := hkdf.Key(sha256.New, secret[:], nil, audienceLabel, ed25519.SeedSize)
 	if err != nil {
 		panic("moments: hkdf: " + err.Error())
 	}
-	return epochKeys{epoch: epoch, secret: secret, topic: topic, audience: ed25519.NewKeyFromSeed(seed)}
+	k := epochKeys{epoch: epoch, secret: secret, audience: ed25519.NewKeyFromSeed(seed)}
+	if version == topicVersionAudience {
+		k.topic = TopicOf(k.audience.Public().(ed25519.PublicKey))
+		return k
+	}
+	m := hmac.New(sha256.New, secret[:])
+	m.Write([]byte(legacyTopicLabel))
+	k.topic = TopicPrefix + topicEncoding.EncodeToString(m.Sum(nil)[:20])
+	k.legacy = true
+	return k
+}
+
+// topicVersion is the version to store and distribute with k.
+func (k epochKeys) topicVersion() uint32 {
+	if k.legacy {
+		return topicVersionLegacy
+	}
+	return topicVersionAudience
+}
+
+// TopicOf returns the topic an epoch's audience public key names:
+//
+//	TopicPrefix || base32-lower-nopad(SHA-256("kinmesh/moments/topic/v2" || audience)[:20])
+//
+// Relays register a topic only with this audience key's signature.
+func TopicOf(audience ed25519.PublicKey) string {
+	h := sha256.New()
+	h.Write([]byte(topicLabel))
+	h.Write(audience)
+	return TopicPrefix + topicEncoding.EncodeToString(h.Sum(nil)[:20])
 }
 
 // TopicName returns the topic an epoch secret names (for tools and tests).

@@ -17,7 +17,8 @@ const ServiceName = "kinmesh.moments"
 // Namespace is the store namespace moments use, on relays and devices.
 const Namespace = "moments"
 
-// TopicPrefix starts every moments topic name; the rest is derived from a
+// TopicPrefix starts every moments topic name; the rest is derived from
+// the epoch's audience public key (TopicOf), itself derived from a
 // friends-only secret (TopicName).
 const TopicPrefix = "/kinmesh/moments/1/"
 

@@ -52,7 +52,7 @@ func (o *feedOwner) register(ctx context.Context) epochKeys {
 		o.t.Fatal(err)
 	}
 	ep := deriveEpoch(uint64(len(o.epochs)+1), secret)
-	if err := o.c.Register(ctx, o.r.h.ID(), o.owner, ep.topic, ep.audience.Public().(ed25519.PublicKey)); err != nil {
+	if err := o.c.Register(ctx, o.r.h.ID(), o.owner, ep.topic, ep.audience); err != nil {
 		o.t.Fatalf("register: %v", err)
 	}
 	o.epochs = append(o.epochs, ep)
@@ -209,7 +209,7 @@ func TestPurgeRacesRegister(t *testing.T) {
 			}
 		})
 		wg.Go(func() {
-			if err := o.c.Register(ctx, r.h.ID(), o.owner, late.topic, late.audience.Public().(ed25519.PublicKey)); err != nil {
+			if err := o.c.Register(ctx, r.h.ID(), o.owner, late.topic, late.audience); err != nil {
 				t.Errorf("register: %v", err)
 			}
 		})

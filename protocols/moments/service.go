@@ -380,9 +380,15 @@ func (s *Service) fresh(t time.Time) bool {
 	return t.After(now.Add(-RequestMaxSkew)) && t.Before(now.Add(RequestMaxSkew))
 }
 
-// register adds a topic to a feed (creating the feed) and joins it.
+// register adds a topic to a feed (creating the feed) and joins it. The
+// topic must be the one the audience key names, and both the owner key
+// and the audience key must sign: only a holder of the epoch's keys can
+// register its topic, so one who learned the name (gossipsub
+// subscriptions are plain) can't take it first and lock the author out.
 func (s *Service) register(ctx context.Context, req request) response {
-	if !s.fresh(req.time) || !ed25519.Verify(req.owner, registerMessage(s.local, req.owner, req.topic, req.audience, req.time), req.sig) {
+	msg := registerMessage(s.local, req.owner, req.topic, req.audience, req.time)
+	if !s.fresh(req.time) || req.topic != TopicOf(req.audience) ||
+		!ed25519.Verify(req.owner, msg, req.sig) || !ed25519.Verify(req.audience, msg, req.audSig) {
 		return response{code: CodeUnauthorized}
 	}
 	fk := s.ns.Opaque(req.owner)

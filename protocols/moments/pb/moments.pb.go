@@ -642,7 +642,10 @@ func (x *ReactionBody) GetSignature() []byte {
 }
 
 // KeyDistribution is the control "moments/key": what a friend needs to
-// follow the author's feed, sent over the pairwise session.
+// follow the author's feed, sent over the pairwise session. Version 1:
+// the epoch's topic is derived from the secret (legacy); version 2: from
+// the audience public key (TopicOf). A device of version 1 refuses a
+// version 2 key rather than follow the wrong topic.
 type KeyDistribution struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Version       uint32                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
@@ -835,17 +838,20 @@ func (*Request_Backfill) isRequest_Body() {}
 func (*Request_Purge) isRequest_Body() {}
 
 // Register asks the relay to keep a feed's topic: signature by the owner
-// key over "kinmesh/moments/register/v1" || relay peer id || owner key ||
-// topic || audience key || time.
+// key, and audience_signature by the audience key, over
+// "kinmesh/moments/register/v1" || relay peer id || owner key || topic ||
+// audience key || time. The topic must be the one the audience key names
+// (TopicOf), so only a holder of the epoch's keys can register it.
 type Register struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	OwnerKey      []byte                 `protobuf:"bytes,1,opt,name=owner_key,json=ownerKey,proto3" json:"owner_key,omitempty"`
-	Topic         string                 `protobuf:"bytes,2,opt,name=topic,proto3" json:"topic,omitempty"`
-	AudienceKey   []byte                 `protobuf:"bytes,3,opt,name=audience_key,json=audienceKey,proto3" json:"audience_key,omitempty"`
-	TimeMs        int64                  `protobuf:"varint,4,opt,name=time_ms,json=timeMs,proto3" json:"time_ms,omitempty"`
-	Signature     []byte                 `protobuf:"bytes,5,opt,name=signature,proto3" json:"signature,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state             protoimpl.MessageState `protogen:"open.v1"`
+	OwnerKey          []byte                 `protobuf:"bytes,1,opt,name=owner_key,json=ownerKey,proto3" json:"owner_key,omitempty"`
+	Topic             string                 `protobuf:"bytes,2,opt,name=topic,proto3" json:"topic,omitempty"`
+	AudienceKey       []byte                 `protobuf:"bytes,3,opt,name=audience_key,json=audienceKey,proto3" json:"audience_key,omitempty"`
+	TimeMs            int64                  `protobuf:"varint,4,opt,name=time_ms,json=timeMs,proto3" json:"time_ms,omitempty"`
+	Signature         []byte                 `protobuf:"bytes,5,opt,name=signature,proto3" json:"signature,omitempty"`
+	AudienceSignature []byte                 `protobuf:"bytes,6,opt,name=audience_signature,json=audienceSignature,proto3" json:"audience_signature,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *Register) Reset() {
@@ -909,6 +915,13 @@ func (x *Register) GetTimeMs() int64 {
 func (x *Register) GetSignature() []byte {
 	if x != nil {
 		return x.Signature
+	}
+	return nil
+}
+
+func (x *Register) GetAudienceSignature() []byte {
+	if x != nil {
+		return x.AudienceSignature
 	}
 	return nil
 }
@@ -1538,6 +1551,7 @@ type Own struct {
 	Previous       []*OldEpoch            `protobuf:"bytes,5,rep,name=previous,proto3" json:"previous,omitempty"`     // still listened to for a grace period
 	Registered     []string               `protobuf:"bytes,6,rep,name=registered,proto3" json:"registered,omitempty"` // relay peer ids that registered the current topic
 	EpochStartedMs int64                  `protobuf:"varint,7,opt,name=epoch_started_ms,json=epochStartedMs,proto3" json:"epoch_started_ms,omitempty"`
+	TopicVersion   uint32                 `protobuf:"varint,8,opt,name=topic_version,json=topicVersion,proto3" json:"topic_version,omitempty"` // 0 or 1: topic from the secret (legacy); 2: from the audience key
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
 }
@@ -1621,12 +1635,20 @@ func (x *Own) GetEpochStartedMs() int64 {
 	return 0
 }
 
+func (x *Own) GetTopicVersion() uint32 {
+	if x != nil {
+		return x.TopicVersion
+	}
+	return 0
+}
+
 // OldEpoch is an epoch rotated away.
 type OldEpoch struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Epoch         uint64                 `protobuf:"varint,1,opt,name=epoch,proto3" json:"epoch,omitempty"`
 	EpochSecret   []byte                 `protobuf:"bytes,2,opt,name=epoch_secret,json=epochSecret,proto3" json:"epoch_secret,omitempty"`
 	RetiredMs     int64                  `protobuf:"varint,3,opt,name=retired_ms,json=retiredMs,proto3" json:"retired_ms,omitempty"`
+	TopicVersion  uint32                 `protobuf:"varint,4,opt,name=topic_version,json=topicVersion,proto3" json:"topic_version,omitempty"` // as Own.topic_version
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1678,6 +1700,13 @@ func (x *OldEpoch) GetEpochSecret() []byte {
 func (x *OldEpoch) GetRetiredMs() int64 {
 	if x != nil {
 		return x.RetiredMs
+	}
+	return 0
+}
+
+func (x *OldEpoch) GetTopicVersion() uint32 {
+	if x != nil {
+		return x.TopicVersion
 	}
 	return 0
 }
@@ -2216,13 +2245,14 @@ const file_protocols_moments_pb_moments_proto_rawDesc = "" +
 	"\x04keep\x18\x02 \x01(\v2\x15.kinmesh.moments.KeepH\x00R\x04keep\x127\n" +
 	"\bbackfill\x18\x03 \x01(\v2\x19.kinmesh.moments.BackfillH\x00R\bbackfill\x12.\n" +
 	"\x05purge\x18\x04 \x01(\v2\x16.kinmesh.moments.PurgeH\x00R\x05purgeB\x06\n" +
-	"\x04body\"\x97\x01\n" +
+	"\x04body\"\xc6\x01\n" +
 	"\bRegister\x12\x1b\n" +
 	"\towner_key\x18\x01 \x01(\fR\bownerKey\x12\x14\n" +
 	"\x05topic\x18\x02 \x01(\tR\x05topic\x12!\n" +
 	"\faudience_key\x18\x03 \x01(\fR\vaudienceKey\x12\x17\n" +
 	"\atime_ms\x18\x04 \x01(\x03R\x06timeMs\x12\x1c\n" +
-	"\tsignature\x18\x05 \x01(\fR\tsignature\"4\n" +
+	"\tsignature\x18\x05 \x01(\fR\tsignature\x12-\n" +
+	"\x12audience_signature\x18\x06 \x01(\fR\x11audienceSignature\"4\n" +
 	"\x04Keep\x12\x14\n" +
 	"\x05topic\x18\x01 \x01(\tR\x05topic\x12\x16\n" +
 	"\x06frames\x18\x02 \x03(\fR\x06frames\"\x83\x01\n" +
@@ -2270,7 +2300,7 @@ const file_protocols_moments_pb_moments_proto_rawDesc = "" +
 	"\x04item\x18\x06 \x01(\fR\x04item\x12\x14\n" +
 	"\x05media\x18\a \x03(\fR\x05media\x12\x17\n" +
 	"\akept_ms\x18\b \x01(\x03R\x06keptMs\x12\x18\n" +
-	"\acounted\x18\t \x01(\bR\acounted\"\xf8\x01\n" +
+	"\acounted\x18\t \x01(\bR\acounted\"\x9d\x02\n" +
 	"\x03Own\x12\x1d\n" +
 	"\n" +
 	"sender_key\x18\x01 \x01(\fR\tsenderKey\x12\x14\n" +
@@ -2281,12 +2311,14 @@ const file_protocols_moments_pb_moments_proto_rawDesc = "" +
 	"\n" +
 	"registered\x18\x06 \x03(\tR\n" +
 	"registered\x12(\n" +
-	"\x10epoch_started_ms\x18\a \x01(\x03R\x0eepochStartedMs\"b\n" +
+	"\x10epoch_started_ms\x18\a \x01(\x03R\x0eepochStartedMs\x12#\n" +
+	"\rtopic_version\x18\b \x01(\rR\ftopicVersion\"\x87\x01\n" +
 	"\bOldEpoch\x12\x14\n" +
 	"\x05epoch\x18\x01 \x01(\x04R\x05epoch\x12!\n" +
 	"\fepoch_secret\x18\x02 \x01(\fR\vepochSecret\x12\x1d\n" +
 	"\n" +
-	"retired_ms\x18\x03 \x01(\x03R\tretiredMs\"\x89\x01\n" +
+	"retired_ms\x18\x03 \x01(\x03R\tretiredMs\x12#\n" +
+	"\rtopic_version\x18\x04 \x01(\rR\ftopicVersion\"\x89\x01\n" +
 	"\tFollowing\x12\x16\n" +
 	"\x06author\x18\x01 \x01(\tR\x06author\x12\x14\n" +
 	"\x05state\x18\x02 \x01(\fR\x05state\x12\x1b\n" +
