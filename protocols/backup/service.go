@@ -44,8 +44,8 @@ type Service struct {
 	log   *slog.Logger
 	tr    tracer
 
-	opLim  *limiter // per peer: operations started
-	putLim *limiter // per account: uploads
+	opLim  *netkit.Limiter[string] // per peer: operations started
+	putLim *netkit.Limiter[string] // per account: uploads
 	opSem  chan struct{}
 
 	writeMu sync.Mutex // guards count and every write
@@ -107,8 +107,8 @@ func newService(local peer.ID, st *storage.Store, links Links, opts ...Option) (
 		cfg:    cfg,
 		log:    cfg.logger.With("component", "backup"),
 		tr:     tracer{cfg.tracer},
-		opLim:  newLimiter(cfg.now, cfg.opRate, cfg.opBurst, cfg.maxTracked),
-		putLim: newLimiter(cfg.now, cfg.putRate, cfg.putBurst, cfg.maxTracked),
+		opLim:  netkit.NewLimiter[string](cfg.now, cfg.opRate, cfg.opBurst, cfg.maxTracked),
+		putLim: netkit.NewLimiter[string](cfg.now, cfg.putRate, cfg.putBurst, cfg.maxTracked),
 		opSem:  make(chan struct{}, cfg.maxOps),
 		ctx:    ctx,
 		cancel: cancel,
@@ -187,7 +187,7 @@ func (s *Service) serve(ctx context.Context, st netkit.Stream, scope netkit.MemS
 		s.tr.request("auth", code)
 		return s.reply(st, response{code: code})
 	}
-	if ok, wait := s.opLim.take(string(remote)); !ok {
+	if ok, wait := s.opLim.Take(string(remote)); !ok {
 		s.tr.request("auth", CodeRateLimited)
 		return s.reply(st, response{code: CodeRateLimited, retryAfter: wait})
 	}
@@ -282,7 +282,7 @@ func (s *Service) put(ctx context.Context, id e2ee.PublicIdentity, blob []byte) 
 		return response{code: CodeNotVerified}
 	}
 	owner := s.ownerKey(id)
-	if ok, wait := s.putLim.take(owner); !ok {
+	if ok, wait := s.putLim.Take(owner); !ok {
 		return response{code: CodeRateLimited, retryAfter: wait}
 	}
 	st, code, err := s.store1(ctx, owner, link, blob)
