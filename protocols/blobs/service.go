@@ -31,8 +31,8 @@ type Service struct {
 	log   *slog.Logger
 	tr    tracer
 
-	putLim *limiter // per peer: uploads and deletions
-	getLim *limiter // per peer: fetches and Has
+	putLim *netkit.Limiter[string] // per peer: uploads and deletions
+	getLim *netkit.Limiter[string] // per peer: fetches and Has
 
 	seed  maphash.Seed
 	locks [64]sync.Mutex // per blob, striped: check-and-claim, delete
@@ -111,8 +111,8 @@ func newService(st *storage.Store, opts ...Option) (*Service, error) {
 		cfg:       cfg,
 		log:       cfg.logger.With("component", "blobs"),
 		tr:        tracer{cfg.tracer},
-		putLim:    newLimiter(cfg.now, cfg.putRate, cfg.putBurst, cfg.maxTracked),
-		getLim:    newLimiter(cfg.now, cfg.getRate, cfg.getBurst, cfg.maxTracked),
+		putLim:    netkit.NewLimiter[string](cfg.now, cfg.putRate, cfg.putBurst, cfg.maxTracked),
+		getLim:    netkit.NewLimiter[string](cfg.now, cfg.getRate, cfg.getBurst, cfg.maxTracked),
 		seed:      maphash.MakeSeed(),
 		inflight:  map[string]Usage{},
 		uploading: map[BlobID]bool{},
@@ -208,7 +208,7 @@ func (s *Service) serve(ctx context.Context, st netkit.Stream, scope netkit.MemS
 	case reqGet:
 		return s.get(ctx, st, remote, req)
 	case reqDelete:
-		if ok, wait := s.putLim.take(string(remote)); !ok {
+		if ok, wait := s.putLim.Take(string(remote)); !ok {
 			s.tr.request("delete", CodeRateLimited, 0)
 			return s.reply(st, response{code: CodeRateLimited, retryAfter: wait})
 		}
@@ -319,7 +319,7 @@ func (s *Service) release(id BlobID, uploader string, size uint64) {
 // hashes, then the record that makes the blob visible, in one synced batch
 // with the uploader's usage and the relay's totals.
 func (s *Service) put(ctx context.Context, st netkit.Stream, rd *wire.Reader, scope netkit.MemScope, remote peer.ID, req request) error {
-	if ok, wait := s.putLim.take(string(remote)); !ok {
+	if ok, wait := s.putLim.Take(string(remote)); !ok {
 		s.tr.request("put", CodeRateLimited, 0)
 		return s.reply(st, response{code: CodeRateLimited, retryAfter: wait})
 	}
@@ -474,7 +474,7 @@ func (s *Service) dropUpload(ctx context.Context, k string) error {
 
 // get streams a blob: its chunk hashes, then its chunks from req.from on.
 func (s *Service) get(ctx context.Context, st netkit.Stream, remote peer.ID, req request) error {
-	if ok, wait := s.getLim.take(string(remote)); !ok {
+	if ok, wait := s.getLim.Take(string(remote)); !ok {
 		s.tr.request("get", CodeRateLimited, 0)
 		return s.reply(st, response{code: CodeRateLimited, retryAfter: wait})
 	}
@@ -516,7 +516,7 @@ func (s *Service) get(ctx context.Context, st netkit.Stream, remote peer.ID, req
 }
 
 func (s *Service) has(ctx context.Context, st netkit.Stream, remote peer.ID, req request) error {
-	if ok, wait := s.getLim.take(string(remote)); !ok {
+	if ok, wait := s.getLim.Take(string(remote)); !ok {
 		s.tr.request("has", CodeRateLimited, 0)
 		return s.reply(st, response{code: CodeRateLimited, retryAfter: wait})
 	}
