@@ -60,8 +60,8 @@ type Service struct {
 	tr       tracer
 	hist     *history
 
-	peerLim *limiter // invites per caller peer
-	acctLim *limiter // invites per caller account
+	peerLim *netkit.Limiter[string] // invites per caller peer
+	acctLim *netkit.Limiter[string] // invites per caller account
 	pending chan struct{}
 
 	ctx     context.Context
@@ -117,8 +117,8 @@ func NewService(h host.Host, self Self, contacts Contacts, opts ...Option) (*Ser
 		log:     cfg.logger.With("component", "calls"),
 		tr:      tracer{cfg.tracer},
 		hist:    hist,
-		peerLim: newLimiter(cfg.now, rate, burst, cfg.maxTracked),
-		acctLim: newLimiter(cfg.now, rate, burst, cfg.maxTracked),
+		peerLim: netkit.NewLimiter[string](cfg.now, rate, burst, cfg.maxTracked),
+		acctLim: netkit.NewLimiter[string](cfg.now, rate, burst, cfg.maxTracked),
 		pending: make(chan struct{}, 32),
 		ctx:     ctx, cancel: cancel,
 		live:   map[string]*Call{},
@@ -446,7 +446,7 @@ func (s *Service) invite(sig *sigConn, remote peer.ID, f frame) {
 		sig.close()
 	}
 	unavailable := frame{kind: kindReject, reason: reasonUnavailable}
-	if ok, _ := s.peerLim.take(string(remote)); !ok {
+	if ok, _ := s.peerLim.Take(string(remote)); !ok {
 		refuse(RefusedRateLimited, frame{kind: kindReject, reason: reasonRateLimited})
 		return
 	}
@@ -469,7 +469,7 @@ func (s *Service) invite(sig *sigConn, remote peer.ID, f frame) {
 		}
 		s.contacts.Learn(newer)
 	}
-	if ok, _ := s.acctLim.take(string(f.account)); !ok {
+	if ok, _ := s.acctLim.Take(string(f.account)); !ok {
 		refuse(RefusedRateLimited, frame{kind: kindReject, reason: reasonRateLimited})
 		return
 	}
