@@ -19,6 +19,7 @@ import (
 	"github.com/kinmesh/kinmesh/protocols/blobs"
 	"github.com/kinmesh/kinmesh/protocols/contact"
 	"github.com/kinmesh/kinmesh/protocols/e2ee"
+	"github.com/kinmesh/kinmesh/protocols/netkit"
 	"github.com/kinmesh/kinmesh/storage"
 )
 
@@ -107,7 +108,7 @@ type Engine struct {
 	catchMu  sync.Mutex
 	catching map[string]time.Time
 
-	topicLim *limiter
+	topicLim *netkit.Limiter[string]
 	seq      atomic.Uint64
 	keyReqMu sync.Mutex
 	keyReqs  map[e2ee.AccountID]time.Time
@@ -194,7 +195,7 @@ func New(cfg Config) (*Engine, error) {
 		me: cfg.Identity.AccountID(), owner: OwnerKey(cfg.Identity), mediaSecret: MediaSecret(cfg.Identity),
 		ctx: ctx, cancel: cancel,
 		follows: map[e2ee.AccountID]*follow{}, topics: map[string]topicInfo{}, catching: map[string]time.Time{}, keyReqs: map[e2ee.AccountID]time.Time{},
-		topicLim:  newLimiter(cfg.Now, DefaultTopicFramesPerMinute/60.0, DefaultTopicBurst, 1<<12),
+		topicLim:  netkit.NewLimiter[string](cfg.Now, DefaultTopicFramesPerMinute/60.0, DefaultTopicBurst, 1<<12),
 		wakeInbox: make(chan struct{}, 1), wakeOutbox: make(chan struct{}, 1), wakeBackfill: make(chan struct{}, 1),
 		wakeCatchUp: make(chan struct{}, 1), wakeAudience: make(chan struct{}, 1),
 		events:   make(chan Event, 256),
@@ -370,7 +371,7 @@ func (e *Engine) validate(topic string, _ peer.ID, data []byte) error {
 	if _, err := checkFrame(data, topic, ti.keys, e.cfg.Now(), MaxGossipAge); err != nil {
 		return err
 	}
-	if ok, _ := e.topicLim.take(topic); !ok {
+	if ok, _ := e.topicLim.Take(topic); !ok {
 		return ErrRateLimited
 	}
 	return nil

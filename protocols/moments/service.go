@@ -47,8 +47,8 @@ type Service struct {
 	log    *slog.Logger
 	tr     tracer
 
-	reqLim   *limiter // per peer
-	topicLim *limiter // per topic
+	reqLim   *netkit.Limiter[string] // per peer
+	topicLim *netkit.Limiter[string] // per topic
 
 	seed  maphash.Seed
 	locks [64]sync.Mutex // per feed, striped: every change of a feed
@@ -151,8 +151,8 @@ func NewService(h host.Host, st *storage.Store, router *Router, media MediaDelet
 	s := &Service{
 		h: h, local: h.ID(), store: st, ns: st.Namespace(Namespace), router: router, media: media,
 		cfg: cfg, log: cfg.logger.With("component", "moments"), tr: tracer{cfg.tracer},
-		reqLim:   newLimiter(cfg.now, cfg.reqRate, cfg.reqBurst, cfg.maxTracked),
-		topicLim: newLimiter(cfg.now, cfg.topicRate, cfg.topicB, cfg.maxTracked),
+		reqLim:   netkit.NewLimiter[string](cfg.now, cfg.reqRate, cfg.reqBurst, cfg.maxTracked),
+		topicLim: netkit.NewLimiter[string](cfg.now, cfg.topicRate, cfg.topicB, cfg.maxTracked),
 		seed:     maphash.MakeSeed(),
 		feeds:    map[string]*feedState{}, topics: map[string]topicRef{}, dropping: map[string]bool{},
 		ctx: ctx, cancel: cancel,
@@ -305,7 +305,7 @@ func (s *Service) validate(topic string, _ peer.ID, data []byte) error {
 	if _, err := checkFrame(data, topic, keys, s.cfg.now(), MaxGossipAge); err != nil {
 		return err
 	}
-	if ok, _ := s.topicLim.take(topic); !ok {
+	if ok, _ := s.topicLim.Take(topic); !ok {
 		return ErrRateLimited
 	}
 	return nil
@@ -352,7 +352,7 @@ func (s *Service) serve(ctx context.Context, st netkit.Stream, scope netkit.MemS
 	if code != CodeOK {
 		return s.reply(st, req.kind.String(), response{code: code})
 	}
-	if ok, wait := s.reqLim.take(string(remote)); !ok {
+	if ok, wait := s.reqLim.Take(string(remote)); !ok {
 		return s.reply(st, req.kind.String(), response{code: CodeRateLimited, retryAfter: wait})
 	}
 	var r response
@@ -481,7 +481,7 @@ func (s *Service) keepRequest(ctx context.Context, req request) response {
 	for i, raw := range req.frames {
 		f, err := checkFrame(raw, req.topic, keys, now, MaxKeepAge)
 		if err == nil {
-			if ok, _ := s.topicLim.take(req.topic); !ok {
+			if ok, _ := s.topicLim.Take(req.topic); !ok {
 				err = ErrRateLimited
 			}
 		}
