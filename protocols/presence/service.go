@@ -45,7 +45,7 @@ type Service struct {
 	cfg      config
 	log      *slog.Logger
 	tr       tracer
-	lim      *limiter
+	lim      *netkit.Limiter[string]
 	inbound  chan struct{} // streams being handled
 	kick     chan struct{}
 
@@ -133,7 +133,7 @@ func newService(st *storage.Store, acct Account, contacts Contacts, opts ...Opti
 		cfg:      cfg,
 		log:      cfg.logger.With("component", "presence"),
 		tr:       tracer{cfg.tracer},
-		lim:      newLimiter(cfg.now, cfg.rate, cfg.burst, cfg.maxTracked),
+		lim:      netkit.NewLimiter[string](cfg.now, cfg.rate, cfg.burst, cfg.maxTracked),
 		inbound:  make(chan struct{}, cfg.maxInbound),
 		kick:     make(chan struct{}, 1),
 		share:    cfg.share,
@@ -530,7 +530,7 @@ func (s *Service) handle(str network.Stream) {
 		_ = str.Reset()
 		return
 	}
-	if ok, _ := s.lim.take(string(str.Conn().RemotePeer())); !ok {
+	if ok, _ := s.lim.Take(string(str.Conn().RemotePeer())); !ok {
 		s.drop("rate_limited")
 		_ = str.Reset()
 		return
