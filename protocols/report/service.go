@@ -77,9 +77,9 @@ type Service struct {
 	cfg   config
 	log   *slog.Logger
 	tr    tracer
-	lim   *limiter      // submissions per peer
-	ipLim *limiter      // submissions per source IP
-	sem   chan struct{} // submissions being verified and stored
+	lim   *netkit.Limiter[string] // submissions per peer
+	ipLim *netkit.Limiter[string] // submissions per source IP
+	sem   chan struct{}           // submissions being verified and stored
 
 	// mu serializes accepting submissions (retry check, quota, queue
 	// caps, sequence number and the write) and marking items done.
@@ -149,8 +149,8 @@ func newService(local peer.ID, st *storage.Store, opts ...Option) (*Service, err
 		cfg:    cfg,
 		log:    cfg.logger.With("component", "report"),
 		tr:     tracer{cfg.tracer},
-		lim:    newLimiter(cfg.now, cfg.rate, cfg.burst, cfg.maxTracked),
-		ipLim:  newLimiter(cfg.now, cfg.ipRate, cfg.ipBurst, cfg.maxTracked),
+		lim:    netkit.NewLimiter[string](cfg.now, cfg.rate, cfg.burst, cfg.maxTracked),
+		ipLim:  netkit.NewLimiter[string](cfg.now, cfg.ipRate, cfg.ipBurst, cfg.maxTracked),
 		sem:    make(chan struct{}, cfg.maxVerify),
 		items:  map[string]queued{},
 		ctx:    ctx,
@@ -243,11 +243,11 @@ func (s *Service) serve(ctx context.Context, st netkit.Stream, scope netkit.MemS
 	if req, code := decodeRequest(b); code != CodeOK || req.kind != reqHello {
 		return s.refuse(st, CodeMalformed)
 	}
-	if ok, wait := s.lim.take(src.peer); !ok {
+	if ok, wait := s.lim.Take(src.peer); !ok {
 		s.tr.submission(0, CodeRateLimited)
 		return s.reply(st, response{code: CodeRateLimited, retryAfter: wait})
 	}
-	if ok, wait := s.ipLim.take(src.ip); !ok {
+	if ok, wait := s.ipLim.Take(src.ip); !ok {
 		s.tr.submission(0, CodeRateLimited)
 		return s.reply(st, response{code: CodeRateLimited, retryAfter: wait})
 	}
