@@ -42,9 +42,9 @@ type Server struct {
 	quota *quotas
 	peers *peerPolicy
 
-	peerLim *limiter // credential requests per peer
-	ipLim   *limiter // credential requests per source IP (or IPv6 /64)
-	acctLim *limiter // credential requests per account
+	peerLim *netkit.Limiter[string] // credential requests per peer
+	ipLim   *netkit.Limiter[string] // credential requests per source IP (or IPv6 /64)
+	acctLim *netkit.Limiter[string] // credential requests per account
 
 	stats counters
 
@@ -133,9 +133,9 @@ func NewServer(h host.Host, secret []byte, public netip.Addr, opts ...Option) (*
 		log:     cfg.logger.With("component", "turn"),
 		tr:      tracer{cfg.tracer},
 		peers:   &peerPolicy{custom: cfg.peerOK, allow: cfg.allowPeers, own: ownAddrs(h, public, cfg.listen.Addr())},
-		peerLim: newLimiter(cfg.now, cfg.issueRate, cfg.issueBurst, cfg.maxTracked),
-		ipLim:   newLimiter(cfg.now, cfg.ipIssueRate, cfg.ipIssueBurst, cfg.maxTracked),
-		acctLim: newLimiter(cfg.now, cfg.issueRate, cfg.issueBurst, cfg.maxTracked),
+		peerLim: netkit.NewLimiter[string](cfg.now, cfg.issueRate, cfg.issueBurst, cfg.maxTracked),
+		ipLim:   netkit.NewLimiter[string](cfg.now, cfg.ipIssueRate, cfg.ipIssueBurst, cfg.maxTracked),
+		acctLim: netkit.NewLimiter[string](cfg.now, cfg.issueRate, cfg.issueBurst, cfg.maxTracked),
 		ctx:     ctx, cancel: cancel,
 	}
 	s.quota = newQuotas(s, cfg.maxAllocs, [kinds]shareCap{
@@ -399,10 +399,10 @@ func (s *Server) serve(rd *wire.Reader, remote peer.ID, source string) response 
 		}
 		return response{code: CodeMalformed}
 	}
-	if ok, wait := s.peerLim.take(string(remote)); !ok {
+	if ok, wait := s.peerLim.Take(string(remote)); !ok {
 		return response{code: CodeRateLimited, retryAfter: wait}
 	}
-	if ok, wait := s.ipLim.take(source); !ok {
+	if ok, wait := s.ipLim.Take(source); !ok {
 		return response{code: CodeRateLimited, retryAfter: wait}
 	}
 	req, code := decodeRequest(b)
@@ -418,7 +418,7 @@ func (s *Server) serve(rd *wire.Reader, remote peer.ID, source string) response 
 		s.log.Debug("credential request refused", "peer", remote)
 		return response{code: CodeUnauthorized}
 	}
-	if ok, wait := s.acctLim.take(string(req.account[:])); !ok {
+	if ok, wait := s.acctLim.Take(string(req.account[:])); !ok {
 		return response{code: CodeRateLimited, retryAfter: wait}
 	}
 	c := s.IssueFor(req.account[:], remote)
