@@ -36,7 +36,7 @@ func TestFullLimiterTableAdmitsNewcomers(t *testing.T) {
 				t.Fatalf("the honest newcomer's request: %v", err)
 			}
 			r.code(t, n)
-			if got := r.svc.sendLim.tracked(); got > tracked {
+			if got := r.svc.sendLim.Len(); got > tracked {
 				t.Fatalf("the account table holds %d keys, want at most %d", got, tracked)
 			}
 		})
@@ -65,7 +65,7 @@ func TestSMSBudget(t *testing.T) {
 	if _, ok := r.gw.LastMessage(num(2)); ok {
 		t.Fatal("a text was sent beyond the hour's budget")
 	}
-	if got := r.svc.sendLim.tracked(); got != 2 {
+	if got := r.svc.sendLim.Len(); got != 2 {
 		t.Fatalf("the account table holds %d keys, want 2: a refused request takes no room", got)
 	}
 	clk.Advance(30 * time.Minute)

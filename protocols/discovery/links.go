@@ -118,7 +118,7 @@ func (s *Service) redeem(ctx context.Context, acct, code string, now time.Time) 
 		}
 		return Output{}, Status{}, response{code: CodeCodeExpired}
 	}
-	if ok, wait := s.guessLim.take(p.output.ID().String()); !ok {
+	if ok, wait := s.guessLim.Take(p.output.ID().String()); !ok {
 		if err := s.ns.Delete(ctx, pendingKey(acct)); err != nil {
 			return Output{}, Status{}, s.unavailable("redeem code: void code", err)
 		}

@@ -37,15 +37,15 @@ type Service struct {
 	numbers oprf.VerifiableServer // evaluates numbers being verified
 	pub     PublicKey
 
-	opLim       *limiter // per peer: account operations started
-	listLim     *limiter // per peer: directory pages
-	sendLim     *limiter // per account: codes sent
-	numberLim   *limiter // per number (directory id): codes sent
-	smsHour     *limiter // relay-wide (one key): texts sent this hour
-	smsDay      *limiter // relay-wide (one key): texts sent today
-	guessLim    *limiter // per number: codes submitted
-	evalLim     *limiter // per account: elements evaluated
-	evalNumLim  *limiter // per verified number (directory id): elements evaluated
+	opLim       *netkit.Limiter[string] // per peer: account operations started
+	listLim     *netkit.Limiter[string] // per peer: directory pages
+	sendLim     *netkit.Limiter[string] // per account: codes sent
+	numberLim   *netkit.Limiter[string] // per number (directory id): codes sent
+	smsHour     *netkit.Limiter[string] // relay-wide (one key): texts sent this hour
+	smsDay      *netkit.Limiter[string] // relay-wide (one key): texts sent today
+	guessLim    *netkit.Limiter[string] // per number: codes submitted
+	evalLim     *netkit.Limiter[string] // per account: elements evaluated
+	evalNumLim  *netkit.Limiter[string] // per verified number (directory id): elements evaluated
 	locks       [64]sync.Mutex
 	opSem       chan struct{}
 	dirMu       sync.Mutex // guards meta, lastCompact and every directory write
@@ -141,15 +141,15 @@ func newService(local peer.ID, st *storage.Store, gw SMSGateway, opts ...Option)
 		server:     oprf.NewVerifiableServer(suite, evalKey),
 		numbers:    oprf.NewVerifiableServer(suite, key),
 		pub:        pub,
-		opLim:      newLimiter(cfg.now, cfg.opRate, cfg.opBurst, cfg.maxTracked),
-		listLim:    newLimiter(cfg.now, cfg.listRate, cfg.listBurst, cfg.maxTracked),
-		sendLim:    newLimiter(cfg.now, cfg.sendRate, cfg.sendBurst, cfg.maxTracked),
-		numberLim:  newLimiter(cfg.now, cfg.numberSendRate, cfg.numberSendBurst, cfg.maxTracked),
-		smsHour:    newLimiter(cfg.now, cfg.smsPerHour/3600, cfg.smsPerHour, 1),
-		smsDay:     newLimiter(cfg.now, cfg.smsPerDay/day, cfg.smsPerDay, 1),
-		guessLim:   newLimiter(cfg.now, cfg.guessRate, cfg.guessBurst, cfg.maxTracked),
-		evalLim:    newLimiter(cfg.now, cfg.evalRate, cfg.evalBurst, cfg.maxTracked),
-		evalNumLim: newLimiter(cfg.now, cfg.evalRate, cfg.evalBurst, cfg.maxTracked),
+		opLim:      netkit.NewLimiter[string](cfg.now, cfg.opRate, cfg.opBurst, cfg.maxTracked),
+		listLim:    netkit.NewLimiter[string](cfg.now, cfg.listRate, cfg.listBurst, cfg.maxTracked),
+		sendLim:    netkit.NewLimiter[string](cfg.now, cfg.sendRate, cfg.sendBurst, cfg.maxTracked),
+		numberLim:  netkit.NewLimiter[string](cfg.now, cfg.numberSendRate, cfg.numberSendBurst, cfg.maxTracked),
+		smsHour:    netkit.NewLimiter[string](cfg.now, cfg.smsPerHour/3600, cfg.smsPerHour, 1),
+		smsDay:     netkit.NewLimiter[string](cfg.now, cfg.smsPerDay/day, cfg.smsPerDay, 1),
+		guessLim:   netkit.NewLimiter[string](cfg.now, cfg.guessRate, cfg.guessBurst, cfg.maxTracked),
+		evalLim:    netkit.NewLimiter[string](cfg.now, cfg.evalRate, cfg.evalBurst, cfg.maxTracked),
+		evalNumLim: netkit.NewLimiter[string](cfg.now, cfg.evalRate, cfg.evalBurst, cfg.maxTracked),
 		opSem:      make(chan struct{}, cfg.maxOps),
 		meta:       m,
 		ctx:        ctx,
@@ -236,7 +236,7 @@ func (s *Service) account(ctx context.Context, st netkit.Stream, rd *wire.Reader
 	if err := st.SetDeadline(time.Now().Add(s.cfg.accountTimeout)); err != nil {
 		return err
 	}
-	if ok, wait := s.opLim.take(string(remote)); !ok {
+	if ok, wait := s.opLim.Take(string(remote)); !ok {
 		s.tr.request("auth", CodeRateLimited)
 		return s.reply(st, response{code: CodeRateLimited, retryAfter: wait})
 	}
@@ -368,7 +368,7 @@ func (s *Service) sendCode(ctx context.Context, acct, raw string, now time.Time)
 	if err != nil {
 		return response{code: CodeInvalidNumber}
 	}
-	if ok, wait := s.sendLim.allow(acct, 1); !ok {
+	if ok, wait := s.sendLim.Allow(acct, 1); !ok {
 		return response{code: CodeRateLimited, retryAfter: wait}
 	}
 	out, err := s.output(number)
@@ -417,11 +417,11 @@ func (s *Service) takeSendBudgets(acct, number string) (response, bool) {
 	refused := func(wait time.Duration) (response, bool) {
 		return response{code: CodeRateLimited, retryAfter: wait}, false
 	}
-	if ok, wait := s.numberLim.allow(number, 1); !ok {
+	if ok, wait := s.numberLim.Allow(number, 1); !ok {
 		return refused(wait)
 	}
-	okH, waitH := s.smsHour.allow("", 1)
-	okD, waitD := s.smsDay.allow("", 1)
+	okH, waitH := s.smsHour.Allow("", 1)
+	okD, waitD := s.smsDay.Allow("", 1)
 	if !okH || !okD {
 		s.log.Debug("relay-wide SMS budget spent", "retry_after", max(waitH, waitD))
 		return refused(max(waitH, waitD))
@@ -429,22 +429,22 @@ func (s *Service) takeSendBudgets(acct, number string) (response, bool) {
 	// The number's and the relay's buckets may have been drained by other
 	// accounts since: take them with care, giving back what a later
 	// refusal leaves unused.
-	if ok, wait := s.smsHour.take(""); !ok {
+	if ok, wait := s.smsHour.Take(""); !ok {
 		return refused(wait)
 	}
-	if ok, wait := s.smsDay.take(""); !ok {
-		s.smsHour.refund("", 1)
+	if ok, wait := s.smsDay.Take(""); !ok {
+		s.smsHour.Refund("", 1)
 		return refused(wait)
 	}
-	if ok, wait := s.numberLim.take(number); !ok {
-		s.smsHour.refund("", 1)
-		s.smsDay.refund("", 1)
+	if ok, wait := s.numberLim.Take(number); !ok {
+		s.smsHour.Refund("", 1)
+		s.smsDay.Refund("", 1)
 		return refused(wait)
 	}
-	if ok, wait := s.sendLim.take(acct); !ok {
-		s.smsHour.refund("", 1)
-		s.smsDay.refund("", 1)
-		s.numberLim.refund(number, 1)
+	if ok, wait := s.sendLim.Take(acct); !ok {
+		s.smsHour.Refund("", 1)
+		s.smsDay.Refund("", 1)
+		s.numberLim.Refund(number, 1)
 		return refused(wait)
 	}
 	return response{}, true
@@ -536,7 +536,7 @@ func (s *Service) verifyCode(ctx context.Context, acct string, id e2ee.PublicIde
 		}
 		return response{code: CodeCodeExpired}
 	}
-	if ok, wait := s.guessLim.take(p.output.ID().String()); !ok {
+	if ok, wait := s.guessLim.Take(p.output.ID().String()); !ok {
 		// This number has had its share of guesses today: void the code.
 		if err := s.ns.Delete(ctx, pendingKey(acct)); err != nil {
 			return s.unavailable("verify code: void code", err)
@@ -647,14 +647,14 @@ func (s *Service) statusOf(ctx context.Context, acct string, now time.Time) resp
 
 // status reports what the relay holds for the account.
 func (s *Service) status(ctx context.Context, acct string, now time.Time) (*Status, error) {
-	st := &Status{PublicKey: s.pub, EvaluationsLeft: s.evalLim.left(acct)}
+	st := &Status{PublicKey: s.pub, EvaluationsLeft: s.evalLim.Left(acct)}
 	link, err := s.link(ctx, acct)
 	if err != nil {
 		return nil, err
 	}
 	if link != nil {
 		st.Verified, st.VerifiedAt = true, link.verifiedAt
-		st.EvaluationsLeft = min(st.EvaluationsLeft, s.evalNumLim.left(link.output.ID().String()))
+		st.EvaluationsLeft = min(st.EvaluationsLeft, s.evalNumLim.Left(link.output.ID().String()))
 	}
 	p, err := s.pending(ctx, acct)
 	if err != nil {
@@ -676,22 +676,22 @@ func (s *Service) status(ctx context.Context, acct string, now time.Time) (*Stat
 // moves the number, not a fresh budget. wait is never if n exceeds a
 // whole budget.
 func (s *Service) takeEvalBudgets(acct, number string, n int) (ok bool, wait time.Duration) {
-	okA, waitA := s.evalLim.allow(acct, n)
+	okA, waitA := s.evalLim.Allow(acct, n)
 	okN, waitN := true, time.Duration(0)
 	if number != "" {
-		okN, waitN = s.evalNumLim.allow(number, n)
+		okN, waitN = s.evalNumLim.Allow(number, n)
 	}
 	if !okA || !okN {
 		return false, max(waitA, waitN)
 	}
 	if number != "" {
-		if ok, wait := s.evalNumLim.takeN(number, n); !ok {
+		if ok, wait := s.evalNumLim.TakeN(number, n); !ok {
 			return false, wait
 		}
 	}
-	if ok, wait := s.evalLim.takeN(acct, n); !ok {
+	if ok, wait := s.evalLim.TakeN(acct, n); !ok {
 		if number != "" {
-			s.evalNumLim.refund(number, n)
+			s.evalNumLim.Refund(number, n)
 		}
 		return false, wait
 	}
@@ -716,7 +716,7 @@ func (s *Service) evaluate(ctx context.Context, acct string, blinded [][]byte) r
 		number = link.output.ID().String()
 	}
 	if ok, wait := s.takeEvalBudgets(acct, number, len(elems)); !ok {
-		if wait == never {
+		if wait == netkit.Never {
 			return response{code: CodeTooLarge}
 		}
 		return response{code: CodeRateLimited, retryAfter: wait}

@@ -345,7 +345,7 @@ var errStop = errors.New("stop")
 
 // list answers a directory page request.
 func (s *Service) list(ctx context.Context, remote peer.ID, since uint64, limit int) response {
-	if ok, wait := s.listLim.take(remote.String()); !ok {
+	if ok, wait := s.listLim.Take(remote.String()); !ok {
 		return response{code: CodeRateLimited, retryAfter: wait}
 	}
 	if err := s.maybeCompact(ctx); err != nil {
