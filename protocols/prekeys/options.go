@@ -151,10 +151,11 @@ func WithOwnerRate(perMinute, burst int) Option {
 	}
 }
 
-// WithMaxTracked bounds how many requesters, owners and target accounts
-// the rate limiters track at once, each. Idle ones (full buckets) are
-// forgotten; while all are busy, new requesters and owners are refused
-// with ErrRateLimited and new target accounts get last-resort bundles.
+// WithMaxTracked bounds how many requesters and owners the rate limiters
+// track at once, each; the per-account one-time limiter tracks at least
+// as many accounts as WithMaxAccounts allows. When a limiter is full, a
+// new key takes the place of the one used least recently (which starts
+// over with a full bucket if it comes back).
 func WithMaxTracked(n int) Option {
 	return func(c *config) error {
 		if n <= 0 {

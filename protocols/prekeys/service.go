@@ -31,9 +31,14 @@ type Service struct {
 	log   *slog.Logger
 	tr    tracer
 
-	fetchLim   *limiter // per requester peer
-	oneTimeLim *limiter // per target account: fetches that take one-time prekeys
-	ownerLim   *limiter // per owner peer
+	fetchLim *netkit.Limiter[string] // per requester peer
+	// oneTimeLim holds a bucket per target account: fetches that take
+	// one-time prekeys. It gets keys only for accounts the relay holds
+	// with one-time prekeys left, and tracks as many as the relay holds
+	// accounts, so evicting one (which would reset its budget) takes
+	// pushing a relay's worth of accounts through it, not made-up keys.
+	oneTimeLim *netkit.Limiter[string]
+	ownerLim   *netkit.Limiter[string] // per owner peer
 
 	locks    [64]sync.Mutex // per account, striped
 	ownerSem chan struct{}  // owner operations being processed
@@ -103,9 +108,9 @@ func newService(local peer.ID, st *storage.Store, opts ...Option) (*Service, err
 		cfg:        cfg,
 		log:        cfg.logger.With("component", "prekeys"),
 		tr:         tracer{cfg.tracer},
-		fetchLim:   newLimiter(cfg.now, cfg.fetchRate, cfg.fetchBurst, cfg.maxTracked),
-		oneTimeLim: newLimiter(cfg.now, cfg.oneTimeRate, cfg.oneTimeBurst, cfg.maxTracked),
-		ownerLim:   newLimiter(cfg.now, cfg.ownerRate, cfg.ownerBurst, cfg.maxTracked),
+		fetchLim:   netkit.NewLimiter[string](cfg.now, cfg.fetchRate, cfg.fetchBurst, cfg.maxTracked),
+		oneTimeLim: netkit.NewLimiter[string](cfg.now, cfg.oneTimeRate, cfg.oneTimeBurst, max(cfg.maxTracked, cfg.maxAccounts)),
+		ownerLim:   netkit.NewLimiter[string](cfg.now, cfg.ownerRate, cfg.ownerBurst, cfg.maxTracked),
 		ownerSem:   make(chan struct{}, cfg.maxOwnerOps),
 		accounts:   n,
 		cache:      make(map[string]*cached),
@@ -176,7 +181,7 @@ func (s *Service) reply(st netkit.Stream, r response) error {
 
 // fetch hands out a bundle of the account.
 func (s *Service) fetch(ctx context.Context, remote peer.ID, account []byte) response {
-	if ok, wait := s.fetchLim.take(string(remote)); !ok {
+	if ok, wait := s.fetchLim.Take(string(remote)); !ok {
 		s.tr.fetch(FetchLimited)
 		return response{code: CodeRateLimited, retryAfter: wait}
 	}
@@ -195,7 +200,7 @@ func (s *Service) fetch(ctx context.Context, remote peer.ID, account []byte) res
 	}
 	result := FetchEmpty
 	if e.c.oneTime+e.c.pqs > 0 {
-		if ok, _ := s.oneTimeLim.take(k.base); !ok {
+		if ok, _ := s.oneTimeLim.Take(k.base); !ok {
 			result = FetchRationed
 		} else {
 			return s.fetchOneTime(ctx, k, e)
@@ -260,7 +265,7 @@ func (s *Service) owner(ctx context.Context, st netkit.Stream, rd *wire.Reader, 
 	if err := st.SetDeadline(time.Now().Add(s.cfg.ownerTimeout)); err != nil {
 		return err
 	}
-	if ok, wait := s.ownerLim.take(string(remote)); !ok {
+	if ok, wait := s.ownerLim.Take(string(remote)); !ok {
 		s.tr.ownerOp("auth", CodeRateLimited)
 		return s.reply(st, response{code: CodeRateLimited, retryAfter: wait})
 	}

@@ -466,6 +466,30 @@ func TestOneTimeRationing(t *testing.T) {
 	}
 }
 
+// TestOneTimeFullTable: with the requester table full, a new account's
+// fetch still gets one-time keys, and fetching it does not push out (and
+// reset) the one-time budget of an account drained just before.
+func TestOneTimeFullTable(t *testing.T) {
+	clk := newClock()
+	r := startRelay(t, clk, WithFetchRate(1000, 1000), WithOneTimeRate(60, 3), WithMaxTracked(1))
+	bob := newAccount(t, clk.Now(), 10, 10)
+	carol := newAccount(t, clk.Now(), 10, 10)
+	c := newClient(t, r)
+	mustPublish(t, c, r, bob, bob.store.Upload())
+	mustPublish(t, c, r, carol, carol.store.Upload())
+	for i := range 3 {
+		if b := mustFetch(t, c, r, bob); b.OneTimePrekey == nil {
+			t.Fatalf("fetch %d within the budget got no one-time key", i)
+		}
+	}
+	if b := mustFetch(t, c, r, carol); b.OneTimePrekey == nil {
+		t.Fatal("a new account got no one-time key: the full table refused it")
+	}
+	if b := mustFetch(t, c, r, bob); b.OneTimePrekey != nil {
+		t.Fatal("a drained account got a one-time key: its budget was reset")
+	}
+}
+
 // TestOwnerRateLimit: owner operations are rate-limited per peer before
 // any work.
 func TestOwnerRateLimit(t *testing.T) {
