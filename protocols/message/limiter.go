@@ -1,11 +1,12 @@
 package message
 
 import (
-	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/kinmesh/kinmesh/protocols/netkit"
 )
 
 // Defaults of the per-peer limit on direct deliveries (Config.DirectRate,
@@ -27,82 +28,31 @@ const (
 )
 
 // directLimiter holds one token bucket of envelopes per peer that
-// delivers to us directly. Buckets start full and refill continuously at
-// rate tokens a second up to burst. The map is bounded: when it is full,
-// peers whose buckets have refilled (they behave exactly like a new peer)
-// are forgotten; if none has, a new peer gets nothing until one has, so a
-// flood of new peer ids can't reset anyone's bucket. Such a peer's
-// envelopes still arrive through its relays.
+// delivers to us directly (a netkit.Limiter). Buckets start full and
+// refill continuously at rate tokens a second up to burst. The table is
+// bounded: when it is full, a new peer takes the place of the peer used
+// least recently, so a flood of made-up peer ids can't lock real peers
+// out. A peer pushed out starts over with a full bucket; cycling through
+// more ids than the table holds buys that, which any per-peer limit over
+// free ids allows.
 type directLimiter struct {
-	now   func() time.Time
-	rate  float64
-	burst float64
-	max   int
-
-	mu       sync.Mutex
-	buckets  map[peer.ID]*envBucket
-	lastTrim time.Time
+	lim *netkit.Limiter[peer.ID]
 
 	// admitted and refused count envelopes, for the debug log and tests.
 	admitted, refused atomic.Int64
 }
 
-type envBucket struct {
-	tokens float64
-	last   time.Time
-}
-
 func newDirectLimiter(now func() time.Time, rate float64, burst, max int) *directLimiter {
-	return &directLimiter{now: now, rate: rate, burst: float64(burst), max: max, buckets: map[peer.ID]*envBucket{}}
+	return &directLimiter{lim: netkit.NewLimiter[peer.ID](now, rate, float64(burst), max)}
 }
 
 // take lets through the first of n envelopes from p that p's bucket
 // allows, consuming a token each, and returns how many.
 func (l *directLimiter) take(p peer.ID, n int) int {
-	got := l.takeLocked(p, n)
+	got := l.lim.TakeUpTo(p, n)
 	l.admitted.Add(int64(got))
 	l.refused.Add(int64(n - got))
 	return got
-}
-
-func (l *directLimiter) takeLocked(p peer.ID, n int) int {
-	now := l.now()
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	b, ok := l.buckets[p]
-	if !ok {
-		if len(l.buckets) >= l.max {
-			l.trim(now)
-		}
-		if len(l.buckets) >= l.max {
-			return 0
-		}
-		b = &envBucket{tokens: l.burst, last: now}
-		l.buckets[p] = b
-	}
-	if el := now.Sub(b.last); el > 0 {
-		b.tokens = min(l.burst, b.tokens+el.Seconds()*l.rate)
-		b.last = now
-	}
-	got := min(n, int(b.tokens))
-	b.tokens -= float64(got)
-	return got
-}
-
-// trim forgets peers whose buckets have refilled, scanning at most once a
-// second so a full map of busy peers costs nothing per frame. Called with
-// mu held.
-func (l *directLimiter) trim(now time.Time) {
-	if now.Sub(l.lastTrim) < time.Second && !now.Before(l.lastTrim) {
-		return
-	}
-	l.lastTrim = now
-	full := time.Duration(l.burst / l.rate * float64(time.Second))
-	for p, b := range l.buckets {
-		if now.Sub(b.last) >= full {
-			delete(l.buckets, p)
-		}
-	}
 }
 
 // directLimits is the direct protocol's rate limiting, both ways.

@@ -17,8 +17,8 @@ import (
 
 // TestDirectLimiter: a peer's bucket lets through a prefix of each frame
 // while it has tokens, refills at its rate up to its burst, and is the
-// peer's own; when every tracked peer is busy a new one gets nothing
-// until a bucket has refilled.
+// peer's own; when every tracked peer is busy a new one still gets a
+// full bucket, in place of the peer used least recently.
 func TestDirectLimiter(t *testing.T) {
 	now := time.Unix(1000, 0)
 	l := newDirectLimiter(func() time.Time { return now }, 10, 20, 2)
@@ -33,10 +33,10 @@ func TestDirectLimiter(t *testing.T) {
 		{"a's burst runs out mid-frame", 0, a, 16, 4},
 		{"a has nothing left", 0, a, 1, 0},
 		{"b has its own bucket", 0, b, 20, 20},
-		{"c finds both busy", 0, c, 1, 0},
 		{"half a second refills a by 5", 500 * time.Millisecond, a, 64, 5},
+		{"c finds both busy and takes b's place", 0, c, 20, 20},
+		{"a keeps its empty bucket", 0, a, 1, 0},
 		{"a refills to its burst, no more", 10 * time.Second, a, 64, 20},
-		{"then c takes b's place, refilled", 0, c, 64, 20},
 	}
 	for _, s := range steps {
 		now = now.Add(s.advance)
@@ -44,7 +44,7 @@ func TestDirectLimiter(t *testing.T) {
 			t.Fatalf("%s: took %d of %d, want %d", s.name, got, s.n, s.want)
 		}
 	}
-	if got, want := l.refused.Load(), int64(16-4+1+1+64-5+64-20+64-20); got != want {
+	if got, want := l.refused.Load(), int64(16-4+1+64-5+1+64-20); got != want {
 		t.Fatalf("refused %d, want %d", got, want)
 	}
 }
