@@ -127,7 +127,9 @@ func WithDepositorRate(itemsPerMinute int, bytesPerMinute int64) Option {
 
 // WithMaxDepositors bounds how many depositors' rate buckets the relay
 // tracks at once. Idle ones (a full minute without deposits) are forgotten;
-// when all are busy, new depositors are refused with ErrRateLimited.
+// when the table is full, a new depositor takes the place of the one that
+// deposited least recently (which starts over with full buckets if it
+// comes back).
 func WithMaxDepositors(n int) Option {
 	return func(c *config) error {
 		if n <= 0 {

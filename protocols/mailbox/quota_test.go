@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"testing"
 	"time"
@@ -118,15 +119,24 @@ func TestDepositorRateLimit(t *testing.T) {
 	wantErrs(t, res, nil, nil, ErrRateLimited)
 }
 
+// TestMaxDepositors: a table full of busy depositors (made-up peer ids
+// cost nothing) still admits a new one, in place of the depositor used
+// least recently, and stays bounded; idle ones are swept after a minute.
 func TestMaxDepositors(t *testing.T) {
-	r := startRelay(t, WithMaxDepositors(1))
+	r := startRelay(t, WithMaxDepositors(2))
 	k := newKey(t)
-	mustDeposit(t, newClient(t, r), r, k.ID(), envelopes(1, 10, "first"))
-	res, _ := newClient(t, r).Deposit(testCtx(t), r.h.ID(), k.ID(), envelopes(1, 10, "second"))
-	wantErrs(t, res, ErrRateLimited)
-	// Idle depositors are forgotten after a minute.
+	for i := range 2 {
+		mustDeposit(t, newClient(t, r), r, k.ID(), envelopes(1, 10, fmt.Sprint("filler ", i)))
+	}
+	mustDeposit(t, newClient(t, r), r, k.ID(), envelopes(1, 10, "newcomer"))
+	if n := r.svc.lim.len(); n != 2 {
+		t.Fatalf("%d depositors tracked, want the cap 2", n)
+	}
 	r.clock.Advance(time.Minute)
-	mustDeposit(t, newClient(t, r), r, k.ID(), envelopes(1, 10, "third"))
+	r.svc.lim.sweep()
+	if n := r.svc.lim.len(); n != 0 {
+		t.Fatalf("%d depositors tracked after a minute idle, want 0", n)
+	}
 }
 
 func TestTooLargeAndMalformed(t *testing.T) {
