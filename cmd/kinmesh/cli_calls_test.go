@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"path/filepath"
@@ -62,12 +63,14 @@ func TestCLICalls(t *testing.T) {
 	deadline := time.Now().Add(60 * time.Second)
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
-	// until polls cond until it holds, failing at the deadline.
+	// until polls cond until it holds, failing at the deadline. ada's
+	// latest view of her call, if any, goes in the failure.
+	var adaSaw string
 	until := func(what string, cond func() bool) {
 		t.Helper()
 		for !cond() {
 			if time.Now().After(deadline) {
-				t.Fatalf("timed out waiting for %s; ben's watch:\n%s", what, watched.String())
+				t.Fatalf("timed out waiting for %s; ada's call: %s; ben's watch:\n%s", what, adaSaw, watched.String())
 			}
 			<-tick.C
 		}
@@ -96,6 +99,8 @@ func TestCLICalls(t *testing.T) {
 		ringRe := regexp.MustCompile(`call\.ringing\s+(\S+) in from ` + ids["ada"])
 		var inID string
 		until("ben's watch to show the call ringing", func() bool {
+			a := show("ada", placed.Call.ID)
+			adaSaw = fmt.Sprintf("%s (%s, path %q)", a.State, a.Reason, a.Path)
 			for _, m := range ringRe.FindAllStringSubmatch(watched.String(), -1) {
 				if show("ben", m[1]).State == calls.StateRinging {
 					inID = m[1]
