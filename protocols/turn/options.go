@@ -188,13 +188,7 @@ func WithCredentialTTL(ttl, refreshGrace time.Duration) Option {
 // first, allocations are refused (TURN error 486); beyond the second,
 // packets are dropped.
 func WithAccountQuota(allocations int, bytesPerSecond int64) Option {
-	return func(c *config) error {
-		if allocations < 1 || bytesPerSecond < 1500 {
-			return fmt.Errorf("turn: account quota %d allocations, %d B/s: want at least 1 and 1500", allocations, bytesPerSecond)
-		}
-		c.acctAllocs, c.acctBW = allocations, bytesPerSecond
-		return nil
-	}
+	return quotaOption("account", allocations, bytesPerSecond, func(c *config) { c.acctAllocs, c.acctBW = allocations, bytesPerSecond })
 }
 
 // WithPeerQuota caps what the credentials issued to one libp2p peer may
@@ -203,13 +197,7 @@ func WithAccountQuota(allocations int, bytesPerSecond int64) Option {
 // is what bounds one requester. Beyond the first, allocations are refused
 // (TURN error 486); beyond the second, packets are dropped.
 func WithPeerQuota(allocations int, bytesPerSecond int64) Option {
-	return func(c *config) error {
-		if allocations < 1 || bytesPerSecond < 1500 {
-			return fmt.Errorf("turn: peer quota %d allocations, %d B/s: want at least 1 and 1500", allocations, bytesPerSecond)
-		}
-		c.peerAllocs, c.peerBW = allocations, bytesPerSecond
-		return nil
-	}
+	return quotaOption("peer", allocations, bytesPerSecond, func(c *config) { c.peerAllocs, c.peerBW = allocations, bytesPerSecond })
 }
 
 // WithIPQuota caps what TURN clients from one IP address (one IPv6 /64:
@@ -219,13 +207,7 @@ func WithPeerQuota(allocations int, bytesPerSecond int64) Option {
 // allocations are refused (TURN error 486); beyond the second, packets
 // are dropped.
 func WithIPQuota(allocations int, bytesPerSecond int64) Option {
-	return func(c *config) error {
-		if allocations < 1 || bytesPerSecond < 1500 {
-			return fmt.Errorf("turn: IP quota %d allocations, %d B/s: want at least 1 and 1500", allocations, bytesPerSecond)
-		}
-		c.ipAllocs, c.ipBW = allocations, bytesPerSecond
-		return nil
-	}
+	return quotaOption("IP", allocations, bytesPerSecond, func(c *config) { c.ipAllocs, c.ipBW = allocations, bytesPerSecond })
 }
 
 // WithMaxAllocations caps the relay's open allocations, all accounts
@@ -368,6 +350,18 @@ func WithClientClock(now func() time.Time) ClientOption {
 			return errors.New("turn: nil clock")
 		}
 		c.now = now
+		return nil
+	}
+}
+
+// quotaOption checks a quota of allocations and bytes per second (at
+// least one, and one full-size packet a second) before set applies it.
+func quotaOption(what string, allocations int, bytesPerSecond int64, set func(*config)) Option {
+	return func(c *config) error {
+		if allocations < 1 || bytesPerSecond < 1500 {
+			return fmt.Errorf("turn: %s quota %d allocations, %d B/s: want at least 1 and 1500", what, allocations, bytesPerSecond)
+		}
+		set(c)
 		return nil
 	}
 }
