@@ -276,6 +276,23 @@ func TestRelayBackWakesLane(t *testing.T) {
 	a.waitFor(t, ctx, string(b.me()), "queued", func(ms []Message) bool { return has(ms, "while the relay was away", StateQueued) })
 }
 
+// farAhead has a send b more messages than a ratchet chain can skip, and
+// b receive the first: it returns a's texts, their inner messages, and the
+// last one sealed (too far ahead for b).
+func farAhead(t *testing.T, ctx context.Context) (a, b *device, texts []string, items []e2ee.BatchItem, last []byte) {
+	t.Helper()
+	_, a, b = pair(t, ctx)
+	texts = make([]string, e2ee.MaxSkipPerChain+3)
+	for i := range texts {
+		texts[i] = fmt.Sprintf("m%04d", i)
+	}
+	items = ratchetTexts(t, a, b, texts...)
+	if errs := b.svc.receive([][]byte{sealBatch(t, a, b, items[0])}); errs[0] != nil {
+		t.Fatal(errs[0])
+	}
+	return a, b, texts, items, sealBatch(t, a, b, items[len(items)-1])
+}
+
 // TestTooFarAheadComesAgain: a message more than a ratchet chain can skip
 // ahead of the last one received (another relay's copy drained ahead) is
 // neither stored nor marked seen: once the ones before it came, the same
@@ -283,16 +300,7 @@ func TestRelayBackWakesLane(t *testing.T) {
 func TestTooFarAheadComesAgain(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	_, a, b := pair(t, ctx)
-	texts := make([]string, e2ee.MaxSkipPerChain+3)
-	for i := range texts {
-		texts[i] = fmt.Sprintf("m%04d", i)
-	}
-	items := ratchetTexts(t, a, b, texts...)
-	first, last := sealBatch(t, a, b, items[0]), sealBatch(t, a, b, items[len(items)-1])
-	if errs := b.svc.receive([][]byte{first}); errs[0] != nil {
-		t.Fatal(errs[0])
-	}
+	a, b, texts, items, last := farAhead(t, ctx)
 	if errs := b.svc.receive([][]byte{last}); !errors.Is(errs[0], errLater) {
 		t.Fatalf("a message %d ahead: %v, want errLater", len(items)-1, errs[0])
 	}
@@ -320,16 +328,7 @@ func TestTooFarAheadComesAgain(t *testing.T) {
 func TestTooFarAheadGivesUp(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	_, a, b := pair(t, ctx)
-	texts := make([]string, e2ee.MaxSkipPerChain+3)
-	for i := range texts {
-		texts[i] = fmt.Sprintf("m%04d", i)
-	}
-	items := ratchetTexts(t, a, b, texts...)
-	first, last := sealBatch(t, a, b, items[0]), sealBatch(t, a, b, items[len(items)-1])
-	if errs := b.svc.receive([][]byte{first}); errs[0] != nil {
-		t.Fatal(errs[0])
-	}
+	a, b, _, items, last := farAhead(t, ctx)
 	for range 3 {
 		if errs := b.svc.receive([][]byte{last}); !errors.Is(errs[0], errLater) {
 			t.Fatalf("a message %d ahead, within the wait: %v, want errLater", len(items)-1, errs[0])
