@@ -133,6 +133,13 @@ func turnRelay(t *testing.T, cfg Config) (*Relay, turn.Credentials) {
 // allocate makes a TURN allocation on the relay's UDP port.
 func allocate(t *testing.T, r *Relay, user, pass string) (net.PacketConn, error) {
 	t.Helper()
+	_, relay, err := allocateWith(t, r, user, pass)
+	return relay, err
+}
+
+// allocateWith is allocate, also returning the TURN client.
+func allocateWith(t *testing.T, r *Relay, user, pass string) (*pturn.Client, net.PacketConn, error) {
+	t.Helper()
 	conn, err := net.ListenPacket("udp4", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -158,7 +165,7 @@ func allocate(t *testing.T, r *Relay, user, pass string) (net.PacketConn, error)
 	if err == nil {
 		t.Cleanup(func() { _ = relay.Close() }) // before the client's: ends its refresh timers
 	}
-	return relay, err
+	return c, relay, err
 }
 
 func metricsText(t *testing.T, r *Relay) string {
@@ -314,32 +321,10 @@ func TestTURNRelayCoturn(t *testing.T) {
 // pion client holding it.
 func turnClient(t *testing.T, r *Relay, cr turn.Credentials) *pturn.Client {
 	t.Helper()
-	conn, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	c, _, err := allocateWith(t, r, cr.Username, cr.Password)
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := r.TURN().UDPAddr().String()
-	c, err := pturn.NewClient(&pturn.ClientConfig{
-		STUNServerAddr: addr, TURNServerAddr: addr, Conn: conn, Username: cr.Username, Password: cr.Password,
-		Realm: turn.Realm, RTO: 200 * time.Millisecond, LoggerFactory: pionlog.Factory(nil),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Listen(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		c.Close()
-		_ = conn.Close()
-	})
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	relay, err := c.AllocateWithContext(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = relay.Close() })
 	return c
 }
 
