@@ -13,8 +13,9 @@ import (
 // sessions: end-to-end encrypted, delivered directly or through the
 // recipient's relays like any message, in order per recipient, but never
 // shown as messages and never receipted. A feature sends with SendControl
-// and receives through Config.OnControl, called once per control after it
-// is durably received, in arrival order.
+// and receives through Config.OnControl, called once per control as soon
+// as it is received (written, not yet synced: docs/protocol/message.md),
+// in arrival order.
 
 // Control limits.
 const (
@@ -50,7 +51,8 @@ func (s *Service) SendControl(ctx context.Context, to []e2ee.AccountID, kind str
 	return t.commit()
 }
 
-// applyControl hands a control to the feature after the commit.
+// applyControl hands a control to the feature once its transaction is
+// written (tx.after).
 func (t *tx) applyControl(from e2ee.AccountID, c *pb.Control) []Event {
 	if t.s.cfg.OnControl == nil || c.GetKind() == "" || len(c.GetKind()) > MaxControlKind || len(c.GetPayload()) > MaxControlPayload {
 		return nil

@@ -108,12 +108,14 @@ func (s *Service) receiveOwn(envs [][]byte, hs [][32]byte, own []int, errs []err
 		return
 	}
 	oenvs, ohs, pre := make([][]byte, len(own)), make([][32]byte, len(own)), make([]opened, len(own))
-	var todo []int
+	var todo, dups []int
 	for k, i := range own {
 		oenvs[k], ohs[k] = envs[i], hs[i]
 		// Processed before (another relay's copy, a retry): nothing to open.
 		if seen, err := s.ns.Has(s.ctx, keySeen(hs[i])); err != nil || !seen {
 			todo = append(todo, k)
+		} else {
+			dups = append(dups, k)
 		}
 	}
 	_ = parallel(len(todo), func(x int) error {
@@ -151,15 +153,23 @@ func (s *Service) receiveOwn(envs [][]byte, hs [][32]byte, own []int, errs []err
 			}
 		}
 	}
-	// One wait for the disk for every transaction above.
+	// One wait for the disk for every transaction above. A duplicate is
+	// answered only once what processed it is on disk too: if that sync
+	// failed, the copy that comes again waits for the next one.
 	var gen uint64
 	for _, t := range txs {
 		if !t.lazy {
 			gen = max(gen, t.gen)
 		}
 	}
+	if len(dups) > 0 {
+		gen = max(gen, s.eng.sync.written.Load())
+	}
 	if err := s.eng.sync.wait(s.ctx, s.cfg.Store, gen); err != nil {
 		s.log.Warn("storing received messages failed", "err", err)
+		for _, k := range dups {
+			out[k] = errTransient
+		}
 		from := 0
 		for x, t := range txs {
 			if !t.lazy {

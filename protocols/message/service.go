@@ -73,9 +73,11 @@ type Config struct {
 	// OnEvent, if set, is called (from one goroutine, in order) with every
 	// event; it must not block for long.
 	OnEvent func(Event)
-	// OnControl, if set, receives other features' controls (SendControl),
-	// after they are durably received, under the engine's lock: it must
-	// not call back into the engine, and should only queue work.
+	// OnControl, if set, receives other features' controls (SendControl)
+	// once each, as soon as they are received (before the fsync: a power
+	// loss can bring one again, so it must take a repeat), possibly under
+	// the engine's lock: it must not call back into the engine, and
+	// should only queue work.
 	OnControl func(from e2ee.AccountID, kind string, payload []byte)
 	// RetryMin and RetryMax bound the backoff of undelivered jobs
 	// (defaults 1s and 5m).

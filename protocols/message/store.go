@@ -659,6 +659,8 @@ type syncer struct {
 	mu      sync.Mutex
 	synced  uint64
 	round   chan struct{} // closed when the running sync ends; nil if none runs
+	// fail, a test hook, runs before each sync; its error fails the sync.
+	fail atomic.Pointer[func() error]
 }
 
 // wrote records a write and returns its generation.
@@ -683,7 +685,7 @@ func (y *syncer) wait(ctx context.Context, st *storage.Store, gen uint64) error 
 		y.round = round
 		target := y.written.Load()
 		y.mu.Unlock()
-		err := st.Sync(ctx)
+		err := y.sync(ctx, st)
 		y.mu.Lock()
 		if err == nil && target > y.synced {
 			y.synced = target
@@ -697,6 +699,15 @@ func (y *syncer) wait(ctx context.Context, st *storage.Store, gen uint64) error 
 	}
 	y.mu.Unlock()
 	return nil
+}
+
+func (y *syncer) sync(ctx context.Context, st *storage.Store) error {
+	if f := y.fail.Load(); f != nil {
+		if err := (*f)(); err != nil {
+			return err
+		}
+	}
+	return st.Sync(ctx)
 }
 
 // jobIndex holds every delivery job in memory, by key, by recipient (in
