@@ -65,6 +65,22 @@
 // relay's totals are stored with every blob, in the same synced batch, and
 // exported as metrics (NewMetricsTracer).
 //
+// Peer ids cost nothing to make, so the uploader quota alone does not
+// stop one machine from filling the relay's budget with throwaway peers.
+// The peers connecting from one source address (netkit.MultiaddrSource:
+// an IPv4 address, an IPv6 /64) therefore share an upload budget, a token
+// bucket of chunk bytes (WithIPUploadRate; by default 1 GiB at once, then
+// 256 MiB an hour). An upload takes its size from it with the rest of its
+// claim, after the quota checks and before its first chunk, and gets it
+// back if it fails (a bad chunk, a broken stream, a store error); a blob
+// the relay already holds (CodeExists) and a refused upload take nothing.
+// Beyond it the upload is refused with ErrRateLimited and a retry hint.
+// The buckets live in memory: a restart refills them, and they bound one
+// address, not an attacker with many. Connections over relayed circuits
+// all count as one address (netkit.SourceCircuit); the client never
+// uploads over one (it dials relays directly, and a circuit carries too
+// little for one chunk).
+//
 // Result codes (Code, pb.Code) map to the sentinels ErrNotFound,
 // ErrUnauthorized, ErrMalformed, ErrTooLarge, ErrQuota, ErrRelayFull,
 // ErrRateLimited, ErrCorrupt and ErrUnavailable; CodeExists is a success.

@@ -39,7 +39,9 @@ var (
 	ErrRelayFull = errors.New("blobs: relay's blob storage is full")
 
 	// ErrRateLimited means this peer sent more requests than the relay
-	// allows; nothing was done. Retry after Error.RetryAfter.
+	// allows, or an upload would take the peers at its address (IP
+	// address, IPv6 /64) over their upload budget; nothing was done.
+	// Retry after Error.RetryAfter, or upload to another relay.
 	ErrRateLimited = errors.New("blobs: rate limit exceeded")
 
 	// ErrCorrupt means an uploaded chunk did not match its announced hash;

@@ -145,14 +145,14 @@ func FuzzServe(f *testing.F) {
 		f.Fatal(err)
 	}
 	f.Cleanup(func() { _ = st.Close() })
-	svc, err := newService(st, WithLogger(discard), WithPutRate(1<<20, 1<<20), WithGetRate(1<<20, 1<<20))
+	svc, err := newService(st, append([]Option{WithLogger(discard)}, relaxed...)...)
 	if err != nil {
 		f.Fatal(err)
 	}
 	f.Cleanup(func() { _ = svc.Close() })
 	f.Fuzz(func(t *testing.T, in []byte) {
 		ms := &memStream{in: bytes.NewReader(in)}
-		_ = svc.serve(context.Background(), ms, nil, "fuzzer")
+		_ = svc.serve(context.Background(), ms, nil, "fuzzer", "192.0.2.1")
 		svc.mu.Lock()
 		defer svc.mu.Unlock()
 		if len(svc.uploading) != 0 || svc.reserved != 0 {

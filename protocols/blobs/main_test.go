@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"log/slog"
+	"sync"
 	"testing"
 	"time"
 
@@ -15,6 +16,7 @@ import (
 	"go.uber.org/goleak"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/kinmesh/kinmesh/protocols/netkit"
 	"github.com/kinmesh/kinmesh/protocols/wire"
 	"github.com/kinmesh/kinmesh/storage"
 )
@@ -39,7 +41,13 @@ func marshal(m proto.Message) []byte {
 
 func newHost(t testing.TB) host.Host {
 	t.Helper()
-	h, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"), libp2p.DisableMetrics())
+	return newHostOn(t, "127.0.0.1")
+}
+
+// newHostOn returns a host listening (and so dialing) on TCP at ip.
+func newHostOn(t testing.TB, ip string) host.Host {
+	t.Helper()
+	h, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/"+ip+"/tcp/0"), libp2p.DisableMetrics())
 	if err != nil {
 		t.Fatalf("libp2p.New: %v", err)
 	}
@@ -59,7 +67,7 @@ type testRelay struct {
 }
 
 // relaxed lifts the rate limits, for tests about something else.
-var relaxed = []Option{WithPutRate(1<<20, 1<<20), WithGetRate(1<<20, 1<<20)}
+var relaxed = []Option{WithPutRate(1<<20, 1<<20), WithGetRate(1<<20, 1<<20), WithIPUploadRate(1<<50, 1<<50)}
 
 func startRelay(t testing.TB, opts ...Option) *testRelay {
 	t.Helper()
@@ -117,7 +125,14 @@ func (r *testRelay) keys(t testing.TB) int {
 
 func newClient(t testing.TB, relays ...*testRelay) *Client {
 	t.Helper()
-	h := newHost(t)
+	return newClientOn(t, "127.0.0.1", relays...)
+}
+
+// newClientOn returns a client whose host connects from ip (another
+// loopback address, 127.0.0.2, is another source for the relay).
+func newClientOn(t testing.TB, ip string, relays ...*testRelay) *Client {
+	t.Helper()
+	h := newHostOn(t, ip)
 	for _, r := range relays {
 		h.Peerstore().AddAddrs(r.h.ID(), r.h.Addrs(), peerstore.PermanentAddrTTL)
 	}
@@ -126,6 +141,52 @@ func newClient(t testing.TB, relays ...*testRelay) *Client {
 		t.Fatal(err)
 	}
 	return c
+}
+
+// source returns the source key (netkit.MultiaddrSource) r sees c's
+// connections come from.
+func (r *testRelay) source(t testing.TB, c *Client) string {
+	t.Helper()
+	conns := r.h.Network().ConnsToPeer(c.h.ID())
+	if len(conns) == 0 {
+		t.Fatalf("relay has no connection to %s", c.h.ID())
+	}
+	return netkit.MultiaddrSource(conns[0].RemoteMultiaddr())
+}
+
+// clock is a settable clock for WithClock.
+type clock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func newClock() *clock { return &clock{now: time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)} }
+
+func (c *clock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *clock) Advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
+}
+
+// waitFor polls cond until it holds, failing the test after a minute.
+func waitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	tick := time.NewTicker(2 * time.Millisecond)
+	defer tick.Stop()
+	ctx := testCtx(t)
+	for !cond() {
+		select {
+		case <-tick.C:
+		case <-ctx.Done():
+			t.Fatalf("timed out waiting for %s", what)
+		}
+	}
 }
 
 func testCtx(t testing.TB) context.Context {

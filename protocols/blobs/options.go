@@ -28,8 +28,19 @@ const (
 	DefaultGetsPerMinute = 600
 	DefaultGetBurst      = 300
 
-	// DefaultMaxTracked bounds the peers whose rate buckets the relay
-	// tracks at once.
+	// DefaultIPUploadBytesPerHour and DefaultIPUploadBurst: chunk bytes
+	// all peers connecting from one IP address (one IPv6 /64) may upload,
+	// whatever their peer ids: 1 GiB at once, then 256 MiB an hour
+	// (6 GiB a day). A home posting a few 50 MiB videos a day, or a
+	// holiday's photos and videos at once, stays well inside it; one
+	// address needs (64 GiB - 1 GiB) / 6 GiB a day, about ten and a half
+	// days, to fill DefaultRelayMaxBytes (and 32 peer ids for the
+	// per-uploader quota).
+	DefaultIPUploadBytesPerHour = 256 << 20
+	DefaultIPUploadBurst        = 1 << 30
+
+	// DefaultMaxTracked bounds the peers (and addresses) whose rate
+	// buckets the relay tracks at once.
 	DefaultMaxTracked = 1 << 16
 )
 
@@ -46,6 +57,7 @@ type config struct {
 
 	putRate, putBurst float64 // per second
 	getRate, getBurst float64
+	ipRate, ipBurst   float64 // chunks per second, chunks
 	maxTracked        int
 
 	requestTimeout time.Duration // first frame, small operations
@@ -62,6 +74,8 @@ func defaultConfig() config {
 		putBurst:       DefaultPutBurst,
 		getRate:        DefaultGetsPerMinute / 60.0,
 		getBurst:       DefaultGetBurst,
+		ipRate:         DefaultIPUploadBytesPerHour / ChunkSize / 3600.0,
+		ipBurst:        DefaultIPUploadBurst / ChunkSize,
 		maxTracked:     DefaultMaxTracked,
 		requestTimeout: 10 * time.Second,
 		chunkTimeout:   30 * time.Second,
@@ -155,7 +169,28 @@ func WithGetRate(perMinute, burst int) Option {
 	}
 }
 
-// WithMaxTracked bounds how many peers each rate limiter tracks at once.
+// WithIPUploadRate sets how many chunk bytes all peers connecting from
+// one IP address (one IPv6 /64; all relayed connections count as one
+// address) may upload per hour together, and how many at once (defaults
+// DefaultIPUploadBytesPerHour, DefaultIPUploadBurst). Peer ids cost
+// nothing to make, so this, not the per-uploader quota, bounds how fast
+// one address can fill the relay's budget. An upload takes its size when
+// the relay accepts it, before its first chunk, and gets it back if it
+// fails; uploads beyond it fail with ErrRateLimited and a retry hint. A
+// blob larger than burst is always refused: keep burst at least
+// MaxBlobSize. Both are counted in whole chunks (ChunkSize).
+func WithIPUploadRate(bytesPerHour, burst uint64) Option {
+	return func(c *config) error {
+		if bytesPerHour < ChunkSize || burst < ChunkSize {
+			return fmt.Errorf("blobs: IP upload rate of %d bytes an hour, burst %d: want both at least %d", bytesPerHour, burst, ChunkSize)
+		}
+		c.ipRate, c.ipBurst = float64(bytesPerHour)/ChunkSize/3600, float64(burst/ChunkSize)
+		return nil
+	}
+}
+
+// WithMaxTracked bounds how many peers (and addresses) each rate limiter
+// tracks at once.
 func WithMaxTracked(n int) Option {
 	return func(c *config) error {
 		if n <= 0 {

@@ -33,6 +33,7 @@ type Service struct {
 
 	putLim *netkit.Limiter[string] // per peer: uploads and deletions
 	getLim *netkit.Limiter[string] // per peer: fetches and Has
+	ipLim  *netkit.Limiter[string] // per source address: chunks uploaded
 
 	seed  maphash.Seed
 	locks [64]sync.Mutex // per blob, striped: check-and-claim, delete
@@ -77,8 +78,10 @@ const (
 // DefaultUploaderMaxBlobs blobs; a relay budget of DefaultRelayMaxBytes;
 // per peer DefaultPutsPerMinute uploads and deletions a minute (bursts of
 // DefaultPutBurst) and DefaultGetsPerMinute fetches (bursts of
-// DefaultGetBurst); DefaultMaxTracked peers per limiter; 10 s for a
-// request frame, 30 s for each chunk.
+// DefaultGetBurst); per source address DefaultIPUploadBytesPerHour bytes
+// uploaded an hour (bursts of DefaultIPUploadBurst); DefaultMaxTracked
+// peers or addresses per limiter; 10 s for a request frame, 30 s for each
+// chunk.
 func NewService(h host.Host, st *storage.Store, opts ...Option) (*Service, error) {
 	if h == nil || st == nil {
 		return nil, errors.New("blobs: NewService needs a host and a store")
@@ -113,6 +116,7 @@ func newService(st *storage.Store, opts ...Option) (*Service, error) {
 		tr:        tracer{cfg.tracer},
 		putLim:    netkit.NewLimiter[string](cfg.now, cfg.putRate, cfg.putBurst, cfg.maxTracked),
 		getLim:    netkit.NewLimiter[string](cfg.now, cfg.getRate, cfg.getBurst, cfg.maxTracked),
+		ipLim:     netkit.NewLimiter[string](cfg.now, cfg.ipRate, cfg.ipBurst, cfg.maxTracked),
 		seed:      maphash.MakeSeed(),
 		inflight:  map[string]Usage{},
 		uploading: map[BlobID]bool{},
@@ -180,11 +184,15 @@ func (s *Service) Usage() Usage {
 }
 
 func (s *Service) handle(st network.Stream) {
-	s.streams.Handle(s.ctx, st, ServiceName, s.log, s.serve)
+	src := netkit.MultiaddrSource(st.Conn().RemoteMultiaddr())
+	s.streams.Handle(s.ctx, st, ServiceName, s.log, func(ctx context.Context, ns netkit.Stream, scope netkit.MemScope, remote peer.ID) error {
+		return s.serve(ctx, ns, scope, remote, src)
+	})
 }
 
-// serve answers the one operation a stream carries.
-func (s *Service) serve(ctx context.Context, st netkit.Stream, scope netkit.MemScope, remote peer.ID) error {
+// serve answers the one operation a stream carries, from remote connected
+// from src (netkit.MultiaddrSource).
+func (s *Service) serve(ctx context.Context, st netkit.Stream, scope netkit.MemScope, remote peer.ID, src string) error {
 	if err := st.SetDeadline(time.Now().Add(s.cfg.requestTimeout)); err != nil {
 		return err
 	}
@@ -204,7 +212,7 @@ func (s *Service) serve(ctx context.Context, st netkit.Stream, scope netkit.MemS
 	}
 	switch req.kind {
 	case reqPut:
-		return s.put(ctx, st, rd, scope, remote, req)
+		return s.put(ctx, st, rd, scope, remote, src, req)
 	case reqGet:
 		return s.get(ctx, st, remote, req)
 	case reqDelete:
@@ -258,40 +266,48 @@ func (s *Service) loadUsage(ctx context.Context, uploader string) (Usage, error)
 }
 
 // claim checks that id is neither stored nor being uploaded, and reserves
-// size bytes of the uploader's quota and of the relay's budget.
-func (s *Service) claim(ctx context.Context, id BlobID, k, uploader string, size uint64) (Code, error) {
+// size bytes of the uploader's quota, of the relay's budget and of the
+// upload budget of src, the uploader's address. With CodeRateLimited it
+// returns when src may upload size bytes again. Anything but CodeOK
+// reserves nothing.
+func (s *Service) claim(ctx context.Context, id BlobID, k, uploader, src string, size uint64) (Code, time.Duration, error) {
 	l := s.lock(id)
 	l.Lock()
 	defer l.Unlock()
 	m, ok, err := s.loadMeta(ctx, k)
 	if err != nil {
-		return CodeUnavailable, err
+		return CodeUnavailable, 0, err
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	switch {
 	case s.uploading[id]:
-		return CodeUnavailable, nil
+		return CodeUnavailable, 0, nil
 	case ok && m.complete:
-		return CodeExists, nil
+		return CodeExists, 0, nil
 	case ok:
-		return CodeUnavailable, nil // an upload the crash sweep will drop
+		return CodeUnavailable, 0, nil // an upload the crash sweep will drop
 	}
 	u, err := s.loadUsage(ctx, uploader)
 	if err != nil {
-		return CodeUnavailable, err
+		return CodeUnavailable, 0, err
 	}
 	in := s.inflight[uploader]
 	if u.Bytes+in.Bytes+size > s.cfg.uploaderBytes || u.Blobs+in.Blobs+1 > s.cfg.uploaderBlobs {
-		return CodeQuota, nil
+		return CodeQuota, 0, nil
 	}
 	if s.total.Bytes+s.reserved+size > s.cfg.relayBytes {
-		return CodeRelayFull, nil
+		return CodeRelayFull, 0, nil
+	}
+	// Last, so that a refused upload takes nothing of the address's
+	// budget; put gives it back if the upload fails.
+	if ok, wait := s.ipLim.TakeN(src, int(size/ChunkSize)); !ok {
+		return CodeRateLimited, wait, nil
 	}
 	s.inflight[uploader] = Usage{Bytes: in.Bytes + size, Blobs: in.Blobs + 1}
 	s.reserved += size
 	s.uploading[id] = true
-	return CodeOK, nil
+	return CodeOK, 0, nil
 }
 
 // unclaim releases what claim reserved.
@@ -315,10 +331,11 @@ func (s *Service) release(id BlobID, uploader string, size uint64) {
 	delete(s.uploading, id)
 }
 
-// put receives an upload: claim, chunks checked one by one against their
-// hashes, then the record that makes the blob visible, in one synced batch
-// with the uploader's usage and the relay's totals.
-func (s *Service) put(ctx context.Context, st netkit.Stream, rd *wire.Reader, scope netkit.MemScope, remote peer.ID, req request) error {
+// put receives an upload from remote, connected from src: claim, chunks
+// checked one by one against their hashes, then the record that makes the
+// blob visible, in one synced batch with the uploader's usage and the
+// relay's totals. An upload that fails gives back what its claim took.
+func (s *Service) put(ctx context.Context, st netkit.Stream, rd *wire.Reader, scope netkit.MemScope, remote peer.ID, src string, req request) error {
 	if ok, wait := s.putLim.Take(string(remote)); !ok {
 		s.tr.request("put", CodeRateLimited, 0)
 		return s.reply(st, response{code: CodeRateLimited, retryAfter: wait})
@@ -327,18 +344,22 @@ func (s *Service) put(ctx context.Context, st netkit.Stream, rd *wire.Reader, sc
 	uploader := s.ns.Opaque([]byte(remote))
 	n := len(req.hashes)
 	size := uint64(n) * ChunkSize
-	code, err := s.claim(ctx, req.id, k, uploader, size)
+	code, wait, err := s.claim(ctx, req.id, k, uploader, src, size)
 	if err != nil {
 		s.log.Warn("put: claim", "err", err)
 	}
 	if code != CodeOK {
+		if code == CodeRateLimited {
+			s.tr.ipLimited()
+		}
 		s.tr.request("put", code, 0)
-		return s.reply(st, response{code: code})
+		return s.reply(st, response{code: code, retryAfter: wait})
 	}
 	committed := false
 	defer func() {
 		if !committed {
 			s.unclaim(req.id, uploader, size)
+			s.ipLim.Refund(src, int(size/ChunkSize))
 		}
 	}()
 	m := meta{hashes: req.hashes, deleteKey: req.deleteKey, uploader: uploader, created: s.cfg.now()}

@@ -123,14 +123,14 @@ func TestCommitReleasesClaim(t *testing.T) {
 	s2, _, _ := sealed(t, 10)
 	const uploader = "uploader"
 	k := r.svc.key(s1.ID)
-	if code, err := r.svc.claim(ctx, s1.ID, k, uploader, ChunkSize); code != CodeOK || err != nil {
+	if code, _, err := r.svc.claim(ctx, s1.ID, k, uploader, "192.0.2.1", ChunkSize); code != CodeOK || err != nil {
 		t.Fatalf("claim: %v %v", code, err)
 	}
 	m := meta{hashes: s1.Hashes, uploader: uploader, created: time.Now()}
 	if _, err := r.svc.commitPut(ctx, s1.ID, k, m); err != nil {
 		t.Fatal(err)
 	}
-	if code, err := r.svc.claim(ctx, s2.ID, r.svc.key(s2.ID), uploader, ChunkSize); code != CodeOK || err != nil {
+	if code, _, err := r.svc.claim(ctx, s2.ID, r.svc.key(s2.ID), uploader, "192.0.2.1", ChunkSize); code != CodeOK || err != nil {
 		t.Fatalf("second blob of a 2-blob quota right after the first committed: %v %v", code, err)
 	}
 }
@@ -271,5 +271,142 @@ func TestDeleteSigned(t *testing.T) {
 	}
 	if err := r.svc.DeleteSigned(ctx, s.ID, SignDelete(deleteKeyOf(t, s.ID), s.ID)); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("again: got %v, want ErrNotFound", err)
+	}
+}
+
+// TestIPUploadBudget: the peers connecting from one address share one
+// upload budget, whatever their peer ids: together they upload no more
+// than it holds, and a fresh peer id gets nothing more. A refused upload
+// stores nothing and changes no usage; a blob the relay holds is still
+// answered exists; an upload that fails (a corrupt chunk, a broken
+// stream) gives its bytes back; another address has a budget of its own;
+// time refills it.
+func TestIPUploadBudget(t *testing.T) {
+	clk := newClock()
+	// One chunk an hour, four at once.
+	r := startRelay(t, WithClock(clk.Now), WithPutRate(1<<20, 1<<20), WithGetRate(1<<20, 1<<20), WithIPUploadRate(ChunkSize, 4*ChunkSize))
+	put := func(c *Client, s *Sealed) (Usage, error) {
+		return c.Put(testCtx(t), r.ID(), s, deleteKeyOf(t, s.ID).Public().(ed25519.PublicKey))
+	}
+	blob := func(chunks int) *Sealed {
+		s, _, _ := sealed(t, (chunks-1)*chunkPlain+1)
+		if len(s.Chunks) != chunks {
+			t.Fatalf("sealed %d chunks, want %d", len(s.Chunks), chunks)
+		}
+		return s
+	}
+	const home = "127.0.0.1"
+
+	// Two peers from one address fill its four chunks.
+	a, b := newClient(t, r), newClient(t, r)
+	s1, s2 := blob(2), blob(2)
+	if _, err := put(a, s1); err != nil {
+		t.Fatalf("a's 2 chunks: %v", err)
+	}
+	if _, err := put(b, s2); err != nil {
+		t.Fatalf("b's 2 chunks from the same address: %v", err)
+	}
+	if sa, sb := r.source(t, a), r.source(t, b); sa != home || sb != home {
+		t.Fatalf("relay sees a from %q and b from %q, want both %q", sa, sb, home)
+	}
+	usage, keys := r.svc.Usage(), r.keys(t)
+	s3 := blob(1)
+	for _, tc := range []struct {
+		name string
+		c    *Client
+	}{
+		{"b, having uploaded", b},
+		{"a fresh peer id", newClient(t, r)},
+	} {
+		_, err := put(tc.c, s3)
+		if !errors.Is(err, ErrRateLimited) {
+			t.Fatalf("%s, a fifth chunk from an address allowed four: got %v, want ErrRateLimited", tc.name, err)
+		}
+		if d := RetryAfter(err); d < 59*time.Minute || d > 61*time.Minute {
+			t.Fatalf("%s: retry after %v, want about an hour (one chunk an hour)", tc.name, d)
+		}
+	}
+	if got := r.svc.Usage(); got != usage {
+		t.Fatalf("relay usage after refused uploads: got %+v, want %+v", got, usage)
+	}
+	if got := r.keys(t); got != keys {
+		t.Fatalf("%d keys after refused uploads, want %d", got, keys)
+	}
+	if _, err := a.Get(testCtx(t), r.ID(), s3.ID); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("get of a refused upload: got %v, want ErrNotFound", err)
+	}
+	// A blob the relay holds costs nothing: exists, even now.
+	if u, err := put(b, s1); err != nil || u != (Usage{}) {
+		t.Fatalf("put of a held blob from a spent address: usage %+v, %v; want exists", u, err)
+	}
+
+	// Another address has its own budget.
+	o := newClientOn(t, "127.0.0.2", r)
+	for i := range 2 {
+		if _, err := put(o, blob(2)); err != nil {
+			t.Fatalf("2 chunks (%d) from another address: %v", i, err)
+		}
+	}
+	if src := r.source(t, o); src != "127.0.0.2" {
+		t.Fatalf("relay sees the other client from %q, want 127.0.0.2", src)
+	}
+	if _, err := put(o, blob(1)); !errors.Is(err, ErrRateLimited) {
+		t.Fatalf("a fifth chunk from the other address: got %v, want ErrRateLimited", err)
+	}
+
+	// An hour (and a minute, against rounding) gives the home address one
+	// chunk. A corrupt upload takes it and gives it back.
+	clk.Advance(time.Hour + time.Minute)
+	s4 := blob(1)
+	var code Code
+	err := rawStream(t, a, r.ID(), func(st network.Stream, rd *wire.Reader) error {
+		req := request{kind: reqPut, id: s4.ID, hashes: s4.Hashes, deleteKey: deleteKeyOf(t, s4.ID).Public().(ed25519.PublicKey)}
+		if err := wire.Write(st, encodeRequest(req), maxRequestFrame); err != nil {
+			return err
+		}
+		if resp, err := a.readResponse(st, rd); err != nil || resp.code != CodeOK {
+			t.Fatalf("put answer: %+v, %v; want ok", resp, err)
+		}
+		bad := bytes.Clone(s4.Chunks[0])
+		bad[0] ^= 1
+		if err := wire.Write(st, encodeChunk(0, bad), maxChunkFrame); err != nil {
+			return err
+		}
+		resp, err := a.readResponse(st, rd)
+		code = resp.code
+		return err
+	})
+	if err != nil || code != CodeCorrupt {
+		t.Fatalf("corrupt upload: code %v, err %v; want corrupt", code, err)
+	}
+	if _, err := put(b, s3); err != nil {
+		t.Fatalf("the chunk a corrupt upload gave back: %v", err)
+	}
+
+	// So does an upload whose stream breaks before its chunk.
+	clk.Advance(time.Hour + time.Minute)
+	_ = rawStream(t, a, r.ID(), func(st network.Stream, rd *wire.Reader) error {
+		req := request{kind: reqPut, id: s4.ID, hashes: s4.Hashes, deleteKey: deleteKeyOf(t, s4.ID).Public().(ed25519.PublicKey)}
+		if err := wire.Write(st, encodeRequest(req), maxRequestFrame); err != nil {
+			return err
+		}
+		if resp, err := a.readResponse(st, rd); err != nil || resp.code != CodeOK {
+			t.Fatalf("put answer: %+v, %v; want ok", resp, err)
+		}
+		return errors.New("client gives up") // roundTrip resets the stream
+	})
+	waitFor(t, "the broken upload's chunk to come back", func() bool {
+		r.svc.mu.Lock()
+		defer r.svc.mu.Unlock()
+		return len(r.svc.uploading) == 0 && r.svc.ipLim.Left(home) == 1
+	})
+	if _, err := put(b, s4); err != nil {
+		t.Fatalf("the chunk a broken upload gave back: %v", err)
+	}
+	if _, err := put(a, blob(1)); !errors.Is(err, ErrRateLimited) {
+		t.Fatalf("one chunk more than given back: got %v, want ErrRateLimited", err)
+	}
+	if got, want := r.svc.Usage(), (Usage{Bytes: 10 * ChunkSize, Blobs: 6}); got != want {
+		t.Fatalf("relay usage: got %+v, want %+v", got, want)
 	}
 }
