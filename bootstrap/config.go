@@ -272,6 +272,13 @@ type Config struct {
 	// (device) may store (defaults 2 GiB and 20000 photos or videos).
 	MediaUploaderMaxBytes int64 `toml:"media_uploader_max_bytes"`
 	MediaUploaderMaxBlobs int   `toml:"media_uploader_max_blobs"`
+	// MediaIPUploadBytesPerHour, MediaIPUploadBurst: media bytes all
+	// devices connecting from one IP address (one IPv6 /64) may upload
+	// together, whatever their peer ids: per hour (default 256 MiB) and
+	// at once (default 1 GiB; at least 52 MiB, one video). Peer ids are
+	// free; this is what bounds how fast one address fills MediaMaxBytes.
+	MediaIPUploadBytesPerHour int64 `toml:"media_ip_upload_bytes_per_hour"`
+	MediaIPUploadBurst        int64 `toml:"media_ip_upload_burst"`
 }
 
 // Duration is a time.Duration that reads "90s" / "2m" from TOML.

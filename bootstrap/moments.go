@@ -48,6 +48,8 @@ func (c *Config) applyMomentsDefaults() error {
 		{"moments_feed_max_bytes", &c.MomentsFeedMaxBytes, moments.DefaultFeedMaxBytes, moments.MaxFrameSize},
 		{"media_max_bytes", &c.MediaMaxBytes, blobs.DefaultRelayMaxBytes, blobs.MaxBlobSize},
 		{"media_uploader_max_bytes", &c.MediaUploaderMaxBytes, blobs.DefaultUploaderMaxBytes, blobs.MaxBlobSize},
+		{"media_ip_upload_bytes_per_hour", &c.MediaIPUploadBytesPerHour, blobs.DefaultIPUploadBytesPerHour, blobs.ChunkSize},
+		{"media_ip_upload_burst", &c.MediaIPUploadBurst, blobs.DefaultIPUploadBurst, blobs.MaxBlobSize},
 	} {
 		if *f.p == 0 {
 			*f.p = f.def
@@ -75,6 +77,7 @@ func (r *Relay) startMoments() error {
 		blobs.WithMetricsTracer(blobs.NewMetricsTracer(r.cfg.Registry)),
 		blobs.WithRelayBudget(uint64(r.cfg.MediaMaxBytes)),
 		blobs.WithUploaderQuota(uint64(r.cfg.MediaUploaderMaxBytes), r.cfg.MediaUploaderMaxBlobs),
+		blobs.WithIPUploadRate(uint64(r.cfg.MediaIPUploadBytesPerHour), uint64(r.cfg.MediaIPUploadBurst)),
 	)
 	if err != nil {
 		return fmt.Errorf("start media service: %w", err)

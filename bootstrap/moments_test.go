@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"crypto/sha256"
 	"errors"
 	"io"
 	"net/http"
@@ -31,6 +32,8 @@ moments_reactions_per_moment = 30
 media_max_bytes = 1073741824
 media_uploader_max_bytes = 104857600
 media_uploader_max_blobs = 40
+media_ip_upload_bytes_per_hour = 52428800
+media_ip_upload_burst = 209715200
 `), 0o600)
 	c, err := LoadConfigFile(path)
 	if err != nil {
@@ -39,19 +42,80 @@ media_uploader_max_blobs = 40
 	if err := c.applyDefaults(); err != nil {
 		t.Fatal(err)
 	}
-	got := [...]int64{int64(c.MomentsMaxFeeds), int64(c.MomentsFeedMaxItems), c.MomentsFeedMaxBytes, int64(c.MomentsReactionsPerMoment), c.MediaMaxBytes, c.MediaUploaderMaxBytes, int64(c.MediaUploaderMaxBlobs)}
-	if want := [...]int64{10, 20, 1 << 20, 30, 1 << 30, 100 << 20, 40}; got != want {
+	got := [...]int64{int64(c.MomentsMaxFeeds), int64(c.MomentsFeedMaxItems), c.MomentsFeedMaxBytes, int64(c.MomentsReactionsPerMoment), c.MediaMaxBytes, c.MediaUploaderMaxBytes, int64(c.MediaUploaderMaxBlobs), c.MediaIPUploadBytesPerHour, c.MediaIPUploadBurst}
+	if want := [...]int64{10, 20, 1 << 20, 30, 1 << 30, 100 << 20, 40, 50 << 20, 200 << 20}; got != want {
 		t.Fatalf("moments settings %v, want %v", got, want)
 	}
 	d := Config{DataDir: "x"}
 	if err := d.applyDefaults(); err != nil {
 		t.Fatal(err)
 	}
-	if d.MomentsMaxFeeds != moments.DefaultMaxFeeds || d.MediaMaxBytes != blobs.DefaultRelayMaxBytes || d.MediaUploaderMaxBlobs != blobs.DefaultUploaderMaxBlobs {
+	if d.MomentsMaxFeeds != moments.DefaultMaxFeeds || d.MediaMaxBytes != blobs.DefaultRelayMaxBytes || d.MediaUploaderMaxBlobs != blobs.DefaultUploaderMaxBlobs ||
+		d.MediaIPUploadBytesPerHour != blobs.DefaultIPUploadBytesPerHour || d.MediaIPUploadBurst != blobs.DefaultIPUploadBurst {
 		t.Fatalf("defaults not applied: %+v", d)
 	}
-	if _, err := New(Config{DataDir: "x", MediaMaxBytes: 1000}); !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), "media_max_bytes") {
-		t.Fatalf("tiny media budget: %v, want ErrConfig naming it", err)
+	for _, tc := range []struct {
+		name string
+		cfg  Config
+		key  string
+	}{
+		{"tiny media budget", Config{DataDir: "x", MediaMaxBytes: 1000}, "media_max_bytes"},
+		{"negative upload rate", Config{DataDir: "x", MediaIPUploadBytesPerHour: -1}, "media_ip_upload_bytes_per_hour"},
+		{"upload burst below one video", Config{DataDir: "x", MediaIPUploadBurst: blobs.MaxBlobSize - 1}, "media_ip_upload_burst"},
+	} {
+		if _, err := New(tc.cfg); !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), tc.key) {
+			t.Errorf("%s: %v, want ErrConfig naming %s", tc.name, err, tc.key)
+		}
+	}
+}
+
+// TestRelayMediaIPBudget: media_ip_upload_burst reaches the blob
+// service: with room for one video, one chunk first leaves too little for
+// a 52 MiB video, refused (before any of its chunks) as rate limited and
+// counted on /metrics.
+func TestRelayMediaIPBudget(t *testing.T) {
+	r := startRelay(t, Config{HTTP: "127.0.0.1:0", MediaIPUploadBurst: blobs.MaxBlobSize})
+	h, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"), libp2p.DisableMetrics())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	h.Peerstore().AddAddrs(r.ID(), r.AddrInfo().Addrs, peerstore.PermanentAddrTTL)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	bc, _ := blobs.NewClient(h)
+	_, dk, _ := ed25519.GenerateKey(rand.Reader)
+	var key [32]byte
+	_, _ = rand.Read(key[:])
+	small, err := blobs.Seal(&key, []byte("a photo"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bc.Put(ctx, r.ID(), small, dk.Public().(ed25519.PublicKey)); err != nil {
+		t.Fatalf("Put of one chunk: %v", err)
+	}
+	// A video of the largest size; the relay refuses it on its hashes,
+	// so its chunks may all be one.
+	chunk := make([]byte, blobs.ChunkSize)
+	video := &blobs.Sealed{Chunks: make([][]byte, blobs.MaxChunks), Hashes: make([][sha256.Size]byte, blobs.MaxChunks)}
+	for i := range video.Chunks {
+		video.Chunks[i], video.Hashes[i] = chunk, sha256.Sum256(chunk)
+	}
+	video.ID = blobs.ComputeID(video.Hashes)
+	if _, err := bc.Put(ctx, r.ID(), video, dk.Public().(ed25519.PublicKey)); !errors.Is(err, blobs.ErrRateLimited) {
+		t.Fatalf("Put of %d chunks after one, burst %d: got %v, want ErrRateLimited", blobs.MaxChunks, blobs.MaxBlobSize, err)
+	}
+	resp, err := http.Get("http://" + r.HTTPAddr() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	http.DefaultClient.CloseIdleConnections()
+	for _, want := range []string{"kinmesh_blobs_ip_limited_total 1", "kinmesh_blobs_stored 1"} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
 	}
 }
 
