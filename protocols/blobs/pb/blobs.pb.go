@@ -32,7 +32,7 @@ const (
 	Code_CODE_TOO_LARGE    Code = 4  // a blob or frame exceeded its size cap
 	Code_CODE_QUOTA        Code = 5  // the uploader's quota would be exceeded
 	Code_CODE_RELAY_FULL   Code = 6  // the relay's disk budget for blobs would be exceeded
-	Code_CODE_RATE_LIMITED Code = 7  // too many requests from this peer; see retry_after_ms
+	Code_CODE_RATE_LIMITED Code = 7  // too many requests from this peer, or an upload beyond its address's budget; see retry_after_ms
 	Code_CODE_CORRUPT      Code = 8  // a chunk did not match its announced hash
 	Code_CODE_UNAVAILABLE  Code = 9  // the relay cannot serve now (closing, busy, store error)
 	Code_CODE_EXISTS       Code = 10 // put: the relay already holds the blob; send no chunks
