@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -54,11 +53,7 @@ func TestCLICalls(t *testing.T) {
 	}
 
 	// ben watches his events.
-	var watched syncBuffer
-	wctx, stopWatch := context.WithCancel(context.Background())
-	done := make(chan int, 1)
-	go func() { done <- run(wctx, []string{"watch", "--data", data["ben"]}, &watched, io.Discard) }()
-	defer func() { stopWatch(); <-done }()
+	watched := watch(t, data["ben"])
 
 	deadline := time.Now().Add(60 * time.Second)
 	tick := time.NewTicker(100 * time.Millisecond)

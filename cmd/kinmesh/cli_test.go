@@ -43,6 +43,33 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
+// watch runs kinmesh watch on the daemon of dataDir until the test ends,
+// and returns once it is subscribed (its "watching" line on stderr), so
+// that it misses no event after that.
+func watch(t *testing.T, dataDir string) *syncBuffer {
+	t.Helper()
+	var out, status syncBuffer
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan int, 1)
+	go func() { done <- run(ctx, []string{"watch", "--data", dataDir}, &out, &status) }()
+	t.Cleanup(func() { stop(); <-done })
+	deadline := time.NewTimer(30 * time.Second)
+	defer deadline.Stop()
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for !strings.Contains(status.String(), "watching") {
+		select {
+		case code := <-done:
+			done <- code
+			t.Fatalf("kinmesh watch exited (%d): %s", code, status.String())
+		case <-deadline.C:
+			t.Fatalf("kinmesh watch never subscribed: %s", status.String())
+		case <-tick.C:
+		}
+	}
+	return &out
+}
+
 // TestCLI drives two daemons through the client verbs a user types:
 // accounts, invites, contacts, send, watch, inbox, groups, block,
 // location, settings, export and account deletion.
@@ -89,11 +116,7 @@ func TestCLI(t *testing.T) {
 	}
 
 	// mia watches; rosa sends; the event shows up in mia's watch.
-	var watched syncBuffer
-	wctx, stopWatch := context.WithCancel(context.Background())
-	done := make(chan int, 1)
-	go func() { done <- run(wctx, []string{"watch", "--data", data["mia"]}, &watched, io.Discard) }()
-	defer func() { stopWatch(); <-done }()
+	watched := watch(t, data["mia"])
 	cli(t, "send", "--data", data["rosa"], "--to", ids["mia"], "lunch", "on", "Sunday?")
 	deadline := time.Now().Add(30 * time.Second)
 	for !strings.Contains(watched.String(), "lunch on Sunday?") {

@@ -222,7 +222,7 @@ func printMessage(w io.Writer, m message.Message) {
 	fmt.Fprintf(w, "%s %s %s %-13s [%s] %s\n", m.SentAt.Local().Format(time.DateTime), dir, from, "", state, m.Text)
 }
 
-func runWatch(ctx context.Context, args []string, stdout, _ io.Writer) error {
+func runWatch(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("watch", "watch --data DIR [--json]\n\nPrints events (new messages, state changes, group changes, calls) as they happen, until Ctrl-C.", stdout)
 	client := clientFlags(fs)
 	asJSON := fs.Bool("json", false, "print each event's raw JSON")
@@ -249,6 +249,9 @@ func runWatch(ctx context.Context, args []string, stdout, _ io.Writer) error {
 	if resp.StatusCode != http.StatusOK {
 		return fmt.Errorf("GET /v1/events: HTTP %d", resp.StatusCode)
 	}
+	// The daemon answers once we are subscribed: from here on no event is
+	// missed.
+	fmt.Fprintln(stderr, "watching; Ctrl-C to stop")
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
