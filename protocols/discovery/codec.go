@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/kinmesh/kinmesh/protocols/discovery/pb"
@@ -111,9 +112,44 @@ func encodeRequest(r request) *pb.Request {
 	return &pb.Request{}
 }
 
+// Field numbers the wire scans look for (pb/discovery.proto).
+const (
+	fieldOwnerEvaluate   = 6 // OwnerBody.evaluate
+	fieldEvaluateBlinded = 1 // Evaluate.blinded
+	fieldRespEvaluation  = 5 // Response.evaluation
+	fieldEvalEvaluated   = 1 // Evaluation.evaluated
+	fieldRespPage        = 6 // Response.page
+	fieldPageEntries     = 7 // Page.entries
+)
+
+// countNested returns how many entries of the repeated field num the
+// occurrences of the message field body of b hold in all, without
+// decoding b: protobuf merges a message field that occurs more than once,
+// so the counts add up. proto.Unmarshal allocates per entry (a slice
+// header per bytes entry of 2, a whole message per empty submessage of
+// 2) before a decoder can count, so decoders count on the wire first
+// (wire.CountRepeated). ok is false when b is not well-formed protobuf.
+func countNested(b []byte, body, num protowire.Number) (n int, ok bool) {
+	ok = true
+	walked := wire.EachBytes(b, body, func(m []byte) bool {
+		var c int
+		c, ok = wire.CountRepeated(m, num, false)
+		n += c
+		return ok
+	})
+	return n, ok && walked
+}
+
 // decodeOwnerBody decodes and validates an operation; on failure it
-// returns the code to answer with.
+// returns the code to answer with. The blinded elements are counted
+// before the body is decoded.
 func decodeOwnerBody(b []byte) (ownerBody, Code) {
+	switch n, ok := countNested(b, fieldOwnerEvaluate, fieldEvaluateBlinded); {
+	case !ok:
+		return ownerBody{}, CodeMalformed
+	case n > MaxBatch:
+		return ownerBody{}, CodeTooLarge
+	}
 	var m pb.OwnerBody
 	if err := proto.Unmarshal(b, &m); err != nil {
 		return ownerBody{}, CodeMalformed
@@ -294,8 +330,21 @@ func encodeResponse(r response) *pb.Response {
 	return m
 }
 
-// decodeResponse decodes and validates one relay frame.
+// decodeResponse decodes and validates one relay frame: what a client
+// reads from a relay it does not trust to be well-behaved. A page's
+// entries and an evaluation's elements are counted before the frame is
+// decoded.
 func decodeResponse(b []byte) (response, error) {
+	entries, okp := countNested(b, fieldRespPage, fieldPageEntries)
+	elements, oke := countNested(b, fieldRespEvaluation, fieldEvalEvaluated)
+	switch {
+	case !okp || !oke:
+		return response{}, fmt.Errorf("decode response: %w", ErrProtocol)
+	case entries > MaxPageEntries:
+		return response{}, fmt.Errorf("page of %d entries (at most %d): %w", entries, MaxPageEntries, ErrProtocol)
+	case elements > MaxBatch:
+		return response{}, fmt.Errorf("evaluation of %d elements (at most %d): %w", elements, MaxBatch, ErrProtocol)
+	}
 	var m pb.Response
 	if err := proto.Unmarshal(b, &m); err != nil {
 		return response{}, fmt.Errorf("decode response: %w", ErrProtocol)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/cloudflare/circl/oprf"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"google.golang.org/protobuf/encoding/protowire"
 
 	"github.com/kinmesh/kinmesh/protocols/wire"
 	"github.com/kinmesh/kinmesh/storage"
@@ -50,6 +51,18 @@ func fuzzSeeds(t testing.TB) (requests, bodies, responses, records [][]byte) {
 	} {
 		responses = append(responses, marshal(encodeResponse(r)))
 	}
+	// A page and an evaluation whose entries come in two bodies, which
+	// protobuf merges: counted together.
+	two := func(m []byte, field protowire.Number) []byte {
+		var body []byte
+		wire.EachBytes(m, field, func(v []byte) bool { body = v; return false })
+		return append(bytes.Clone(m), submessage(field, body)...)
+	}
+	responses = append(responses,
+		two(responses[len(responses)-1], fieldRespPage),
+		two(responses[len(responses)-2], fieldRespEvaluation),
+	)
+	bodies = append(bodies, two(bodies[len(bodies)-1], fieldOwnerEvaluate))
 	records = [][]byte{
 		storedLink{output: y, verifiedAt: time.Unix(7, 0)}.encode(),
 		storedPending{output: y, code: "000111", expires: time.Unix(8, 0), attempts: 2}.encode(),
@@ -125,6 +138,9 @@ func FuzzDecodeOwnerBody(f *testing.F) {
 		if o.op == opVerifyCode && !validCode(o.code) {
 			t.Fatalf("accepted code %q", o.code)
 		}
+		if len(o.blinded) > MaxBatch {
+			t.Fatalf("accepted %d blinded elements, over %d", len(o.blinded), MaxBatch)
+		}
 	})
 }
 
@@ -145,7 +161,13 @@ func FuzzDecodeResponse(f *testing.F) {
 		if again.code != r.code || (again.page == nil) != (r.page == nil) || (again.eval == nil) != (r.eval == nil) || (again.status == nil) != (r.status == nil) {
 			t.Fatalf("round trip changed the response: %+v != %+v", again, r)
 		}
+		if r.eval != nil && len(r.eval.elements) > MaxBatch {
+			t.Fatalf("accepted %d evaluated elements, over %d", len(r.eval.elements), MaxBatch)
+		}
 		if r.page != nil {
+			if len(r.page.Entries) > MaxPageEntries {
+				t.Fatalf("accepted a page of %d entries, over %d", len(r.page.Entries), MaxPageEntries)
+			}
 			if len(again.page.Entries) != len(r.page.Entries) || again.page.Next != r.page.Next || r.page.Next > r.page.Version {
 				t.Fatalf("round trip changed the page")
 			}
