@@ -46,21 +46,22 @@ import (
 // MaxDiscoverNumbers caps the numbers of one DiscoverContacts call.
 const MaxDiscoverNumbers = 5000
 
-// Caps on the copy of one relay's directory, sized from the directory's
-// design (docs/protocol/discovery.md): a relay holds at most
+// Caps on the copy of one relay's directory: the protocol's own
+// (discovery.MaxCopyEntries, MaxCopyBytes, MaxSyncPages), which an
+// in-memory discovery.Directory keeps too. They are sized from the
+// directory's design (docs/protocol/discovery.md): a relay holds at most
 // discovery.DefaultMaxEntries entries of about 500–700 bytes each, which
 // it lists in pages of up to discovery.MaxPageEntries entries and about
 // 256 KiB.
 const (
 	// MaxDirectoryEntries caps the entries of a copy: a full relay's.
-	MaxDirectoryEntries = discovery.DefaultMaxEntries
+	MaxDirectoryEntries = discovery.MaxCopyEntries
 	// MaxDirectoryBytes caps the sealed records of a copy: a full relay's
 	// entries at 768 bytes each, on average.
-	MaxDirectoryBytes = 768 << 20
+	MaxDirectoryBytes = discovery.MaxCopyBytes
 	// MaxDirectorySyncPages caps the pages of one sync: twice what a
-	// first sync of a copy at both caps needs (3072 pages of 256 KiB of
-	// entries, and 977 of a million deletions).
-	MaxDirectorySyncPages = 8192
+	// first sync of a copy at both caps needs.
+	MaxDirectorySyncPages = discovery.MaxSyncPages
 )
 
 // ErrTooManyNumbers: more numbers than MaxDiscoverNumbers in one call.
@@ -70,8 +71,9 @@ var ErrTooManyNumbers = fmt.Errorf("node: at most %d numbers per discovery reque
 // beyond MaxDirectoryEntries or MaxDirectoryBytes, or a sync beyond
 // MaxDirectorySyncPages. No honest relay within the design's limits does
 // that, so the relay counts as misbehaving (the error wraps
-// discovery.ErrProtocol); discovery goes on with the other relays.
-var ErrDirectoryTooLarge = fmt.Errorf("node: the relay's directory exceeds what this device keeps of it: %w", discovery.ErrProtocol)
+// discovery.ErrDirectoryTooLarge, and so discovery.ErrProtocol);
+// discovery goes on with the other relays.
+var ErrDirectoryTooLarge = fmt.Errorf("node: %w", discovery.ErrDirectoryTooLarge)
 
 // directoryCaps are the caps syncDirectory applies (tests shrink them).
 type directoryCaps struct {

@@ -31,7 +31,8 @@ type Client struct {
 //
 // Defaults (see the ClientOption functions): 10 s to connect and open a
 // stream, 40 s for the request once it is open (a code request waits for
-// the relay's SMS gateway), slog.Default().
+// the relay's SMS gateway), 10 min for a whole directory sync,
+// slog.Default().
 func NewClient(h host.Host, opts ...ClientOption) (*Client, error) {
 	if h == nil {
 		return nil, errors.New("discovery: NewClient needs a host")
@@ -240,12 +241,39 @@ func (c *Client) List(ctx context.Context, relay peer.ID, since uint64, limit in
 // returns how many changes it applied. A dir with a PublicKey accepts
 // pages with that key only (ErrKeyChanged); an empty dir pins the relay's
 // key.
+//
+// A sync is bounded: each page by the request timeout, the whole sync by
+// the sync timeout (WithSyncTimeout) and MaxSyncPages pages, and the copy
+// by its caps (see Directory); a relay that goes beyond a cap fails the
+// sync with ErrDirectoryTooLarge, and one that says there is more without
+// moving the cursor forward with ErrProtocol. A failed sync leaves dir as
+// of the last page it applied (a start over under way keeps the copy
+// held before it), and the next Sync goes on from there.
 func (c *Client) Sync(ctx context.Context, relay peer.ID, dir *Directory) (int, error) {
+	parent := ctx
+	deadline := time.Now().Add(c.cfg.syncTimeout)
+	ctx, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel()
 	n := 0
-	for {
+	for pages := 0; ; pages++ {
+		if pages == c.cfg.syncPages {
+			return n, fmt.Errorf("discovery: sync relay %s: still more after %d pages: %w", relay, pages, ErrDirectoryTooLarge)
+		}
 		p, err := c.List(ctx, relay, dir.Cursor, MaxPageEntries)
 		if err != nil {
+			// The stream's deadline is the sync's: it may fire first.
+			if parent.Err() == nil && (ctx.Err() != nil || !time.Now().Before(deadline)) {
+				return n, fmt.Errorf("discovery: sync relay %s: not done within %v (%d pages applied; the next sync goes on from there): %w (%w)",
+					relay, c.cfg.syncTimeout, pages, context.DeadlineExceeded, err)
+			}
 			return n, err
+		}
+		since := dir.Cursor
+		if p.StartOver {
+			since = 0
+		}
+		if p.More && p.Next <= since {
+			return n, fmt.Errorf("discovery: sync relay %s: more changes but no progress past %d: %w", relay, since, ErrProtocol)
 		}
 		if err := dir.Apply(p); err != nil {
 			return n, fmt.Errorf("discovery: sync relay %s: %w", relay, err)

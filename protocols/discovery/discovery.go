@@ -29,6 +29,18 @@ const (
 	// OutputSize is the length of an OPRF output (ristretto255-SHA512).
 	OutputSize = 64
 
+	// MaxCopyEntries caps the entries of a client's copy of one relay's
+	// directory (a Directory, and the node's stored copy): a full
+	// relay's (DefaultMaxEntries).
+	MaxCopyEntries = DefaultMaxEntries
+	// MaxCopyBytes caps the sealed records of a copy: a full relay's
+	// entries at 768 bytes each, on average (a record takes about 500–700).
+	MaxCopyBytes = 768 << 20
+	// MaxSyncPages caps the pages of one sync: twice what a first sync of
+	// a copy at both caps needs (3072 pages of 256 KiB of entries, and 977
+	// of a million deletions).
+	MaxSyncPages = 8192
+
 	elementSize = 32 // ristretto255 element
 	proofSize   = 64 // DLEQ proof: two scalars
 	nonceSize   = 32 // challenge

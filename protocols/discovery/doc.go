@@ -71,10 +71,29 @@
 // exact body bytes: it is good for one request on one stream only. Rate
 // limits are per account (the identity), per number (its y) and per peer.
 //
+// # Limits on what a relay can make a client hold
+//
+// A relay is trusted with its directory, not with the device's memory.
+// A page carries at most MaxPageEntries entries and an evaluation
+// MaxBatch elements, counted on the wire before the frame is decoded (as
+// the relay counts a request's blinded elements), in a frame of at most
+// 256 KiB and an entry. A Directory, the client's copy, holds at most
+// MaxCopyEntries entries and MaxCopyBytes of sealed records (the caps of
+// the node's stored copy); a page that would take it beyond is not
+// applied, and a start over replaces the copy only once its listing is
+// complete, so a failed sync never leaves a partial copy in place of a
+// whole one. A Sync fetches at most MaxSyncPages pages, within the sync
+// timeout (10 minutes by default) as a whole and the request timeout per
+// page; a page that says there is more must move the cursor forward. A
+// relay beyond a cap fails the sync with ErrDirectoryTooLarge, one that
+// stalls with ErrProtocol (which ErrDirectoryTooLarge wraps).
+//
 // Result codes (Code, pb.Code) map to the sentinels ErrMalformed,
 // ErrTooLarge, ErrUnauthorized, ErrRateLimited, ErrInvalidNumber,
 // ErrNoCode, ErrCodeExpired, ErrWrongCode, ErrTooManyAttempts,
-// ErrNotVerified, ErrSMSFailed, ErrQuota and ErrUnavailable.
+// ErrNotVerified, ErrSMSFailed, ErrQuota and ErrUnavailable; the client's
+// own are ErrBadProof, ErrKeyChanged, ErrProtocol and
+// ErrDirectoryTooLarge.
 // docs/protocol/discovery.md is the full specification, with what a relay
 // learns.
 package discovery

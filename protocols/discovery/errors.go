@@ -94,6 +94,15 @@ var (
 	// ErrProtocol means the relay sent something this client does not
 	// understand or did not ask for; the stream was abandoned.
 	ErrProtocol = errors.New("discovery: protocol violation by the relay")
+
+	// ErrDirectoryTooLarge means a relay's directory would take the
+	// client's copy beyond MaxCopyEntries entries or MaxCopyBytes of
+	// sealed records, or a sync beyond MaxSyncPages pages. No honest relay
+	// within the design's limits does that, so it wraps ErrProtocol: the
+	// relay is misbehaving. Nothing of the page that would have broken a
+	// cap was applied; what the sync applied before stays, within the
+	// caps. Look numbers up on another relay.
+	ErrDirectoryTooLarge = fmt.Errorf("discovery: the relay's directory exceeds what a device keeps of it: %w", ErrProtocol)
 )
 
 // Code is a result on the wire. CodeOK is success; every other code maps

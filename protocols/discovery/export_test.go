@@ -30,3 +30,19 @@ func withEvaluationKey(k *oprf.PrivateKey) Option {
 		return nil
 	}
 }
+
+// withSyncPages makes Sync stop after n pages instead of MaxSyncPages.
+func withSyncPages(n int) ClientOption {
+	return func(c *clientConfig) error {
+		c.syncPages = n
+		return nil
+	}
+}
+
+// newCappedDirectory returns an empty copy with caps of its own instead
+// of MaxCopyEntries and MaxCopyBytes.
+func newCappedDirectory(pk PublicKey, entries int, bytes int64) *Directory {
+	d := NewDirectory(pk)
+	d.maxEntries, d.maxBytes = entries, bytes
+	return d
+}

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"errors"
 	"io"
+	"maps"
 	"reflect"
 	"testing"
 	"time"
@@ -176,6 +178,82 @@ func FuzzDecodeResponse(f *testing.F) {
 					t.Fatalf("accepted entry %+v", e)
 				}
 			}
+		}
+	})
+}
+
+// FuzzDirectoryApply applies pages of arbitrary changes to a small copy
+// and checks it against a plain model: a page is applied whole or, if
+// the copy (or a start over's listing) would break a cap, not at all;
+// a start over replaces the copy only with its last page; the copy
+// never exceeds its caps and counts its bytes right. Each change is 3
+// bytes: flags, id, box size (0: a deletion); flags&3 == 0 ends the page
+// there, flags&4 says more, flags&8 starts over.
+func FuzzDirectoryApply(f *testing.F) {
+	f.Add([]byte{1, 1, 10, 1, 2, 10, 4, 0, 0, 9, 3, 50, 1, 3, 0, 0, 0, 0})
+	f.Add([]byte{1, 1, 63, 1, 2, 63, 1, 3, 63, 0, 0, 0, 8, 4, 1, 4, 0, 0, 1, 5, 1, 0, 0, 0})
+	const maxEntries, maxBytes = 8, 400
+	pk := testKey(f)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		d := newCappedDirectory(PublicKey{}, maxEntries, maxBytes)
+		var held, fresh map[EntryID][]byte // the model
+		held = map[EntryID][]byte{}
+		size := func(m map[EntryID][]byte) (n int, sum int) {
+			for _, v := range m {
+				sum += len(v)
+			}
+			return len(m), sum
+		}
+		var es []Entry
+		seq := uint64(0)
+		for ; len(b) >= 3; b = b[3:] {
+			flags := b[0]
+			seq++
+			es = append(es, Entry{Seq: seq, ID: entryID(uint64(b[1] % 16)), Box: bytes.Repeat([]byte{b[2]}, int(b[2]%64))})
+			if flags&3 != 0 {
+				continue
+			}
+			p := &Page{PublicKey: pk, Version: seq, Next: seq, More: flags&4 != 0, StartOver: flags&8 != 0, Entries: es}
+			es = nil
+			target := held
+			switch {
+			case p.StartOver:
+				target = map[EntryID][]byte{}
+			case fresh != nil:
+				target = fresh
+			}
+			next := maps.Clone(target)
+			for _, e := range p.Entries {
+				delete(next, e.ID)
+				if !e.Deleted() {
+					next[e.ID] = e.Box
+				}
+			}
+			was := stateOf(d)
+			err := d.Apply(p)
+			if n, sum := size(next); n > maxEntries || sum > maxBytes {
+				if !errors.Is(err, ErrDirectoryTooLarge) {
+					t.Fatalf("page to %d entries, %d bytes: got %v, want ErrDirectoryTooLarge", n, sum, err)
+				}
+				sameCopy(t, d, was)
+				continue
+			}
+			if err != nil {
+				t.Fatalf("page within the caps refused: %v", err)
+			}
+			switch {
+			case p.StartOver || fresh != nil:
+				fresh = next
+			default:
+				held = next
+			}
+			if fresh != nil && !p.More {
+				held, fresh = fresh, nil
+			}
+			if !maps.EqualFunc(d.held.boxes, held, bytes.Equal) || (d.fresh == nil) != (fresh == nil) || (fresh != nil && !maps.EqualFunc(d.fresh.boxes, fresh, bytes.Equal)) {
+				t.Fatalf("copy of %d entries (start over: %v), want %d (%v)", d.Len(), d.fresh != nil, len(held), fresh != nil)
+			}
+			withinCaps(t, d)
 		}
 	})
 }

@@ -349,11 +349,14 @@ type ClientOption func(*clientConfig) error
 type clientConfig struct {
 	dialTimeout    time.Duration
 	requestTimeout time.Duration
+	syncTimeout    time.Duration
 	logger         *slog.Logger
+
+	syncPages int // MaxSyncPages; tests shrink it (export_test.go)
 }
 
 func defaultClientConfig() clientConfig {
-	return clientConfig{dialTimeout: 10 * time.Second, requestTimeout: 40 * time.Second}
+	return clientConfig{dialTimeout: 10 * time.Second, requestTimeout: 40 * time.Second, syncTimeout: 10 * time.Minute, syncPages: MaxSyncPages}
 }
 
 // WithDialTimeout bounds connecting to a relay and opening a stream.
@@ -376,6 +379,20 @@ func WithRequestTimeout(d time.Duration) ClientOption {
 			return errors.New("discovery: request timeout must be positive")
 		}
 		c.requestTimeout = d
+		return nil
+	}
+}
+
+// WithSyncTimeout bounds one directory sync as a whole (Sync, and the
+// sync Discover starts with), over all its pages; each page is bounded by
+// the dial and request timeouts besides. A sync cut short keeps the pages
+// it applied, so the next one goes on where it stopped.
+func WithSyncTimeout(d time.Duration) ClientOption {
+	return func(c *clientConfig) error {
+		if d <= 0 {
+			return errors.New("discovery: sync timeout must be positive")
+		}
+		c.syncTimeout = d
 		return nil
 	}
 }
