@@ -209,6 +209,10 @@ func (n *Network) startRelay(ctx context.Context, name string, fellows []string)
 		// Devices' candidates, and other relays' TURN allocations, are on
 		// loopback, which a relay's TURN server refuses by default.
 		TURNAllowPeers: []string{"127.0.0.0/8"},
+		// Any free port, on restarts too (whose listen addresses are
+		// fixed, which would make it default to 3478): devices get the
+		// TURN server's address with their credentials.
+		TURNListen: "127.0.0.1:0",
 	}
 	if n.cfg.RelayHTTP {
 		r.cfg.HTTP = "127.0.0.1:0"
