@@ -23,11 +23,16 @@ const (
 	maxSettingsSize = 64 << 10
 )
 
+// MaxFormerRelays is the most former home relays a backup carries (each
+// address at most 1 KiB: 64 KiB in all, well inside MaxContentsSize).
+const MaxFormerRelays = 64
+
 // Contents is what a backup restores: the account's keys (so the account
 // id, the mailbox and its waiting mail stay the same), its profile,
-// contacts, blocks and settings. Message history, groups and sessions are
-// not in it. Its encoding is pb.Contents (Encode, DecodeContents); the
-// node fills and reads it.
+// contacts, blocks and settings, and the home relays it left that still
+// hold its data. Message history, groups and sessions are not in it. Its
+// encoding is pb.Contents (Encode, DecodeContents); the node fills and
+// reads it.
 type Contents struct {
 	// CreatedAt is when the device made this backup.
 	CreatedAt time.Time
@@ -56,6 +61,18 @@ type Contents struct {
 	Presence string
 	// Phone is the verified phone number, if any.
 	Phone *Phone
+	// FormerRelays are the home relays a move replaced that have not
+	// confirmed the purge of the account's data yet, at most
+	// MaxFormerRelays. A backup made before the field existed has none.
+	FormerRelays []FormerRelay
+}
+
+// FormerRelay is a home relay a move replaced, still to purge.
+type FormerRelay struct {
+	// Relay is a full multiaddr ending in /p2p/<relay>.
+	Relay string
+	// Since is when the move replaced it.
+	Since time.Time
 }
 
 // Profile is the account's profile.
@@ -132,6 +149,9 @@ func (c *Contents) Encode() ([]byte, error) {
 	if c.Phone != nil {
 		m.Phone = &pb.Phone{Number: c.Phone.Number, Relay: c.Phone.Relay, VerifiedUnix: unix(c.Phone.VerifiedAt)}
 	}
+	for _, f := range c.FormerRelays {
+		m.FormerRelays = append(m.FormerRelays, &pb.FormerRelay{Relay: f.Relay, SinceUnix: unix(f.Since)})
+	}
 	if err := validateContents(m); err != nil {
 		return nil, err
 	}
@@ -179,6 +199,9 @@ func DecodeContents(b []byte) (*Contents, error) {
 	}
 	if ph := m.GetPhone(); ph != nil {
 		c.Phone = &Phone{Number: ph.GetNumber(), Relay: ph.GetRelay(), VerifiedAt: fromUnix(ph.GetVerifiedUnix())}
+	}
+	for _, f := range m.GetFormerRelays() {
+		c.FormerRelays = append(c.FormerRelays, FormerRelay{Relay: f.GetRelay(), Since: fromUnix(f.GetSinceUnix())})
 	}
 	return c, nil
 }
@@ -228,6 +251,15 @@ func validateContents(m *pb.Contents) error {
 			return bad("phone without a number")
 		}
 		strs = append(strs, ph.GetNumber(), ph.GetRelay())
+	}
+	if len(m.GetFormerRelays()) > MaxFormerRelays {
+		return bad("%d former relays", len(m.GetFormerRelays()))
+	}
+	for _, f := range m.GetFormerRelays() {
+		if f.GetRelay() == "" {
+			return bad("former relay without an address")
+		}
+		strs = append(strs, f.GetRelay())
 	}
 	for _, s := range strs {
 		if len(s) > maxStringLen || !utf8.ValidString(s) {

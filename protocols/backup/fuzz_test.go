@@ -33,7 +33,7 @@ func fuzzSeeds(t testing.TB) (requests, bodies, responses, records, blobs, conte
 		CreatedAt: time.Unix(5, 0), Identity: []byte("id"), MailboxKey: []byte("mk"), MailboxAuth: []byte("ma"), Record: []byte("rec"),
 		Profile:  Profile{Name: "Ada", BirthDate: "1950-01-01"},
 		Contacts: []Contact{{Record: []byte("r"), Source: "invite"}}, Blocks: []Block{{Account: "a"}},
-		Phone: &Phone{Number: "+351912345678"},
+		Phone: &Phone{Number: "+351912345678"}, FormerRelays: []FormerRelay{{Relay: "/p2p/r", Since: time.Unix(3, 0)}},
 	}
 	enc, err := c.Encode()
 	if err != nil {

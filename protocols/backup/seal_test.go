@@ -6,9 +6,14 @@ import (
 	"encoding/hex"
 	"errors"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/kinmesh/kinmesh/protocols/backup/pb"
 )
 
 func TestSecretFormat(t *testing.T) {
@@ -272,12 +277,13 @@ func TestContentsRoundTrip(t *testing.T) {
 			Name: "Ada", BirthDate: "1950-02-03", Country: "PT", Gender: "f", CreatedAt: at,
 			PolicyVersion: "v2", PolicyAcceptedAt: at.Add(time.Hour), CreatedPolicy: "v1", ParentalConsent: true,
 		},
-		HomeRelays: []string{"/ip4/1.2.3.4/tcp/1/p2p/x"},
-		Contacts:   []Contact{{Record: []byte("r1"), AddedAt: at, Source: "invite"}, {Record: []byte("r2"), Source: "message"}},
-		Blocks:     []Block{{Account: "acct", BlockedAt: at}},
-		Settings:   []byte(`{"settings":{}}`),
-		Presence:   "nobody",
-		Phone:      &Phone{Number: "+351912345678", Relay: "/p2p/x", VerifiedAt: at},
+		HomeRelays:   []string{"/ip4/1.2.3.4/tcp/1/p2p/x"},
+		Contacts:     []Contact{{Record: []byte("r1"), AddedAt: at, Source: "invite"}, {Record: []byte("r2"), Source: "message"}},
+		Blocks:       []Block{{Account: "acct", BlockedAt: at}},
+		Settings:     []byte(`{"settings":{}}`),
+		Presence:     "nobody",
+		Phone:        &Phone{Number: "+351912345678", Relay: "/p2p/x", VerifiedAt: at},
+		FormerRelays: []FormerRelay{{Relay: "/ip4/5.6.7.8/tcp/1/p2p/y", Since: at}, {Relay: "/p2p/z"}},
 	}
 	b, err := c.Encode()
 	if err != nil {
@@ -294,6 +300,9 @@ func TestContentsRoundTrip(t *testing.T) {
 	if got.Profile != c.Profile || *got.Phone != *c.Phone || len(got.Contacts) != 2 || got.Contacts[0].Source != "invite" || !got.Contacts[1].AddedAt.IsZero() {
 		t.Fatalf("decoded %+v", got)
 	}
+	if !slices.Equal(got.FormerRelays, c.FormerRelays) {
+		t.Fatalf("former relays decoded as %+v, want %+v", got.FormerRelays, c.FormerRelays)
+	}
 	bad := []func(*Contents){
 		func(c *Contents) { c.Identity = nil },
 		func(c *Contents) { c.Record = make([]byte, maxRecordSize+1) },
@@ -303,6 +312,9 @@ func TestContentsRoundTrip(t *testing.T) {
 		func(c *Contents) { c.HomeRelays = make([]string, maxHomeRelays+1) },
 		func(c *Contents) { c.Contacts = []Contact{{}} },
 		func(c *Contents) { c.Phone = &Phone{} },
+		func(c *Contents) { c.FormerRelays = make([]FormerRelay, MaxFormerRelays+1) },
+		func(c *Contents) { c.FormerRelays = []FormerRelay{{Since: at}} },
+		func(c *Contents) { c.FormerRelays = []FormerRelay{{Relay: strings.Repeat("x", maxStringLen+1)}} },
 	}
 	for i, f := range bad {
 		cc := *c
@@ -313,5 +325,28 @@ func TestContentsRoundTrip(t *testing.T) {
 	}
 	if _, err := DecodeContents([]byte{0xff}); !errors.Is(err, ErrBadContents) {
 		t.Fatalf("DecodeContents(garbage): %v", err)
+	}
+}
+
+// TestContentsWithoutFormerRelays: a backup made before contents carried
+// former relays (no field 14) still decodes, with none.
+func TestContentsWithoutFormerRelays(t *testing.T) {
+	old := &pb.Contents{
+		Version: ContentsVersion, CreatedUnix: 1_750_000_000,
+		Identity: []byte("id"), MailboxKey: []byte("mk"), MailboxAuth: []byte("ma"), Record: []byte("rec"),
+		Profile:    &pb.Profile{Name: "Ada", BirthDate: "1950-02-03"},
+		HomeRelays: []string{"/ip4/1.2.3.4/tcp/1/p2p/x"},
+		Phone:      &pb.Phone{Number: "+351912345678", Relay: "/p2p/x"},
+	}
+	b, err := proto.Marshal(old)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := DecodeContents(b)
+	if err != nil {
+		t.Fatalf("DecodeContents(an older backup): %v", err)
+	}
+	if len(c.FormerRelays) != 0 || c.Profile.Name != "Ada" || c.Phone == nil {
+		t.Fatalf("decoded %+v, want the profile and phone and no former relays", c)
 	}
 }

@@ -1013,20 +1013,24 @@ func (x *StoredIndex) GetSize() uint32 {
 // Contents is a backup's plaintext: what recovery restores. It never
 // leaves the account's devices unencrypted.
 type Contents struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Version       uint32                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
-	CreatedUnix   int64                  `protobuf:"varint,2,opt,name=created_unix,json=createdUnix,proto3" json:"created_unix,omitempty"`
-	Identity      []byte                 `protobuf:"bytes,3,opt,name=identity,proto3" json:"identity,omitempty"`                          // e2ee private identity (Identity.MarshalPrivate)
-	MailboxKey    []byte                 `protobuf:"bytes,4,opt,name=mailbox_key,json=mailboxKey,proto3" json:"mailbox_key,omitempty"`    // e2ee MailboxKey.Marshal
-	MailboxAuth   []byte                 `protobuf:"bytes,5,opt,name=mailbox_auth,json=mailboxAuth,proto3" json:"mailbox_auth,omitempty"` // mailbox Key.MarshalBinary
-	Record        []byte                 `protobuf:"bytes,6,opt,name=record,proto3" json:"record,omitempty"`                              // the account's latest signed contact record
-	Profile       *Profile               `protobuf:"bytes,7,opt,name=profile,proto3" json:"profile,omitempty"`
-	HomeRelays    []string               `protobuf:"bytes,8,rep,name=home_relays,json=homeRelays,proto3" json:"home_relays,omitempty"` // full multiaddrs ending in /p2p/<relay>
-	Contacts      []*Contact             `protobuf:"bytes,9,rep,name=contacts,proto3" json:"contacts,omitempty"`
-	Blocks        []*Block               `protobuf:"bytes,10,rep,name=blocks,proto3" json:"blocks,omitempty"`
-	Settings      []byte                 `protobuf:"bytes,11,opt,name=settings,proto3" json:"settings,omitempty"` // the node's settings and consent history (JSON)
-	Presence      string                 `protobuf:"bytes,12,opt,name=presence,proto3" json:"presence,omitempty"` // presence setting: "contacts" or "nobody"
-	Phone         *Phone                 `protobuf:"bytes,13,opt,name=phone,proto3" json:"phone,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Version     uint32                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
+	CreatedUnix int64                  `protobuf:"varint,2,opt,name=created_unix,json=createdUnix,proto3" json:"created_unix,omitempty"`
+	Identity    []byte                 `protobuf:"bytes,3,opt,name=identity,proto3" json:"identity,omitempty"`                          // e2ee private identity (Identity.MarshalPrivate)
+	MailboxKey  []byte                 `protobuf:"bytes,4,opt,name=mailbox_key,json=mailboxKey,proto3" json:"mailbox_key,omitempty"`    // e2ee MailboxKey.Marshal
+	MailboxAuth []byte                 `protobuf:"bytes,5,opt,name=mailbox_auth,json=mailboxAuth,proto3" json:"mailbox_auth,omitempty"` // mailbox Key.MarshalBinary
+	Record      []byte                 `protobuf:"bytes,6,opt,name=record,proto3" json:"record,omitempty"`                              // the account's latest signed contact record
+	Profile     *Profile               `protobuf:"bytes,7,opt,name=profile,proto3" json:"profile,omitempty"`
+	HomeRelays  []string               `protobuf:"bytes,8,rep,name=home_relays,json=homeRelays,proto3" json:"home_relays,omitempty"` // full multiaddrs ending in /p2p/<relay>
+	Contacts    []*Contact             `protobuf:"bytes,9,rep,name=contacts,proto3" json:"contacts,omitempty"`
+	Blocks      []*Block               `protobuf:"bytes,10,rep,name=blocks,proto3" json:"blocks,omitempty"`
+	Settings    []byte                 `protobuf:"bytes,11,opt,name=settings,proto3" json:"settings,omitempty"` // the node's settings and consent history (JSON)
+	Presence    string                 `protobuf:"bytes,12,opt,name=presence,proto3" json:"presence,omitempty"` // presence setting: "contacts" or "nobody"
+	Phone       *Phone                 `protobuf:"bytes,13,opt,name=phone,proto3" json:"phone,omitempty"`
+	// Home relays a move replaced that still hold the account's data, so a
+	// restored device goes on purging them and account deletion reaches
+	// them. Absent in backups made before it existed: none then.
+	FormerRelays  []*FormerRelay `protobuf:"bytes,14,rep,name=former_relays,json=formerRelays,proto3" json:"former_relays,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1152,6 +1156,67 @@ func (x *Contents) GetPhone() *Phone {
 	return nil
 }
 
+func (x *Contents) GetFormerRelays() []*FormerRelay {
+	if x != nil {
+		return x.FormerRelays
+	}
+	return nil
+}
+
+// FormerRelay is a home relay a move replaced, not yet purged of the
+// account's data.
+type FormerRelay struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Relay         string                 `protobuf:"bytes,1,opt,name=relay,proto3" json:"relay,omitempty"`                           // full multiaddr ending in /p2p/<relay>
+	SinceUnix     int64                  `protobuf:"varint,2,opt,name=since_unix,json=sinceUnix,proto3" json:"since_unix,omitempty"` // when the move replaced it
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FormerRelay) Reset() {
+	*x = FormerRelay{}
+	mi := &file_protocols_backup_pb_backup_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FormerRelay) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FormerRelay) ProtoMessage() {}
+
+func (x *FormerRelay) ProtoReflect() protoreflect.Message {
+	mi := &file_protocols_backup_pb_backup_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FormerRelay.ProtoReflect.Descriptor instead.
+func (*FormerRelay) Descriptor() ([]byte, []int) {
+	return file_protocols_backup_pb_backup_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *FormerRelay) GetRelay() string {
+	if x != nil {
+		return x.Relay
+	}
+	return ""
+}
+
+func (x *FormerRelay) GetSinceUnix() int64 {
+	if x != nil {
+		return x.SinceUnix
+	}
+	return 0
+}
+
 // Profile is the account's profile, the part of it that never leaves the
 // device unencrypted included.
 type Profile struct {
@@ -1171,7 +1236,7 @@ type Profile struct {
 
 func (x *Profile) Reset() {
 	*x = Profile{}
-	mi := &file_protocols_backup_pb_backup_proto_msgTypes[15]
+	mi := &file_protocols_backup_pb_backup_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1183,7 +1248,7 @@ func (x *Profile) String() string {
 func (*Profile) ProtoMessage() {}
 
 func (x *Profile) ProtoReflect() protoreflect.Message {
-	mi := &file_protocols_backup_pb_backup_proto_msgTypes[15]
+	mi := &file_protocols_backup_pb_backup_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1196,7 +1261,7 @@ func (x *Profile) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Profile.ProtoReflect.Descriptor instead.
 func (*Profile) Descriptor() ([]byte, []int) {
-	return file_protocols_backup_pb_backup_proto_rawDescGZIP(), []int{15}
+	return file_protocols_backup_pb_backup_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Profile) GetName() string {
@@ -1274,7 +1339,7 @@ type Contact struct {
 
 func (x *Contact) Reset() {
 	*x = Contact{}
-	mi := &file_protocols_backup_pb_backup_proto_msgTypes[16]
+	mi := &file_protocols_backup_pb_backup_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1286,7 +1351,7 @@ func (x *Contact) String() string {
 func (*Contact) ProtoMessage() {}
 
 func (x *Contact) ProtoReflect() protoreflect.Message {
-	mi := &file_protocols_backup_pb_backup_proto_msgTypes[16]
+	mi := &file_protocols_backup_pb_backup_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1299,7 +1364,7 @@ func (x *Contact) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Contact.ProtoReflect.Descriptor instead.
 func (*Contact) Descriptor() ([]byte, []int) {
-	return file_protocols_backup_pb_backup_proto_rawDescGZIP(), []int{16}
+	return file_protocols_backup_pb_backup_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Contact) GetRecord() []byte {
@@ -1334,7 +1399,7 @@ type Block struct {
 
 func (x *Block) Reset() {
 	*x = Block{}
-	mi := &file_protocols_backup_pb_backup_proto_msgTypes[17]
+	mi := &file_protocols_backup_pb_backup_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1346,7 +1411,7 @@ func (x *Block) String() string {
 func (*Block) ProtoMessage() {}
 
 func (x *Block) ProtoReflect() protoreflect.Message {
-	mi := &file_protocols_backup_pb_backup_proto_msgTypes[17]
+	mi := &file_protocols_backup_pb_backup_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1359,7 +1424,7 @@ func (x *Block) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Block.ProtoReflect.Descriptor instead.
 func (*Block) Descriptor() ([]byte, []int) {
-	return file_protocols_backup_pb_backup_proto_rawDescGZIP(), []int{17}
+	return file_protocols_backup_pb_backup_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Block) GetAccount() string {
@@ -1388,7 +1453,7 @@ type Phone struct {
 
 func (x *Phone) Reset() {
 	*x = Phone{}
-	mi := &file_protocols_backup_pb_backup_proto_msgTypes[18]
+	mi := &file_protocols_backup_pb_backup_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1400,7 +1465,7 @@ func (x *Phone) String() string {
 func (*Phone) ProtoMessage() {}
 
 func (x *Phone) ProtoReflect() protoreflect.Message {
-	mi := &file_protocols_backup_pb_backup_proto_msgTypes[18]
+	mi := &file_protocols_backup_pb_backup_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1413,7 +1478,7 @@ func (x *Phone) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Phone.ProtoReflect.Descriptor instead.
 func (*Phone) Descriptor() ([]byte, []int) {
-	return file_protocols_backup_pb_backup_proto_rawDescGZIP(), []int{18}
+	return file_protocols_backup_pb_backup_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Phone) GetNumber() string {
@@ -1492,7 +1557,7 @@ const file_protocols_backup_pb_backup_proto_rawDesc = "" +
 	"\x06output\x18\x01 \x01(\fR\x06output\x12\x18\n" +
 	"\aaccount\x18\x02 \x01(\tR\aaccount\x12!\n" +
 	"\fupdated_unix\x18\x03 \x01(\x03R\vupdatedUnix\x12\x12\n" +
-	"\x04size\x18\x04 \x01(\rR\x04size\"\xdc\x03\n" +
+	"\x04size\x18\x04 \x01(\rR\x04size\"\x9e\x04\n" +
 	"\bContents\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12!\n" +
 	"\fcreated_unix\x18\x02 \x01(\x03R\vcreatedUnix\x12\x1a\n" +
@@ -1509,7 +1574,12 @@ const file_protocols_backup_pb_backup_proto_rawDesc = "" +
 	" \x03(\v2\x15.kinmesh.backup.BlockR\x06blocks\x12\x1a\n" +
 	"\bsettings\x18\v \x01(\fR\bsettings\x12\x1a\n" +
 	"\bpresence\x18\f \x01(\tR\bpresence\x12+\n" +
-	"\x05phone\x18\r \x01(\v2\x15.kinmesh.backup.PhoneR\x05phone\"\xbc\x02\n" +
+	"\x05phone\x18\r \x01(\v2\x15.kinmesh.backup.PhoneR\x05phone\x12@\n" +
+	"\rformer_relays\x18\x0e \x03(\v2\x1b.kinmesh.backup.FormerRelayR\fformerRelays\"B\n" +
+	"\vFormerRelay\x12\x14\n" +
+	"\x05relay\x18\x01 \x01(\tR\x05relay\x12\x1d\n" +
+	"\n" +
+	"since_unix\x18\x02 \x01(\x03R\tsinceUnix\"\xbc\x02\n" +
 	"\aProfile\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1d\n" +
 	"\n" +
@@ -1563,7 +1633,7 @@ func file_protocols_backup_pb_backup_proto_rawDescGZIP() []byte {
 }
 
 var file_protocols_backup_pb_backup_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_protocols_backup_pb_backup_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_protocols_backup_pb_backup_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_protocols_backup_pb_backup_proto_goTypes = []any{
 	(Code)(0),            // 0: kinmesh.backup.Code
 	(*Request)(nil),      // 1: kinmesh.backup.Request
@@ -1581,10 +1651,11 @@ var file_protocols_backup_pb_backup_proto_goTypes = []any{
 	(*StoredBackup)(nil), // 13: kinmesh.backup.StoredBackup
 	(*StoredIndex)(nil),  // 14: kinmesh.backup.StoredIndex
 	(*Contents)(nil),     // 15: kinmesh.backup.Contents
-	(*Profile)(nil),      // 16: kinmesh.backup.Profile
-	(*Contact)(nil),      // 17: kinmesh.backup.Contact
-	(*Block)(nil),        // 18: kinmesh.backup.Block
-	(*Phone)(nil),        // 19: kinmesh.backup.Phone
+	(*FormerRelay)(nil),  // 16: kinmesh.backup.FormerRelay
+	(*Profile)(nil),      // 17: kinmesh.backup.Profile
+	(*Contact)(nil),      // 18: kinmesh.backup.Contact
+	(*Block)(nil),        // 19: kinmesh.backup.Block
+	(*Phone)(nil),        // 20: kinmesh.backup.Phone
 }
 var file_protocols_backup_pb_backup_proto_depIdxs = []int32{
 	2,  // 0: kinmesh.backup.Request.hello:type_name -> kinmesh.backup.Hello
@@ -1597,15 +1668,16 @@ var file_protocols_backup_pb_backup_proto_depIdxs = []int32{
 	10, // 7: kinmesh.backup.Response.challenge:type_name -> kinmesh.backup.Challenge
 	11, // 8: kinmesh.backup.Response.status:type_name -> kinmesh.backup.Status
 	12, // 9: kinmesh.backup.Response.backup:type_name -> kinmesh.backup.Backup
-	16, // 10: kinmesh.backup.Contents.profile:type_name -> kinmesh.backup.Profile
-	17, // 11: kinmesh.backup.Contents.contacts:type_name -> kinmesh.backup.Contact
-	18, // 12: kinmesh.backup.Contents.blocks:type_name -> kinmesh.backup.Block
-	19, // 13: kinmesh.backup.Contents.phone:type_name -> kinmesh.backup.Phone
-	14, // [14:14] is the sub-list for method output_type
-	14, // [14:14] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	17, // 10: kinmesh.backup.Contents.profile:type_name -> kinmesh.backup.Profile
+	18, // 11: kinmesh.backup.Contents.contacts:type_name -> kinmesh.backup.Contact
+	19, // 12: kinmesh.backup.Contents.blocks:type_name -> kinmesh.backup.Block
+	20, // 13: kinmesh.backup.Contents.phone:type_name -> kinmesh.backup.Phone
+	16, // 14: kinmesh.backup.Contents.former_relays:type_name -> kinmesh.backup.FormerRelay
+	15, // [15:15] is the sub-list for method output_type
+	15, // [15:15] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_protocols_backup_pb_backup_proto_init() }
@@ -1634,7 +1706,7 @@ func file_protocols_backup_pb_backup_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_protocols_backup_pb_backup_proto_rawDesc), len(file_protocols_backup_pb_backup_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   19,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
