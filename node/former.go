@@ -6,11 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
 
+	"github.com/kinmesh/kinmesh/protocols/backup"
 	"github.com/kinmesh/kinmesh/protocols/e2ee"
 	"github.com/kinmesh/kinmesh/storage"
 )
@@ -25,7 +27,10 @@ import (
 // backoff (5 s doubling up to an hour) until it confirms; then it forgets
 // it. A relay still to purge is never chosen as a new home. Deleting the
 // account purges the ones left, with everything, along with the home
-// relays (delete.go).
+// relays (delete.go). The recovery backup carries the list
+// (backup.Contents.FormerRelays, recovery.go): a device restored from it
+// takes the list over, adding the homes of a newer record the lost device
+// published after the backup, and goes on purging them.
 
 // keyFormerRelays holds the former home relays still to purge (JSON).
 const keyFormerRelays = "former-relays"
@@ -59,6 +64,44 @@ func (n *Node) loadFormer(ctx context.Context) ([]formerRelay, error) {
 		return nil, fmt.Errorf("load former home relays: %w", err)
 	}
 	return out, nil
+}
+
+// backupFormer returns the former home relays as a backup carries them:
+// oldest first and, past backup.MaxFormerRelays, the most recently
+// replaced only (those are the likeliest to come back and need the
+// purge; the others stay on this device's list).
+func backupFormer(former []formerRelay) []backup.FormerRelay {
+	out := make([]backup.FormerRelay, 0, len(former))
+	for _, f := range former {
+		out = append(out, backup.FormerRelay{Relay: f.Relay, Since: f.Since})
+	}
+	slices.SortStableFunc(out, func(x, y backup.FormerRelay) int {
+		if c := x.Since.Compare(y.Since); c != 0 {
+			return c
+		}
+		return strings.Compare(x.Relay, y.Relay)
+	})
+	if len(out) > backup.MaxFormerRelays {
+		out = out[len(out)-backup.MaxFormerRelays:]
+	}
+	if len(out) == 0 {
+		return nil
+	}
+	return out
+}
+
+// mergeFormer adds more to former, each relay once (by peer id), leaving
+// out the account's home relays (homes) and addresses that don't parse.
+func mergeFormer(former []formerRelay, homes []string, more ...formerRelay) []formerRelay {
+	for _, f := range more {
+		id := relayID(f.Relay)
+		has := func(addr string) bool { return relayID(addr) == id }
+		if id == "" || slices.ContainsFunc(homes, has) || slices.ContainsFunc(former, func(g formerRelay) bool { return has(g.Relay) }) {
+			continue
+		}
+		former = append(former, f)
+	}
+	return former
 }
 
 // putFormer adds the former home relays to b.

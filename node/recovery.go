@@ -37,7 +37,8 @@ import (
 // makes a recovery secret, shows it once, derives a backup key from it
 // (Argon2id) and keeps the key — never the secret — in the "recovery"
 // namespace. It then keeps an encrypted backup of the account (keys,
-// profile, contacts, blocks, settings; no messages) on the relay that
+// profile, contacts, blocks, settings, the former home relays still to
+// purge; no messages) on the relay that
 // holds the number's link: checked every RecoveryCheck (5 minutes) and
 // uploaded when anything in it changed, and at least daily
 // (RecoveryRefresh), so the relay's copy never expires while a device of
@@ -51,8 +52,9 @@ import (
 // fetched), profile, contacts, blocks and settings. It signs a new
 // contact record for this device (the sequence number after the highest
 // seen), purges the old prekeys from the home relays before the messaging
-// engine publishes fresh ones, and sends every contact a control over a
-// new session, so their next messages reach this device. Messages
+// engine publishes fresh ones, takes over the relays the lost device left
+// and had not purged yet (former.go), and sends every contact a control
+// over a new session, so their next messages reach this device. Messages
 // encrypted to the lost device's sessions can't be read here and are
 // dropped.
 
@@ -587,6 +589,15 @@ func (n *Node) backupContents(ctx context.Context, a *account) (*backup.Contents
 	if ph.Number != "" {
 		c.Phone = &backup.Phone{Number: ph.Number, Relay: ph.Relay, VerifiedAt: ph.VerifiedAt}
 	}
+	// The relays a move left, so a restored device goes on purging them
+	// and account deletion reaches them (former.go).
+	n.acctMu.Lock()
+	former, err := n.loadFormer(ctx)
+	n.acctMu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	c.FormerRelays = backupFormer(former)
 	return c, nil
 }
 
@@ -876,12 +887,28 @@ func (n *Node) restore(ctx context.Context, c *backup.Contents, key *backup.Key,
 		return nil, err
 	}
 	a := r.acct
+	// The relays the lost device left behind and had not purged yet: the
+	// backup's list, and the home relays of a record it published after
+	// the backup was made (a move the backup missed), unless they are
+	// homes again here. This device purges them (former.go).
+	now := n.cfg.Now()
+	var former []formerRelay
+	for _, f := range c.FormerRelays {
+		since := f.Since
+		if since.IsZero() {
+			since = now
+		}
+		former = mergeFormer(former, a.HomeRelays, formerRelay{Relay: f.Relay, Since: since})
+	}
 	// The record this device signs must be newer than any the lost device
 	// published after the backup was made.
 	seq := a.record.Seq
 	lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	if dr, err := n.LookupRecord(lctx, a.ID); err == nil && dr.AccountID() == a.identity.AccountID() && dr.Seq > seq {
 		seq = dr.Seq
+		for _, r := range dr.Relays() {
+			former = mergeFormer(former, a.HomeRelays, formerRelay{Relay: relayAddr(r), Since: now})
+		}
 	}
 	cancel()
 	n.acctMu.Lock()
@@ -899,7 +926,7 @@ func (n *Node) restore(ctx context.Context, c *backup.Contents, key *backup.Key,
 		n.acctMu.Unlock()
 		return nil, ErrAccountExists
 	}
-	err = n.writeRestored(ctx, r, c, key, p, seq, purgeLeft)
+	err = n.writeRestored(ctx, r, c, key, p, seq, purgeLeft, former)
 	var msg *message.Service
 	if err == nil {
 		var pk *e2ee.PrekeyStore
@@ -952,15 +979,17 @@ func (n *Node) restore(ctx context.Context, c *backup.Contents, key *backup.Key,
 		res.PrekeysPending = []string{}
 	}
 	n.kickRecovery()
+	wakeFormer(n.formerWake) // relays the lost device left: purge them
 	n.log.Info("account restored from backup", "contacts", res.Contacts, "introduced", res.Introduced)
 	return res, nil
 }
 
 // writeRestored stores the restored account, signing its record for this
 // device with sequence number seq+1; purgeLeft are the home relays whose
-// old prekeys are still to purge. Called with acctMu and recovery.mu
+// old prekeys are still to purge, former the relays the lost device left
+// that still hold data of the account. Called with acctMu and recovery.mu
 // held.
-func (n *Node) writeRestored(ctx context.Context, r *restored, c *backup.Contents, key *backup.Key, p *pendingRecovery, seq uint64, purgeLeft []string) error {
+func (n *Node) writeRestored(ctx context.Context, r *restored, c *backup.Contents, key *backup.Key, p *pendingRecovery, seq uint64, purgeLeft []string, former []formerRelay) error {
 	a := r.acct
 	rec, err := n.signRecord(a, seq+1)
 	if err != nil {
@@ -1031,6 +1060,9 @@ func (n *Node) writeRestored(ctx context.Context, r *restored, c *backup.Content
 		if err := b.Put(ns, k, v); err != nil {
 			return err
 		}
+	}
+	if err := n.putFormer(b, former); err != nil {
+		return err
 	}
 	if err := b.Commit(ctx); err != nil {
 		return fmt.Errorf("store restored account: %w", err)

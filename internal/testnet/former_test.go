@@ -141,3 +141,90 @@ func TestDeletionReachesFormerHome(t *testing.T) {
 		t.Fatalf("%s keeps %d feeds, %d frames, blobs %+v after the purge", dead.Name, feeds, items, dead.Relay().Blobs().Usage())
 	}
 }
+
+// TestRestoredDeviceReachesFormerHome: the backup carries the home relays
+// a move left and has not purged yet, so a device restored from it knows
+// them: deleting the account there reports the former home pending while
+// it is down, and purges it of the moments feed, the photo, the prekeys
+// and the mailbox once it is back.
+func TestRestoredDeviceReachesFormerHome(t *testing.T) {
+	var clk clock
+	n := startNet(t, Config{Relays: 4, Devices: 1, Now: clk.Now})
+	ctx, cancel := context.WithTimeout(context.Background(), 150*time.Second)
+	defer cancel()
+	accounts(t, ctx, n)
+	a := n.Devices[0]
+	const number = "+351 91 555 0178"
+	ph, err := n.VerifyPhone(ctx, a, number)
+	if err != nil {
+		t.Fatal(err)
+	}
+	on, err := a.Node().EnableRecovery(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The home that dies is not the phone relay, which keeps the backup.
+	i := slices.IndexFunc(n.Relays[:3], func(r *Relay) bool { return r.AddrInfo().ID.String() != ph.Relay })
+	dead := n.Relays[i]
+	deadID := dead.AddrInfo().ID.String()
+	moveHome(ctx, t, n, &clk, dead)
+	if _, err := a.Node().BackupNow(ctx); err != nil {
+		t.Fatal(err)
+	}
+	identity := accountSecrets(t, a)
+
+	// The phone is lost; the account comes back on a new one.
+	if err := a.Lose(); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	st, err := a.Node().StartRecovery(ctx, number, ph.Relay)
+	if err != nil {
+		t.Fatal(err)
+	}
+	code, ok := n.PhoneCode(st.Number)
+	if !ok {
+		t.Fatal("no code texted")
+	}
+	res, err := a.Node().FinishRecovery(ctx, code, on.Secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if slices.ContainsFunc(res.Account.HomeRelays, func(h string) bool { return strings.Contains(h, deadID) }) {
+		t.Fatalf("restored homes %v: want the homes after the move, without %s", res.Account.HomeRelays, dead.Name)
+	}
+
+	del, err := a.Node().DeleteAccount(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(del.Pending) != 1 || !strings.Contains(del.Pending[0], deadID) || !slices.ContainsFunc(del.Relays, func(p node.RelayPurge) bool {
+		return strings.Contains(p.Relay, deadID) && p.Former && !p.Confirmed
+	}) {
+		t.Fatalf("deletion on the restored device %+v; want %s, the home the lost device left, pending and former", del, dead.Name)
+	}
+	if err := dead.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitCond(ctx, t, "the purge of the former home confirmed", func() bool {
+		p, err := a.Node().PendingPurges(ctx)
+		return err == nil && len(p) == 0
+	})
+	if !relayEmpty(dead) {
+		feeds, items, _ := dead.Relay().Moments().Stats()
+		t.Fatalf("%s keeps %d feeds, %d frames, blobs %+v after the purge", dead.Name, feeds, items, dead.Relay().Blobs().Usage())
+	}
+	for _, r := range n.Relays {
+		if !relayEmpty(r) || r.Relay().Discovery().Entries() != 0 || r.Relay().Backup().Backups() != 0 {
+			t.Errorf("%s still holds data of the deleted account", r.Name)
+		}
+		for _, ns := range []string{"mailbox", "prekeys"} {
+			scanNamespace(t, r, ns, identity)
+		}
+	}
+}
