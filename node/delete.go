@@ -181,7 +181,8 @@ func (n *Node) runPurge(ctx context.Context, job *purgeJob) map[string]error {
 // prekeys, moments feed and media (media: more blob ids of its moments),
 // and what each purger holds — with all false (a relay a move replaced,
 // the account living on) only the purgers safe then, not the directory
-// entry and backup the account may still use there.
+// entry and backup the account may still use there (the former-relay
+// purge removes those itself once they moved: former.go).
 func (n *Node) purgeRelay(ctx context.Context, relay string, id *e2ee.Identity, auth mailbox.Key, media []string, all bool) error {
 	ai, err := peer.AddrInfoFromString(relay)
 	if err != nil {

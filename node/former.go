@@ -20,14 +20,25 @@ import (
 // Former home relays. A move (rehome.go) replaces a home relay that has
 // been down for a day, but what the account kept there stays: the moments
 // feed and its media (no expiry), profile photos, prekeys, the mailbox,
-// reports. The node remembers every replaced relay (key "former-relays"
-// in the "account" namespace, written with the move) and purges it — all
-// but the directory entry and the backup, which the account may still
-// use there — at start, after a move, when a relay link comes up, and with
-// backoff (5 s doubling up to an hour) until it confirms; then it forgets
-// it. A relay still to purge is never chosen as a new home. Deleting the
-// account purges the ones left, with everything, along with the home
-// relays (delete.go). The recovery backup carries the list
+// reports, and on the phone relay the phone link (directory entry) and
+// the recovery backup. The node remembers every replaced relay (key
+// "former-relays" in the "account" namespace, written with the move) and
+// purges it at start, after a move, when a relay link comes up, when the
+// phone link or the backup moves, and with backoff (5 s doubling up to
+// an hour) until it confirms; then it forgets it.
+//
+// The phone link and the backup can't follow a move by themselves (a new
+// relay links a number only on a code it texted: phone.go), so while the
+// account still uses them on a former relay — the link is there, or the
+// backup is and the phone relay holds no copy yet — its purge leaves them
+// and the relay stays listed, marked kept, with nothing to retry. Once
+// the number is verified again on a current home and the backup uploaded
+// there (confirmed by that relay), the next purge removes the old link
+// and backup too, and the relay is forgotten.
+//
+// A listed relay is never chosen as a new home. Deleting the account
+// purges the ones listed, with everything, along with the home relays
+// (delete.go). The recovery backup carries the list
 // (backup.Contents.FormerRelays, recovery.go): a device restored from it
 // takes the list over, adding the homes of a newer record the lost device
 // published after the backup, and goes on purging them.
@@ -39,6 +50,30 @@ const keyFormerRelays = "former-relays"
 type formerRelay struct {
 	Relay string    `json:"relay"` // full multiaddr
 	Since time.Time `json:"since"` // when the move replaced it
+	// Kept: purged of everything but the phone link or the backup the
+	// account still uses there (inUse); the rest waits until they moved.
+	Kept bool `json:"kept,omitempty"`
+}
+
+// inUse reports whether the account still uses the phone link or the
+// backup that relay (a former home) holds: the link is there (or a
+// verification in progress), or the backup is and the phone relay holds
+// no copy yet (rec: the recovery state, nil while recovery is off).
+func inUse(relay string, ph phoneState, rec *recoveryRecord, now time.Time) bool {
+	id := relayID(relay)
+	if id == "" {
+		return false
+	}
+	if id == relayID(ph.Relay) || (id == relayID(ph.PendingRelay) && now.Before(ph.PendingExpires)) {
+		return true
+	}
+	if rec == nil {
+		return false
+	}
+	held := func(addr string) bool {
+		return slices.ContainsFunc(rec.Held, func(h heldBackup) bool { return relayID(h.Relay) == relayID(addr) })
+	}
+	return held(relay) && !held(ph.Relay)
 }
 
 // purger is a feature's purge of what one relay holds for the account.
@@ -104,6 +139,33 @@ func mergeFormer(former []formerRelay, homes []string, more ...formerRelay) []fo
 	return former
 }
 
+// addFormer adds f to the former home relays, unless it is listed or a
+// home relay, and wakes their purge.
+func (n *Node) addFormer(ctx context.Context, f formerRelay) error {
+	n.acctMu.Lock()
+	defer n.acctMu.Unlock()
+	if n.acct == nil {
+		return ErrNoAccount
+	}
+	former, err := n.loadFormer(ctx)
+	if err != nil {
+		return err
+	}
+	more := mergeFormer(slices.Clone(former), n.acct.HomeRelays, f)
+	if len(more) == len(former) {
+		return nil
+	}
+	b := n.store.NewBatch()
+	if err := n.putFormer(b, more); err != nil {
+		return err
+	}
+	if err := b.Commit(ctx); err != nil {
+		return fmt.Errorf("store former home relays: %w", err)
+	}
+	wakeFormer(n.formerWake)
+	return nil
+}
+
 // putFormer adds the former home relays to b.
 func (n *Node) putFormer(b *storage.Batch, former []formerRelay) error {
 	ns := n.store.Namespace("account")
@@ -145,8 +207,10 @@ func (n *Node) formerLoop() {
 }
 
 // purgeFormer asks every former home relay of the account to purge, in
-// parallel, and forgets those that confirmed. It reports whether some are
-// left.
+// parallel: everything but the phone link and backup still in use there
+// (inUse), which waits for them to move. It forgets the relays purged of
+// everything, marks kept those purged of the rest, and reports whether
+// some are left to retry.
 func (n *Node) purgeFormer(ctx context.Context) (left bool) {
 	n.acctMu.Lock()
 	a := n.acct
@@ -156,31 +220,62 @@ func (n *Node) purgeFormer(ctx context.Context) (left bool) {
 		former, err = n.loadFormer(ctx)
 	}
 	n.acctMu.Unlock()
+	if len(former) == 0 && err == nil {
+		return false
+	}
+	var ph phoneState
+	var rec *recoveryRecord
+	if err == nil {
+		ph, err = n.loadPhone(ctx)
+	}
+	if err == nil {
+		rec, err = n.loadRecovery(ctx)
+	}
 	if err != nil {
 		n.log.Warn("purge former home relays", "err", err)
 		return true
 	}
-	if len(former) == 0 {
-		return false
-	}
+	now := n.cfg.Now()
 	media, photos := n.momentsMedia(ctx, a), n.photoBlobs(ctx, a)
 	var mu sync.Mutex
 	var wg sync.WaitGroup
-	done := map[string]bool{}
+	done := map[string]bool{} // relay id → purged of everything (else kept)
 	for _, f := range former {
+		keep := inUse(f.Relay, ph, rec, now)
+		if keep && f.Kept {
+			continue // nothing more to purge until they move
+		}
 		wg.Go(func() {
 			err := n.purgeRelay(ctx, f.Relay, a.identity, a.mailboxAuth, media, false)
 			err = errors.Join(err, n.purgePhotos(ctx, f.Relay, a.identity, photos))
+			if ai, perr := peer.AddrInfoFromString(f.Relay); perr == nil && !keep {
+				// The link and backup moved (or never were here).
+				pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+				err = errors.Join(err, n.purgeDiscovery(pctx, ai.ID, a.identity), n.dropBackup(pctx, ai.ID, a.identity))
+				cancel()
+			}
 			if err != nil {
 				n.log.Debug("purge a former home relay", "relay", relayID(f.Relay), "err", err)
 				return
 			}
 			mu.Lock()
-			done[relayID(f.Relay)] = true
+			done[relayID(f.Relay)] = !keep
 			mu.Unlock()
 		})
 	}
 	wg.Wait()
+	whole := map[string]bool{}
+	for id, all := range done {
+		if all {
+			whole[id] = true
+		}
+	}
+	if len(whole) > 0 {
+		// The backup record stops listing the relays that deleted it.
+		if err := n.forgetHeld(ctx, whole); err != nil {
+			n.log.Warn("forget the backup on purged former home relays", "err", err)
+		}
+	}
 	n.acctMu.Lock()
 	defer n.acctMu.Unlock()
 	if n.acct != a {
@@ -190,7 +285,20 @@ func (n *Node) purgeFormer(ctx context.Context) (left bool) {
 	if err != nil {
 		return true
 	}
-	keep := slices.DeleteFunc(cur, func(f formerRelay) bool { return done[relayID(f.Relay)] })
+	var keep []formerRelay
+	for _, f := range cur {
+		all, ok := done[relayID(f.Relay)]
+		switch {
+		case ok && all:
+			continue // forgotten
+		case ok:
+			f.Kept = true
+		}
+		keep = append(keep, f)
+		if !f.Kept || !inUse(f.Relay, ph, rec, now) {
+			left = true
+		}
+	}
 	if len(done) > 0 {
 		b := n.store.NewBatch()
 		err := n.putFormer(b, keep)
@@ -201,7 +309,7 @@ func (n *Node) purgeFormer(ctx context.Context) (left bool) {
 			n.log.Warn("store former home relays", "err", err)
 			return true
 		}
-		n.log.Info("former home relays purged", "confirmed", len(done), "left", len(keep))
+		n.log.Info("former home relays purged", "confirmed", len(whole), "kept", len(done)-len(whole), "left", len(keep))
 	}
-	return len(keep) > 0
+	return left
 }

@@ -38,10 +38,10 @@ func TestMergeFormer(t *testing.T) {
 		more   []formerRelay
 		want   []string
 	}{
-		{"adds", nil, []formerRelay{{a, at}, {b, at}}, []string{a, b}},
-		{"once by peer id", []formerRelay{{a, at}}, []formerRelay{{aElsewhere, at.Add(time.Hour)}}, []string{a}},
-		{"not a home", nil, []formerRelay{{home, at}, {a, at}}, []string{a}},
-		{"not garbage", nil, []formerRelay{{"not an address", at}, {"/ip4/1.2.3.4/tcp/1", at}}, nil},
+		{"adds", nil, []formerRelay{{Relay: a, Since: at}, {Relay: b, Since: at}}, []string{a, b}},
+		{"once by peer id", []formerRelay{{Relay: a, Since: at}}, []formerRelay{{Relay: aElsewhere, Since: at.Add(time.Hour)}}, []string{a}},
+		{"not a home", nil, []formerRelay{{Relay: home, Since: at}, {Relay: a, Since: at}}, []string{a}},
+		{"not garbage", nil, []formerRelay{{Relay: "not an address", Since: at}, {Relay: "/ip4/1.2.3.4/tcp/1", Since: at}}, nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -85,5 +85,45 @@ func TestBackupFormer(t *testing.T) {
 		Profile: backup.Profile{Name: "Ada"}, FormerRelays: got}
 	if _, err := c.Encode(); err != nil {
 		t.Fatalf("a backup with a full list of former relays: %v", err)
+	}
+}
+
+// TestInUse: a former home keeps the phone link and backup only while the
+// account still uses them there.
+func TestInUse(t *testing.T) {
+	now := time.Unix(1_750_000_000, 0).UTC()
+	old, cur := testRelayAddr(t, 1), testRelayAddr(t, 2)
+	oldElsewhere := "/ip4/10.0.0.9/tcp/9/p2p/" + relayID(old)
+	linked := func(relay string) phoneState { return phoneState{Number: "+351912345678", Relay: relay} }
+	held := func(relays ...string) *recoveryRecord {
+		rec := &recoveryRecord{}
+		for _, r := range relays {
+			rec.Held = append(rec.Held, heldBackup{Relay: r})
+		}
+		return rec
+	}
+	tests := []struct {
+		name  string
+		relay string
+		ph    phoneState
+		rec   *recoveryRecord
+		want  bool
+	}{
+		{"the link is here", old, linked(oldElsewhere), nil, true},
+		{"the link moved, recovery off", old, linked(cur), nil, false},
+		{"no link, nothing held", old, phoneState{}, held(), false},
+		{"a verification in progress here", old, phoneState{PendingRelay: old, PendingExpires: now.Add(time.Minute)}, nil, true},
+		{"an expired verification here", old, phoneState{PendingRelay: old, PendingExpires: now.Add(-time.Minute)}, nil, false},
+		{"the link moved, the backup not yet", old, linked(cur), held(old), true},
+		{"the link and the backup moved", old, linked(cur), held(old, cur), false},
+		{"the backup held elsewhere only", old, linked(cur), held(cur), false},
+		{"not an address", "garbage", phoneState{}, held("garbage"), false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := inUse(tt.relay, tt.ph, tt.rec, now); got != tt.want {
+				t.Fatalf("inUse = %v, want %v", got, tt.want)
+			}
+		})
 	}
 }

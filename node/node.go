@@ -178,8 +178,8 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	// still covers them: reports and directory (presence.go, phone.go),
 	// backups (recovery.go). Moments and photos are purged with the job's
 	// blob ids (delete.go). A relay a move replaced gets the reports
-	// purge at once; its directory entry and backup stay until the
-	// account is deleted: the account may still use them.
+	// purge at once; its directory entry and backup go once the account
+	// no longer uses them there (former.go), or with the account.
 	n.purgers = append(n.purgers, purger{n.purgeReports, true}, purger{n.purgeDiscovery, false}, purger{n.purgeBackup, false})
 	n.bg.Go(n.purgeLoop)
 	if n.acct, err = n.loadAccount(ctx); err != nil {

@@ -28,6 +28,16 @@ import (
 // namespace; the relay keeps only its OPRF output
 // (docs/protocol/discovery.md). Nothing is automatic: every step is a call
 // of the user's.
+//
+// A move (rehome.go) can replace the phone relay. The link can't follow
+// by itself: another relay links a number only on a code it texted
+// (its own OPRF key, its own proof that the account reads the number's
+// SMS), and the relay that holds the link is the one that is gone. So
+// the phone then shows NeedsReverification: verifying the number again
+// links it on a current home relay, the recovery backup follows it
+// there (recovery.go), and the former-relay purge removes the old link
+// and backup once the new copy is confirmed (former.go). Until then both
+// stay where they are and keep working while that relay is up.
 
 // Phone errors. The API maps each to its own code (docs/api.md, "Phone
 // number and contact discovery"); the relay's refusals come as the
@@ -54,6 +64,12 @@ type PhoneStatus struct {
 	VerifiedAt *time.Time `json:"verified_at,omitempty"`
 	// Relay is the peer id of the relay holding the link.
 	Relay string `json:"relay,omitempty"`
+	// NeedsReverification: Relay is no home relay of the account any
+	// more (a move replaced it, or the account was restored from it):
+	// verify the number again (RequestPhoneCode) to link it on a current
+	// home relay. Until then the link and the recovery backup stay on
+	// Relay, working while it is up.
+	NeedsReverification bool `json:"needs_reverification,omitempty"`
 	// Pending is a number waiting for its code, if any.
 	Pending *PendingPhone `json:"pending,omitempty"`
 }
@@ -106,12 +122,15 @@ func (n *Node) savePhone(ctx context.Context, st phoneState) error {
 	return nil
 }
 
-func (st phoneState) view(now time.Time) *PhoneStatus {
+// view is the phone state as the API shows it; homes are the account's
+// home relays.
+func (st phoneState) view(now time.Time, homes []string) *PhoneStatus {
 	out := &PhoneStatus{Number: st.Number, Verified: st.Number != ""}
 	if out.Verified {
 		at := st.VerifiedAt
 		out.VerifiedAt = &at
 		out.Relay = relayID(st.Relay)
+		out.NeedsReverification = st.needsReverification(homes)
 	}
 	if st.PendingNumber != "" && now.Before(st.PendingExpires) {
 		out.Pending = &PendingPhone{
@@ -120,6 +139,28 @@ func (st phoneState) view(now time.Time) *PhoneStatus {
 		}
 	}
 	return out
+}
+
+// needsReverification reports whether the number is linked on a relay
+// that is no home relay of the account (homes) any more.
+func (st phoneState) needsReverification(homes []string) bool {
+	return st.Number != "" && st.Relay != "" && !isHome(homes, st.Relay)
+}
+
+// isHome reports whether relay (a multiaddr) is one of homes, by peer id.
+func isHome(homes []string, relay string) bool {
+	id := relayID(relay)
+	return id != "" && slices.ContainsFunc(homes, func(h string) bool { return relayID(h) == id })
+}
+
+// homeRelays returns the account's home relays (none without one).
+func (n *Node) homeRelays() []string {
+	n.acctMu.Lock()
+	defer n.acctMu.Unlock()
+	if n.acct == nil {
+		return nil
+	}
+	return slices.Clone(n.acct.HomeRelays)
 }
 
 func relayID(addr string) string {
@@ -190,8 +231,10 @@ func unreachable(err error) error {
 
 // RequestPhoneCode asks a home relay to text a verification code to
 // number (international form; spaces, dashes and parentheses are fine).
-// The relay of an already verified number is asked first, so the account
-// keeps one phone relay. The code is valid for 10 minutes; submit it with
+// The relay of an already verified number is asked first while it is a
+// home relay, so the account keeps one phone relay; after a move replaced
+// it, the current home relays are asked (verifying the same number again
+// moves the link). The code is valid for 10 minutes; submit it with
 // ConfirmPhoneCode.
 func (n *Node) RequestPhoneCode(ctx context.Context, number string) (*PhoneStatus, error) {
 	num, err := discovery.ParseNumber(number)
@@ -208,8 +251,13 @@ func (n *Node) RequestPhoneCode(ctx context.Context, number string) (*PhoneStatu
 	if err != nil {
 		return nil, err
 	}
+	homes := n.homeRelays()
+	prefer := st.Relay
+	if !isHome(homes, prefer) {
+		prefer = "" // replaced: the link moves to a current home
+	}
 	var last error = ErrPhoneRelayUnreachable
-	for _, r := range n.phoneRelays(a, st.Relay) {
+	for _, r := range n.phoneRelays(a, prefer) {
 		res, err := c.RequestCode(ctx, r.ID, a.identity, num)
 		if !relayAnswered(err) {
 			last = unreachable(err)
@@ -224,7 +272,7 @@ func (n *Node) RequestPhoneCode(ctx context.Context, number string) (*PhoneStatu
 			return nil, err
 		}
 		n.log.Info("phone verification code requested", "relay", r.ID)
-		return st.view(n.cfg.Now()), nil
+		return st.view(n.cfg.Now(), homes), nil
 	}
 	return nil, last
 }
@@ -232,7 +280,10 @@ func (n *Node) RequestPhoneCode(ctx context.Context, number string) (*PhoneStatu
 // ConfirmPhoneCode submits the code texted to the pending number. On
 // success the number is linked to the account on the relay that sent it
 // and enrolled in its discovery directory (replacing a number verified
-// before, which leaves the directory).
+// before, which leaves the directory). The recovery backup follows the
+// link to that relay at once. A previous link on a relay that is no home
+// any more and can't be reached now is left to the former-relay purge
+// (former.go), which removes it, and the backup there, once it answers.
 func (n *Node) ConfirmPhoneCode(ctx context.Context, code string) (*PhoneStatus, error) {
 	code, ok := discovery.NormalizeCode(code)
 	if !ok {
@@ -276,17 +327,27 @@ func (n *Node) ConfirmPhoneCode(ctx context.Context, code string) (*PhoneStatus,
 	if err := n.savePhone(ctx, st); err != nil {
 		return nil, err
 	}
+	homes := n.homeRelays()
 	if old != "" && relayID(old) != relay.ID.String() {
 		// The previous number's entry lives on another relay: remove it.
 		if ai, err := peer.AddrInfoFromString(old); err == nil {
 			n.host.Peerstore().AddAddrs(ai.ID, ai.Addrs, peerstore.TempAddrTTL)
 			if _, err := c.Unenrol(ctx, ai.ID, a.identity); err != nil {
 				n.log.Warn("remove the previous number from its relay's directory", "relay", ai.ID, "err", err)
+				if !isHome(homes, old) {
+					// No home: the former-relay purge takes it, with
+					// whatever else of the account it holds.
+					if err := n.addFormer(ctx, formerRelay{Relay: old, Since: n.cfg.Now()}); err != nil {
+						n.log.Warn("remember the previous phone relay to purge", "relay", ai.ID, "err", err)
+					}
+				}
 			}
 		}
 	}
+	n.kickRecovery()         // the backup follows the link
+	wakeFormer(n.formerWake) // the old link is no longer in use
 	n.log.Info("phone number verified", "relay", relay.ID)
-	return st.view(n.cfg.Now()), nil
+	return st.view(n.cfg.Now(), homes), nil
 }
 
 // Phone returns the account's phone link, as this device knows it.
@@ -298,7 +359,7 @@ func (n *Node) Phone(ctx context.Context) (*PhoneStatus, error) {
 	if err != nil {
 		return nil, err
 	}
-	return st.view(n.cfg.Now()), nil
+	return st.view(n.cfg.Now(), n.homeRelays()), nil
 }
 
 // UnlinkPhone removes the number: the relay deletes the link and the
@@ -328,7 +389,8 @@ func (n *Node) UnlinkPhone(ctx context.Context) (*PhoneStatus, error) {
 	if err := n.store.Namespace(phoneNamespace).Delete(ctx, keyPhoneState); err != nil {
 		return nil, err
 	}
-	return phoneState{}.view(n.cfg.Now()), nil
+	wakeFormer(n.formerWake) // no link left in use on a former home relay
+	return phoneState{}.view(n.cfg.Now(), nil), nil
 }
 
 // purgeDiscovery is the account-deletion purge of one relay: the number

@@ -42,7 +42,11 @@ import (
 // holds the number's link: checked every RecoveryCheck (5 minutes) and
 // uploaded when anything in it changed, and at least daily
 // (RecoveryRefresh), so the relay's copy never expires while a device of
-// the account lives.
+// the account lives. The backup follows the link: when the number is
+// verified on another relay (after a move replaced the phone relay,
+// phone.go), the next upload goes there, and the old copy is deleted
+// once the new one is confirmed — by the upload itself, or by the
+// former-relay purge when the old relay is down then (former.go).
 //
 // On a new device without an account, StartRecovery asks a relay to text
 // a code to the number (with a throwaway identity, kept in memory);
@@ -152,6 +156,11 @@ type RecoveryStatus struct {
 	Error string `json:"error,omitempty"`
 	// PhoneVerified: the account has a verified number (needed).
 	PhoneVerified bool `json:"phone_verified"`
+	// PhoneNeedsReverification: the number is linked on a relay that is
+	// no home relay any more (PhoneStatus.NeedsReverification); the
+	// backup stays there, updated while that relay is up, until the
+	// number is verified again on a current home.
+	PhoneNeedsReverification bool `json:"phone_needs_reverification,omitempty"`
 }
 
 // RecoveryRelay is one relay holding the backup.
@@ -285,8 +294,19 @@ func (n *Node) saveRecovery(ctx context.Context, rec *recoveryRecord) error {
 	return nil
 }
 
-func (rec *recoveryRecord) view(phoneVerified bool) *RecoveryStatus {
-	st := &RecoveryStatus{Relays: []RecoveryRelay{}, PhoneVerified: phoneVerified}
+// savedRecovery follows a saved upload: while relays besides the phone
+// relay still hold an old copy, the former-relay purge may now take it
+// (former.go: it waits for the phone relay's copy).
+func (n *Node) savedRecovery(rec *recoveryRecord) {
+	if len(rec.Held) > 1 {
+		wakeFormer(n.formerWake)
+	}
+}
+
+// view is the recovery state as the API shows it, with the phone state
+// ph and the account's home relays.
+func (rec *recoveryRecord) view(ph phoneState, homes []string) *RecoveryStatus {
+	st := &RecoveryStatus{Relays: []RecoveryRelay{}, PhoneVerified: ph.Number != "", PhoneNeedsReverification: ph.needsReverification(homes)}
 	if rec == nil {
 		return st
 	}
@@ -336,7 +356,7 @@ func (n *Node) Recovery(ctx context.Context) (*RecoveryStatus, error) {
 	if err != nil {
 		return nil, err
 	}
-	return rec.view(ph.Number != ""), nil
+	return rec.view(ph, n.homeRelays()), nil
 }
 
 // EnableRecovery turns account recovery on — or, when it is on, replaces
@@ -379,10 +399,11 @@ func (n *Node) EnableRecovery(ctx context.Context) (*RecoveryEnabled, error) {
 	if err := n.saveRecovery(ctx, rec); err != nil {
 		return nil, err
 	}
+	n.savedRecovery(rec)
 	n.recovery.enabled.Store(true)
 	n.kickRecovery() // arms the upkeep timer
 	n.log.Info("account recovery on", "relays", len(rec.Held))
-	return &RecoveryEnabled{Secret: secret.String(), Recovery: rec.view(true)}, nil
+	return &RecoveryEnabled{Secret: secret.String(), Recovery: rec.view(ph, n.homeRelays())}, nil
 }
 
 // DisableRecovery deletes the backups from the relays holding them and
@@ -404,7 +425,7 @@ func (n *Node) DisableRecovery(ctx context.Context) (*RecoveryStatus, error) {
 		return nil, err
 	}
 	if rec == nil {
-		return (*recoveryRecord)(nil).view(ph.Number != ""), nil
+		return (*recoveryRecord)(nil).view(ph, n.homeRelays()), nil
 	}
 	relays := []string{}
 	for _, h := range rec.Held {
@@ -427,8 +448,9 @@ func (n *Node) DisableRecovery(ctx context.Context) (*RecoveryStatus, error) {
 		return nil, err
 	}
 	n.recovery.enabled.Store(false)
+	wakeFormer(n.formerWake) // no backup left in use on a former home relay
 	n.log.Info("account recovery off: backups deleted", "relays", len(relays))
-	return (*recoveryRecord)(nil).view(ph.Number != ""), nil
+	return (*recoveryRecord)(nil).view(ph, n.homeRelays()), nil
 }
 
 // BackupNow uploads the backup now, changed or not.
@@ -455,6 +477,7 @@ func (n *Node) backupIfNeeded(ctx context.Context, force bool) (*RecoveryStatus,
 	if err := n.saveRecovery(ctx, rec); err != nil {
 		return nil, errors.Join(upErr, err)
 	}
+	n.savedRecovery(rec)
 	if upErr != nil {
 		return nil, upErr
 	}
@@ -462,14 +485,16 @@ func (n *Node) backupIfNeeded(ctx context.Context, force bool) (*RecoveryStatus,
 	if err != nil {
 		return nil, err
 	}
-	return rec.view(ph.Number != ""), nil
+	return rec.view(ph, n.homeRelays()), nil
 }
 
 // uploadLocked seals the account's current contents with rec's key and
 // stores them on the relay holding the account's number (unless nothing
 // changed and force is false), and deletes them from relays that should
-// no longer hold them. It updates rec; the caller saves it. Called with
-// recovery.mu held.
+// no longer hold them (those it can't reach stay in rec.Held, tried again
+// at the next upload; the caller wakes the former-relay purge for them
+// once rec is saved: savedRecovery). It updates rec; the caller saves it.
+// Called with recovery.mu held.
 func (n *Node) uploadLocked(ctx context.Context, rec *recoveryRecord, force bool) error {
 	a, c, err := n.recoveryAccount()
 	if err != nil {
@@ -610,6 +635,12 @@ func (n *Node) purgeBackup(ctx context.Context, relay peer.ID, id *e2ee.Identity
 	if _, err := n.store.Namespace(recoveryNamespace).DeleteAll(ctx); err != nil {
 		return fmt.Errorf("backup: wipe recovery state: %w", err)
 	}
+	return n.dropBackup(ctx, relay, id)
+}
+
+// dropBackup deletes the account's backup from relay, leaving the local
+// recovery state alone (account deletion's purgeBackup wipes that too).
+func (n *Node) dropBackup(ctx context.Context, relay peer.ID, id *e2ee.Identity) error {
 	c, err := backup.NewClient(n.host, backup.WithClientLogger(n.log))
 	if err != nil {
 		return err
@@ -618,6 +649,23 @@ func (n *Node) purgeBackup(ctx context.Context, relay peer.ID, id *e2ee.Identity
 		return fmt.Errorf("backup: %w", err)
 	}
 	return nil
+}
+
+// forgetHeld drops relays (peer ids) that deleted the backup from the
+// relays the recovery state lists as holding it.
+func (n *Node) forgetHeld(ctx context.Context, relays map[string]bool) error {
+	n.recovery.mu.Lock()
+	defer n.recovery.mu.Unlock()
+	rec, err := n.loadRecovery(ctx)
+	if err != nil || rec == nil {
+		return err
+	}
+	held := len(rec.Held)
+	rec.Held = slices.DeleteFunc(rec.Held, func(h heldBackup) bool { return relays[relayID(h.Relay)] })
+	if len(rec.Held) == held {
+		return nil
+	}
+	return n.saveRecovery(ctx, rec)
 }
 
 // unsupported reports whether err says the relay does not speak the

@@ -19,7 +19,9 @@ import (
 // lose nothing while the other homes hold the same envelopes. The old
 // relay is remembered and purged of the account's data as soon as it
 // answers (former.go); until it confirmed, it is not chosen as a home
-// again.
+// again. If it held the phone link (and so the backup), those can't
+// follow without a new code: the phone shows it needs verifying again
+// (phone.go), and they leave the old relay once they have moved.
 
 // watchRelays notes when each bootstrap relay went down, on every change
 // of the relay links.
@@ -164,6 +166,9 @@ func (n *Node) CheckHomes(ctx context.Context) (bool, error) {
 	n.msg.UpdateRecord(rec)
 	n.publishRecord()
 	wakeFormer(n.formerWake)
+	if ph, err := n.loadPhone(ctx); err == nil && ph.needsReverification(next.HomeRelays) {
+		n.log.Warn("the relay holding the phone link is no home relay any more: verify the number again to move the link and the backup (POST /v1/phone)", "relay", relayID(ph.Relay))
+	}
 	return true, nil
 }
 

@@ -113,6 +113,9 @@ func runPhone(ctx context.Context, args []string, stdout, _ io.Writer) error {
 			fmt.Fprintf(stdout, " since %s", p.VerifiedAt.Local().Format("2006-01-02 15:04"))
 		}
 		fmt.Fprintln(stdout)
+		if p.NeedsReverification {
+			fmt.Fprintf(stdout, "relay %s is no home relay any more: verify the number again to move the link and the backup (kinmesh phone verify %s)\n", p.Relay, p.Number)
+		}
 	case verb == "unlink":
 		fmt.Fprintln(stdout, "phone number unlinked")
 	case p.Pending == nil:

@@ -49,7 +49,7 @@ func TestPhoneVerbs(t *testing.T) {
 	f := &fakeAPI{reply: map[string]any{
 		"POST /v1/phone":        map[string]any{"phone": node.PhoneStatus{Pending: &node.PendingPhone{Number: "+351912345678", CodeExpiresAt: verified, AttemptsLeft: 5}}},
 		"POST /v1/phone/verify": map[string]any{"phone": node.PhoneStatus{Number: "+351912345678", Verified: true, VerifiedAt: &verified, Relay: "12D3relay"}},
-		"GET /v1/phone":         map[string]any{"phone": node.PhoneStatus{}},
+		"GET /v1/phone":         map[string]any{"phone": node.PhoneStatus{Number: "+351912345678", Verified: true, Relay: "12D3gone", NeedsReverification: true}},
 		"DELETE /v1/phone":      map[string]any{"phone": node.PhoneStatus{}},
 		"POST /v1/discovery": node.DiscoveryResult{
 			Matches: []node.DiscoveryMatch{{Number: "+351912345678", Contact: node.DiscoveredContact{ID: "acct1", Name: "Rosa", Invite: "kinmesh:abc"}}},
@@ -73,7 +73,7 @@ func TestPhoneVerbs(t *testing.T) {
 	}{
 		{"verify", runPhone, []string{"verify", "--api", addr, "+351", "912", "345", "678", "--token", "tok"}, `POST /v1/phone {"number":"+351 912 345 678"}`, "code sent to +351912345678"},
 		{"code", runPhone, []string{"code", "123", "456", "--api", addr, "--token", "tok"}, `POST /v1/phone/verify {"code":"123456"}`, "phone +351912345678 verified on relay 12D3relay"},
-		{"status", runPhone, []string{"--api", addr, "--token", "tok"}, "GET /v1/phone ", "no phone number linked"},
+		{"status", runPhone, []string{"--api", addr, "--token", "tok"}, "GET /v1/phone ", "verify the number again to move the link and the backup (kinmesh phone verify +351912345678)"},
 		{"unlink", runPhone, []string{"unlink", "--api", addr, "--token", "tok"}, "DELETE /v1/phone ", "phone number unlinked"},
 		{"discover", runDiscover, []string{"--api", addr, "--token", "tok", "+351912345678", "112", "--file", book}, `POST /v1/discovery {"numbers":["+351912345678","112","+44 7700 900123","+33 6 12 34 56 78"]}`, "1 of 3 numbers are kinmesh users"},
 		{"discover and add", runDiscover, []string{"--add", "--api", addr, "--token", "tok", "+351912345678"}, `POST /v1/contacts {"invite":"kinmesh:abc"}`, "added Rosa (acct1)"},

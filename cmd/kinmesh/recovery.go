@@ -176,4 +176,7 @@ func printRecovery(w io.Writer, st *node.RecoveryStatus) {
 	if st.Error != "" {
 		fmt.Fprintf(w, "last upload failed: %s\n", st.Error)
 	}
+	if st.PhoneNeedsReverification {
+		fmt.Fprintln(w, "the backup stays on a relay that is no home relay any more until you verify your number again (kinmesh phone)")
+	}
 }

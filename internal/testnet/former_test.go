@@ -228,3 +228,134 @@ func TestRestoredDeviceReachesFormerHome(t *testing.T) {
 		}
 	}
 }
+
+// movePhoneRelay verifies number for the first device, turns recovery on
+// and moves the account off the relay holding the link and the backup;
+// the phone and recovery then show that the number needs verifying again.
+// It returns the replaced relay, left stopped.
+func movePhoneRelay(ctx context.Context, t *testing.T, n *Network, clk *clock, number string) *Relay {
+	t.Helper()
+	a := n.Devices[0]
+	ph, err := n.VerifyPhone(ctx, a, number)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Node().EnableRecovery(ctx); err != nil {
+		t.Fatal(err)
+	}
+	i := slices.IndexFunc(n.Relays, func(r *Relay) bool { return r.AddrInfo().ID.String() == ph.Relay })
+	if i < 0 || i > 2 {
+		t.Fatalf("phone relay %s: want one of the homes, relays 1-3", ph.Relay)
+	}
+	dead := n.Relays[i]
+	moveHome(ctx, t, n, clk, dead)
+	got, err := a.Node().Phone(ctx)
+	if err != nil || !got.Verified || got.Relay != ph.Relay || !got.NeedsReverification {
+		t.Fatalf("phone after the move: %+v, %v; want verified on %s, needing reverification", got, err, dead.Name)
+	}
+	if rs, err := a.Node().Recovery(ctx); err != nil || !rs.PhoneNeedsReverification {
+		t.Fatalf("recovery after the move: %+v, %v; want phone_needs_reverification", rs, err)
+	}
+	return dead
+}
+
+// verifyAgain verifies number again for the first device and returns the
+// relay that now holds the link, once it holds the backup too: a home
+// relay, not old.
+func verifyAgain(ctx context.Context, t *testing.T, n *Network, number string, old *Relay) *Relay {
+	t.Helper()
+	a := n.Devices[0]
+	again, err := n.VerifyPhone(ctx, a, number)
+	if err != nil {
+		t.Fatal(err)
+	}
+	acct, _ := a.Node().Account()
+	if again.Relay == old.AddrInfo().ID.String() || again.NeedsReverification ||
+		!slices.ContainsFunc(acct.HomeRelays, func(h string) bool { return strings.Contains(h, again.Relay) }) {
+		t.Fatalf("phone verified again: %+v; want it on a home relay of %v, not %s", again, acct.HomeRelays, old.Name)
+	}
+	moved := n.Relays[slices.IndexFunc(n.Relays, func(r *Relay) bool { return r.AddrInfo().ID.String() == again.Relay })]
+	waitCond(ctx, t, "the backup on the new phone relay", func() bool { return moved.Relay().Backup().Backups() == 1 })
+	if e := moved.Relay().Discovery().Entries(); e != 1 {
+		t.Fatalf("%s, the new phone relay, holds %d directory entries; want the account's", moved.Name, e)
+	}
+	if rs, err := a.Node().Recovery(ctx); err != nil || rs.PhoneNeedsReverification {
+		t.Fatalf("recovery after verifying again: %+v, %v", rs, err)
+	}
+	return moved
+}
+
+// wantMovedOff waits until old holds nothing of the account, its link
+// and backup included, and the recovery state lists the backup on moved
+// only; then deleting the account leaves nothing anywhere.
+func wantMovedOff(ctx context.Context, t *testing.T, n *Network, old, moved *Relay) {
+	t.Helper()
+	a := n.Devices[0]
+	waitCond(ctx, t, "the former phone relay purged of everything, link and backup included", func() bool {
+		return relayEmpty(old) && old.Relay().Discovery().Entries() == 0 && old.Relay().Backup().Backups() == 0
+	})
+	waitCond(ctx, t, "the backup listed on the new phone relay only", func() bool {
+		rs, err := a.Node().Recovery(ctx)
+		return err == nil && len(rs.Relays) == 1 && rs.Relays[0].Relay == moved.AddrInfo().ID.String()
+	})
+	if moved.Relay().Backup().Backups() != 1 || moved.Relay().Discovery().Entries() != 1 {
+		t.Fatalf("%s lost the new link or backup", moved.Name)
+	}
+	res, err := a.Node().DeleteAccount(ctx)
+	if err != nil || len(res.Pending) != 0 {
+		t.Fatalf("deletion %+v, %v", res, err)
+	}
+	for _, r := range n.Relays {
+		if !relayEmpty(r) || r.Relay().Discovery().Entries() != 0 || r.Relay().Backup().Backups() != 0 {
+			t.Errorf("%s still holds data of the deleted account", r.Name)
+		}
+	}
+}
+
+// TestMoveOffPhoneRelay: a move replaces the relay holding the phone link
+// and the backup, which then stays down. The link can't follow without a
+// new code, so the phone and recovery show that the number needs
+// verifying again; once it is, the link and the backup are on a current
+// home relay, and when the replaced relay comes back it is purged of its
+// old copies too.
+func TestMoveOffPhoneRelay(t *testing.T) {
+	var clk clock
+	n := startNet(t, Config{Relays: 4, Devices: 1, Now: clk.Now})
+	ctx, cancel := context.WithTimeout(context.Background(), 150*time.Second)
+	defer cancel()
+	accounts(t, ctx, n)
+	const number = "+351 91 555 0179"
+	dead := movePhoneRelay(ctx, t, n, &clk, number)
+	moved := verifyAgain(ctx, t, n, number, dead)
+	if err := dead.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	wantMovedOff(ctx, t, n, dead, moved)
+}
+
+// TestMoveOffPhoneRelayBack: as TestMoveOffPhoneRelay, but the replaced
+// relay is back before the number is verified again. It is purged of all
+// but the link and the backup, still in use; verifying again asks a
+// current home for the code, not the old relay, and then the old link and
+// backup go too.
+func TestMoveOffPhoneRelayBack(t *testing.T) {
+	var clk clock
+	n := startNet(t, Config{Relays: 4, Devices: 1, Now: clk.Now})
+	ctx, cancel := context.WithTimeout(context.Background(), 150*time.Second)
+	defer cancel()
+	accounts(t, ctx, n)
+	const number = "+351 91 555 0180"
+	old := movePhoneRelay(ctx, t, n, &clk, number)
+	if err := old.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitCond(ctx, t, "the former phone relay purged of the feed and the photo", func() bool { return relayEmpty(old) })
+	if e, b := old.Relay().Discovery().Entries(), old.Relay().Backup().Backups(); e != 1 || b != 1 {
+		t.Fatalf("%s holds %d directory entries and %d backups; want the account's, still in use", old.Name, e, b)
+	}
+	if ph, err := n.Devices[0].Node().Phone(ctx); err != nil || !ph.NeedsReverification {
+		t.Fatalf("phone with the old relay back: %+v, %v; want it still needing reverification", ph, err)
+	}
+	moved := verifyAgain(ctx, t, n, number, old)
+	wantMovedOff(ctx, t, n, old, moved)
+}
