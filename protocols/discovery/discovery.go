@@ -40,6 +40,10 @@ const (
 	// a copy at both caps needs (3072 pages of 256 KiB of entries, and 977
 	// of a million deletions).
 	MaxSyncPages = 8192
+	// DefaultSyncTimeout bounds one directory sync as a whole
+	// (WithSyncTimeout's default; the node bounds a sync of its stored
+	// copy the same).
+	DefaultSyncTimeout = 10 * time.Minute
 
 	elementSize = 32 // ristretto255 element
 	proofSize   = 64 // DLEQ proof: two scalars

@@ -356,7 +356,7 @@ type clientConfig struct {
 }
 
 func defaultClientConfig() clientConfig {
-	return clientConfig{dialTimeout: 10 * time.Second, requestTimeout: 40 * time.Second, syncTimeout: 10 * time.Minute, syncPages: MaxSyncPages}
+	return clientConfig{dialTimeout: 10 * time.Second, requestTimeout: 40 * time.Second, syncTimeout: DefaultSyncTimeout, syncPages: MaxSyncPages}
 }
 
 // WithDialTimeout bounds connecting to a relay and opening a stream.
@@ -384,9 +384,10 @@ func WithRequestTimeout(d time.Duration) ClientOption {
 }
 
 // WithSyncTimeout bounds one directory sync as a whole (Sync, and the
-// sync Discover starts with), over all its pages; each page is bounded by
-// the dial and request timeouts besides. A sync cut short keeps the pages
-// it applied, so the next one goes on where it stopped.
+// sync Discover starts with; default DefaultSyncTimeout), over all its
+// pages; each page is bounded by the dial and request timeouts besides.
+// A sync cut short keeps the pages it applied, so the next one goes on
+// where it stopped.
 func WithSyncTimeout(d time.Duration) ClientOption {
 	return func(c *clientConfig) error {
 		if d <= 0 {
