@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
 
@@ -37,11 +38,13 @@ import (
 //	y/<Opaque(relay, key, number)>  the number's OPRF output under that key
 //
 // A copy is bounded (MaxDirectoryEntries, MaxDirectoryBytes), and so is
-// the work of one sync (MaxDirectorySyncPages): a relay — the user's own
-// home relay, but hostile or compromised — that keeps answering "more"
-// can't fill the device's disk. A sync stops at the first page that would
-// take the copy beyond its caps, writing nothing of that page, with
-// ErrDirectoryTooLarge; what it wrote before stays, within the caps.
+// the work of one sync (MaxDirectorySyncPages, DirectorySyncTimeout): a
+// relay — the user's own home relay, but hostile or compromised — that
+// keeps answering "more" can't fill the device's disk, nor keep a sync
+// going. A sync stops at the first page that would take the copy beyond
+// its caps, writing nothing of that page, with ErrDirectoryTooLarge, and
+// at its deadline with ErrDirectorySyncTimeout; what it wrote before
+// stays, within the caps.
 
 // MaxDiscoverNumbers caps the numbers of one DiscoverContacts call.
 const MaxDiscoverNumbers = 5000
@@ -62,6 +65,10 @@ const (
 	// MaxDirectorySyncPages caps the pages of one sync: twice what a
 	// first sync of a copy at both caps needs.
 	MaxDirectorySyncPages = discovery.MaxSyncPages
+	// DirectorySyncTimeout bounds one sync as a whole, over all its pages
+	// (each page has the discovery client's request timeout besides): the
+	// protocol's discovery.DefaultSyncTimeout.
+	DirectorySyncTimeout = discovery.DefaultSyncTimeout
 )
 
 // ErrTooManyNumbers: more numbers than MaxDiscoverNumbers in one call.
@@ -75,15 +82,22 @@ var ErrTooManyNumbers = fmt.Errorf("node: at most %d numbers per discovery reque
 // discovery goes on with the other relays.
 var ErrDirectoryTooLarge = fmt.Errorf("node: %w", discovery.ErrDirectoryTooLarge)
 
-// directoryCaps are the caps syncDirectory applies (tests shrink them).
+// ErrDirectorySyncTimeout: a sync of a relay's directory was not done
+// within DirectorySyncTimeout (the relay is slow, or keeps answering
+// "more"). What it wrote stays, and the next sync goes on from there. It
+// wraps context.DeadlineExceeded.
+var ErrDirectorySyncTimeout = fmt.Errorf("node: the relay's directory did not sync in time; the next discovery goes on where this one stopped: %w", context.DeadlineExceeded)
+
+// directoryCaps are the bounds syncDirectory applies (tests shrink them).
 type directoryCaps struct {
 	entries int
 	bytes   int64
 	pages   int
+	timeout time.Duration // 0: DirectorySyncTimeout
 }
 
 func defaultDirectoryCaps() directoryCaps {
-	return directoryCaps{entries: MaxDirectoryEntries, bytes: MaxDirectoryBytes, pages: MaxDirectorySyncPages}
+	return directoryCaps{entries: MaxDirectoryEntries, bytes: MaxDirectoryBytes, pages: MaxDirectorySyncPages, timeout: DirectorySyncTimeout}
 }
 
 const discoveryNamespace = "discovery"
@@ -183,7 +197,8 @@ func (n *Node) DiscoverContacts(ctx context.Context, numbers []string) (*Discove
 			continue
 		}
 		errs = append(errs, unreachable(err))
-		if discovery.RetryAfter(err) > 0 || errors.Is(err, discovery.ErrBadProof) || errors.Is(err, discovery.ErrKeyChanged) || errors.Is(err, ErrDirectoryTooLarge) {
+		if discovery.RetryAfter(err) > 0 || errors.Is(err, discovery.ErrBadProof) || errors.Is(err, discovery.ErrKeyChanged) ||
+			errors.Is(err, ErrDirectoryTooLarge) || errors.Is(err, ErrDirectorySyncTimeout) {
 			n.log.Warn("discovery on a relay failed", "relay", r.ID, "err", err)
 		}
 	}
@@ -343,9 +358,26 @@ func entryKey(relay peer.ID, id discovery.EntryID) string {
 // syncDirectory brings the copy of relay's directory up to date and
 // returns the relay's OPRF key (pinned at the first sync:
 // discovery.ErrKeyChanged if the relay shows another). It keeps the copy
-// within caps and stops after caps.pages pages (ErrDirectoryTooLarge); a
-// page that would break a cap is not written.
+// within caps, stops after caps.pages pages (ErrDirectoryTooLarge) and
+// after caps.timeout (ErrDirectorySyncTimeout); a page that would break a
+// cap is not written.
 func (n *Node) syncDirectory(ctx context.Context, c *discovery.Client, relay peer.ID, caps directoryCaps) (discovery.PublicKey, error) {
+	if caps.timeout <= 0 {
+		caps.timeout = DirectorySyncTimeout
+	}
+	deadline := time.Now().Add(caps.timeout)
+	sctx, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel()
+	pk, err := n.syncPages(sctx, c, relay, caps)
+	// The stream's deadline is the sync's: it may fire first.
+	if err != nil && ctx.Err() == nil && (sctx.Err() != nil || !time.Now().Before(deadline)) {
+		err = fmt.Errorf("%w: relay %s, after %v (%w)", ErrDirectorySyncTimeout, relay, caps.timeout, err)
+	}
+	return pk, err
+}
+
+// syncPages is syncDirectory's work, within its deadline.
+func (n *Node) syncPages(ctx context.Context, c *discovery.Client, relay peer.ID, caps directoryCaps) (discovery.PublicKey, error) {
 	cp, err := n.relayCopy(ctx, relay)
 	if err != nil {
 		return discovery.PublicKey{}, err

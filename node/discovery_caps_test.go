@@ -6,6 +6,8 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"errors"
+	"io"
+	"math"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -23,7 +25,8 @@ import (
 )
 
 // fakeDirectory is a relay whose directory pages come from a function
-// of the cursor asked for. It counts the list requests it answers.
+// of the cursor asked for (nil: it never answers, until the device gives
+// up). It counts the list requests it answers.
 type fakeDirectory struct {
 	id       peer.ID
 	pk       []byte
@@ -55,7 +58,12 @@ func startFakeDirectory(t *testing.T, n *Node, page func(pk []byte, since uint64
 			return
 		}
 		r.requests.Add(1)
-		_ = wire.Write(st, &pb.Response{Body: &pb.Response_Page{Page: page(pk, req.GetList().GetSince())}}, 1<<20)
+		p := page(pk, req.GetList().GetSince())
+		if p == nil {
+			_, _ = io.Copy(io.Discard, st) // until the device resets the stream
+			return
+		}
+		_ = wire.Write(st, &pb.Response{Body: &pb.Response_Page{Page: p}}, 1<<20)
 	})
 	n.host.Peerstore().AddAddrs(h.ID(), h.Addrs(), peerstore.PermanentAddrTTL)
 	return r
@@ -246,4 +254,70 @@ func TestDirectoryStartOverKeepsCount(t *testing.T) {
 		t.Fatal(err)
 	}
 	want("after starting over", 5, 5*300)
+}
+
+// TestDirectorySyncDeadline: a sync that does not end — a relay whose
+// pages always say "more" (within every cap but the pages', lifted here),
+// or one that never answers — ends at the sync's deadline with
+// ErrDirectorySyncTimeout, long before the caller's context or the page's
+// request timeout (40 s) would end it. What it wrote stays, and the next
+// sync goes on from there.
+func TestDirectorySyncDeadline(t *testing.T) {
+	if got := defaultDirectoryCaps().timeout; got != DirectorySyncTimeout || DirectorySyncTimeout != 10*time.Minute {
+		t.Fatalf("default sync timeout %v (DirectorySyncTimeout %v), want 10 min", got, DirectorySyncTimeout)
+	}
+	endless := func(pk []byte, since uint64) *pb.Page {
+		next := since + 16
+		return &pb.Page{PublicKey: pk, Version: next + 1, Next: next, More: true,
+			Entries: fakeEntries(since, next, func(seq uint64) uint64 { return seq % 16 }, 200)}
+	}
+	stalled := func(pk []byte, since uint64) *pb.Page { return nil }
+	tests := []struct {
+		name string
+		page func(pk []byte, since uint64) *pb.Page
+	}{
+		{"endless", endless},
+		{"stalled", stalled},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			n := startNode(t, Config{})
+			r := startFakeDirectory(t, n, tt.page)
+			c, err := discovery.NewClient(n.host, discovery.WithClientLogger(n.log))
+			if err != nil {
+				t.Fatal(err)
+			}
+			caps := defaultDirectoryCaps()
+			caps.pages = math.MaxInt
+			caps.timeout = time.Second
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			var cursor uint64
+			for sync := range 2 {
+				start := time.Now()
+				_, err := n.syncDirectory(ctx, c, r.id, caps)
+				if !errors.Is(err, ErrDirectorySyncTimeout) || !errors.Is(err, context.DeadlineExceeded) {
+					t.Fatalf("sync %d: %v, want ErrDirectorySyncTimeout", sync, err)
+				}
+				if took := time.Since(start); took > 15*time.Second {
+					t.Fatalf("sync %d ended after %v, want about its 1 s deadline", sync, took)
+				}
+				if ctx.Err() != nil {
+					t.Fatal("the caller's context ended first")
+				}
+				entries, bytes, cp := copyOf(t, n, r.id)
+				if cp.Entries != entries || cp.Bytes != bytes {
+					t.Fatalf("sync %d: the copy's state says %d entries, %d bytes; it holds %d, %d", sync, cp.Entries, cp.Bytes, entries, bytes)
+				}
+				if tt.name == "endless" {
+					if cp.Cursor <= cursor || entries != 16 {
+						t.Fatalf("sync %d: cursor %d after %d, %d entries; want it moved on, 16 entries", sync, cp.Cursor, cursor, entries)
+					}
+				} else if r.requests.Load() != int64(sync+1) {
+					t.Fatalf("sync %d: %d requests, want %d", sync, r.requests.Load(), sync+1)
+				}
+				cursor = cp.Cursor
+			}
+		})
+	}
 }
