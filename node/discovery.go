@@ -416,30 +416,46 @@ func (n *Node) syncPages(ctx context.Context, c *discovery.Client, relay peer.ID
 		if p.More && p.Next <= since {
 			return pinned, fmt.Errorf("discovery: relay %s: more changes but no progress past %d: %w", relay, since, discovery.ErrProtocol)
 		}
-		next, batch, err := n.applyPage(ctx, relay, cp, p, caps)
-		if err != nil {
+		cp.Key = pinned.Bytes()
+		if cp, err = n.writePage(ctx, relay, cp, p, caps); err != nil {
 			return pinned, err
 		}
-		next.Key = pinned.Bytes()
-		if err := n.putRelayCopy(batch, relay, next); err != nil {
-			return pinned, err
-		}
-		if err := batch.CommitUnsynced(ctx); err != nil {
-			return pinned, err
-		}
-		cp = next
 		if !p.More {
 			return pinned, nil
 		}
 	}
 }
 
-// applyPage returns a batch that applies page p to the copy cp, and the
-// copy's state after it; ErrDirectoryTooLarge if it would break a cap.
-func (n *Node) applyPage(ctx context.Context, relay peer.ID, cp relayCopy, p *discovery.Page, caps directoryCaps) (relayCopy, *storage.Batch, error) {
+// Writes of a copy go in transactions of at most dirTxnOps operations
+// and about dirTxnBytes (keys, records, and dirTxnOverhead per operation
+// for the store's own), well within what one device store transaction
+// takes (storage.Batch: about 300 KB and 3,000 entries). A full page of
+// records under about 620 bytes (256 KiB) is more than one.
+const (
+	dirTxnOps      = 1000
+	dirTxnBytes    = 128 << 10
+	dirTxnOverhead = 100
+)
+
+// writePage writes page p into the copy cp of relay's directory and
+// returns the copy's state after it. It refuses a page that would take
+// the copy beyond caps (ErrDirectoryTooLarge) and writes nothing of it.
+//
+// A page is written in transactions of at most dirTxnOps and dirTxnBytes,
+// each with the state that counts what the copy holds after it; the last
+// also moves the cursor. A page cut short between transactions is listed
+// again by the next sync and written again over itself.
+func (n *Node) writePage(ctx context.Context, relay peer.ID, cp relayCopy, p *discovery.Page, caps directoryCaps) (relayCopy, error) {
 	ns := n.store.Namespace(discoveryNamespace)
-	batch := n.store.NewBatch()
+	type write struct {
+		key     string
+		box     []byte // nil: delete
+		entries int    // the copy's size after this write
+		bytes   int64
+	}
+	writes := make([]write, 0, len(p.Entries))
 	size := make(map[discovery.EntryID]int, len(p.Entries)) // after this page so far; -1: none
+	entries, bytes := cp.Entries, cp.Bytes
 	for _, e := range p.Entries {
 		key := entryKey(relay, e.ID)
 		old, ok := size[e.ID]
@@ -451,33 +467,59 @@ func (n *Node) applyPage(ctx context.Context, relay peer.ID, cp relayCopy, p *di
 			case errors.Is(err, storage.ErrNotFound):
 				old = -1
 			default:
-				return cp, nil, err
+				return cp, err
 			}
 		}
 		if old >= 0 {
-			cp.Entries--
-			cp.Bytes -= int64(old)
+			entries--
+			bytes -= int64(old)
 		}
+		size[e.ID] = -1
+		var box []byte
+		if !e.Deleted() {
+			box = e.Box
+			size[e.ID] = len(box)
+			entries++
+			bytes += int64(len(box))
+		}
+		writes = append(writes, write{key: key, box: box, entries: entries, bytes: bytes})
+	}
+	if entries > caps.entries || bytes > caps.bytes {
+		return cp, fmt.Errorf("%w: relay %s: its next page would make the copy %d entries, %d bytes (at most %d, %d)",
+			ErrDirectoryTooLarge, relay, entries, bytes, caps.entries, caps.bytes)
+	}
+	batch := n.store.NewBatch()
+	cost := 0
+	for i, w := range writes {
 		var err error
-		if e.Deleted() {
-			size[e.ID] = -1
-			err = batch.Delete(ns, key)
+		if w.box == nil {
+			err = batch.Delete(ns, w.key)
 		} else {
-			size[e.ID] = len(e.Box)
-			cp.Entries++
-			cp.Bytes += int64(len(e.Box))
-			err = batch.Put(ns, key, e.Box)
+			err = batch.Put(ns, w.key, w.box)
 		}
 		if err != nil {
-			return cp, nil, err
+			return cp, err
+		}
+		cost += len(w.key) + len(w.box) + dirTxnOverhead
+		if i < len(writes)-1 && (batch.Len() >= dirTxnOps || cost >= dirTxnBytes) {
+			cp.Entries, cp.Bytes = w.entries, w.bytes
+			if err := n.commitRelayCopy(ctx, batch, relay, cp); err != nil {
+				return cp, err
+			}
+			cost = 0
 		}
 	}
-	if cp.Entries > caps.entries || cp.Bytes > caps.bytes {
-		return cp, nil, fmt.Errorf("%w: relay %s: its next page would make the copy %d entries, %d bytes (at most %d, %d)",
-			ErrDirectoryTooLarge, relay, cp.Entries, cp.Bytes, caps.entries, caps.bytes)
+	cp.Entries, cp.Bytes, cp.Cursor = entries, bytes, p.Next
+	return cp, n.commitRelayCopy(ctx, batch, relay, cp)
+}
+
+// commitRelayCopy adds the write of relay's copy state to b and commits
+// it.
+func (n *Node) commitRelayCopy(ctx context.Context, b *storage.Batch, relay peer.ID, cp relayCopy) error {
+	if err := n.putRelayCopy(b, relay, cp); err != nil {
+		return err
 	}
-	cp.Cursor = p.Next
-	return cp, batch, nil
+	return b.CommitUnsynced(ctx)
 }
 
 // putRelayCopy adds the write of relay's copy state to b.

@@ -321,3 +321,41 @@ func TestDirectorySyncDeadline(t *testing.T) {
 		})
 	}
 }
+
+// TestDirectoryFullPagesFitTheStore: a page as full as a relay sends
+// (256 KiB of entries) of records of 500 bytes is more than one
+// transaction of a device store takes (records under about 620 bytes
+// are); the sync writes it in several, a start over's page
+// included, and the copy's state counts it right.
+func TestDirectoryFullPagesFitTheStore(t *testing.T) {
+	const perPage, box = 493, 500 // a relay's page: 256 KiB of entries of 500 + 32 bytes
+	n := startNode(t, Config{})
+	var startOver atomic.Bool
+	r := startFakeDirectory(t, n, func(pk []byte, since uint64) *pb.Page {
+		if startOver.Load() {
+			if since == perPage {
+				return &pb.Page{PublicKey: pk, Version: 2 * perPage, StartOver: true, Next: 2 * perPage,
+					Entries: fakeEntries(perPage, 2*perPage, func(seq uint64) uint64 { return seq }, box)}
+			}
+			return &pb.Page{PublicKey: pk, Version: 2 * perPage, Next: 2 * perPage}
+		}
+		return &pb.Page{PublicKey: pk, Version: perPage, Next: perPage,
+			Entries: fakeEntries(0, perPage, func(seq uint64) uint64 { return seq }, box)}
+	})
+	c, err := discovery.NewClient(n.host, discovery.WithClientLogger(n.log))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, phase := range []string{"first sync", "start over"} {
+		startOver.Store(phase == "start over")
+		if _, err := n.syncDirectory(ctx, c, r.id, defaultDirectoryCaps()); err != nil {
+			t.Fatalf("%s: %v", phase, err)
+		}
+		entries, bytes, cp := copyOf(t, n, r.id)
+		if entries != perPage || bytes != perPage*box || cp.Entries != entries || cp.Bytes != bytes {
+			t.Fatalf("%s: the copy holds %d entries, %d bytes, its state says %+v; want %d, %d", phase, entries, bytes, cp, perPage, perPage*box)
+		}
+	}
+}
