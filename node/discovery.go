@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
+	"strconv"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -33,18 +35,36 @@ import (
 // directory copies, the pinned relay keys and the cached outputs live in
 // the "discovery" namespace:
 //
-//	r/<relay peer id>            JSON: the relay's OPRF key, the sync cursor, the copy's size
-//	d/<relay peer id>/<id hex>   sealed record of one directory entry
-//	y/<Opaque(relay, key, number)>  the number's OPRF output under that key
+//	r/<relay peer id>                  JSON (relayCopy): the relay's OPRF key, the copy's generation, cursor and size, a start over under way, stale generations
+//	d/<relay peer id>/<id hex>         sealed record of one directory entry, generation 0
+//	g/<relay peer id>/<gen>/<id hex>   the same, generation gen ≥ 1
+//	y/<Opaque(relay, key, number)>     the number's OPRF output under that key
+//
+// The entries of a copy are one generation; lookups read the generation
+// r/<relay> names. When the relay says to start over (the copy is older
+// than its memory of deletions), the relay's fresh listing is written
+// beside the copy, in a generation of its own, and the copy answers
+// lookups until the listing's last page: the write of r/<relay> that
+// applies that page switches the copy to the new generation, in one
+// transaction, and the old generation is deleted after it. A start over
+// cut short (a cap, the deadline, the relay gone, the device stopped)
+// leaves the copy whole; the next sync, after a restart too, goes on with
+// the listing where it stopped, or, if the relay says to start over
+// again, deletes it and lists anew. A generation is deleted only once
+// r/<relay> lists it as stale, and a start over begins only once no stale
+// generation is left, so a copy and a start over take at most twice the
+// caps on disk. Each page is written in transactions that a device store
+// takes (dirTxnOps, dirTxnBytes), each with the state that counts what it
+// wrote; the last moves the cursor.
 //
 // A copy is bounded (MaxDirectoryEntries, MaxDirectoryBytes), and so is
 // the work of one sync (MaxDirectorySyncPages, DirectorySyncTimeout): a
 // relay — the user's own home relay, but hostile or compromised — that
 // keeps answering "more" can't fill the device's disk, nor keep a sync
-// going. A sync stops at the first page that would take the copy beyond
-// its caps, writing nothing of that page, with ErrDirectoryTooLarge, and
-// at its deadline with ErrDirectorySyncTimeout; what it wrote before
-// stays, within the caps.
+// going. A sync stops at the first page that would take the copy (or a
+// start over's listing) beyond its caps, writing nothing of that page,
+// with ErrDirectoryTooLarge, and at its deadline with
+// ErrDirectorySyncTimeout; what it wrote before stays, within the caps.
 
 // MaxDiscoverNumbers caps the numbers of one DiscoverContacts call.
 const MaxDiscoverNumbers = 5000
@@ -94,6 +114,9 @@ type directoryCaps struct {
 	bytes   int64
 	pages   int
 	timeout time.Duration // 0: DirectorySyncTimeout
+	// listLimit is the entries asked for per page (0: the most a page
+	// holds, discovery.MaxPageEntries).
+	listLimit int
 }
 
 func defaultDirectoryCaps() directoryCaps {
@@ -139,17 +162,49 @@ type DiscoveredContact struct {
 // Record returns the match's signed contact record.
 func (m DiscoveryMatch) Record() contact.Signed { return m.Contact.record }
 
-// relayCopy is what r/<relay> holds.
+// relayCopy is what r/<relay> holds: the state of the copy of the
+// relay's directory. The copy lookups use is one generation of entries
+// (the embedded copyGen; a state written before generations were is
+// generation 0's). A start over collects the relay's fresh listing in a
+// generation of its own, Staged, which replaces the copy in the one write
+// of this state that applies the listing's last page.
 type relayCopy struct {
-	Key    []byte `json:"key"`
+	Key []byte `json:"key"`
+	copyGen
+	// Staged is the fresh listing of a start over under way (nil if
+	// none): the next sync goes on with it, or drops it if the relay says
+	// to start over again.
+	Staged *copyGen `json:"staged,omitempty"`
+	// Stale are generations no longer used whose entries are left to
+	// delete.
+	Stale []uint64 `json:"stale,omitempty"`
+}
+
+// copyGen is one generation of a copy: where its entries are, the cursor
+// of the last change written to it, and its size.
+type copyGen struct {
+	Gen    uint64 `json:"gen,omitempty"`
 	Cursor uint64 `json:"cursor"`
-	// Entries and Bytes measure the copy (its entries, their sealed
-	// records' bytes); they are written with every page. Counted is false
-	// for a copy written before they were, or while it is being dropped:
-	// the next sync counts it.
+	// Entries and Bytes measure the generation (its entries, their sealed
+	// records' bytes); they are written with every change to it. Counted
+	// is false for a state written before they were kept, and for one
+	// written by a drop (before start overs were staged): the next sync
+	// counts the copy, or, if it has listed nothing, deletes it.
 	Entries int   `json:"entries"`
 	Bytes   int64 `json:"bytes"`
 	Counted bool  `json:"counted"`
+}
+
+// nextGen returns a generation number that no generation of cp uses.
+func (cp *relayCopy) nextGen() uint64 {
+	g := cp.Gen
+	if cp.Staged != nil {
+		g = max(g, cp.Staged.Gen)
+	}
+	for _, s := range cp.Stale {
+		g = max(g, s)
+	}
+	return g + 1
 }
 
 // DiscoverContacts looks numbers up (international form; others are
@@ -294,9 +349,20 @@ func (n *Node) discoverOn(ctx context.Context, c *discovery.Client, a *account, 
 	if !synced.Equal(pk) {
 		return fmt.Errorf("discovery: relay %s: %w", relay, discovery.ErrKeyChanged)
 	}
+	return n.lookupCopy(ctx, relay, outs, found)
+}
+
+// lookupCopy adds to found the contact record of each number whose output
+// names an entry of the copy of relay's directory: the copy's own
+// generation, never a start over under way.
+func (n *Node) lookupCopy(ctx context.Context, relay peer.ID, outs map[discovery.Number]discovery.Output, found map[discovery.Number]contact.Signed) error {
+	cp, err := n.relayCopy(ctx, relay)
+	if err != nil {
+		return err
+	}
+	ns := n.store.Namespace(discoveryNamespace)
 	for num, y := range outs {
-		id := y.ID()
-		box, err := ns.Get(ctx, entryKey(relay, id))
+		box, err := ns.Get(ctx, entryKey(relay, cp.Gen, y.ID()))
 		if errors.Is(err, storage.ErrNotFound) {
 			continue
 		}
@@ -351,8 +417,17 @@ func (n *Node) outputKey(relay peer.ID, pk discovery.PublicKey, num discovery.Nu
 	return "y/" + n.store.Namespace(discoveryNamespace).Opaque([]byte(relay), pk.Bytes(), []byte(num))
 }
 
-func entryKey(relay peer.ID, id discovery.EntryID) string {
-	return "d/" + relay.String() + "/" + hex.EncodeToString(id[:])
+// genPrefix is the key prefix of the entries of generation gen of the
+// copy of relay's directory.
+func genPrefix(relay peer.ID, gen uint64) string {
+	if gen == 0 {
+		return "d/" + relay.String() + "/"
+	}
+	return "g/" + relay.String() + "/" + strconv.FormatUint(gen, 10) + "/"
+}
+
+func entryKey(relay peer.ID, gen uint64, id discovery.EntryID) string {
+	return genPrefix(relay, gen) + hex.EncodeToString(id[:])
 }
 
 // syncDirectory brings the copy of relay's directory up to date and
@@ -388,17 +463,32 @@ func (n *Node) syncPages(ctx context.Context, c *discovery.Client, relay peer.ID
 			return pinned, fmt.Errorf("discovery copy of %s: %w", relay, err)
 		}
 	}
+	if len(cp.Key) > 0 && cp.Cursor == 0 && !cp.Counted && cp.Staged == nil {
+		// A copy with nothing listed holds nothing: what its generation
+		// holds was left by a drop cut short (before start overs were
+		// staged). Never mix it in.
+		cp.Stale = append(slices.Clone(cp.Stale), cp.Gen)
+		cp.copyGen = copyGen{Gen: cp.nextGen(), Counted: true}
+	}
 	if !cp.Counted {
-		if cp.Entries, cp.Bytes, err = n.countCopy(ctx, relay); err != nil {
+		if cp.Entries, cp.Bytes, err = n.countGen(ctx, relay, cp.Gen); err != nil {
 			return pinned, err
 		}
 		cp.Counted = true
+	}
+	limit := caps.listLimit
+	if limit <= 0 {
+		limit = discovery.MaxPageEntries
 	}
 	for pages := 0; ; pages++ {
 		if pages == caps.pages {
 			return pinned, fmt.Errorf("%w: relay %s: still more after %d pages", ErrDirectoryTooLarge, relay, pages)
 		}
-		p, err := c.List(ctx, relay, cp.Cursor, discovery.MaxPageEntries)
+		since := cp.Cursor
+		if cp.Staged != nil {
+			since = cp.Staged.Cursor
+		}
+		p, err := c.List(ctx, relay, since, limit)
 		if err != nil {
 			return pinned, err
 		}
@@ -406,24 +496,29 @@ func (n *Node) syncPages(ctx context.Context, c *discovery.Client, relay peer.ID
 			return pinned, fmt.Errorf("discovery: relay %s: %w", relay, discovery.ErrKeyChanged)
 		}
 		pinned = p.PublicKey
-		since := cp.Cursor
+		cp.Key = pinned.Bytes()
 		if p.StartOver {
 			since = 0
-			if cp, err = n.startOver(ctx, relay, pinned); err != nil {
-				return pinned, err
-			}
 		}
 		if p.More && p.Next <= since {
 			return pinned, fmt.Errorf("discovery: relay %s: more changes but no progress past %d: %w", relay, since, discovery.ErrProtocol)
 		}
-		cp.Key = pinned.Bytes()
+		if p.StartOver {
+			if cp, err = n.startOver(ctx, relay, cp); err != nil {
+				return pinned, err
+			}
+		}
 		if cp, err = n.writePage(ctx, relay, cp, p, caps); err != nil {
 			return pinned, err
 		}
 		if !p.More {
-			return pinned, nil
+			break
 		}
 	}
+	if err := n.dropStale(ctx, relay, &cp); err != nil {
+		n.log.Debug("delete a stale directory copy (the next sync goes on)", "relay", relay, "err", err)
+	}
+	return pinned, nil
 }
 
 // Writes of a copy go in transactions of at most dirTxnOps operations
@@ -437,27 +532,35 @@ const (
 	dirTxnOverhead = 100
 )
 
-// writePage writes page p into the copy cp of relay's directory and
-// returns the copy's state after it. It refuses a page that would take
-// the copy beyond caps (ErrDirectoryTooLarge) and writes nothing of it.
+// writePage writes page p into the copy cp of relay's directory — into
+// the start over under way if there is one, else into the copy — and
+// returns the state after it. It refuses a page that would take the
+// generation beyond caps (ErrDirectoryTooLarge) and writes nothing of it.
 //
 // A page is written in transactions of at most dirTxnOps and dirTxnBytes,
-// each with the state that counts what the copy holds after it; the last
-// also moves the cursor. A page cut short between transactions is listed
-// again by the next sync and written again over itself.
+// each with the state that counts what the generation holds after it; the
+// last also moves the cursor, and, for the last page of a start over,
+// switches the copy to the start over's generation and marks the old one
+// stale. A page cut short between transactions is listed again by the
+// next sync and written again over itself.
 func (n *Node) writePage(ctx context.Context, relay peer.ID, cp relayCopy, p *discovery.Page, caps directoryCaps) (relayCopy, error) {
 	ns := n.store.Namespace(discoveryNamespace)
+	g := &cp.copyGen
+	if cp.Staged != nil {
+		staged := *cp.Staged
+		cp.Staged, g = &staged, &staged
+	}
 	type write struct {
 		key     string
 		box     []byte // nil: delete
-		entries int    // the copy's size after this write
+		entries int    // the generation's size after this write
 		bytes   int64
 	}
 	writes := make([]write, 0, len(p.Entries))
 	size := make(map[discovery.EntryID]int, len(p.Entries)) // after this page so far; -1: none
-	entries, bytes := cp.Entries, cp.Bytes
+	entries, bytes := g.Entries, g.Bytes
 	for _, e := range p.Entries {
-		key := entryKey(relay, e.ID)
+		key := entryKey(relay, g.Gen, e.ID)
 		old, ok := size[e.ID]
 		if !ok {
 			b, err := ns.Get(ctx, key)
@@ -502,14 +605,18 @@ func (n *Node) writePage(ctx context.Context, relay peer.ID, cp relayCopy, p *di
 		}
 		cost += len(w.key) + len(w.box) + dirTxnOverhead
 		if i < len(writes)-1 && (batch.Len() >= dirTxnOps || cost >= dirTxnBytes) {
-			cp.Entries, cp.Bytes = w.entries, w.bytes
+			g.Entries, g.Bytes = w.entries, w.bytes
 			if err := n.commitRelayCopy(ctx, batch, relay, cp); err != nil {
 				return cp, err
 			}
 			cost = 0
 		}
 	}
-	cp.Entries, cp.Bytes, cp.Cursor = entries, bytes, p.Next
+	g.Entries, g.Bytes, g.Cursor = entries, bytes, p.Next
+	if cp.Staged != nil && !p.More {
+		cp.Stale = append(slices.Clone(cp.Stale), cp.Gen)
+		cp.copyGen, cp.Staged = *cp.Staged, nil
+	}
 	return cp, n.commitRelayCopy(ctx, batch, relay, cp)
 }
 
@@ -531,30 +638,53 @@ func (n *Node) putRelayCopy(b *storage.Batch, relay peer.ID, cp relayCopy) error
 	return b.Put(n.store.Namespace(discoveryNamespace), "r/"+relay.String(), v)
 }
 
-// startOver drops the copy of relay's directory, as the relay asks, and
-// returns the empty copy's state (key pinned). The state is marked
-// uncounted while entries are deleted, so an interrupted drop is counted
-// again at the next sync.
-func (n *Node) startOver(ctx context.Context, relay peer.ID, pk discovery.PublicKey) (relayCopy, error) {
-	cp := relayCopy{Key: pk.Bytes()}
-	b := n.store.NewBatch()
-	if err := n.putRelayCopy(b, relay, cp); err != nil {
+// startOver begins a start over of the copy of relay's directory, as the
+// relay asks: the relay's fresh listing goes into a new generation, and
+// the copy stays, for lookups, until the listing's last page replaces it
+// (writePage). A start over already under way is dropped, and every stale
+// generation deleted first, so the copy's generations hold at most twice
+// its caps.
+func (n *Node) startOver(ctx context.Context, relay peer.ID, cp relayCopy) (relayCopy, error) {
+	if cp.Staged != nil {
+		// Marked stale before any of its entries is deleted: a state
+		// never names a generation that lost entries.
+		cp.Stale = append(slices.Clone(cp.Stale), cp.Staged.Gen)
+		cp.Staged = nil
+		if err := n.commitRelayCopy(ctx, n.store.NewBatch(), relay, cp); err != nil {
+			return cp, err
+		}
+	}
+	if err := n.dropStale(ctx, relay, &cp); err != nil {
 		return cp, err
 	}
-	if err := b.CommitUnsynced(ctx); err != nil {
-		return cp, err
-	}
-	if err := n.dropCopy(ctx, relay); err != nil {
-		return cp, err
-	}
-	cp.Counted = true
+	cp.Staged = &copyGen{Gen: cp.nextGen(), Counted: true}
 	return cp, nil
 }
 
-// countCopy counts the entries of the copy of relay's directory and
-// their bytes.
-func (n *Node) countCopy(ctx context.Context, relay peer.ID) (entries int, bytes int64, err error) {
-	err = n.store.Namespace(discoveryNamespace).List(ctx, storage.ListOptions{Prefix: "d/" + relay.String() + "/"}, func(_ string, v []byte) error {
+// dropStale deletes the entries of the stale generations of relay's copy,
+// and forgets each generation once it holds none.
+func (n *Node) dropStale(ctx context.Context, relay peer.ID, cp *relayCopy) error {
+	for len(cp.Stale) > 0 {
+		if err := n.dropGen(ctx, relay, cp.Stale[0]); err != nil {
+			return err
+		}
+		next := *cp
+		next.Stale = slices.Clone(cp.Stale[1:])
+		if len(next.Stale) == 0 {
+			next.Stale = nil
+		}
+		if err := n.commitRelayCopy(ctx, n.store.NewBatch(), relay, next); err != nil {
+			return err
+		}
+		*cp = next
+	}
+	return nil
+}
+
+// countGen counts the entries of generation gen of the copy of relay's
+// directory and their bytes.
+func (n *Node) countGen(ctx context.Context, relay peer.ID, gen uint64) (entries int, bytes int64, err error) {
+	err = n.store.Namespace(discoveryNamespace).List(ctx, storage.ListOptions{Prefix: genPrefix(relay, gen)}, func(_ string, v []byte) error {
 		entries++
 		bytes += int64(len(v))
 		return nil
@@ -562,12 +692,13 @@ func (n *Node) countCopy(ctx context.Context, relay peer.ID) (entries int, bytes
 	return entries, bytes, err
 }
 
-// dropCopy deletes the copy of relay's directory entries.
-func (n *Node) dropCopy(ctx context.Context, relay peer.ID) error {
+// dropGen deletes the entries of generation gen of the copy of relay's
+// directory, in transactions of dirTxnOps.
+func (n *Node) dropGen(ctx context.Context, relay peer.ID, gen uint64) error {
 	ns := n.store.Namespace(discoveryNamespace)
 	for {
 		var keys []string
-		err := ns.List(ctx, storage.ListOptions{Prefix: "d/" + relay.String() + "/", Limit: 1000}, func(k string, _ []byte) error {
+		err := ns.List(ctx, storage.ListOptions{Prefix: genPrefix(relay, gen), Limit: dirTxnOps}, func(k string, _ []byte) error {
 			keys = append(keys, k)
 			return nil
 		})

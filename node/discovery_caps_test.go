@@ -120,23 +120,23 @@ func startHostileDirectory(t *testing.T, n *Node, mode hostileMode) *fakeDirecto
 	})
 }
 
-// copyOf returns what n holds of relay's directory: its entries and their
-// bytes, counted, and the copy state it keeps.
+// copyOf returns what n holds of relay's directory: the entries of the
+// copy lookups use and their bytes, counted, and the copy state it keeps.
 func copyOf(t *testing.T, n *Node, relay peer.ID) (entries int, bytes int64, cp relayCopy) {
 	t.Helper()
 	ns := n.store.Namespace(discoveryNamespace)
-	err := ns.List(context.Background(), storage.ListOptions{Prefix: "d/" + relay.String() + "/"}, func(_ string, v []byte) error {
+	if b, err := ns.Get(context.Background(), "r/"+relay.String()); err == nil {
+		if err := json.Unmarshal(b, &cp); err != nil {
+			t.Fatal(err)
+		}
+	}
+	err := ns.List(context.Background(), storage.ListOptions{Prefix: genPrefix(relay, cp.Gen)}, func(_ string, v []byte) error {
 		entries++
 		bytes += int64(len(v))
 		return nil
 	})
 	if err != nil {
 		t.Fatal(err)
-	}
-	if b, err := ns.Get(context.Background(), "r/"+relay.String()); err == nil {
-		if err := json.Unmarshal(b, &cp); err != nil {
-			t.Fatal(err)
-		}
 	}
 	return entries, bytes, cp
 }
@@ -236,7 +236,7 @@ func TestDirectoryStartOverKeepsCount(t *testing.T) {
 	want("first sync", 30, 30*500)
 
 	// A copy state from before sizes were kept: counted at the next sync.
-	cp := relayCopy{Key: r.pk, Cursor: 40}
+	cp := relayCopy{Key: r.pk, copyGen: copyGen{Cursor: 40}}
 	b := n.store.NewBatch()
 	if err := n.putRelayCopy(b, r.id, cp); err != nil {
 		t.Fatal(err)
@@ -325,7 +325,7 @@ func TestDirectorySyncDeadline(t *testing.T) {
 // TestDirectoryFullPagesFitTheStore: a page as full as a relay sends
 // (256 KiB of entries) of records of 500 bytes is more than one
 // transaction of a device store takes (records under about 620 bytes
-// are); the sync writes it in several, a start over's page
+// are); the sync writes it in several, the last page of a start over
 // included, and the copy's state counts it right.
 func TestDirectoryFullPagesFitTheStore(t *testing.T) {
 	const perPage, box = 493, 500 // a relay's page: 256 KiB of entries of 500 + 32 bytes
@@ -354,8 +354,11 @@ func TestDirectoryFullPagesFitTheStore(t *testing.T) {
 			t.Fatalf("%s: %v", phase, err)
 		}
 		entries, bytes, cp := copyOf(t, n, r.id)
-		if entries != perPage || bytes != perPage*box || cp.Entries != entries || cp.Bytes != bytes {
+		if entries != perPage || bytes != perPage*box || cp.Entries != entries || cp.Bytes != bytes || cp.Staged != nil {
 			t.Fatalf("%s: the copy holds %d entries, %d bytes, its state says %+v; want %d, %d", phase, entries, bytes, cp, perPage, perPage*box)
+		}
+		if _, all := storedEntries(t, n, r.id); all != perPage {
+			t.Fatalf("%s: %d entries stored in all, want %d", phase, all, perPage)
 		}
 	}
 }
