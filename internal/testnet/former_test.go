@@ -55,18 +55,42 @@ func relayEmpty(r *Relay) bool {
 	return feeds == 0 && items == 0 && bytes == 0 && r.Relay().Blobs().Usage() == blobs.Usage{}
 }
 
-// TestMovePurgesFormerHome: the home relay a move replaced is purged of
-// the account's moments feed and media once it is back, while the phone
-// link and the backup the account still uses there stay; deleting the
-// account then purges those too.
-func TestMovePurgesFormerHome(t *testing.T) {
-	var clk clock
+// relayBare reports whether r holds nothing of the account: no moments
+// feed, blob, directory entry or backup.
+func relayBare(r *Relay) bool {
+	return relayEmpty(r) && r.Relay().Discovery().Entries() == 0 && r.Relay().Backup().Backups() == 0
+}
+
+// wantNothingLeft fails for every relay that still holds data of the
+// deleted account.
+func wantNothingLeft(t *testing.T, n *Network) {
+	t.Helper()
+	for _, r := range n.Relays {
+		if !relayBare(r) {
+			t.Errorf("%s still holds data of the deleted account", r.Name)
+		}
+	}
+}
+
+// moveNet starts four relays and one device with an account, on a clock
+// the test moves forward, with a context that ends after timeout.
+func moveNet(t *testing.T, timeout time.Duration) (context.Context, *Network, *clock) {
+	t.Helper()
+	clk := new(clock)
 	n := startNet(t, Config{Relays: 4, Devices: 1, Now: clk.Now})
-	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
-	defer cancel()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	t.Cleanup(cancel)
 	accounts(t, ctx, n)
+	return ctx, n, clk
+}
+
+// linkPhone verifies number for the first device, turns recovery on and
+// returns the relay holding the link and the backup: one of the homes,
+// relays 1-3.
+func linkPhone(ctx context.Context, t *testing.T, n *Network, number string) *Relay {
+	t.Helper()
 	a := n.Devices[0]
-	ph, err := n.VerifyPhone(ctx, a, "+351 91 555 0177")
+	ph, err := n.VerifyPhone(ctx, a, number)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -77,29 +101,62 @@ func TestMovePurgesFormerHome(t *testing.T) {
 	if i < 0 || i > 2 {
 		t.Fatalf("phone relay %s: want one of the homes, relays 1-3", ph.Relay)
 	}
-	dead := n.Relays[i]
-	moveHome(ctx, t, n, &clk, dead)
-	if err := dead.Start(ctx); err != nil {
+	return n.Relays[i]
+}
+
+// wantLinkKept starts former, the relay a move replaced, again and waits
+// until it is purged of the feed and the photo; the directory entry and
+// the backup the account still uses there must stay.
+func wantLinkKept(ctx context.Context, t *testing.T, former *Relay, what string) {
+	t.Helper()
+	if err := former.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	waitCond(ctx, t, "the former home purged of the feed and the photo", func() bool { return relayEmpty(dead) })
-	if e, b := dead.Relay().Discovery().Entries(), dead.Relay().Backup().Backups(); e != 1 || b != 1 {
-		t.Fatalf("the former home holds %d directory entries and %d backups; want the account's, still in use", e, b)
+	waitCond(ctx, t, what+" purged of the feed and the photo", func() bool { return relayEmpty(former) })
+	if e, b := former.Relay().Discovery().Entries(), former.Relay().Backup().Backups(); e != 1 || b != 1 {
+		t.Fatalf("%s (%s) holds %d directory entries and %d backups; want the account's, still in use", what, former.Name, e, b)
 	}
+}
+
+// wantPurgedOnReturn starts former, a home relay a move replaced and the
+// deletion left pending, again and waits until the first device's
+// retries purge it of the feed and the photo.
+func wantPurgedOnReturn(ctx context.Context, t *testing.T, n *Network, former *Relay) {
+	t.Helper()
+	a := n.Devices[0]
+	if err := former.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitCond(ctx, t, "the purge of the former home confirmed", func() bool {
+		p, err := a.Node().PendingPurges(ctx)
+		return err == nil && len(p) == 0
+	})
+	if !relayEmpty(former) {
+		feeds, items, _ := former.Relay().Moments().Stats()
+		t.Fatalf("%s keeps %d feeds, %d frames, blobs %+v after the purge", former.Name, feeds, items, former.Relay().Blobs().Usage())
+	}
+}
+
+// TestMovePurgesFormerHome: the home relay a move replaced is purged of
+// the account's moments feed and media once it is back, while the phone
+// link and the backup the account still uses there stay; deleting the
+// account then purges those too.
+func TestMovePurgesFormerHome(t *testing.T) {
+	ctx, n, clk := moveNet(t, 120*time.Second)
+	a := n.Devices[0]
+	dead := linkPhone(ctx, t, n, "+351 91 555 0177")
+	moveHome(ctx, t, n, clk, dead)
+	wantLinkKept(ctx, t, dead, "the former home")
 	res, err := a.Node().DeleteAccount(ctx)
 	if err != nil || len(res.Pending) != 0 {
 		t.Fatalf("deletion %+v, %v", res, err)
 	}
 	if !slices.ContainsFunc(res.Relays, func(p node.RelayPurge) bool {
-		return strings.Contains(p.Relay, ph.Relay) && p.Former && p.Confirmed
+		return strings.Contains(p.Relay, dead.AddrInfo().ID.String()) && p.Former && p.Confirmed
 	}) {
 		t.Fatalf("deletion reports %+v; want %s, the phone relay, as a former home that confirmed", res.Relays, dead.Name)
 	}
-	for _, r := range n.Relays {
-		if !relayEmpty(r) || r.Relay().Discovery().Entries() != 0 || r.Relay().Backup().Backups() != 0 {
-			t.Errorf("%s still holds data of the deleted account", r.Name)
-		}
-	}
+	wantNothingLeft(t, n)
 }
 
 // TestDeletionReachesFormerHome: deleting the account purges a home
@@ -107,13 +164,9 @@ func TestMovePurgesFormerHome(t *testing.T) {
 // it is down the deletion reports it pending (and former); once it is
 // back the node's retries purge it.
 func TestDeletionReachesFormerHome(t *testing.T) {
-	var clk clock
-	n := startNet(t, Config{Relays: 4, Devices: 1, Now: clk.Now})
-	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
-	defer cancel()
-	accounts(t, ctx, n)
+	ctx, n, clk := moveNet(t, 120*time.Second)
 	a, dead := n.Devices[0], n.Relays[1]
-	moveHome(ctx, t, n, &clk, dead)
+	moveHome(ctx, t, n, clk, dead)
 	res, err := a.Node().DeleteAccount(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -129,17 +182,7 @@ func TestDeletionReachesFormerHome(t *testing.T) {
 			t.Errorf("%s still holds moments of the deleted account", r.Name)
 		}
 	}
-	if err := dead.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	waitCond(ctx, t, "the purge of the former home confirmed", func() bool {
-		p, err := a.Node().PendingPurges(ctx)
-		return err == nil && len(p) == 0
-	})
-	if !relayEmpty(dead) {
-		feeds, items, _ := dead.Relay().Moments().Stats()
-		t.Fatalf("%s keeps %d feeds, %d frames, blobs %+v after the purge", dead.Name, feeds, items, dead.Relay().Blobs().Usage())
-	}
+	wantPurgedOnReturn(ctx, t, n, dead)
 }
 
 // TestRestoredDeviceReachesFormerHome: the backup carries the home relays
@@ -148,11 +191,7 @@ func TestDeletionReachesFormerHome(t *testing.T) {
 // it is down, and purges it of the moments feed, the photo, the prekeys
 // and the mailbox once it is back.
 func TestRestoredDeviceReachesFormerHome(t *testing.T) {
-	var clk clock
-	n := startNet(t, Config{Relays: 4, Devices: 1, Now: clk.Now})
-	ctx, cancel := context.WithTimeout(context.Background(), 150*time.Second)
-	defer cancel()
-	accounts(t, ctx, n)
+	ctx, n, clk := moveNet(t, 150*time.Second)
 	a := n.Devices[0]
 	const number = "+351 91 555 0178"
 	ph, err := n.VerifyPhone(ctx, a, number)
@@ -167,7 +206,7 @@ func TestRestoredDeviceReachesFormerHome(t *testing.T) {
 	i := slices.IndexFunc(n.Relays[:3], func(r *Relay) bool { return r.AddrInfo().ID.String() != ph.Relay })
 	dead := n.Relays[i]
 	deadID := dead.AddrInfo().ID.String()
-	moveHome(ctx, t, n, &clk, dead)
+	moveHome(ctx, t, n, clk, dead)
 	if _, err := a.Node().BackupNow(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -208,21 +247,9 @@ func TestRestoredDeviceReachesFormerHome(t *testing.T) {
 	}) {
 		t.Fatalf("deletion on the restored device %+v; want %s, the home the lost device left, pending and former", del, dead.Name)
 	}
-	if err := dead.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	waitCond(ctx, t, "the purge of the former home confirmed", func() bool {
-		p, err := a.Node().PendingPurges(ctx)
-		return err == nil && len(p) == 0
-	})
-	if !relayEmpty(dead) {
-		feeds, items, _ := dead.Relay().Moments().Stats()
-		t.Fatalf("%s keeps %d feeds, %d frames, blobs %+v after the purge", dead.Name, feeds, items, dead.Relay().Blobs().Usage())
-	}
+	wantPurgedOnReturn(ctx, t, n, dead)
+	wantNothingLeft(t, n)
 	for _, r := range n.Relays {
-		if !relayEmpty(r) || r.Relay().Discovery().Entries() != 0 || r.Relay().Backup().Backups() != 0 {
-			t.Errorf("%s still holds data of the deleted account", r.Name)
-		}
 		for _, ns := range []string{"mailbox", "prekeys"} {
 			scanNamespace(t, r, ns, identity)
 		}
@@ -236,21 +263,10 @@ func TestRestoredDeviceReachesFormerHome(t *testing.T) {
 func movePhoneRelay(ctx context.Context, t *testing.T, n *Network, clk *clock, number string) *Relay {
 	t.Helper()
 	a := n.Devices[0]
-	ph, err := n.VerifyPhone(ctx, a, number)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := a.Node().EnableRecovery(ctx); err != nil {
-		t.Fatal(err)
-	}
-	i := slices.IndexFunc(n.Relays, func(r *Relay) bool { return r.AddrInfo().ID.String() == ph.Relay })
-	if i < 0 || i > 2 {
-		t.Fatalf("phone relay %s: want one of the homes, relays 1-3", ph.Relay)
-	}
-	dead := n.Relays[i]
+	dead := linkPhone(ctx, t, n, number)
 	moveHome(ctx, t, n, clk, dead)
 	got, err := a.Node().Phone(ctx)
-	if err != nil || !got.Verified || got.Relay != ph.Relay || !got.NeedsReverification {
+	if err != nil || !got.Verified || got.Relay != dead.AddrInfo().ID.String() || !got.NeedsReverification {
 		t.Fatalf("phone after the move: %+v, %v; want verified on %s, needing reverification", got, err, dead.Name)
 	}
 	if rs, err := a.Node().Recovery(ctx); err != nil || !rs.PhoneNeedsReverification {
@@ -292,7 +308,7 @@ func wantMovedOff(ctx context.Context, t *testing.T, n *Network, old, moved *Rel
 	t.Helper()
 	a := n.Devices[0]
 	waitCond(ctx, t, "the former phone relay purged of everything, link and backup included", func() bool {
-		return relayEmpty(old) && old.Relay().Discovery().Entries() == 0 && old.Relay().Backup().Backups() == 0
+		return relayBare(old)
 	})
 	waitCond(ctx, t, "the backup listed on the new phone relay only", func() bool {
 		rs, err := a.Node().Recovery(ctx)
@@ -305,11 +321,7 @@ func wantMovedOff(ctx context.Context, t *testing.T, n *Network, old, moved *Rel
 	if err != nil || len(res.Pending) != 0 {
 		t.Fatalf("deletion %+v, %v", res, err)
 	}
-	for _, r := range n.Relays {
-		if !relayEmpty(r) || r.Relay().Discovery().Entries() != 0 || r.Relay().Backup().Backups() != 0 {
-			t.Errorf("%s still holds data of the deleted account", r.Name)
-		}
-	}
+	wantNothingLeft(t, n)
 }
 
 // TestMoveOffPhoneRelay: a move replaces the relay holding the phone link
@@ -319,13 +331,9 @@ func wantMovedOff(ctx context.Context, t *testing.T, n *Network, old, moved *Rel
 // home relay, and when the replaced relay comes back it is purged of its
 // old copies too.
 func TestMoveOffPhoneRelay(t *testing.T) {
-	var clk clock
-	n := startNet(t, Config{Relays: 4, Devices: 1, Now: clk.Now})
-	ctx, cancel := context.WithTimeout(context.Background(), 150*time.Second)
-	defer cancel()
-	accounts(t, ctx, n)
+	ctx, n, clk := moveNet(t, 150*time.Second)
 	const number = "+351 91 555 0179"
-	dead := movePhoneRelay(ctx, t, n, &clk, number)
+	dead := movePhoneRelay(ctx, t, n, clk, number)
 	moved := verifyAgain(ctx, t, n, number, dead)
 	if err := dead.Start(ctx); err != nil {
 		t.Fatal(err)
@@ -339,20 +347,10 @@ func TestMoveOffPhoneRelay(t *testing.T) {
 // current home for the code, not the old relay, and then the old link and
 // backup go too.
 func TestMoveOffPhoneRelayBack(t *testing.T) {
-	var clk clock
-	n := startNet(t, Config{Relays: 4, Devices: 1, Now: clk.Now})
-	ctx, cancel := context.WithTimeout(context.Background(), 150*time.Second)
-	defer cancel()
-	accounts(t, ctx, n)
+	ctx, n, clk := moveNet(t, 150*time.Second)
 	const number = "+351 91 555 0180"
-	old := movePhoneRelay(ctx, t, n, &clk, number)
-	if err := old.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	waitCond(ctx, t, "the former phone relay purged of the feed and the photo", func() bool { return relayEmpty(old) })
-	if e, b := old.Relay().Discovery().Entries(), old.Relay().Backup().Backups(); e != 1 || b != 1 {
-		t.Fatalf("%s holds %d directory entries and %d backups; want the account's, still in use", old.Name, e, b)
-	}
+	old := movePhoneRelay(ctx, t, n, clk, number)
+	wantLinkKept(ctx, t, old, "the former phone relay")
 	if ph, err := n.Devices[0].Node().Phone(ctx); err != nil || !ph.NeedsReverification {
 		t.Fatalf("phone with the old relay back: %+v, %v; want it still needing reverification", ph, err)
 	}
