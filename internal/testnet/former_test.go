@@ -213,15 +213,7 @@ func TestRestoredDeviceReachesFormerHome(t *testing.T) {
 	identity := accountSecrets(t, a)
 
 	// The phone is lost; the account comes back on a new one.
-	if err := a.Lose(); err != nil {
-		t.Fatal(err)
-	}
-	if err := a.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := n.WaitReady(ctx); err != nil {
-		t.Fatal(err)
-	}
+	replacePhone(ctx, t, n, a)
 	st, err := a.Node().StartRecovery(ctx, number, ph.Relay)
 	if err != nil {
 		t.Fatal(err)

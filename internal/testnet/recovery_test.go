@@ -34,6 +34,21 @@ func wantNoAccount(t *testing.T, d *Device, when string) {
 	}
 }
 
+// replacePhone loses d's phone and starts d again as a new, empty device
+// on the same data dir, then waits until the network is ready.
+func replacePhone(ctx context.Context, t *testing.T, n *Network, d *Device) {
+	t.Helper()
+	if err := d.Lose(); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestAccountRecovery: through real relays, an account with a verified
 // number and recovery on loses its phone; a new device restores it from
 // the number and the secret — same account, contacts back, mail flowing
@@ -111,15 +126,7 @@ func TestAccountRecovery(t *testing.T) {
 
 	// The phone is lost; a new one starts empty on the same data dir.
 	oldPeer := a.Node().ID()
-	if err := a.Lose(); err != nil {
-		t.Fatal(err)
-	}
-	if err := a.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := n.WaitReady(ctx); err != nil {
-		t.Fatal(err)
-	}
+	replacePhone(ctx, t, n, a)
 	if a.Node().ID() == oldPeer {
 		t.Fatal("the new device has the lost one's peer id")
 	}
