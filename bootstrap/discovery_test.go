@@ -14,9 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/libp2p/go-libp2p"
-	"github.com/libp2p/go-libp2p/core/peerstore"
-
 	"github.com/kinmesh/kinmesh/protocols/contact"
 	"github.com/kinmesh/kinmesh/protocols/discovery"
 	"github.com/kinmesh/kinmesh/protocols/e2ee"
@@ -106,12 +103,7 @@ func (s *syncBuffer) String() string {
 func TestRelayServesDiscovery(t *testing.T) {
 	var console syncBuffer
 	r := startRelay(t, Config{HTTP: "127.0.0.1:0", SMSConsole: &console})
-	h, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"), libp2p.DisableMetrics())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
-	h.Peerstore().AddAddrs(r.ID(), r.AddrInfo().Addrs, peerstore.PermanentAddrTTL)
+	h := clientHost(t, r)
 	c, err := discovery.NewClient(h)
 	if err != nil {
 		t.Fatal(err)

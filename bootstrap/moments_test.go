@@ -14,9 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/libp2p/go-libp2p"
-	"github.com/libp2p/go-libp2p/core/peerstore"
-
 	"github.com/kinmesh/kinmesh/protocols/blobs"
 	"github.com/kinmesh/kinmesh/protocols/moments"
 )
@@ -75,12 +72,7 @@ media_ip_upload_burst = 209715200
 // counted on /metrics.
 func TestRelayMediaIPBudget(t *testing.T) {
 	r := startRelay(t, Config{HTTP: "127.0.0.1:0", MediaIPUploadBurst: blobs.MaxBlobSize})
-	h, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"), libp2p.DisableMetrics())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
-	h.Peerstore().AddAddrs(r.ID(), r.AddrInfo().Addrs, peerstore.PermanentAddrTTL)
+	h := clientHost(t, r)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	bc, _ := blobs.NewClient(h)
@@ -123,12 +115,7 @@ func TestRelayMediaIPBudget(t *testing.T) {
 // exports both services' metrics.
 func TestRelayKeepsMoments(t *testing.T) {
 	r := startRelay(t, Config{HTTP: "127.0.0.1:0"})
-	h, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"), libp2p.DisableMetrics())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
-	h.Peerstore().AddAddrs(r.ID(), r.AddrInfo().Addrs, peerstore.PermanentAddrTTL)
+	h := clientHost(t, r)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	mc, _ := moments.NewClient(h)

@@ -12,9 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/libp2p/go-libp2p"
-	"github.com/libp2p/go-libp2p/core/peerstore"
-
 	"github.com/kinmesh/kinmesh/protocols/e2ee"
 	"github.com/kinmesh/kinmesh/protocols/prekeys"
 )
@@ -56,12 +53,7 @@ prekey_max_accounts = 1000
 // with its metrics on the relay's registry.
 func TestRelayServesPrekeys(t *testing.T) {
 	r := startRelay(t, Config{HTTP: "127.0.0.1:0"})
-	h, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"), libp2p.DisableMetrics())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
-	h.Peerstore().AddAddrs(r.ID(), r.AddrInfo().Addrs, peerstore.PermanentAddrTTL)
+	h := clientHost(t, r)
 	c, err := prekeys.NewClient(h)
 	if err != nil {
 		t.Fatal(err)

@@ -13,6 +13,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/libp2p/go-libp2p"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/peerstore"
 	"go.uber.org/goleak"
 )
 
@@ -46,6 +49,19 @@ func startRelay(t *testing.T, cfg Config) *Relay {
 	}
 	t.Cleanup(func() { _ = r.Close() })
 	return r
+}
+
+// clientHost starts a libp2p host on loopback that knows r's addresses,
+// closed when the test ends.
+func clientHost(t *testing.T, r *Relay) host.Host {
+	t.Helper()
+	h, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"), libp2p.DisableMetrics())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = h.Close() })
+	h.Peerstore().AddAddrs(r.ID(), r.AddrInfo().Addrs, peerstore.PermanentAddrTTL)
+	return h
 }
 
 func TestConfigFile(t *testing.T) {

@@ -16,8 +16,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/libp2p/go-libp2p"
-	"github.com/libp2p/go-libp2p/core/peerstore"
 	pturn "github.com/pion/turn/v5"
 
 	"github.com/kinmesh/kinmesh/protocols/e2ee"
@@ -107,12 +105,7 @@ func turnRelay(t *testing.T, cfg Config) (*Relay, turn.Credentials) {
 	if r.TURN() == nil {
 		t.Fatal("the relay runs no TURN server")
 	}
-	h, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"), libp2p.DisableMetrics())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = h.Close() })
-	h.Peerstore().AddAddrs(r.ID(), r.AddrInfo().Addrs, peerstore.PermanentAddrTTL)
+	h := clientHost(t, r)
 	id, err := e2ee.NewIdentity(rand.Reader)
 	if err != nil {
 		t.Fatal(err)
