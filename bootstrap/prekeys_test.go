@@ -4,8 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
-	"io"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -85,16 +83,5 @@ func TestRelayServesPrekeys(t *testing.T) {
 		t.Fatalf("relay holds %d accounts, want 1", r.Prekeys().Accounts())
 	}
 
-	resp, err := http.Get("http://" + r.HTTPAddr() + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	http.DefaultClient.CloseIdleConnections()
-	for _, want := range []string{"kinmesh_prekeys_accounts 1", `kinmesh_prekeys_fetches_total{result="ok"} 1`} {
-		if !strings.Contains(string(body), want) {
-			t.Errorf("/metrics lacks %q", want)
-		}
-	}
+	wantMetrics(t, r, "kinmesh_prekeys_accounts 1", `kinmesh_prekeys_fetches_total{result="ok"} 1`)
 }

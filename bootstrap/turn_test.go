@@ -172,6 +172,18 @@ func metricsText(t *testing.T, r *Relay) string {
 	return string(b)
 }
 
+// wantMetrics fails for each of wants that r's /metrics lacks.
+func wantMetrics(t *testing.T, r *Relay, wants ...string) {
+	t.Helper()
+	body := metricsText(t, r)
+	http.DefaultClient.CloseIdleConnections()
+	for _, want := range wants {
+		if !strings.Contains(body, want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+}
+
 // metric returns the value of the sample whose line starts with name.
 func metric(t *testing.T, text, name string) float64 {
 	t.Helper()
