@@ -64,6 +64,21 @@ media_ip_upload_burst = 209715200
 	}
 }
 
+// putPhoto seals a photo (one chunk) under a fresh key and puts it on r,
+// to be deleted with deleteKey.
+func putPhoto(ctx context.Context, t *testing.T, bc *blobs.Client, r *Relay, deleteKey ed25519.PublicKey) {
+	t.Helper()
+	var key [32]byte
+	_, _ = rand.Read(key[:])
+	s, err := blobs.Seal(&key, []byte("a photo"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bc.Put(ctx, r.ID(), s, deleteKey); err != nil {
+		t.Fatalf("Put of a photo (one chunk): %v", err)
+	}
+}
+
 // TestRelayMediaIPBudget: media_ip_upload_burst reaches the blob
 // service: with room for one video, one chunk first leaves too little for
 // a 52 MiB video, refused (before any of its chunks) as rate limited and
@@ -75,15 +90,7 @@ func TestRelayMediaIPBudget(t *testing.T) {
 	defer cancel()
 	bc, _ := blobs.NewClient(h)
 	_, dk, _ := ed25519.GenerateKey(rand.Reader)
-	var key [32]byte
-	_, _ = rand.Read(key[:])
-	small, err := blobs.Seal(&key, []byte("a photo"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := bc.Put(ctx, r.ID(), small, dk.Public().(ed25519.PublicKey)); err != nil {
-		t.Fatalf("Put of one chunk: %v", err)
-	}
+	putPhoto(ctx, t, bc, r, dk.Public().(ed25519.PublicKey))
 	// A video of the largest size; the relay refuses it on its hashes,
 	// so its chunks may all be one.
 	chunk := make([]byte, blobs.ChunkSize)
@@ -116,14 +123,6 @@ func TestRelayKeepsMoments(t *testing.T) {
 		t.Fatal("the relay did not join the registered topic")
 	}
 	bc, _ := blobs.NewClient(h)
-	var secret [32]byte
-	_, _ = rand.Read(secret[:])
-	s, err := blobs.Seal(&secret, []byte("a photo"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := bc.Put(ctx, r.ID(), s, owner.Public().(ed25519.PublicKey)); err != nil {
-		t.Fatalf("Put: %v", err)
-	}
+	putPhoto(ctx, t, bc, r, owner.Public().(ed25519.PublicKey))
 	wantMetrics(t, r, "kinmesh_moments_feeds 1", `kinmesh_moments_requests_total{op="register",result="ok"} 1`, "kinmesh_blobs_stored 1", "kinmesh_blobs_stored_bytes 262144")
 }
