@@ -135,6 +135,20 @@ func TestCommitReleasesClaim(t *testing.T) {
 	}
 }
 
+// openPut sends, on a stream rawStream opened, the put request for s, and
+// fails unless the relay answers ok.
+func openPut(t *testing.T, c *Client, st network.Stream, rd *wire.Reader, s *Sealed) error {
+	t.Helper()
+	req := request{kind: reqPut, id: s.ID, hashes: s.Hashes, deleteKey: deleteKeyOf(t, s.ID).Public().(ed25519.PublicKey)}
+	if err := wire.Write(st, encodeRequest(req), maxRequestFrame); err != nil {
+		return err
+	}
+	if resp, err := c.readResponse(st, rd); err != nil || resp.code != CodeOK {
+		t.Fatalf("put answer: %+v, %v; want ok", resp, err)
+	}
+	return nil
+}
+
 // TestCorruptChunk: a chunk that doesn't match its hash ends the upload
 // with ErrCorrupt, leaves nothing behind and frees the reservation.
 func TestCorruptChunk(t *testing.T) {
@@ -143,12 +157,8 @@ func TestCorruptChunk(t *testing.T) {
 	s, _, _ := sealed(t, 2*chunkPlain)
 	var code Code
 	err := rawStream(t, c, r.ID(), func(st network.Stream, rd *wire.Reader) error {
-		req := request{kind: reqPut, id: s.ID, hashes: s.Hashes, deleteKey: deleteKeyOf(t, s.ID).Public().(ed25519.PublicKey)}
-		if err := wire.Write(st, encodeRequest(req), maxRequestFrame); err != nil {
+		if err := openPut(t, c, st, rd, s); err != nil {
 			return err
-		}
-		if r, err := c.readResponse(st, rd); err != nil || r.code != CodeOK {
-			t.Fatalf("put answer: %+v, %v", r, err)
 		}
 		if err := wire.Write(st, encodeChunk(0, s.Chunks[0]), maxChunkFrame); err != nil {
 			return err
@@ -360,12 +370,8 @@ func TestIPUploadBudget(t *testing.T) {
 	s4 := blob(1)
 	var code Code
 	err := rawStream(t, a, r.ID(), func(st network.Stream, rd *wire.Reader) error {
-		req := request{kind: reqPut, id: s4.ID, hashes: s4.Hashes, deleteKey: deleteKeyOf(t, s4.ID).Public().(ed25519.PublicKey)}
-		if err := wire.Write(st, encodeRequest(req), maxRequestFrame); err != nil {
+		if err := openPut(t, a, st, rd, s4); err != nil {
 			return err
-		}
-		if resp, err := a.readResponse(st, rd); err != nil || resp.code != CodeOK {
-			t.Fatalf("put answer: %+v, %v; want ok", resp, err)
 		}
 		bad := bytes.Clone(s4.Chunks[0])
 		bad[0] ^= 1
@@ -386,12 +392,8 @@ func TestIPUploadBudget(t *testing.T) {
 	// So does an upload whose stream breaks before its chunk.
 	clk.Advance(time.Hour + time.Minute)
 	_ = rawStream(t, a, r.ID(), func(st network.Stream, rd *wire.Reader) error {
-		req := request{kind: reqPut, id: s4.ID, hashes: s4.Hashes, deleteKey: deleteKeyOf(t, s4.ID).Public().(ed25519.PublicKey)}
-		if err := wire.Write(st, encodeRequest(req), maxRequestFrame); err != nil {
+		if err := openPut(t, a, st, rd, s4); err != nil {
 			return err
-		}
-		if resp, err := a.readResponse(st, rd); err != nil || resp.code != CodeOK {
-			t.Fatalf("put answer: %+v, %v; want ok", resp, err)
 		}
 		return errors.New("client gives up") // roundTrip resets the stream
 	})
