@@ -355,13 +355,17 @@ func (s *Service) put(ctx context.Context, st netkit.Stream, rd *wire.Reader, sc
 		s.tr.request("put", code, 0)
 		return s.reply(st, response{code: code, retryAfter: wait})
 	}
-	committed := false
-	defer func() {
-		if !committed {
+	// An upload that doesn't commit gives its reservation back before
+	// the answer goes out, so that the uploader's retry finds it free.
+	done := false
+	release := func() {
+		if !done {
+			done = true
 			s.unclaim(req.id, uploader, size)
 			s.ipLim.Refund(src, int(size/ChunkSize))
 		}
-	}()
+	}
+	defer release()
 	m := meta{hashes: req.hashes, deleteKey: req.deleteKey, uploader: uploader, created: s.cfg.now()}
 	b := s.store.NewBatch()
 	_ = b.Put(s.ns, keyMeta+k, m.encode())
@@ -369,6 +373,7 @@ func (s *Service) put(ctx context.Context, st netkit.Stream, rd *wire.Reader, sc
 	if err := b.CommitUnsynced(ctx); err != nil {
 		s.log.Warn("put: record upload", "err", err)
 		s.tr.request("put", CodeUnavailable, 0)
+		release()
 		return s.reply(st, response{code: CodeUnavailable})
 	}
 	code, err = s.receive(ctx, st, rd, scope, k, m, n)
@@ -376,6 +381,7 @@ func (s *Service) put(ctx context.Context, st netkit.Stream, rd *wire.Reader, sc
 		if derr := s.dropUpload(context.WithoutCancel(ctx), k); derr != nil {
 			s.log.Warn("put: drop failed upload", "err", derr)
 		}
+		release()
 		if err != nil {
 			s.tr.request("put", CodeUnavailable, 0)
 			return err
@@ -385,12 +391,13 @@ func (s *Service) put(ctx context.Context, st netkit.Stream, rd *wire.Reader, sc
 	}
 	s.tr.request("put", CodeOK, int(size))
 	u, err := s.commitPut(ctx, req.id, k, m)
-	committed = err == nil
 	if err != nil {
 		s.log.Warn("put: commit", "err", err)
 		_ = s.dropUpload(context.WithoutCancel(ctx), k)
+		release()
 		return s.reply(st, response{code: CodeUnavailable})
 	}
+	done = true // commitPut took the reservation over
 	return s.reply(st, response{code: CodeOK, usage: &u})
 }
 
