@@ -389,7 +389,7 @@ func (n *Node) relayKey(ctx context.Context, c *discovery.Client, relay peer.ID)
 	if len(cp.Key) > 0 {
 		return discovery.ParsePublicKey(cp.Key)
 	}
-	p, err := c.List(ctx, relay, 0, 0)
+	p, err := c.List(ctx, relay, discovery.Listing{}, 0)
 	if err != nil {
 		return discovery.PublicKey{}, err
 	}
@@ -488,7 +488,7 @@ func (n *Node) syncPages(ctx context.Context, c *discovery.Client, relay peer.ID
 		if cp.Staged != nil {
 			since = cp.Staged.Cursor
 		}
-		p, err := c.List(ctx, relay, since, limit)
+		p, err := c.List(ctx, relay, discovery.Listing{Since: since}, limit)
 		if err != nil {
 			return pinned, err
 		}

@@ -206,16 +206,18 @@ func (c *Client) evaluateBatch(ctx context.Context, relay peer.ID, id *e2ee.Iden
 	return out, nil
 }
 
-// List fetches one page of relay's directory: the changes after since (0
-// for the whole directory), at most limit entries (at most
-// MaxPageEntries; 0 for the header only). Anyone may list.
-func (c *Client) List(ctx context.Context, relay peer.ID, since uint64, limit int) (*Page, error) {
+// List fetches one page of relay's directory: the changes after
+// at.Since (the zero Listing for the whole directory), at most limit
+// entries (at most MaxPageEntries; 0 for the header only). A listing in
+// progress passes its Base too (see Listing), so the relay asks it to
+// start over only if it may have missed a deletion. Anyone may list.
+func (c *Client) List(ctx context.Context, relay peer.ID, at Listing, limit int) (*Page, error) {
 	if limit < 0 || limit > MaxPageEntries {
 		return nil, fmt.Errorf("discovery: list: limit %d not in [0, %d]", limit, MaxPageEntries)
 	}
 	var page *Page
 	err := c.roundTrip(ctx, relay, func(st network.Stream, rd *wire.Reader) error {
-		if err := wire.Write(st, encodeRequest(request{kind: reqList, since: since, limit: limit}), maxRequestFrame); err != nil {
+		if err := wire.Write(st, encodeRequest(request{kind: reqList, since: at.Since, base: at.Base, limit: limit}), maxRequestFrame); err != nil {
 			return err
 		}
 		r, err := readResponse(rd)
@@ -259,7 +261,7 @@ func (c *Client) Sync(ctx context.Context, relay peer.ID, dir *Directory) (int, 
 		if pages == c.cfg.syncPages {
 			return n, fmt.Errorf("discovery: sync relay %s: still more after %d pages: %w", relay, pages, ErrDirectoryTooLarge)
 		}
-		p, err := c.List(ctx, relay, dir.Cursor, MaxPageEntries)
+		p, err := c.List(ctx, relay, dir.Listing(), c.cfg.pageEntries)
 		if err != nil {
 			// The stream's deadline is the sync's: it may fire first.
 			if parent.Err() == nil && (ctx.Err() != nil || !time.Now().Before(deadline)) {

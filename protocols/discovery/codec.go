@@ -52,6 +52,7 @@ type request struct {
 	kind reqKind
 
 	since uint64 // list
+	base  uint64 // list
 	limit int    // list
 
 	identity []byte // owner: e2ee PublicIdentity encoding
@@ -81,7 +82,7 @@ func decodeRequest(b []byte) (request, Code) {
 		r.kind = reqHello
 	case *pb.Request_List:
 		r.kind = reqList
-		r.since = body.List.GetSince()
+		r.since, r.base = body.List.GetSince(), body.List.GetBase()
 		if body.List.GetLimit() > MaxPageEntries {
 			return r, CodeMalformed
 		}
@@ -105,7 +106,7 @@ func encodeRequest(r request) *pb.Request {
 	case reqHello:
 		return &pb.Request{Body: &pb.Request_Hello{Hello: &pb.Hello{}}}
 	case reqList:
-		return &pb.Request{Body: &pb.Request_List{List: &pb.List{Since: r.since, Limit: uint32(r.limit)}}}
+		return &pb.Request{Body: &pb.Request_List{List: &pb.List{Since: r.since, Limit: uint32(r.limit), Base: r.base}}}
 	case reqOwner:
 		return &pb.Request{Body: &pb.Request_Owner{Owner: &pb.OwnerRequest{Identity: r.identity, Body: r.body, Signature: r.sig}}}
 	}
@@ -233,21 +234,40 @@ func validCode(s string) bool {
 	return true
 }
 
+// Listing is where a client stands in listing a relay's directory, as a
+// List request tells the relay. The zero Listing asks for the whole
+// directory, to a client that holds nothing of it.
+type Listing struct {
+	// Since is the cursor: the Next of the last page applied (0: none).
+	Since uint64
+	// Base is the Version of the listing's first page, the one listed
+	// from Since 0 (or the page that said to start over): deletions up
+	// to there were made before the listing began, so the relay need not
+	// remember them for it. 0 means unknown: the relay then asks a
+	// listing that goes on from below its floor to start over, even a
+	// listing that began after every deletion it forgot.
+	Base uint64
+}
+
 // Page is one page of a relay's directory: the changes after the cursor
 // the client passed, oldest first.
 type Page struct {
 	// PublicKey is the relay's OPRF public key: the entries derive from
 	// the matching private key.
 	PublicKey PublicKey
-	// Version is the sequence number of the directory's latest change.
+	// Version is the sequence number of the directory's latest change
+	// (at least Next). The Version of a listing's first page is its
+	// Listing.Base.
 	Version uint64
 	// Next is the cursor to pass for the following page (and, once More
 	// is false, for the next sync).
 	Next uint64
 	// More says there are changes after Next.
 	More bool
-	// StartOver says the cursor passed was too old (or unknown): drop every
-	// entry held for this relay and list again from 0.
+	// StartOver says the listing passed may miss a deletion the relay has
+	// forgotten (or is unknown to it): drop every entry held for this
+	// relay and list again from 0. The page is the first of that
+	// listing, from 0.
 	StartOver bool
 	// Total is how many live entries the directory holds.
 	Total int

@@ -9,7 +9,7 @@ import (
 // next Sync fetches only what changed since. Its PublicKey is the relay's
 // OPRF key, pinned by the first page applied. A Directory is not safe for
 // concurrent use. Devices that keep the copy across restarts persist the
-// pages' entries themselves (node does, in its store).
+// pages' entries, Cursor and Base themselves (node does, in its store).
 //
 // A copy is bounded like the node's stored one: at most MaxCopyEntries
 // entries and MaxCopyBytes of sealed records. A page that would take it
@@ -25,6 +25,12 @@ type Directory struct {
 	PublicKey PublicKey
 	// Cursor is the Page.Next of the last page applied.
 	Cursor uint64
+	// Base is the Page.Version of the first page of the listing Cursor
+	// belongs to (the page applied at Cursor 0, or the last that said to
+	// start over). Sync sends it with Cursor (Listing): the relay asks a
+	// listing to start over only if it may have missed a deletion, not
+	// for every deletion it forgot before the listing began.
+	Base uint64
 
 	held  entrySet  // the copy
 	fresh *entrySet // the listing of a start over under way, until its last page
@@ -48,7 +54,9 @@ func NewDirectory(pk PublicKey) *Directory {
 
 // Apply applies a page: adds, replaces and deletes entries, and moves the
 // cursor; a page that says to start over begins a fresh listing, which
-// replaces the copy once a page says there is no more. A page that fails
+// replaces the copy once a page says there is no more. A page applied at
+// Cursor 0 or that says to start over is the first of a listing: its
+// Version becomes Base. A page that fails
 // changes nothing: one of another key than the pinned one
 // (ErrKeyChanged), and one that would take the copy (or the fresh
 // listing) beyond MaxCopyEntries or MaxCopyBytes (ErrDirectoryTooLarge).
@@ -79,6 +87,9 @@ func (d *Directory) Apply(p *Page) error {
 		d.fresh = target
 	}
 	target.apply(p.Entries)
+	if d.Cursor == 0 || p.StartOver {
+		d.Base = p.Version
+	}
 	d.Cursor = p.Next
 	if d.fresh != nil && !p.More {
 		d.held, d.fresh = *d.fresh, nil
@@ -137,6 +148,9 @@ func (s *entrySet) apply(es []Entry) {
 		}
 	}
 }
+
+// Listing returns where the copy's listing stands, for the next List.
+func (d *Directory) Listing() Listing { return Listing{Since: d.Cursor, Base: d.Base} }
 
 // Len returns how many entries the copy holds.
 func (d *Directory) Len() int { return len(d.held.boxes) }

@@ -23,20 +23,20 @@ import (
 
 // copyState is what a Directory holds, for comparing before and after.
 type copyState struct {
-	key    PublicKey
-	cursor uint64
-	boxes  map[EntryID][]byte
+	key          PublicKey
+	cursor, base uint64
+	boxes        map[EntryID][]byte
 }
 
 func stateOf(d *Directory) copyState {
-	return copyState{key: d.PublicKey, cursor: d.Cursor, boxes: maps.Clone(d.held.boxes)}
+	return copyState{key: d.PublicKey, cursor: d.Cursor, base: d.Base, boxes: maps.Clone(d.held.boxes)}
 }
 
 // sameCopy fails unless d holds exactly what was.
 func sameCopy(t *testing.T, d *Directory, was copyState) {
 	t.Helper()
-	if !d.PublicKey.Equal(was.key) || d.Cursor != was.cursor {
-		t.Fatalf("copy moved: key %v, cursor %d; want %v, %d", d.PublicKey, d.Cursor, was.key, was.cursor)
+	if !d.PublicKey.Equal(was.key) || d.Cursor != was.cursor || d.Base != was.base {
+		t.Fatalf("copy moved: key %v, cursor %d, base %d; want %v, %d, %d", d.PublicKey, d.Cursor, d.Base, was.key, was.cursor, was.base)
 	}
 	if !maps.EqualFunc(d.held.boxes, was.boxes, bytes.Equal) {
 		t.Fatalf("copy changed: %d entries, want the %d held before", d.Len(), len(was.boxes))
@@ -459,7 +459,7 @@ func TestSyncRefusesDirectoryBeyondCaps(t *testing.T) {
 		t.Fatal(err)
 	}
 	clk.Advance(DefaultTombstoneTTL + time.Hour)
-	if p, err := c.List(ctx, r.ID(), dir.Cursor, 0); err != nil || !p.StartOver {
+	if p, err := c.List(ctx, r.ID(), dir.Listing(), 0); err != nil || !p.StartOver {
 		t.Fatalf("list from the copy's cursor: %+v, %v; want start over", p, err)
 	}
 	if _, err := c.Sync(ctx, r.ID(), dir); !errors.Is(err, ErrDirectoryTooLarge) {

@@ -445,9 +445,9 @@ func TestDirectoryPaging(t *testing.T) {
 		accts, nums = append(accts, a), append(nums, n)
 	}
 	var seen []Entry
-	since := uint64(0)
+	var at Listing
 	for pages := 0; ; pages++ {
-		p, err := c.List(ctx, r.ID(), since, 7)
+		p, err := c.List(ctx, r.ID(), at, 7)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -455,7 +455,10 @@ func TestDirectoryPaging(t *testing.T) {
 			t.Fatalf("page %d: %d entries, start over %v, total %d", pages, len(p.Entries), p.StartOver, p.Total)
 		}
 		seen = append(seen, p.Entries...)
-		since = p.Next
+		if pages == 0 {
+			at.Base = p.Version
+		}
+		at.Since = p.Next
 		if !p.More {
 			if pages != 3 || p.Next != p.Version {
 				t.Fatalf("%d pages, next %d, version %d; want 4 pages ending at the version", pages+1, p.Next, p.Version)
@@ -495,7 +498,7 @@ func TestDirectoryPaging(t *testing.T) {
 	// A month later the deletion is forgotten: cursors before it start
 	// over, newer ones don't.
 	clk.Advance(DefaultTombstoneTTL + time.Hour)
-	p, err := c.List(ctx, r.ID(), old.Cursor, 1)
+	p, err := c.List(ctx, r.ID(), old.Listing(), 1)
 	if err != nil || !p.StartOver {
 		t.Fatalf("old cursor: %+v, %v; want start over", p, err)
 	}
@@ -506,7 +509,7 @@ func TestDirectoryPaging(t *testing.T) {
 		t.Fatalf("Sync up to date: %d, %v", n, err)
 	}
 	// A cursor from the future (a relay that lost its data) starts over.
-	p, err = c.List(ctx, r.ID(), 1<<40, 1)
+	p, err = c.List(ctx, r.ID(), Listing{Since: 1 << 40}, 1)
 	if err != nil || !p.StartOver {
 		t.Fatalf("future cursor: %+v, %v; want start over", p, err)
 	}
@@ -516,7 +519,7 @@ func TestDirectoryPaging(t *testing.T) {
 		}
 	}
 	// List limits are checked.
-	if _, err := c.List(ctx, r.ID(), 0, MaxPageEntries+1); err == nil {
+	if _, err := c.List(ctx, r.ID(), Listing{}, MaxPageEntries+1); err == nil {
 		t.Fatal("client sent a list over the page cap")
 	}
 }
@@ -525,11 +528,11 @@ func TestListRateLimit(t *testing.T) {
 	r := startRelay(t, nil, WithListRate(1, 2))
 	c := newClient(t, r)
 	for range 2 {
-		if _, err := c.List(testCtx(t), r.ID(), 0, 10); err != nil {
+		if _, err := c.List(testCtx(t), r.ID(), Listing{}, 10); err != nil {
 			t.Fatal(err)
 		}
 	}
-	_, err := c.List(testCtx(t), r.ID(), 0, 10)
+	_, err := c.List(testCtx(t), r.ID(), Listing{}, 10)
 	wantCode(t, err, ErrRateLimited)
 }
 
@@ -581,7 +584,7 @@ func TestCloseUnblocksStreams(t *testing.T) {
 	case <-testCtx(t).Done():
 		t.Fatal("Close blocked on a stream in flight")
 	}
-	if _, err := c.List(testCtx(t), r.ID(), 0, 0); err == nil {
+	if _, err := c.List(testCtx(t), r.ID(), Listing{}, 0); err == nil {
 		t.Fatal("a closed service answered")
 	}
 }

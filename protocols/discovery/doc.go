@@ -47,10 +47,20 @@
 // length and a protobuf message (protocols/wire; pb/discovery.proto):
 //
 //	list (anyone)
-//	  C → R  Request{list: {since, limit ≤ 1024}}                 ≤ 128 B
+//	  C → R  Request{list: {since, limit ≤ 1024, base}}           ≤ 128 B
 //	  R → C  Response{code, page: {public_key, version, next,
 //	         more, start_over, entries_total, entries[{seq, id (16), box}]}}
 //	                                                              ≤ 256 KiB + one entry
+//
+// since is the client's cursor (the next of the last page it applied),
+// base the version of its listing's first page (the one from since 0).
+// The relay forgets deletions after a while, raising its floor to the
+// newest it forgot, and answers start_over (and the first page of a
+// listing from 0) when the listing may have missed one: since and base
+// both 0 never (a fresh listing), else when floor > max(since, base) or
+// since or base is beyond its latest change. Deletions at or below base
+// were made before the listing began; a client that sends no base
+// (older ones) starts over whenever since is below the floor.
 //
 //	account operation
 //	  C → R  Request{hello: {}}                                   ≤ 128 B

@@ -39,6 +39,15 @@ func withSyncPages(n int) ClientOption {
 	}
 }
 
+// withPageEntries makes Sync ask for pages of n entries instead of
+// MaxPageEntries: a listing of a few entries takes several pages.
+func withPageEntries(n int) ClientOption {
+	return func(c *clientConfig) error {
+		c.pageEntries = n
+		return nil
+	}
+}
+
 // newCappedDirectory returns an empty copy with caps of its own instead
 // of MaxCopyEntries and MaxCopyBytes.
 func newCappedDirectory(pk PublicKey, entries int, bytes int64) *Directory {

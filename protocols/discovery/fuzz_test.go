@@ -39,6 +39,8 @@ func fuzzSeeds(t testing.TB) (requests, bodies, responses, records [][]byte) {
 	requests = append(requests,
 		marshal(encodeRequest(request{kind: reqHello})),
 		marshal(encodeRequest(request{kind: reqList, since: 7, limit: 100})),
+		marshal(encodeRequest(request{kind: reqList, since: 7, limit: 100, base: 9})),
+		marshal(encodeRequest(request{kind: reqList, base: 9})),
 	)
 	var y Output
 	y[0] = 1
@@ -186,9 +188,11 @@ func FuzzDecodeResponse(f *testing.F) {
 // and checks it against a plain model: a page is applied whole or, if
 // the copy (or a start over's listing) would break a cap, not at all;
 // a start over replaces the copy only with its last page; the copy
-// never exceeds its caps and counts its bytes right. Each change is 3
-// bytes: flags, id, box size (0: a deletion); flags&3 == 0 ends the page
-// there, flags&4 says more, flags&8 starts over.
+// never exceeds its caps and counts its bytes right; the base is the
+// version of the listing's first page. Each change is 3 bytes: flags,
+// id, box size (0: a deletion); flags&3 == 0 ends the page there, flags&4
+// says more, flags&8 starts over, flags>>4 is how far the page's version
+// is beyond its next.
 func FuzzDirectoryApply(f *testing.F) {
 	f.Add([]byte{1, 1, 10, 1, 2, 10, 4, 0, 0, 9, 3, 50, 1, 3, 0, 0, 0, 0})
 	f.Add([]byte{1, 1, 63, 1, 2, 63, 1, 3, 63, 0, 0, 0, 8, 4, 1, 4, 0, 0, 1, 5, 1, 0, 0, 0})
@@ -205,6 +209,7 @@ func FuzzDirectoryApply(f *testing.F) {
 			return len(m), sum
 		}
 		var es []Entry
+		var cursor, base uint64 // the model's
 		seq := uint64(0)
 		for ; len(b) >= 3; b = b[3:] {
 			flags := b[0]
@@ -213,7 +218,7 @@ func FuzzDirectoryApply(f *testing.F) {
 			if flags&3 != 0 {
 				continue
 			}
-			p := &Page{PublicKey: pk, Version: seq, Next: seq, More: flags&4 != 0, StartOver: flags&8 != 0, Entries: es}
+			p := &Page{PublicKey: pk, Version: seq + uint64(flags>>4), Next: seq, More: flags&4 != 0, StartOver: flags&8 != 0, Entries: es}
 			es = nil
 			target := held
 			switch {
@@ -249,6 +254,13 @@ func FuzzDirectoryApply(f *testing.F) {
 			}
 			if fresh != nil && !p.More {
 				held, fresh = fresh, nil
+			}
+			if cursor == 0 || p.StartOver {
+				base = p.Version
+			}
+			cursor = p.Next
+			if at := d.Listing(); at != (Listing{Since: cursor, Base: base}) {
+				t.Fatalf("listing %+v, want since %d, base %d", at, cursor, base)
 			}
 			if !maps.EqualFunc(d.held.boxes, held, bytes.Equal) || (d.fresh == nil) != (fresh == nil) || (fresh != nil && !maps.EqualFunc(d.fresh.boxes, fresh, bytes.Equal)) {
 				t.Fatalf("copy of %d entries (start over: %v), want %d (%v)", d.Len(), d.fresh != nil, len(held), fresh != nil)

@@ -160,7 +160,7 @@ func TestMetrics(t *testing.T) {
 	if _, err := c.Evaluate(testCtx(t), r.ID(), a.id, r.svc.PublicKey(), []Number{mustNumber(t, "+351912345679"), mustNumber(t, "+351912345670")}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.List(testCtx(t), r.ID(), 0, 10); err != nil {
+	if _, err := c.List(testCtx(t), r.ID(), Listing{}, 10); err != nil {
 		t.Fatal(err)
 	}
 	_, _ = c.VerifyCode(testCtx(t), r.ID(), a.id, "123456", a.record)

@@ -23,6 +23,7 @@ func TestGoldenFrames(t *testing.T) {
 	}{
 		{"hello", marshal(encodeRequest(request{kind: reqHello})), "02" + "0a00"},
 		{"list", marshal(encodeRequest(request{kind: reqList, since: 300, limit: 100})), "07" + "1a05" + "08ac02" + "1064"},
+		{"list with base", marshal(encodeRequest(request{kind: reqList, since: 300, limit: 100, base: 280})), "0a" + "1a08" + "08ac02" + "1064" + "189802"},
 		{"challenge", marshal(encodeResponse(response{nonce: bytes.Repeat([]byte{1}, 32)})), "24" + "1a22" + "0a20" + strings.Repeat("01", 32)},
 		{"rate limited", marshal(encodeResponse(response{code: CodeRateLimited, retryAfter: 1500 * time.Millisecond})), "05" + "0804" + "10dc0b"},
 		{"send code body", encodeOwnerBody(ownerBody{op: opSendCode, number: "+351912345678"}), "11" + "0a0f" + "0a0d" + hex.EncodeToString([]byte("+351912345678"))},

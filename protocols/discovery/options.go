@@ -352,11 +352,12 @@ type clientConfig struct {
 	syncTimeout    time.Duration
 	logger         *slog.Logger
 
-	syncPages int // MaxSyncPages; tests shrink it (export_test.go)
+	syncPages   int // MaxSyncPages; tests shrink it (export_test.go)
+	pageEntries int // entries Sync asks of a page: MaxPageEntries; tests shrink it
 }
 
 func defaultClientConfig() clientConfig {
-	return clientConfig{dialTimeout: 10 * time.Second, requestTimeout: 40 * time.Second, syncTimeout: DefaultSyncTimeout, syncPages: MaxSyncPages}
+	return clientConfig{dialTimeout: 10 * time.Second, requestTimeout: 40 * time.Second, syncTimeout: DefaultSyncTimeout, syncPages: MaxSyncPages, pageEntries: MaxPageEntries}
 }
 
 // WithDialTimeout bounds connecting to a relay and opening a stream.

@@ -220,7 +220,7 @@ func (s *Service) serve(ctx context.Context, st netkit.Stream, scope netkit.MemS
 		return s.reply(st, response{code: code})
 	}
 	if req.kind == reqList {
-		r := s.list(ctx, remote, req.since, req.limit)
+		r := s.list(ctx, remote, Listing{Since: req.since, Base: req.base}, req.limit)
 		s.tr.request("list", r.code)
 		return s.reply(st, r)
 	}

@@ -275,8 +275,8 @@ func (s *Service) removeAccount(ctx context.Context, acct string, now time.Time)
 const compactEvery = time.Hour
 
 // maybeCompact forgets the deletions older than the tombstone TTL, at
-// most once per compactEvery, raising the floor: clients whose copy is
-// older than the floor must start over.
+// most once per compactEvery, raising the floor: clients that may have
+// missed one must start over (meta.startOver).
 func (s *Service) maybeCompact(ctx context.Context) error {
 	s.dirMu.Lock()
 	defer s.dirMu.Unlock()
@@ -343,8 +343,36 @@ func (s *Service) maybeCompact(ctx context.Context) error {
 
 var errStop = errors.New("stop")
 
+// startOver reports whether a client whose listing stands at at must
+// list again from 0: whether a deletion it may need was forgotten.
+//
+// Pages are read in order, each after the changes it covers were made,
+// so the client has seen every change up to at.Since that the log held
+// when it listed that far. The entries it holds came from pages read no
+// earlier than its listing's first page, whose version is at.Base. A
+// change replaces the id's previous change in the log, so an entry the
+// client holds left the log only through a change of its id made after
+// the page that carried the entry was read: beyond at.Base. The client
+// needs that change if it is beyond at.Since. An update, or the id
+// entered again, stays in the log as the id's latest change; a deletion
+// stays until compaction forgets it, oldest first, raising the floor to
+// the newest it forgot. So the client may go on unless floor >
+// max(at.Since, at.Base). A client that holds nothing (Since and Base
+// both 0) never starts over; one whose Since or Base is beyond the log's
+// last change lists a log this relay never had (it lost its data) and
+// always does.
+func (m meta) startOver(at Listing) bool {
+	switch {
+	case at.Since > m.lastSeq || at.Base > m.lastSeq:
+		return true
+	case at.Since == 0 && at.Base == 0:
+		return false
+	}
+	return m.floor > max(at.Since, at.Base)
+}
+
 // list answers a directory page request.
-func (s *Service) list(ctx context.Context, remote peer.ID, since uint64, limit int) response {
+func (s *Service) list(ctx context.Context, remote peer.ID, at Listing, limit int) response {
 	if ok, wait := s.listLim.Take(remote.String()); !ok {
 		return response{code: CodeRateLimited, retryAfter: wait}
 	}
@@ -355,7 +383,8 @@ func (s *Service) list(ctx context.Context, remote peer.ID, since uint64, limit 
 	m := s.meta
 	s.dirMu.Unlock()
 	p := &Page{PublicKey: s.pub, Version: m.lastSeq, Total: m.entries}
-	if (since != 0 && since < m.floor) || since > m.lastSeq {
+	since := at.Since
+	if m.startOver(at) {
 		p.StartOver, since = true, 0
 	}
 	p.Next = since

@@ -241,11 +241,18 @@ func (*Hello) Descriptor() ([]byte, []int) {
 }
 
 // List asks for the directory's changes after since (0: from the start).
-// Anyone may list.
+// Anyone may list. base is the version (Page.version) of the first page
+// of the client's listing, the one listed from since 0: deletions at or
+// below it were made before the listing began and can't concern it. 0
+// (absent) is an older client's, or a fresh listing's. The relay answers
+// start_over if a deletion the listing may need was forgotten: since and
+// base both 0 never; else if floor > max(since, base), or since or base is
+// beyond the log's last sequence number.
 type List struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Since         uint64                 `protobuf:"varint,1,opt,name=since,proto3" json:"since,omitempty"`
 	Limit         uint32                 `protobuf:"varint,2,opt,name=limit,proto3" json:"limit,omitempty"` // entries at most; 0 = header only
+	Base          uint64                 `protobuf:"varint,3,opt,name=base,proto3" json:"base,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -290,6 +297,13 @@ func (x *List) GetSince() uint64 {
 func (x *List) GetLimit() uint32 {
 	if x != nil {
 		return x.Limit
+	}
+	return 0
+}
+
+func (x *List) GetBase() uint64 {
+	if x != nil {
+		return x.Base
 	}
 	return 0
 }
@@ -1605,10 +1619,11 @@ const file_protocols_discovery_pb_discovery_proto_rawDesc = "" +
 	"\x05owner\x18\x02 \x01(\v2\x1f.kinmesh.discovery.OwnerRequestH\x00R\x05owner\x12-\n" +
 	"\x04list\x18\x03 \x01(\v2\x17.kinmesh.discovery.ListH\x00R\x04listB\x06\n" +
 	"\x04body\"\a\n" +
-	"\x05Hello\"2\n" +
+	"\x05Hello\"F\n" +
 	"\x04List\x12\x14\n" +
 	"\x05since\x18\x01 \x01(\x04R\x05since\x12\x14\n" +
-	"\x05limit\x18\x02 \x01(\rR\x05limit\"\\\n" +
+	"\x05limit\x18\x02 \x01(\rR\x05limit\x12\x12\n" +
+	"\x04base\x18\x03 \x01(\x04R\x04base\"\\\n" +
 	"\fOwnerRequest\x12\x1a\n" +
 	"\bidentity\x18\x01 \x01(\fR\bidentity\x12\x12\n" +
 	"\x04body\x18\x02 \x01(\fR\x04body\x12\x1c\n" +
