@@ -35,7 +35,7 @@ import (
 // directory copies, the pinned relay keys and the cached outputs live in
 // the "discovery" namespace:
 //
-//	r/<relay peer id>                  JSON (relayCopy): the relay's OPRF key, the copy's generation, cursor and size, a start over under way, stale generations
+//	r/<relay peer id>                  JSON (relayCopy): the relay's OPRF key, the copy's generation, cursor, base and size, a start over under way, stale generations
 //	d/<relay peer id>/<id hex>         sealed record of one directory entry, generation 0
 //	g/<relay peer id>/<gen>/<id hex>   the same, generation gen ≥ 1
 //	y/<Opaque(relay, key, number)>     the number's OPRF output under that key
@@ -50,7 +50,11 @@ import (
 // cut short (a cap, the deadline, the relay gone, the device stopped)
 // leaves the copy whole; the next sync, after a restart too, goes on with
 // the listing where it stopped, or, if the relay says to start over
-// again, deletes it and lists anew. A generation is deleted only once
+// again, deletes it and lists anew. Each listing (the copy's, a start
+// over's) keeps its base beside its cursor, the relay's version when it
+// began, and sends both (discovery.Listing): the relay asks it to start
+// over only if it may have missed a deletion the relay forgot, never for
+// deletions made before it began. A generation is deleted only once
 // r/<relay> lists it as stale, and a start over begins only once no stale
 // generation is left, so a copy and a start over take at most twice the
 // caps on disk. Each page is written in transactions that a device store
@@ -181,10 +185,18 @@ type relayCopy struct {
 }
 
 // copyGen is one generation of a copy: where its entries are, the cursor
-// of the last change written to it, and its size.
+// of the last change written to it, its listing's base, and its size.
 type copyGen struct {
 	Gen    uint64 `json:"gen,omitempty"`
 	Cursor uint64 `json:"cursor"`
+	// Base is the relay's version when the generation's listing began
+	// (the Version of the first page written to it), sent with Cursor
+	// (discovery.Listing): the relay asks the listing to start over only
+	// if it may have missed a deletion. It is written with the first
+	// transaction of that page, so a first page cut short keeps it too.
+	// 0 for a state written before bases were kept: the relay then asks
+	// a listing below its floor to start over, as it did.
+	Base uint64 `json:"base,omitempty"`
 	// Entries and Bytes measure the generation (its entries, their sealed
 	// records' bytes); they are written with every change to it. Counted
 	// is false for a state written before they were kept, and for one
@@ -484,11 +496,11 @@ func (n *Node) syncPages(ctx context.Context, c *discovery.Client, relay peer.ID
 		if pages == caps.pages {
 			return pinned, fmt.Errorf("%w: relay %s: still more after %d pages", ErrDirectoryTooLarge, relay, pages)
 		}
-		since := cp.Cursor
+		at := discovery.Listing{Since: cp.Cursor, Base: cp.Base}
 		if cp.Staged != nil {
-			since = cp.Staged.Cursor
+			at = discovery.Listing{Since: cp.Staged.Cursor, Base: cp.Staged.Base}
 		}
-		p, err := c.List(ctx, relay, discovery.Listing{Since: since}, limit)
+		p, err := c.List(ctx, relay, at, limit)
 		if err != nil {
 			return pinned, err
 		}
@@ -497,6 +509,7 @@ func (n *Node) syncPages(ctx context.Context, c *discovery.Client, relay peer.ID
 		}
 		pinned = p.PublicKey
 		cp.Key = pinned.Bytes()
+		since := at.Since
 		if p.StartOver {
 			since = 0
 		}
@@ -538,8 +551,9 @@ const (
 // generation beyond caps (ErrDirectoryTooLarge) and writes nothing of it.
 //
 // A page is written in transactions of at most dirTxnOps and dirTxnBytes,
-// each with the state that counts what the generation holds after it; the
-// last also moves the cursor, and, for the last page of a start over,
+// each with the state that counts what the generation holds after it (and,
+// for the first page of its listing, the listing's base); the last also
+// moves the cursor, and, for the last page of a start over,
 // switches the copy to the start over's generation and marks the old one
 // stale. A page cut short between transactions is listed again by the
 // next sync and written again over itself.
@@ -590,6 +604,12 @@ func (n *Node) writePage(ctx context.Context, relay peer.ID, cp relayCopy, p *di
 	if entries > caps.entries || bytes > caps.bytes {
 		return cp, fmt.Errorf("%w: relay %s: its next page would make the copy %d entries, %d bytes (at most %d, %d)",
 			ErrDirectoryTooLarge, relay, entries, bytes, caps.entries, caps.bytes)
+	}
+	if g.Cursor == 0 && g.Base == 0 {
+		// The listing's first page: its entries are as of p.Version or
+		// later. A base written before (this page cut short, listed
+		// again) is older, and stays.
+		g.Base = p.Version
 	}
 	batch := n.store.NewBatch()
 	cost := 0

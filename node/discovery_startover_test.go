@@ -8,6 +8,7 @@ import (
 	"errors"
 	"log/slog"
 	"maps"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -94,19 +95,6 @@ func (e *enroller) verify(t *testing.T, name, number string) {
 	}
 	if st, err := e.c.VerifyCode(ctx, e.r.h.ID(), id, code, e.recs[name]); err != nil || !st.Verified {
 		t.Fatalf("VerifyCode for %s: %+v, %v", name, st, err)
-	}
-}
-
-// refresh has the accounts called names send their records again: their
-// entries move to the end of the relay's change log.
-func (e *enroller) refresh(t *testing.T, names ...string) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	for _, name := range names {
-		if _, err := e.c.UpdateRecord(ctx, e.r.h.ID(), e.accs[name], e.recs[name]); err != nil {
-			t.Fatalf("UpdateRecord %s: %v", name, err)
-		}
 	}
 }
 
@@ -217,14 +205,9 @@ func wantRelayDirectory(t *testing.T, n *Node, e *enroller) {
 // startOverSetup is a relay with a looker's device (lia) whose stored copy
 // of the relay's directory is out of date by more than the relay
 // remembers: the next sync starts over. The relay's fresh listing has 6
-// entries, two pages of 4 and 2 (listLimit 4).
-//
-// A relay asks any listing whose cursor is below its floor (the newest
-// deletion it forgot) to start over, even a fresh listing from 0 that
-// started after that deletion; so a listing in pages must have its first
-// page end above the floor, or it starts over at every page. The setups
-// here see to that: the changes below the floor fit in one page, or the
-// accounts send their records again (refresh) after the deletions.
+// entries, two pages of 4 and 2 (listLimit 4), and its first page ends
+// below the relay's floor (the newest deletion it forgot): the listing
+// began after that deletion, so it goes on (its base is above the floor).
 type startOverSetup struct {
 	clk  *phoneClock
 	r    *discoveryRelay
@@ -263,12 +246,14 @@ func newStartOverSetup(t *testing.T) *startOverSetup {
 	if len(s.before) != 5 {
 		t.Fatalf("the first copy holds %d entries, want 5", len(s.before))
 	}
-	// The relay's directory changes: ana leaves, bea changes numbers,
-	// eva and fabio join; and the relay forgets the deletions.
-	s.e.unlink(t, "ana")
-	s.e.verify(t, "bea", "+351910000005")
+	// The relay's directory changes: eva and fabio join (changes 6, 7),
+	// ana leaves (8), bea changes numbers (9: her old entry's deletion,
+	// 10); and the relay forgets the deletions (floor 9). Its fresh
+	// listing is lia, caio, duda, eva | fabio, bea.
 	s.e.verify(t, "eva", "+351910000006")
 	s.e.verify(t, "fabio", "+351910000007")
+	s.e.unlink(t, "ana")
+	s.e.verify(t, "bea", "+351910000005")
 	forgetDeletions(s.clk)
 	return s
 }
@@ -356,8 +341,10 @@ func TestDirectoryStartOverIsStaged(t *testing.T) {
 // TestDirectoryStartOverAcrossRestart: the same across device restarts.
 // A start over cut short is still under way after a restart, lookups
 // answer from the copy before it, and the next sync goes on with it (one
-// page is left, and a sync of one page completes it). A second start over
-// cut short and then asked for again after a restart is dropped, its
+// page is left, and a sync of one page completes it: the listing's cursor
+// is below the relay's floor, but its stored base is above). A second
+// start over cut short, and then asked for again after a restart (an
+// entry it holds left, and the relay forgot that), is dropped, its
 // entries deleted, and listed anew.
 func TestDirectoryStartOverAcrossRestart(t *testing.T) {
 	s := newStartOverSetup(t)
@@ -385,7 +372,6 @@ func TestDirectoryStartOverAcrossRestart(t *testing.T) {
 	// asks to start over again before it is done.
 	s.before, _ = storedEntries(t, n, s.r.h.ID())
 	s.e.unlink(t, "caio")
-	s.e.refresh(t, "duda", "bea", "eva", "fabio")
 	s.e.verify(t, "gabi", "+351910000008")
 	forgetDeletions(s.clk)
 	want := s.newNames()
@@ -462,5 +448,159 @@ func TestDirectoryDropCutShortBeforeStaging(t *testing.T) {
 	entries, bytes, cp := copyOf(t, n, r.id)
 	if _, all := storedEntries(t, n, r.id); entries != 5 || bytes != 5*300 || all != 5 || cp.Entries != 5 || len(cp.Stale) != 0 {
 		t.Fatalf("the copy holds %d entries, %d bytes, %d stored in all, state %+v; want the relay's 5 and nothing else", entries, bytes, all, cp)
+	}
+}
+
+// TestDirectoryFirstSyncAfterForgottenDeletions: a new device's first
+// sync of a relay that has forgotten deletions, in pages whose boundaries
+// are below the relay's floor, completes without starting over — across
+// a restart too: the listing's base is stored with its cursor. A copy
+// state stored before bases were kept (none) starts over, as it did.
+func TestDirectoryFirstSyncAfterForgottenDeletions(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	clk := &phoneClock{t: time.Now().Truncate(time.Second)}
+	r := startDiscoveryRelay(t, clk, relaxedRelay...)
+	e := newEnroller(t, r)
+	names := []string{"ana", "bea", "caio", "duda", "eva", "fabio", "gabi", "hugo", "ines", "joao"}
+	for i, name := range names { // changes 1–10
+		e.verify(t, name, "+35191100000"+strconv.Itoa(i))
+	}
+	e.unlink(t, "ana")                   // 11
+	e.unlink(t, "bea")                   // 12
+	e.unlink(t, "eva")                   // 13
+	e.verify(t, "caio", "+351911000099") // 14: caio's old entry deleted, 15: the new one
+	forgetDeletions(clk)
+	// The relay's listing: duda, fabio, gabi | hugo, ines, joao | caio;
+	// its floor will be 14, its version 15.
+	caps := defaultDirectoryCaps()
+	caps.listLimit = 3
+	sync := func(n *Node, pages int) error {
+		t.Helper()
+		_, c, err := n.phoneAccount()
+		if err != nil {
+			t.Fatal(err)
+		}
+		caps.pages = pages
+		_, err = n.syncDirectory(ctx, c, r.h.ID(), caps)
+		return err
+	}
+
+	// In one go: three pages, no more.
+	zoe := startPhoneNode(t, &phoneClock{t: time.Now()}, r, "zoe")
+	if err := sync(zoe.Node, 3); err != nil {
+		t.Fatalf("first sync in 3 pages: %v (want it complete, without starting over)", err)
+	}
+	wantRelayDirectory(t, zoe.Node, e)
+	if live, _ := storedEntries(t, zoe.Node, r.h.ID()); len(live) != 7 {
+		t.Fatalf("the copy holds %d entries, want 7", len(live))
+	}
+
+	// Cut short after a page, and the device restarts: the listing goes
+	// on from its second page.
+	lia := startPhoneNode(t, &phoneClock{t: time.Now()}, r, "lia")
+	if err := sync(lia.Node, 1); !errors.Is(err, ErrDirectoryTooLarge) {
+		t.Fatalf("first sync of one page: %v, want the page cap's ErrDirectoryTooLarge", err)
+	}
+	if _, _, cp := copyOf(t, lia.Node, r.h.ID()); cp.Cursor != 7 || cp.Base != 15 || cp.Staged != nil {
+		t.Fatalf("copy state after one page %+v, want cursor 7 (below the floor, 14), base 15, no start over", cp)
+	}
+	n := restartNode(t, lia.Node)
+	if err := sync(n, 2); err != nil {
+		t.Fatalf("the rest of the first sync, after a restart, in 2 pages: %v (want it complete, without starting over)", err)
+	}
+	wantRelayDirectory(t, n, e)
+
+	// A copy state without a base, as stored before bases were: the
+	// relay asks it to start over.
+	mia := startPhoneNode(t, &phoneClock{t: time.Now()}, r, "mia")
+	if err := sync(mia.Node, 1); !errors.Is(err, ErrDirectoryTooLarge) {
+		t.Fatalf("first sync of one page: %v", err)
+	}
+	_, _, cp := copyOf(t, mia.Node, r.h.ID())
+	cp.Base = 0
+	b := mia.store.NewBatch()
+	if err := mia.putRelayCopy(b, r.h.ID(), cp); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := sync(mia.Node, 1); !errors.Is(err, ErrDirectoryTooLarge) {
+		t.Fatalf("sync of one page: %v", err)
+	}
+	if _, _, cp := copyOf(t, mia.Node, r.h.ID()); cp.Staged == nil || cp.Staged.Base != 15 {
+		t.Fatalf("copy state %+v, want a start over under way, base 15", cp)
+	}
+	if err := sync(mia.Node, 3); err != nil {
+		t.Fatal(err)
+	}
+	wantRelayDirectory(t, mia.Node, e)
+}
+
+// TestDirectoryFirstPageCutShort: a first sync whose first page was cut
+// short between transactions keeps the entries it wrote, with the
+// listing's base. If an entry it wrote leaves the relay, and the relay
+// forgets that before the next sync, the relay asks the next sync to
+// start over (the entry never comes back to delete it); a copy without
+// a base would keep it.
+func TestDirectoryFirstPageCutShort(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	clk := &phoneClock{t: time.Now().Truncate(time.Second)}
+	r := startDiscoveryRelay(t, clk, relaxedRelay...)
+	e := newEnroller(t, r)
+	for i, name := range []string{"ana", "bea", "caio", "duda"} { // changes 1–4
+		e.verify(t, name, "+35191200000"+strconv.Itoa(i))
+	}
+	// The first page as the relay sends it now; ana's entry is change 1.
+	p, err := e.c.List(ctx, r.h.ID(), discovery.Listing{}, 4)
+	if err != nil || len(p.Entries) != 4 || p.Entries[0].Seq != 1 || p.Version != 4 {
+		t.Fatalf("first page: %d entries, version %d, %v; want 4 from change 1, version 4", len(p.Entries), p.Version, err)
+	}
+	ana := p.Entries[0]
+	// Two devices whose first sync wrote ana's entry, in the page's first
+	// transaction, before it was cut short: one with the listing's base
+	// (as writePage stores it), one without.
+	lia := startPhoneNode(t, &phoneClock{t: time.Now()}, r, "lia")
+	mia := startPhoneNode(t, &phoneClock{t: time.Now()}, r, "mia")
+	for _, d := range []struct {
+		n    *Node
+		base uint64
+	}{{lia.Node, p.Version}, {mia.Node, 0}} {
+		b := d.n.store.NewBatch()
+		if err := b.Put(d.n.store.Namespace(discoveryNamespace), entryKey(r.h.ID(), 0, ana.ID), ana.Box); err != nil {
+			t.Fatal(err)
+		}
+		cp := relayCopy{Key: p.PublicKey.Bytes(), copyGen: copyGen{Base: d.base, Entries: 1, Bytes: int64(len(ana.Box)), Counted: true}}
+		if err := d.n.putRelayCopy(b, r.h.ID(), cp); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Commit(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.unlink(t, "ana") // 5
+	e.verify(t, "eva", "+351912000009")
+	forgetDeletions(clk)
+
+	_, c, err := lia.phoneAccount()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := lia.syncDirectory(ctx, c, r.h.ID(), defaultDirectoryCaps()); err != nil {
+		t.Fatal(err)
+	}
+	wantRelayDirectory(t, lia.Node, e)
+
+	_, c, err = mia.phoneAccount()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := mia.syncDirectory(ctx, c, r.h.ID(), defaultDirectoryCaps()); err != nil {
+		t.Fatal(err)
+	}
+	if live, _ := storedEntries(t, mia.Node, r.h.ID()); len(live) != 5 {
+		t.Fatalf("a copy without a base holds %d entries, want the relay's 4 and ana's, left over", len(live))
 	}
 }
