@@ -13,6 +13,16 @@ func withRequestRecorder(fn func(frame []byte)) Option {
 	}
 }
 
+// withBeforePage has the relay call fn as it answers a list, after it
+// read its floor and before it reads the page from its log: a test runs a
+// compaction there.
+func withBeforePage(fn func()) Option {
+	return func(c *config) error {
+		c.beforePage = fn
+		return nil
+	}
+}
+
 // withKey makes the relay use k (not stored) as its OPRF key.
 func withKey(k *oprf.PrivateKey) Option {
 	return func(c *config) error {

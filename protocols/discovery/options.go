@@ -102,6 +102,7 @@ type config struct {
 
 	// Tests only (export_test.go).
 	recordRequest func(frame []byte) // every client frame received
+	beforePage    func()             // a list: after the floor is checked, before the log is read
 	key           *oprf.PrivateKey   // instead of the stored key
 	evalKey       *oprf.PrivateKey   // evaluate with it, advertise key: a lying relay
 }

@@ -2,10 +2,13 @@ package discovery
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"maps"
+	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -23,12 +26,12 @@ type enrolled struct {
 	accts []*account
 }
 
-// enrolN starts a relay and has n accounts verify a number each, in
-// order: account i's entry is change i+1 of the relay's log.
-func enrolN(t *testing.T, n int) *enrolled {
+// enrolN starts a relay (with opts) and has n accounts verify a number
+// each, in order: account i's entry is change i+1 of the relay's log.
+func enrolN(t *testing.T, n int, opts ...Option) *enrolled {
 	t.Helper()
 	e := &enrolled{clk: newClock()}
-	e.r = startRelay(t, e.clk, relaxed...)
+	e.r = startRelay(t, e.clk, append(slices.Clone(relaxed), opts...)...)
 	e.c = newClient(t, e.r)
 	for range n {
 		e.enrol(t)
@@ -289,6 +292,50 @@ func TestListingStartsOverForForgottenDeletion(t *testing.T) {
 	}
 	if d.Len() != 9 {
 		t.Fatalf("the copy holds %d entries, want 9", d.Len())
+	}
+	e.wantLive(t, d)
+}
+
+// TestListRacingCompaction: a compaction that runs while a page is read
+// (another list started it) and forgets a deletion the listing needs
+// makes that page a start over, though the floor the relay checked
+// before reading it was low enough.
+func TestListRacingCompaction(t *testing.T) {
+	var armed atomic.Bool
+	var e *enrolled
+	e = enrolN(t, 8, withBeforePage(func() {
+		if armed.CompareAndSwap(true, false) {
+			e.forget()
+			if err := e.r.svc.maybeCompact(context.Background()); err != nil {
+				t.Errorf("compact: %v", err)
+			}
+		}
+	})) // changes 1–8
+	const perPage = 4
+	d := NewDirectory(PublicKey{})
+	if _, err := e.pagedClient(t, perPage, 1).Sync(testCtx(t), e.r.ID(), d); !errors.Is(err, ErrDirectoryTooLarge) {
+		t.Fatalf("Sync of one page: %v, want the page cap's ErrDirectoryTooLarge", err)
+	}
+	e.leave(t, 0) // 9: the listing holds user0's entry
+	if _, floor := e.meta(); floor != 0 {
+		t.Fatalf("floor %d before the race, want 0", floor)
+	}
+	armed.Store(true)
+	p, err := e.c.List(testCtx(t), e.r.ID(), d.Listing(), perPage)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, floor := e.meta(); armed.Load() || floor != 9 {
+		t.Fatalf("the compaction did not run during the list (floor %d)", floor)
+	}
+	if !p.StartOver {
+		t.Fatalf("page after %+v, read while the relay forgot a deletion the listing needs: %d entries, no start over; want one", d.Listing(), len(p.Entries))
+	}
+	if _, err := e.pagedClient(t, perPage, MaxSyncPages).Sync(testCtx(t), e.r.ID(), d); err != nil {
+		t.Fatal(err)
+	}
+	if d.Len() != 7 {
+		t.Fatalf("the copy holds %d entries, want 7", d.Len())
 	}
 	e.wantLive(t, d)
 }

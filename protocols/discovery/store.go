@@ -379,9 +379,36 @@ func (s *Service) list(ctx context.Context, remote peer.ID, at Listing, limit in
 	if err := s.maybeCompact(ctx); err != nil {
 		s.log.Warn("compact directory", "err", err)
 	}
+	m := s.metaNow()
+	if s.cfg.beforePage != nil {
+		s.cfg.beforePage()
+	}
+	p, err := s.page(ctx, m, at, limit)
+	if err == nil && !p.StartOver && s.metaNow().startOver(at) {
+		// A compaction (started by another list) ran while the page was
+		// read, and may have forgotten a deletion the page would have
+		// carried: the listing must start over now. Compaction holds
+		// dirMu throughout, so meta read after the page reflects every
+		// compaction the page's read saw. A listing from 0 needs no such
+		// check.
+		p, err = s.page(ctx, s.metaNow(), at, limit)
+	}
+	if err != nil {
+		return s.unavailable("list directory", err)
+	}
+	return response{page: p}
+}
+
+// metaNow returns the directory's bookkeeping as of now.
+func (s *Service) metaNow() meta {
 	s.dirMu.Lock()
-	m := s.meta
-	s.dirMu.Unlock()
+	defer s.dirMu.Unlock()
+	return s.meta
+}
+
+// page reads the page a listing at at asks for from the log, with m the
+// directory's bookkeeping read before.
+func (s *Service) page(ctx context.Context, m meta, at Listing, limit int) (*Page, error) {
 	p := &Page{PublicKey: s.pub, Version: m.lastSeq, Total: m.entries}
 	since := at.Since
 	if m.startOver(at) {
@@ -390,7 +417,7 @@ func (s *Service) list(ctx context.Context, remote peer.ID, at Listing, limit in
 	p.Next = since
 	if limit == 0 {
 		p.More = since < m.lastSeq
-		return response{page: p}
+		return p, nil
 	}
 	opts := storage.ListOptions{Prefix: "e/", Limit: limit + 1}
 	if since > 0 {
@@ -413,11 +440,11 @@ func (s *Service) list(ctx context.Context, remote peer.ID, at Listing, limit in
 		return nil
 	})
 	if err != nil && !errors.Is(err, errStop) {
-		return s.unavailable("list directory", err)
+		return nil, err
 	}
 	if !p.More {
 		p.Next = max(p.Next, m.lastSeq)
 	}
 	p.Version = max(p.Version, p.Next)
-	return response{page: p}
+	return p, nil
 }
