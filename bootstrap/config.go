@@ -179,7 +179,7 @@ type Config struct {
 	DiscoveryEvaluationsPerDay int `toml:"discovery_evaluations_per_day"`
 	DiscoveryEvaluationBurst   int `toml:"discovery_evaluation_burst"`
 	// DiscoveryMaxEntries: verified numbers the directory holds (default
-	// 1000000).
+	// 400000, what a device's copy holds).
 	DiscoveryMaxEntries int `toml:"discovery_max_entries"`
 	// DiscoveryAllowUnverified lets accounts without a verified number on
 	// this relay look numbers up (default false: each account that

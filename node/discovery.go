@@ -77,14 +77,14 @@ const MaxDiscoverNumbers = 5000
 // (discovery.MaxCopyEntries, MaxCopyBytes, MaxSyncPages), which an
 // in-memory discovery.Directory keeps too. They are sized from the
 // directory's design (docs/protocol/discovery.md): a relay holds at most
-// discovery.DefaultMaxEntries entries of about 500–700 bytes each, which
+// discovery.DefaultMaxEntries entries of about 1.8 KB each, which
 // it lists in pages of up to discovery.MaxPageEntries entries and about
 // 256 KiB.
 const (
 	// MaxDirectoryEntries caps the entries of a copy: a full relay's.
 	MaxDirectoryEntries = discovery.MaxCopyEntries
 	// MaxDirectoryBytes caps the sealed records of a copy: a full relay's
-	// entries at 768 bytes each, on average.
+	// entries at about 2 KB each, on average.
 	MaxDirectoryBytes = discovery.MaxCopyBytes
 	// MaxDirectorySyncPages caps the pages of one sync: twice what a
 	// first sync of a copy at both caps needs.

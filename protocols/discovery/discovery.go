@@ -34,11 +34,13 @@ const (
 	// relay's (DefaultMaxEntries).
 	MaxCopyEntries = DefaultMaxEntries
 	// MaxCopyBytes caps the sealed records of a copy: a full relay's
-	// entries at 768 bytes each, on average (a record takes about 500–700).
+	// entries at about 2 KB each, on average (a record with three home
+	// relays takes about 1.8 KB, its box 40 bytes more).
 	MaxCopyBytes = 768 << 20
 	// MaxSyncPages caps the pages of one sync: twice what a first sync of
-	// a copy at both caps needs (3072 pages of 256 KiB of entries, and 977
-	// of a million deletions).
+	// a copy at both caps needs (3072 pages of 256 KiB of entries), and
+	// more than a first sync of a full directory's entries and as many
+	// deletions needs (391 pages each).
 	MaxSyncPages = 8192
 	// DefaultSyncTimeout bounds one directory sync as a whole
 	// (WithSyncTimeout's default; the node bounds a sync of its stored

@@ -59,8 +59,10 @@ const (
 	DefaultAccountOpsPerMinute = 30
 	DefaultAccountOpBurst      = 30
 
-	// DefaultMaxEntries caps the relay's directory.
-	DefaultMaxEntries = 1_000_000
+	// DefaultMaxEntries caps the relay's directory: as many entries as a
+	// device's copy holds (MaxCopyEntries; at about 1.8 KB a record, a
+	// full directory is about 730 MB, within MaxCopyBytes).
+	DefaultMaxEntries = 400_000
 
 	// DefaultTombstoneTTL is how long the directory remembers a deleted
 	// entry, so that clients syncing changes learn of the deletion; a
