@@ -154,8 +154,9 @@ func (s *Service) receiveOwn(envs [][]byte, hs [][32]byte, own []int, errs []err
 		}
 	}
 	// One wait for the disk for every transaction above. A duplicate is
-	// answered only once what processed it is on disk too: if that sync
-	// failed, the copy that comes again waits for the next one.
+	// answered only once what processed it is on disk too: normally its
+	// claim kept it waiting until then, but if that sync failed, the copy
+	// that comes again waits for a sync that succeeds.
 	var gen uint64
 	for _, t := range txs {
 		if !t.lazy {
@@ -163,7 +164,7 @@ func (s *Service) receiveOwn(envs [][]byte, hs [][32]byte, own []int, errs []err
 		}
 	}
 	if len(dups) > 0 {
-		gen = max(gen, s.eng.sync.written.Load())
+		gen = max(gen, s.eng.sync.owed())
 	}
 	if err := s.eng.sync.wait(s.ctx, s.cfg.Store, gen); err != nil {
 		s.log.Warn("storing received messages failed", "err", err)

@@ -658,13 +658,28 @@ type syncer struct {
 	written atomic.Uint64
 	mu      sync.Mutex
 	synced  uint64
-	round   chan struct{} // closed when the running sync ends; nil if none runs
+	// unsure is the last generation a failed sync was for: what was
+	// written up to it may not be on disk until a later sync succeeds.
+	unsure uint64
+	round  chan struct{} // closed when the running sync ends; nil if none runs
 	// fail, a test hook, runs before each sync; its error fails the sync.
 	fail atomic.Pointer[func() error]
 }
 
 // wrote records a write and returns its generation.
 func (y *syncer) wrote() uint64 { return y.written.Add(1) }
+
+// owed returns the generation to wait for before trusting that anything
+// written is on disk (0 if nothing): the target of a failed sync no
+// sync has covered since.
+func (y *syncer) owed() uint64 {
+	y.mu.Lock()
+	defer y.mu.Unlock()
+	if y.unsure > y.synced {
+		return y.unsure
+	}
+	return 0
+}
 
 // wait returns once generation gen is on disk.
 func (y *syncer) wait(ctx context.Context, st *storage.Store, gen uint64) error {
@@ -689,6 +704,9 @@ func (y *syncer) wait(ctx context.Context, st *storage.Store, gen uint64) error 
 		y.mu.Lock()
 		if err == nil && target > y.synced {
 			y.synced = target
+		}
+		if err != nil {
+			y.unsure = max(y.unsure, target)
 		}
 		y.round = nil
 		close(round)
