@@ -2,39 +2,10 @@ package discovery
 
 import (
 	"errors"
-	"runtime"
 	"testing"
 
-	"google.golang.org/protobuf/encoding/protowire"
+	"github.com/kinmesh/kinmesh/protocols/wire/wiretest"
 )
-
-// allocated returns the fewest bytes f allocated over a few runs (other
-// goroutines' allocations only ever add).
-func allocated(f func()) uint64 {
-	best := ^uint64(0)
-	for range 3 {
-		var a, b runtime.MemStats
-		runtime.ReadMemStats(&a)
-		f()
-		runtime.ReadMemStats(&b)
-		best = min(best, b.TotalAlloc-a.TotalAlloc)
-	}
-	return best
-}
-
-// emptyEntries is n empty length-delimited entries of field num.
-func emptyEntries(num protowire.Number, n int) []byte {
-	var b []byte
-	for range n {
-		b = protowire.AppendTag(b, num, protowire.BytesType)
-		b = protowire.AppendBytes(b, nil)
-	}
-	return b
-}
-
-func submessage(num protowire.Number, body []byte) []byte {
-	return protowire.AppendBytes(protowire.AppendTag(nil, num, protowire.BytesType), body)
-}
 
 // TestResponseCountsBeforeDecoding: a client refuses a page or an
 // evaluation with too many entries before decoding it, without
@@ -47,13 +18,13 @@ func TestResponseCountsBeforeDecoding(t *testing.T) {
 		name string
 		resp []byte
 	}{
-		{"a frame of empty page entries", submessage(fieldRespPage, emptyEntries(fieldPageEntries, frame))},
-		{"page entries one over the cap", submessage(fieldRespPage, emptyEntries(fieldPageEntries, MaxPageEntries+1))},
+		{"a frame of empty page entries", wiretest.Submessage(fieldRespPage, wiretest.EmptyEntries(fieldPageEntries, frame))},
+		{"page entries one over the cap", wiretest.Submessage(fieldRespPage, wiretest.EmptyEntries(fieldPageEntries, MaxPageEntries+1))},
 		{"page entries over two page bodies", append(
-			submessage(fieldRespPage, emptyEntries(fieldPageEntries, MaxPageEntries/2+1)),
-			submessage(fieldRespPage, emptyEntries(fieldPageEntries, MaxPageEntries/2))...)},
-		{"a frame of empty evaluated elements", submessage(fieldRespEvaluation, emptyEntries(fieldEvalEvaluated, frame))},
-		{"a page cut short", submessage(fieldRespPage, []byte{0x3a, 0x05})},
+			wiretest.Submessage(fieldRespPage, wiretest.EmptyEntries(fieldPageEntries, MaxPageEntries/2+1)),
+			wiretest.Submessage(fieldRespPage, wiretest.EmptyEntries(fieldPageEntries, MaxPageEntries/2))...)},
+		{"a frame of empty evaluated elements", wiretest.Submessage(fieldRespEvaluation, wiretest.EmptyEntries(fieldEvalEvaluated, frame))},
+		{"a page cut short", wiretest.Submessage(fieldRespPage, []byte{0x3a, 0x05})},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -61,7 +32,7 @@ func TestResponseCountsBeforeDecoding(t *testing.T) {
 				t.Fatalf("response of %d bytes, over the %d cap", len(tc.resp), maxResponseFrame)
 			}
 			var err error
-			n := allocated(func() { _, err = decodeResponse(tc.resp) })
+			n := wiretest.Allocated(func() { _, err = decodeResponse(tc.resp) })
 			if !errors.Is(err, ErrProtocol) {
 				t.Fatalf("got %v, want ErrProtocol", err)
 			}
@@ -81,16 +52,16 @@ func TestOwnerBodyCountsBeforeDecoding(t *testing.T) {
 		body []byte
 		want Code
 	}{
-		{"a frame of empty elements", submessage(fieldOwnerEvaluate, emptyEntries(fieldEvaluateBlinded, (maxOwnerFrame-1024)/2)), CodeTooLarge},
+		{"a frame of empty elements", wiretest.Submessage(fieldOwnerEvaluate, wiretest.EmptyEntries(fieldEvaluateBlinded, (maxOwnerFrame-1024)/2)), CodeTooLarge},
 		{"elements over two evaluate bodies", append(
-			submessage(fieldOwnerEvaluate, emptyEntries(fieldEvaluateBlinded, MaxBatch/2+1)),
-			submessage(fieldOwnerEvaluate, emptyEntries(fieldEvaluateBlinded, MaxBatch/2))...), CodeTooLarge},
-		{"an evaluate body cut short", submessage(fieldOwnerEvaluate, []byte{0x0a, 0x20}), CodeMalformed},
+			wiretest.Submessage(fieldOwnerEvaluate, wiretest.EmptyEntries(fieldEvaluateBlinded, MaxBatch/2+1)),
+			wiretest.Submessage(fieldOwnerEvaluate, wiretest.EmptyEntries(fieldEvaluateBlinded, MaxBatch/2))...), CodeTooLarge},
+		{"an evaluate body cut short", wiretest.Submessage(fieldOwnerEvaluate, []byte{0x0a, 0x20}), CodeMalformed},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			var code Code
-			n := allocated(func() { _, code = decodeOwnerBody(tc.body) })
+			n := wiretest.Allocated(func() { _, code = decodeOwnerBody(tc.body) })
 			if code != tc.want {
 				t.Fatalf("got %v, want %v", code, tc.want)
 			}

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/protobuf/encoding/protowire"
 
 	"github.com/kinmesh/kinmesh/protocols/wire"
+	"github.com/kinmesh/kinmesh/protocols/wire/wiretest"
 	"github.com/kinmesh/kinmesh/storage"
 )
 
@@ -60,7 +61,7 @@ func fuzzSeeds(t testing.TB) (requests, bodies, responses, records [][]byte) {
 	two := func(m []byte, field protowire.Number) []byte {
 		var body []byte
 		wire.EachBytes(m, field, func(v []byte) bool { body = v; return false })
-		return append(bytes.Clone(m), submessage(field, body)...)
+		return append(bytes.Clone(m), wiretest.Submessage(field, body)...)
 	}
 	responses = append(responses,
 		two(responses[len(responses)-1], fieldRespPage),

@@ -3,47 +3,20 @@ package moments
 import (
 	"crypto/ed25519"
 	"errors"
-	"runtime"
 	"slices"
 	"testing"
 
 	"google.golang.org/protobuf/encoding/protowire"
 
+	"github.com/kinmesh/kinmesh/protocols/wire/wiretest"
+
 	"github.com/kinmesh/kinmesh/protocols/blobs"
 )
-
-// allocated returns the fewest bytes f allocated over a few runs (other
-// goroutines' allocations only ever add).
-func allocated(f func()) uint64 {
-	best := ^uint64(0)
-	for range 3 {
-		var a, b runtime.MemStats
-		runtime.ReadMemStats(&a)
-		f()
-		runtime.ReadMemStats(&b)
-		best = min(best, b.TotalAlloc-a.TotalAlloc)
-	}
-	return best
-}
-
-// emptyEntries is n empty length-delimited entries of field num.
-func emptyEntries(num protowire.Number, n int) []byte {
-	var b []byte
-	for range n {
-		b = protowire.AppendTag(b, num, protowire.BytesType)
-		b = protowire.AppendBytes(b, nil)
-	}
-	return b
-}
-
-func submessage(num protowire.Number, body []byte) []byte {
-	return protowire.AppendBytes(protowire.AppendTag(nil, num, protowire.BytesType), body)
-}
 
 // TestRequestCountsBeforeDecoding: a request full of empty frames is
 // refused before it is decoded, without allocating per frame.
 func TestRequestCountsBeforeDecoding(t *testing.T) {
-	topic := submessage(1, []byte(fuzzTopic))
+	topic := wiretest.Submessage(1, []byte(fuzzTopic))
 	tests := []struct {
 		name     string
 		req      []byte
@@ -52,25 +25,25 @@ func TestRequestCountsBeforeDecoding(t *testing.T) {
 	}{
 		{
 			name:     "a request's worth of empty frames",
-			req:      submessage(fieldRequestKeep, append(topic, emptyEntries(fieldKeepFrames, (maxRequestFrame-64)/2-8)...)),
+			req:      wiretest.Submessage(fieldRequestKeep, append(topic, wiretest.EmptyEntries(fieldKeepFrames, (maxRequestFrame-64)/2-8)...)),
 			want:     CodeTooLarge,
 			maxAlloc: 16 << 10,
 		},
 		{
 			name:     "frames over two keep bodies",
-			req:      append(submessage(fieldRequestKeep, append(topic, emptyEntries(fieldKeepFrames, 40)...)), submessage(fieldRequestKeep, emptyEntries(fieldKeepFrames, 40))...),
+			req:      append(wiretest.Submessage(fieldRequestKeep, append(topic, wiretest.EmptyEntries(fieldKeepFrames, 40)...)), wiretest.Submessage(fieldRequestKeep, wiretest.EmptyEntries(fieldKeepFrames, 40))...),
 			want:     CodeTooLarge,
 			maxAlloc: 16 << 10,
 		},
 		{
 			name:     "a request's worth of empty confirmations",
-			req:      submessage(fieldRequestPurge, emptyEntries(fieldPurgeConfirm, (maxRequestFrame-64)/2-8)),
+			req:      wiretest.Submessage(fieldRequestPurge, wiretest.EmptyEntries(fieldPurgeConfirm, (maxRequestFrame-64)/2-8)),
 			want:     CodeTooLarge,
 			maxAlloc: 16 << 10,
 		},
 		{
 			name:     "truncated keep",
-			req:      submessage(fieldRequestKeep, []byte{0x12, 0x05}),
+			req:      wiretest.Submessage(fieldRequestKeep, []byte{0x12, 0x05}),
 			want:     CodeMalformed,
 			maxAlloc: 16 << 10,
 		},
@@ -81,7 +54,7 @@ func TestRequestCountsBeforeDecoding(t *testing.T) {
 				t.Fatalf("request of %d bytes, over the %d cap", len(tc.req), maxRequestFrame)
 			}
 			var code Code
-			n := allocated(func() { _, code = decodeRequest(tc.req) })
+			n := wiretest.Allocated(func() { _, code = decodeRequest(tc.req) })
 			if code != tc.want {
 				t.Fatalf("got %v, want %v", code, tc.want)
 			}
@@ -101,10 +74,10 @@ func TestResponseCountsBeforeDecoding(t *testing.T) {
 		name string
 		resp []byte
 	}{
-		{"empty items", emptyEntries(fieldRespItems, (maxResponseFrame-8)/2)},
-		{"packed codes", submessage(fieldRespCodes, packed)},
-		{"empty media ids", emptyEntries(fieldRespMedia, (maxResponseFrame-8)/2)},
-		{"items one over the page", emptyEntries(fieldRespItems, MaxPageItems+1)},
+		{"empty items", wiretest.EmptyEntries(fieldRespItems, (maxResponseFrame-8)/2)},
+		{"packed codes", wiretest.Submessage(fieldRespCodes, packed)},
+		{"empty media ids", wiretest.EmptyEntries(fieldRespMedia, (maxResponseFrame-8)/2)},
+		{"items one over the page", wiretest.EmptyEntries(fieldRespItems, MaxPageItems+1)},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -112,7 +85,7 @@ func TestResponseCountsBeforeDecoding(t *testing.T) {
 				t.Fatalf("response of %d bytes, over the %d cap", len(tc.resp), maxResponseFrame)
 			}
 			var err error
-			n := allocated(func() { _, err = decodeResponse(tc.resp) })
+			n := wiretest.Allocated(func() { _, err = decodeResponse(tc.resp) })
 			if !errors.Is(err, ErrProtocol) {
 				t.Fatalf("got %v, want ErrProtocol", err)
 			}
@@ -127,7 +100,7 @@ func TestResponseCountsBeforeDecoding(t *testing.T) {
 // refused before its body is decoded.
 func TestFrameCountsBeforeDecoding(t *testing.T) {
 	body := protowire.AppendVarint(protowire.AppendTag(nil, 1, protowire.VarintType), uint64(KindTombstone))
-	body = append(body, emptyEntries(fieldFrameProofs, 8000)...)
+	body = append(body, wiretest.EmptyEntries(fieldFrameProofs, 8000)...)
 	raw := []byte{frameVersion}
 	raw = protowire.AppendVarint(raw, uint64(len(body)))
 	raw = append(raw, body...)
@@ -136,7 +109,7 @@ func TestFrameCountsBeforeDecoding(t *testing.T) {
 		t.Fatalf("frame of %d bytes, over the cap", len(raw))
 	}
 	var err error
-	n := allocated(func() { _, err = parseFrame(raw) })
+	n := wiretest.Allocated(func() { _, err = parseFrame(raw) })
 	if !errors.Is(err, ErrMalformed) {
 		t.Fatalf("got %v, want ErrMalformed", err)
 	}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/kinmesh/kinmesh/protocols/blobs"
 	"github.com/kinmesh/kinmesh/protocols/wire"
+	"github.com/kinmesh/kinmesh/protocols/wire/wiretest"
 )
 
 var (
@@ -105,10 +106,10 @@ func FuzzDecodeRequest(f *testing.F) {
 	} {
 		f.Add(marshal(encodeRequest(r)))
 	}
-	f.Add(submessage(fieldRequestPurge, emptyEntries(fieldPurgeConfirm, MaxPurgeMedia+1)))
+	f.Add(wiretest.Submessage(fieldRequestPurge, wiretest.EmptyEntries(fieldPurgeConfirm, MaxPurgeMedia+1)))
 	// Over the frame cap: one body, and two bodies that merge.
 	f.Add(marshal(encodeRequest(request{kind: reqKeep, topic: fuzzTopic, frames: make([][]byte, MaxKeepFrames+1)})))
-	f.Add(append(submessage(fieldRequestKeep, emptyEntries(fieldKeepFrames, 40)), submessage(fieldRequestKeep, emptyEntries(fieldKeepFrames, 40))...))
+	f.Add(append(wiretest.Submessage(fieldRequestKeep, wiretest.EmptyEntries(fieldKeepFrames, 40)), wiretest.Submessage(fieldRequestKeep, wiretest.EmptyEntries(fieldKeepFrames, 40))...))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		r, code := decodeRequest(b)
 		if code != CodeOK {
@@ -134,8 +135,8 @@ func FuzzDecodeResponse(f *testing.F) {
 		f.Add(marshal(encodeResponse(r)))
 	}
 	// Over the caps, in entries of two bytes.
-	f.Add(emptyEntries(fieldRespItems, MaxPageItems+1))
-	f.Add(submessage(fieldRespCodes, make([]byte, MaxKeepFrames+1)))
+	f.Add(wiretest.EmptyEntries(fieldRespItems, MaxPageItems+1))
+	f.Add(wiretest.Submessage(fieldRespCodes, make([]byte, MaxKeepFrames+1)))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		r, err := decodeResponse(b)
 		if err != nil {
