@@ -7,6 +7,14 @@ import (
 	"github.com/kinmesh/kinmesh/protocols/contact"
 )
 
+// recordChanged spreads a new contact record of the account (and, at
+// start, the current one): in the DHT and in the phone directory entry
+// (phone.go).
+func (n *Node) recordChanged() {
+	n.publishRecord()
+	wake(n.entryWake)
+}
+
 // publishRecord publishes the account's signed contact record in the
 // kinmesh DHT under /kmc/<account id>, so contacts can refresh it (new
 // home relays, new device). It retries with backoff until it succeeds or

@@ -162,7 +162,7 @@ func (n *Node) addFormer(ctx context.Context, f formerRelay) error {
 	if err := b.Commit(ctx); err != nil {
 		return fmt.Errorf("store former home relays: %w", err)
 	}
-	wakeFormer(n.formerWake)
+	wake(n.formerWake)
 	return nil
 }
 
@@ -180,12 +180,17 @@ func (n *Node) putFormer(b *storage.Batch, former []formerRelay) error {
 }
 
 // formerLoop purges the former home relays until each confirms.
-func (n *Node) formerLoop() {
+func (n *Node) formerLoop() { n.retryLoop(n.formerWake, n.purgeFormer) }
+
+// retryLoop runs work until the node stops: again whenever woken, and
+// while work reports something left to retry, after a backoff of 5 s
+// doubling up to an hour.
+func (n *Node) retryLoop(woken <-chan struct{}, work func(context.Context) (retry bool)) {
 	var backoff time.Duration
 	for {
 		var retry <-chan time.Time
 		var t *time.Timer
-		if n.purgeFormer(n.bgCtx) {
+		if work(n.bgCtx) {
 			backoff = min(max(2*backoff, 5*time.Second), time.Hour)
 			t = time.NewTimer(backoff)
 			retry = t.C
@@ -194,7 +199,7 @@ func (n *Node) formerLoop() {
 		}
 		select {
 		case <-n.bgCtx.Done():
-		case <-n.formerWake:
+		case <-woken:
 		case <-retry:
 		}
 		if t != nil {

@@ -54,7 +54,7 @@ func (n *Node) startMessaging(pk *e2ee.PrekeyStore) error {
 	if err != nil {
 		return fmt.Errorf("start messaging: %w", err)
 	}
-	n.publishRecord()
+	n.recordChanged()
 	n.startRecovery() // recovery.go: backup upkeep
 	if err := n.startSocial(); err != nil {
 		return err

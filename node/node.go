@@ -77,6 +77,9 @@ type Node struct {
 	purgers []purger
 	// formerWake wakes the purge of home relays a move replaced (former.go).
 	formerWake chan struct{}
+	// entryWake wakes the upkeep of the phone directory entry's record
+	// (phone.go).
+	entryWake chan struct{}
 
 	// phoneMu serializes phone verification and discovery syncs (phone.go,
 	// discovery.go).
@@ -117,6 +120,7 @@ func New(cfg Config) (*Node, error) {
 		downSince:    map[peer.ID]time.Time{},
 		events:       newEventHub(),
 		formerWake:   make(chan struct{}, 1),
+		entryWake:    make(chan struct{}, 1),
 		bgCtx:        bgCtx,
 		bgStop:       bgStop,
 	}, nil
@@ -194,6 +198,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 		}
 	}
 	n.bg.Go(n.formerLoop) // reads n.acct: after it is loaded
+	n.bg.Go(n.entryLoop)
 	if n.cfg.API != "" {
 		if n.api, err = startAPI(n, n.cfg.API); err != nil {
 			return err

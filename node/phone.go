@@ -14,6 +14,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/protocol"
 	msmux "github.com/multiformats/go-multistream"
 
+	"github.com/kinmesh/kinmesh/protocols/contact"
 	"github.com/kinmesh/kinmesh/protocols/discovery"
 	"github.com/kinmesh/kinmesh/protocols/e2ee"
 	"github.com/kinmesh/kinmesh/storage"
@@ -87,6 +88,10 @@ type phoneState struct {
 	Number     string    `json:"number,omitempty"`
 	Relay      string    `json:"relay,omitempty"` // full multiaddr
 	VerifiedAt time.Time `json:"verified_at,omitzero"`
+	// RecordSeq is the sequence number of the contact record the
+	// relay's directory entry holds (entryLoop keeps it current; 0 in
+	// states saved before it was kept, which refreshes the entry once).
+	RecordSeq uint64 `json:"record_seq,omitempty"`
 
 	PendingNumber  string    `json:"pending_number,omitempty"`
 	PendingRelay   string    `json:"pending_relay,omitempty"`
@@ -323,7 +328,7 @@ func (n *Node) ConfirmPhoneCode(ctx context.Context, code string) (*PhoneStatus,
 		return nil, unreachable(err)
 	}
 	old := st.Relay
-	st = phoneState{Number: st.PendingNumber, Relay: st.PendingRelay, VerifiedAt: res.VerifiedAt}
+	st = phoneState{Number: st.PendingNumber, Relay: st.PendingRelay, VerifiedAt: res.VerifiedAt, RecordSeq: rec.Seq}
 	if err := n.savePhone(ctx, st); err != nil {
 		return nil, err
 	}
@@ -344,8 +349,9 @@ func (n *Node) ConfirmPhoneCode(ctx context.Context, code string) (*PhoneStatus,
 			}
 		}
 	}
-	n.kickRecovery()         // the backup follows the link
-	wakeFormer(n.formerWake) // the old link is no longer in use
+	wake(n.entryWake)  // the record may have changed meanwhile
+	n.kickRecovery()   // the backup follows the link
+	wake(n.formerWake) // the old link is no longer in use
 	n.log.Info("phone number verified", "relay", relay.ID)
 	return st.view(n.cfg.Now(), homes), nil
 }
@@ -389,8 +395,88 @@ func (n *Node) UnlinkPhone(ctx context.Context) (*PhoneStatus, error) {
 	if err := n.store.Namespace(phoneNamespace).Delete(ctx, keyPhoneState); err != nil {
 		return nil, err
 	}
-	wakeFormer(n.formerWake) // no link left in use on a former home relay
+	wake(n.formerWake) // no link left in use on a former home relay
 	return phoneState{}.view(n.cfg.Now(), nil), nil
+}
+
+// The directory entry on the phone relay carries the account's signed
+// contact record: it is what people who find the account by number add as
+// a contact. So it follows the record: a move to other home relays, a new
+// profile photo, a new device, a restore. phoneState.RecordSeq is the
+// sequence number of the record the entry holds; entryLoop sends the
+// account's current record (discovery's UpdateRecord) whenever it is
+// newer. It is woken at start, by every new record (recordChanged), by a
+// verification and when relay links change, and retries with backoff
+// while the relay can't be reached.
+
+// entryLoop keeps the phone directory entry's record current.
+func (n *Node) entryLoop() { n.retryLoop(n.entryWake, n.refreshEntry) }
+
+// refreshEntry sends the current record to the relay holding the phone
+// link if its entry holds an older one, and reports whether to retry.
+func (n *Node) refreshEntry(ctx context.Context) (retry bool) {
+	if n.host == nil {
+		return false
+	}
+	n.acctMu.Lock()
+	a := n.acct
+	var rec contact.Signed
+	if a != nil {
+		rec = a.record
+	}
+	n.acctMu.Unlock()
+	if a == nil {
+		return false
+	}
+	st, err := n.loadPhone(ctx)
+	if err != nil {
+		n.log.Warn("phone directory entry", "err", err)
+		return true
+	}
+	if st.Number == "" || st.RecordSeq >= rec.Seq {
+		return false
+	}
+	ai, err := peer.AddrInfoFromString(st.Relay)
+	if err != nil {
+		n.log.Warn("phone directory entry: the phone relay's address", "err", err)
+		return false
+	}
+	c, err := discovery.NewClient(n.host, discovery.WithClientLogger(n.log))
+	if err != nil {
+		return true
+	}
+	n.host.Peerstore().AddAddrs(ai.ID, ai.Addrs, peerstore.TempAddrTTL)
+	uctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	_, err = c.UpdateRecord(uctx, ai.ID, a.identity, rec)
+	cancel()
+	switch {
+	case errors.Is(err, discovery.ErrNotVerified):
+		// No link there (unlinked meanwhile, or the relay lost it):
+		// no entry to refresh until the number is verified again.
+		n.log.Warn("phone directory entry: the relay holds no link for the account", "relay", ai.ID)
+	case err != nil:
+		n.log.Debug("phone directory entry: send the new record", "relay", ai.ID, "err", err)
+		return true
+	}
+	// Note it unless the link changed meanwhile (a new verification
+	// notes the record it enrolled itself).
+	n.phoneMu.Lock()
+	defer n.phoneMu.Unlock()
+	cur, err := n.loadPhone(ctx)
+	if err != nil {
+		n.log.Warn("phone directory entry", "err", err)
+		return true
+	}
+	if cur.Number != st.Number || cur.Relay != st.Relay || cur.RecordSeq >= rec.Seq {
+		return false
+	}
+	cur.RecordSeq = rec.Seq
+	if err := n.savePhone(ctx, cur); err != nil {
+		n.log.Warn("phone directory entry", "err", err)
+		return true
+	}
+	n.log.Debug("phone directory entry refreshed", "relay", ai.ID, "seq", rec.Seq)
+	return false
 }
 
 // purgeDiscovery is the account-deletion purge of one relay: the number

@@ -214,7 +214,7 @@ func (n *Node) changePhoto(ctx context.Context, data []byte, typ string) (*Photo
 	if n.msg != nil {
 		n.msg.UpdateRecord(rec)
 	}
-	n.publishRecord()
+	n.recordChanged()
 	n.acctMu.Unlock()
 	n.kickRecovery() // the backup holds the record
 	n.deleteStalePhotos(ctx, c, a.identity)

@@ -299,7 +299,7 @@ func (n *Node) saveRecovery(ctx context.Context, rec *recoveryRecord) error {
 // (former.go: it waits for the phone relay's copy).
 func (n *Node) savedRecovery(rec *recoveryRecord) {
 	if len(rec.Held) > 1 {
-		wakeFormer(n.formerWake)
+		wake(n.formerWake)
 	}
 }
 
@@ -448,7 +448,7 @@ func (n *Node) DisableRecovery(ctx context.Context) (*RecoveryStatus, error) {
 		return nil, err
 	}
 	n.recovery.enabled.Store(false)
-	wakeFormer(n.formerWake) // no backup left in use on a former home relay
+	wake(n.formerWake) // no backup left in use on a former home relay
 	n.log.Info("account recovery off: backups deleted", "relays", len(relays))
 	return (*recoveryRecord)(nil).view(ph, n.homeRelays()), nil
 }
@@ -1013,21 +1013,14 @@ func (n *Node) restore(ctx context.Context, c *backup.Contents, key *backup.Key,
 			res.Introduced = len(ids)
 		}
 	}
-	// The directory entry on the phone relay carries the new record.
-	dc, err := discovery.NewClient(n.host, discovery.WithClientLogger(n.log))
-	if err == nil {
-		uctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		if _, err := dc.UpdateRecord(uctx, p.relay.ID, a.identity, a.record); err != nil {
-			n.log.Debug("account recovery: update the directory record", "err", err)
-		}
-		cancel()
-	}
+	// The directory entry on the phone relay gets the new record from the
+	// entry's upkeep (phone.go), which starting messaging woke.
 	res.PrekeysPending, _ = n.loadPrekeyPurge(ctx)
 	if res.PrekeysPending == nil {
 		res.PrekeysPending = []string{}
 	}
 	n.kickRecovery()
-	wakeFormer(n.formerWake) // relays the lost device left: purge them
+	wake(n.formerWake) // relays the lost device left: purge them
 	n.log.Info("account restored from backup", "contacts", res.Contacts, "introduced", res.Introduced)
 	return res, nil
 }

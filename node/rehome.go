@@ -38,7 +38,8 @@ func (n *Node) watchRelays() {
 			}
 		}
 		n.rsvMu.Unlock()
-		wakeFormer(n.formerWake) // a former home relay may be back
+		wake(n.formerWake) // a former home relay may be back
+		wake(n.entryWake)  // so may the phone relay
 		select {
 		case <-n.bgCtx.Done():
 			return
@@ -47,8 +48,9 @@ func (n *Node) watchRelays() {
 	}
 }
 
-// wakeFormer wakes the purge of former home relays without blocking.
-func wakeFormer(c chan struct{}) {
+// wake wakes a background loop (the purge of former home relays, the
+// directory entry's upkeep) without blocking.
+func wake(c chan struct{}) {
 	select {
 	case c <- struct{}{}:
 	default:
@@ -164,8 +166,8 @@ func (n *Node) CheckHomes(ctx context.Context) (bool, error) {
 	}
 	a.Account, a.record = next.Account, rec
 	n.msg.UpdateRecord(rec)
-	n.publishRecord()
-	wakeFormer(n.formerWake)
+	n.recordChanged()
+	wake(n.formerWake)
 	if ph, err := n.loadPhone(ctx); err == nil && ph.needsReverification(next.HomeRelays) {
 		n.log.Warn("the relay holding the phone link is no home relay any more: verify the number again to move the link and the backup (POST /v1/phone)", "relay", relayID(ph.Relay))
 	}

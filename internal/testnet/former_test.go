@@ -349,3 +349,55 @@ func TestMoveOffPhoneRelayBack(t *testing.T) {
 	moved := verifyAgain(ctx, t, n, number, old)
 	wantMovedOff(ctx, t, n, old, moved)
 }
+
+// TestPhoneEntryFollowsMove: a move replaces a home relay other than the
+// phone relay, so the account's record names new home relays while the
+// link stays where it is. The directory entry on the phone relay follows
+// the record: someone who finds the account by number gets the new home
+// relays, not the ones it had when the number was verified.
+func TestPhoneEntryFollowsMove(t *testing.T) {
+	clk := new(clock)
+	n := startNet(t, Config{Relays: 4, Devices: 2, Now: clk.Now})
+	ctx, cancel := context.WithTimeout(context.Background(), 150*time.Second)
+	defer cancel()
+	accounts(t, ctx, n)
+	a, b := n.Devices[0], n.Devices[1]
+	const number = "+351 91 555 0181"
+	phone := linkPhone(ctx, t, n, number)
+	var dead *Relay
+	for _, r := range n.Relays[:3] {
+		if r != phone {
+			dead = r
+		}
+	}
+	moveHome(ctx, t, n, clk, dead)
+	acct, _ := a.Node().Account()
+	if ph, err := a.Node().Phone(ctx); err != nil || ph.NeedsReverification {
+		t.Fatalf("phone after moving off another relay: %+v, %v; want the link current", ph, err)
+	}
+	// b looks numbers up where its own number is verified: the first home
+	// relay that is up, the same as a's.
+	bp, err := n.VerifyPhone(ctx, b, "+351 91 555 0182")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bp.Relay != phone.AddrInfo().ID.String() {
+		t.Fatalf("b's number verified on %s, a's on %s: b can't look a's up", bp.Relay, phone.Name)
+	}
+	spare, gone := n.Relays[3].AddrInfo().ID, dead.AddrInfo().ID
+	var homes []string
+	waitCond(ctx, t, "a's new home relays in the record found by number", func() bool {
+		res, err := b.Node().DiscoverContacts(ctx, []string{number})
+		if err != nil || len(res.Matches) != 1 {
+			return false
+		}
+		homes = homes[:0]
+		for _, r := range res.Matches[0].Record().Relays() {
+			homes = append(homes, r.ID.String())
+		}
+		return slices.Contains(homes, spare.String()) && !slices.Contains(homes, gone.String())
+	})
+	if len(homes) != len(acct.HomeRelays) {
+		t.Fatalf("the record found by number names %v; a's home relays are %v", homes, acct.HomeRelays)
+	}
+}
