@@ -3,6 +3,7 @@
 package storage
 
 import (
+	"fmt"
 	"io/fs"
 	"syscall"
 )
@@ -14,4 +15,14 @@ func allocatedSize(fi fs.FileInfo) uint64 {
 		return uint64(st.Blocks) * 512
 	}
 	return uint64(fi.Size())
+}
+
+// freeSpace returns the bytes available to unprivileged users on the file
+// system holding dir.
+func freeSpace(dir string) (uint64, error) {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err != nil {
+		return 0, fmt.Errorf("storage: statfs %s: %w", dir, err)
+	}
+	return st.Bavail * uint64(st.Bsize), nil
 }

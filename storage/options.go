@@ -50,6 +50,8 @@ type config struct {
 	// trimBusy and trimIdle are WithTrimInterval's, if trimSet (trim.go).
 	trimBusy, trimIdle time.Duration
 	trimSet            bool
+	// minFree is WithMinFree's floor; 0 for none.
+	minFree uint64
 }
 
 const (
@@ -138,6 +140,18 @@ func WithProfile(p Profile) Option {
 			return fmt.Errorf("unknown profile %v", p)
 		}
 		c.profile = p
+		return nil
+	}
+}
+
+// WithMinFree sets the free space the store's file system must keep:
+// once less than min bytes are available there (to this process's user,
+// as statfs counts them), LowOnSpace reports true, so that a relay
+// refuses new data before the disk is full instead of failing writes
+// halfway. 0 (the default) sets no floor.
+func WithMinFree(min uint64) Option {
+	return func(c *config) error {
+		c.minFree = min
 		return nil
 	}
 }

@@ -64,6 +64,7 @@ type Store struct {
 	closeOnce   sync.Once
 	closeErr    error
 	logs        logSync
+	space       spaceCheck // LowOnSpace
 }
 
 // Open opens the store in dir, creating dir (mode 0700), the Badger files and
@@ -284,6 +285,51 @@ func shred(path string) error {
 	}
 	return errors.Join(err, f.Close())
 }
+
+// spaceCheck caches LowOnSpace's answer for a second: relays ask on
+// every deposit and upload.
+type spaceCheck struct {
+	at     atomic.Int64 // unix nanoseconds of the last statfs; 0 for never
+	low    atomic.Bool
+	warned atomic.Bool // an error was logged
+}
+
+// spaceCheckEvery is how long LowOnSpace trusts its last statfs.
+const spaceCheckEvery = time.Second
+
+// LowOnSpace reports whether the file system holding the store has less
+// space available than WithMinFree asks for (checked at most once a
+// second). It is false without a floor, and when the file system can't
+// tell (a platform without statfs, or an error, which is logged).
+// Writes are not refused by the store itself: callers refuse new data
+// and keep taking deletions, which free space.
+func (s *Store) LowOnSpace() bool {
+	if s.cfg.minFree == 0 {
+		return false
+	}
+	now := time.Now()
+	if at := s.space.at.Load(); at != 0 && now.Sub(time.Unix(0, at)) < spaceCheckEvery {
+		return s.space.low.Load()
+	}
+	s.space.at.Store(now.UnixNano())
+	free, err := freeSpace(s.dir)
+	if err != nil {
+		if !s.space.warned.Swap(true) {
+			s.log.Warn("free disk space unknown: the floor is not enforced", "err", err)
+		}
+		s.space.low.Store(false)
+		return false
+	}
+	low := free < s.cfg.minFree
+	if was := s.space.low.Swap(low); was != low {
+		s.log.Warn("free disk space", "low", low, "free_bytes", free, "min_free_bytes", s.cfg.minFree)
+	}
+	return low
+}
+
+// FreeSpace returns the bytes available to this process's user on the
+// file system holding the store.
+func (s *Store) FreeSpace() (uint64, error) { return freeSpace(s.dir) }
 
 // DiskUsage returns the bytes the store's files occupy on disk.
 func (s *Store) DiskUsage(ctx context.Context) (uint64, error) {

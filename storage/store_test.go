@@ -1310,6 +1310,31 @@ func TestDiskUsage(t *testing.T) {
 	}
 }
 
+// TestLowOnSpace: LowOnSpace compares the file system's real free space
+// with the floor WithMinFree sets.
+func TestLowOnSpace(t *testing.T) {
+	free, err := open(t, "").FreeSpace()
+	if err != nil || free == 0 {
+		t.Fatalf("FreeSpace = %d, %v; want > 0", free, err)
+	}
+	for _, c := range []struct {
+		name string
+		opts []storage.Option
+		low  bool
+	}{
+		{"no floor", nil, false},
+		{"floor under the free space", []storage.Option{storage.WithMinFree(free / 2)}, false},
+		{"floor over the free space", []storage.Option{storage.WithMinFree(free + 1<<40)}, true},
+	} {
+		st := open(t, "", c.opts...)
+		for range 2 { // the second answer comes from the cache
+			if got := st.LowOnSpace(); got != c.low {
+				t.Errorf("%s: LowOnSpace = %v, want %v", c.name, got, c.low)
+			}
+		}
+	}
+}
+
 func TestWipe(t *testing.T) {
 	ctx := context.Background()
 	for _, pass := range [][]byte{nil, []byte("p")} {
