@@ -23,6 +23,11 @@ import (
 // "Relay RSS").
 const DefaultGoMemoryLimit = 200 << 20
 
+// DefaultMinFreeDisk is the free disk space a relay keeps by default
+// (Config.MinFreeDisk): room for Badger's compactions and value-log GC,
+// which need space to free space.
+const DefaultMinFreeDisk = 1 << 30
+
 // Config is a relay's whole configuration: one flat struct, filled from a
 // TOML file, then the environment, then flags (later sources win). The
 // defaults are listed with each field and applied by New.
@@ -75,6 +80,21 @@ type Config struct {
 	// MailboxDepositBytesPerMinute: envelope bytes one depositor may
 	// deposit per minute (default 64 MiB).
 	MailboxDepositBytesPerMinute int64 `toml:"mailbox_deposit_bytes_per_minute"`
+	// MailboxIPDepositBytesPerHour, MailboxIPDepositBurst: envelope bytes
+	// all depositors connecting from one IP address (one IPv6 /64) may
+	// deposit together, whatever their peer ids: per hour (default
+	// 256 MiB) and at once (default 512 MiB). Peer ids are free; this is
+	// what bounds how fast one address fills the relay's disk with mail.
+	MailboxIPDepositBytesPerHour int64 `toml:"mailbox_ip_deposit_bytes_per_hour"`
+	MailboxIPDepositBurst        int64 `toml:"mailbox_ip_deposit_burst"`
+
+	// MinFreeDisk: free space (bytes) the relay keeps on the file system
+	// of its data directory. Below it, it takes no new mail or media
+	// (refused as relay full, so devices use their other relays) and
+	// keeps serving and deleting what it holds, which frees space
+	// (default 1 GiB; -1 for no floor). Moments, backups, reports and
+	// the directory are bounded by their own caps.
+	MinFreeDisk int64 `toml:"min_free_disk"`
 
 	// MaxMemory caps the libp2p resource manager (default 512 MiB).
 	MaxMemory int64 `toml:"max_memory"`
@@ -398,12 +418,25 @@ func (c *Config) applyDefaults() error {
 	if c.MailboxDepositBytesPerMinute == 0 {
 		c.MailboxDepositBytesPerMinute = mailbox.DefaultDepositBytesPerMinute
 	}
+	if c.MailboxIPDepositBytesPerHour == 0 {
+		c.MailboxIPDepositBytesPerHour = mailbox.DefaultSourceDepositBytesPerHour
+	}
+	if c.MailboxIPDepositBurst == 0 {
+		c.MailboxIPDepositBurst = mailbox.DefaultSourceDepositBurst
+	}
+	switch {
+	case c.MinFreeDisk == 0:
+		c.MinFreeDisk = DefaultMinFreeDisk
+	case c.MinFreeDisk < -1:
+		return fmt.Errorf("%w: min_free_disk must be bytes, or -1 for no floor, got %d", ErrConfig, c.MinFreeDisk)
+	}
 	for name, v := range map[string]int{"max_reservations": c.MaxReservations, "max_reservations_per_ip": c.MaxReservationsPerIP, "max_circuits": c.MaxCircuits, "max_conns": c.MaxConns, "mailbox_max_items": c.MailboxMaxItems, "mailbox_deposits_per_minute": c.MailboxDepositsPerMinute} {
 		if v < 0 {
 			return fmt.Errorf("%w: %s must be positive, got %d", ErrConfig, name, v)
 		}
 	}
-	for name, v := range map[string]int64{"mailbox_max_bytes": c.MailboxMaxBytes, "mailbox_deposit_bytes_per_minute": c.MailboxDepositBytesPerMinute} {
+	for name, v := range map[string]int64{"mailbox_max_bytes": c.MailboxMaxBytes, "mailbox_deposit_bytes_per_minute": c.MailboxDepositBytesPerMinute,
+		"mailbox_ip_deposit_bytes_per_hour": c.MailboxIPDepositBytesPerHour, "mailbox_ip_deposit_burst": c.MailboxIPDepositBurst} {
 		if v < mailbox.MaxEnvelopeSize {
 			return fmt.Errorf("%w: %s must be at least %d (one envelope), got %d", ErrConfig, name, mailbox.MaxEnvelopeSize, v)
 		}

@@ -41,10 +41,14 @@ mailbox_deposit_bytes_per_minute = 2097152
 		d.MailboxDepositsPerMinute != mailbox.DefaultDepositsPerMinute || d.MailboxDepositBytesPerMinute != mailbox.DefaultDepositBytesPerMinute {
 		t.Fatalf("mailbox defaults not applied: %+v", d)
 	}
+	if d.MailboxIPDepositBytesPerHour != mailbox.DefaultSourceDepositBytesPerHour || d.MailboxIPDepositBurst != mailbox.DefaultSourceDepositBurst || d.MinFreeDisk != DefaultMinFreeDisk {
+		t.Fatalf("per-address and disk defaults not applied: %+v", d)
+	}
 	for _, bad := range []Config{
 		{DataDir: "x", MailboxMaxItems: -1},
 		{DataDir: "x", MailboxMaxBytes: 1000},
 		{DataDir: "x", MailboxDepositBytesPerMinute: -5},
+		{DataDir: "x", MailboxIPDepositBurst: 1000},
 	} {
 		if _, err := New(bad); !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), "mailbox_") {
 			t.Errorf("%+v: got %v, want ErrConfig naming the setting", bad, err)
@@ -55,6 +59,41 @@ mailbox_deposit_bytes_per_minute = 2097152
 	}
 	if _, err := New(Config{DataDir: "x", GoMemoryLimit: -2}); !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), "go_memory_limit") {
 		t.Errorf("go_memory_limit -2: got %v, want ErrConfig naming the setting", err)
+	}
+}
+
+// TestRelayMinFreeDisk: a relay whose data directory's file system has
+// less free space than min_free_disk refuses new mail as relay full and
+// says so on /metrics.
+func TestRelayMinFreeDisk(t *testing.T) {
+	r := startRelay(t, Config{HTTP: "127.0.0.1:0", MinFreeDisk: 1 << 62})
+	h, err := libp2p.New(netkit.Transports(), libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"), libp2p.DisableMetrics())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = h.Close() })
+	h.Peerstore().AddAddrs(r.ID(), r.Host().Addrs(), peerstore.PermanentAddrTTL)
+	c, err := mailbox.NewClient(h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := mailbox.GenerateKey(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	res, err := c.Deposit(ctx, r.ID(), key.ID(), [][]byte{[]byte("a")})
+	if err != nil || !errors.Is(res[0].Err, mailbox.ErrRelayFull) {
+		t.Fatalf("Deposit: %v, %v; want relay full", res, err)
+	}
+	wantMetrics(t, r,
+		`kinmesh_mailbox_deposits_total{result="relay_full"} 1`,
+		`kinmesh_store_low_on_space 1`,
+		`kinmesh_store_free_bytes `,
+	)
+	if _, err := New(Config{DataDir: "x", MinFreeDisk: -2}); !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), "min_free_disk") {
+		t.Errorf("min_free_disk -2: got %v, want ErrConfig naming the setting", err)
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/kinmesh/kinmesh/protocols/mailbox"
+	"github.com/kinmesh/kinmesh/storage"
 )
 
 // metrics are the relay's own counters, served on /metrics next to
@@ -34,6 +35,33 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 		}, func() float64 { return float64(m.circuits.Load()) }),
 	)
 	return m
+}
+
+// watchDisk exports the free space of the store's file system and
+// whether it is below the relay's floor (min_free_disk: no new mail or
+// media is taken then).
+func (m *metrics) watchDisk(reg prometheus.Registerer, st *storage.Store) {
+	reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: "kinmesh", Subsystem: "store", Name: "free_bytes",
+			Help: "Bytes available on the file system of the relay's data directory.",
+		}, func() float64 {
+			free, err := st.FreeSpace()
+			if err != nil {
+				return -1
+			}
+			return float64(free)
+		}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: "kinmesh", Subsystem: "store", Name: "low_on_space",
+			Help: "1 while free space is below min_free_disk: new mail and media are refused as relay full.",
+		}, func() float64 {
+			if st.LowOnSpace() {
+				return 1
+			}
+			return 0
+		}),
+	)
 }
 
 // mailboxTracer exports the mailbox service's metrics (kinmesh_mailbox_*)

@@ -102,7 +102,8 @@ func (r *Relay) Start(ctx context.Context) (err error) {
 		}
 	}()
 	r.start = time.Now()
-	r.store, err = storage.Open(r.cfg.DataDir, storage.WithLogger(r.log), storage.WithProfile(storage.ProfileRelay), storage.WithClock(r.cfg.Now))
+	r.store, err = storage.Open(r.cfg.DataDir, storage.WithLogger(r.log), storage.WithProfile(storage.ProfileRelay), storage.WithClock(r.cfg.Now),
+		storage.WithMinFree(uint64(max(r.cfg.MinFreeDisk, 0))))
 	if err != nil {
 		return fmt.Errorf("open relay store: %w", err)
 	}
@@ -111,6 +112,7 @@ func (r *Relay) Start(ctx context.Context) (err error) {
 		return err
 	}
 	r.metrics = newMetrics(r.cfg.Registry)
+	r.metrics.watchDisk(r.cfg.Registry, r.store)
 	if err := r.startHost(key); err != nil {
 		return err
 	}
@@ -209,6 +211,7 @@ func (r *Relay) startServices(ctx context.Context) error {
 		mailbox.WithClock(r.cfg.Now),
 		mailbox.WithMailboxQuota(r.cfg.MailboxMaxItems, r.cfg.MailboxMaxBytes),
 		mailbox.WithDepositorRate(r.cfg.MailboxDepositsPerMinute, r.cfg.MailboxDepositBytesPerMinute),
+		mailbox.WithSourceDepositRate(uint64(r.cfg.MailboxIPDepositBytesPerHour), uint64(r.cfg.MailboxIPDepositBurst)),
 		mailbox.WithLogger(r.log),
 		mailbox.WithMetricsTracer(r.metrics.mailboxTracer(r.cfg.Registry)),
 	)

@@ -974,8 +974,9 @@ func relayRSS(tb testing.TB) rssFigures {
 	dir := tb.TempDir()
 	bin := build(ctx, tb, dir, "github.com/kinmesh/kinmesh/cmd/kinmesh")
 	conf := filepath.Join(dir, "relay.toml")
-	if err := os.WriteFile(conf, fmt.Appendf(nil, "mailbox_max_items = %d\nmailbox_deposits_per_minute = %d\nmailbox_deposit_bytes_per_minute = %d\n",
-		perMailbox, 1<<30, int64(1)<<40), 0o600); err != nil {
+	// Every depositor is on loopback, one address: its budget goes too.
+	if err := os.WriteFile(conf, fmt.Appendf(nil, "mailbox_max_items = %d\nmailbox_deposits_per_minute = %d\nmailbox_deposit_bytes_per_minute = %d\nmailbox_ip_deposit_bytes_per_hour = %d\nmailbox_ip_deposit_burst = %d\n",
+		perMailbox, 1<<30, int64(1)<<40, int64(1)<<40, int64(1)<<40), 0o600); err != nil {
 		tb.Fatal(err)
 	}
 	cmd := exec.Command(bin, "relay", "--config", conf, "--data", filepath.Join(dir, "relay"),

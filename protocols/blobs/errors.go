@@ -34,8 +34,10 @@ var (
 	// media, or upload to another relay.
 	ErrQuota = errors.New("blobs: uploader quota exceeded")
 
-	// ErrRelayFull means the relay's disk budget for blobs is used up.
-	// Upload to another relay; the operator may raise the budget.
+	// ErrRelayFull means the relay's disk budget for blobs is used up, or
+	// its disk is nearly full (below the free space its operator keeps,
+	// storage.WithMinFree). Upload to another relay; the operator may
+	// raise the budget or free space.
 	ErrRelayFull = errors.New("blobs: relay's blob storage is full")
 
 	// ErrRateLimited means this peer sent more requests than the relay

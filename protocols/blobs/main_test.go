@@ -62,8 +62,10 @@ type testRelay struct {
 	h    host.Host
 	dir  string
 	opts []Option
-	st   *storage.Store
-	svc  *Service
+	// storeOpts are added to the store's options at Start.
+	storeOpts []storage.Option
+	st        *storage.Store
+	svc       *Service
 }
 
 // relaxed lifts the rate limits, for tests about something else.
@@ -79,7 +81,7 @@ func startRelay(t testing.TB, opts ...Option) *testRelay {
 
 func (r *testRelay) Start() {
 	r.t.Helper()
-	st, err := storage.Open(r.dir, storage.WithProfile(storage.ProfileRelay), storage.WithLogger(discard))
+	st, err := storage.Open(r.dir, append([]storage.Option{storage.WithProfile(storage.ProfileRelay), storage.WithLogger(discard)}, r.storeOpts...)...)
 	if err != nil {
 		r.t.Fatalf("storage.Open: %v", err)
 	}

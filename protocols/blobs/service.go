@@ -296,7 +296,7 @@ func (s *Service) claim(ctx context.Context, id BlobID, k, uploader, src string,
 	if u.Bytes+in.Bytes+size > s.cfg.uploaderBytes || u.Blobs+in.Blobs+1 > s.cfg.uploaderBlobs {
 		return CodeQuota, 0, nil
 	}
-	if s.total.Bytes+s.reserved+size > s.cfg.relayBytes {
+	if s.total.Bytes+s.reserved+size > s.cfg.relayBytes || s.store.LowOnSpace() {
 		return CodeRelayFull, 0, nil
 	}
 	// Last, so that a refused upload takes nothing of the address's

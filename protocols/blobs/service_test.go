@@ -11,6 +11,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 
 	"github.com/kinmesh/kinmesh/protocols/wire"
+	"github.com/kinmesh/kinmesh/storage"
 )
 
 func deleteKeyOf(t testing.TB, id BlobID) ed25519.PrivateKey {
@@ -77,6 +78,37 @@ func TestPutGetDelete(t *testing.T) {
 	}
 	if n := r.keys(t); n != 1 { // the totals record
 		t.Fatalf("%d keys left in the namespace, want 1 (totals)", n)
+	}
+}
+
+// TestLowDisk: once the relay's file system has less free space than
+// its floor (storage.WithMinFree over the real free space), uploads are
+// refused with ErrRelayFull, while what it holds is still fetched and
+// deleted.
+func TestLowDisk(t *testing.T) {
+	r := startRelay(t, relaxed...)
+	a := newClient(t, r)
+	s1, _, _ := sealed(t, 10)
+	s2, _, _ := sealed(t, 10)
+	mustPut(t, a, r, s1)
+	free, err := r.st.FreeSpace()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Stop()
+	r.storeOpts = []storage.Option{storage.WithMinFree(free + 1<<40)}
+	r.Start()
+	if _, err := a.Put(testCtx(t), r.ID(), s2, deleteKeyOf(t, s2.ID).Public().(ed25519.PublicKey)); !errors.Is(err, ErrRelayFull) {
+		t.Fatalf("upload with the disk low: got %v, want ErrRelayFull", err)
+	}
+	if _, err := a.Get(testCtx(t), r.ID(), s1.ID); err != nil {
+		t.Fatalf("fetch with the disk low: %v", err)
+	}
+	if err := a.Delete(testCtx(t), r.ID(), s1.ID, SignDelete(deleteKeyOf(t, s1.ID), s1.ID)); err != nil {
+		t.Fatalf("delete with the disk low: %v", err)
+	}
+	if got := r.svc.Usage(); got != (Usage{}) {
+		t.Fatalf("usage after the delete: %+v", got)
 	}
 }
 

@@ -126,7 +126,7 @@ func BenchmarkMailboxDeposit(b *testing.B) {
 	for _, tc := range []struct{ size, n int }{{smallEnvelope, 20_000}, {16<<10 + 1137, 2_000}} {
 		size, n := tc.size, tc.n
 		b.Run(fmt.Sprintf("envelope=%d", size), func(b *testing.B) {
-			r := startRelay(b, WithDepositorRate(1<<30, 1<<50), WithMailboxQuota(1<<30, 1<<50))
+			r := startRelay(b, WithDepositorRate(1<<30, 1<<50), WithSourceDepositRate(1<<50, 1<<50), WithMailboxQuota(1<<30, 1<<50))
 			c := newClient(b, r)
 			db := rawBadger(b)
 			envs := envelopes(n, size, "bench")
@@ -181,7 +181,7 @@ func report(b *testing.B, n int, raw, mb time.Duration, ratios []float64) {
 func BenchmarkMailboxDrain(b *testing.B) {
 	const n = 10_000
 	size := smallEnvelope
-	r := startRelay(b, WithDepositorRate(1<<30, 1<<50), WithMailboxQuota(1<<30, 1<<50))
+	r := startRelay(b, WithDepositorRate(1<<30, 1<<50), WithSourceDepositRate(1<<50, 1<<50), WithMailboxQuota(1<<30, 1<<50))
 	c := newClient(b, r)
 	db := rawBadger(b)
 	envs := envelopes(n, size, "drain")

@@ -52,6 +52,7 @@ type conn struct {
 	scope  memScope
 	remote peer.ID
 	local  peer.ID
+	src    string // the remote's source address (netkit.MultiaddrSource)
 
 	br *bufio.Reader
 	rd *wire.Reader
@@ -317,12 +318,22 @@ func (c *conn) submit(ctx context.Context, o *op) error {
 	return nil
 }
 
+// deposit checks a deposit request, envelope by envelope, before the
+// committer sees it: the relay's free disk space, each envelope's size,
+// then the rate budgets of the depositor's address and of the depositor
+// (the longest prefix both allow). What passes goes to the committer.
 func (c *conn) deposit(ctx context.Context, req request, mem int) error {
 	pre := make([]Code, len(req.envelopes))
 	sizes := make([]int, 0, len(req.envelopes))
 	idx := make([]int, 0, len(req.envelopes))
+	full := c.s.store.LowOnSpace()
 	for i, e := range req.envelopes {
-		if len(e) > MaxEnvelopeSize {
+		switch {
+		case full:
+			pre[i] = CodeRelayFull
+			c.s.tr.rejected(CodeRelayFull, 1)
+			continue
+		case len(e) > MaxEnvelopeSize:
 			pre[i] = CodeTooLarge
 			c.s.tr.rejected(CodeTooLarge, 1)
 			continue
@@ -330,7 +341,25 @@ func (c *conn) deposit(ctx context.Context, req request, mem int) error {
 		sizes = append(sizes, len(e))
 		idx = append(idx, i)
 	}
-	n, wait := c.s.lim.take(c.remote, sizes)
+	// The address's budget first; what the depositor's own buckets then
+	// refuse is given back to it.
+	var wait time.Duration
+	n := 0
+	for ; n < len(sizes); n++ {
+		ok, w := c.s.srcLim.TakeN(c.src, sizes[n])
+		if !ok {
+			wait = w
+			break
+		}
+	}
+	m, w := c.s.lim.take(c.remote, sizes[:n])
+	if m < n {
+		wait = w
+		for _, sz := range sizes[m:n] {
+			c.s.srcLim.Refund(c.src, sz)
+		}
+		n = m
+	}
 	for _, i := range idx[n:] {
 		pre[i] = CodeRateLimited
 	}

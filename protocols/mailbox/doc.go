@@ -90,7 +90,9 @@
 //
 // Wire caps (MaxEnvelopeSize, MaxBatchItems, MaxBatchBytes, MaxAckSeqs,
 // MaxPageItems, MaxPageBytes), per-mailbox quotas (WithMailboxQuota),
-// per-depositor token buckets (WithDepositorRate, WithMaxDepositors),
+// per-depositor token buckets (WithDepositorRate, WithMaxDepositors), a
+// byte budget per source address (WithSourceDepositRate), the store's
+// free-space floor (storage.WithMinFree: deposits refused as relay full),
 // a per-peer purge budget (WithPurgeRate),
 // memory reserved from each stream's resource scope for every frame and
 // fetch page, bounded push queues (WithPushQueue) and deadlines

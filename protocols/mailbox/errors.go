@@ -31,8 +31,15 @@ var (
 	// recipient's relays, or later.
 	ErrMailboxFull = errors.New("mailbox: mailbox full")
 
-	// ErrRateLimited means this depositor (peer id) deposited more than
-	// the relay allows per minute, and the envelope was not stored (retry
+	// ErrRelayFull means the relay's disk is nearly full (below the free
+	// space its operator keeps, storage.WithMinFree): it takes no new
+	// envelopes until deliveries and expiry free space. Nothing was
+	// stored: try another of the recipient's relays, or later.
+	ErrRelayFull = errors.New("mailbox: relay full")
+
+	// ErrRateLimited means this depositor (peer id), or all the peers at
+	// its address together (WithSourceDepositRate), deposited more than
+	// the relay allows, and the envelope was not stored (retry
 	// after DepositResult.RetryAfter); or, from Session.Purge, that this
 	// peer asked for more purges than the relay allows per minute, and
 	// nothing was deleted (retry after the time the error gives).
@@ -92,6 +99,7 @@ const (
 	CodeUnauthorized  Code = 6
 	CodeNotFound      Code = 7
 	CodeUnavailable   Code = 8
+	CodeRelayFull     Code = 9
 )
 
 var codeInfo = [...]struct {
@@ -107,6 +115,7 @@ var codeInfo = [...]struct {
 	CodeUnauthorized:  {"unauthorized", ErrUnauthorized},
 	CodeNotFound:      {"not_found", ErrNotFound},
 	CodeUnavailable:   {"unavailable", ErrUnavailable},
+	CodeRelayFull:     {"relay_full", ErrRelayFull},
 }
 
 // String returns the code's name, as used in metric labels ("ok",

@@ -62,6 +62,13 @@ const (
 	// DefaultDepositBytesPerMinute is how many envelope bytes one
 	// depositor may deposit per minute; the same number may come at once.
 	DefaultDepositBytesPerMinute = 64 << 20
+	// DefaultSourceDepositBytesPerHour and DefaultSourceDepositBurst:
+	// envelope bytes all the depositors at one address (an IPv4 address,
+	// an IPv6 /64) may deposit together, an hour and at once. Peer ids
+	// are free, so the per-depositor rate alone would let one machine
+	// deposit without bound.
+	DefaultSourceDepositBytesPerHour = 256 << 20
+	DefaultSourceDepositBurst        = 512 << 20
 	// DefaultPurgesPerMinute is how many purges one peer may request per
 	// minute; the same number may come at once.
 	DefaultPurgesPerMinute = 6

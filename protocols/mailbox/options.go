@@ -23,6 +23,8 @@ type config struct {
 	rateBytesPerMin int64
 	maxDepositors   int
 	purgesPerMin    int
+	srcRate         float64 // envelope bytes a second, per source address
+	srcBurst        float64
 
 	pushItems int
 	pushBytes int
@@ -44,6 +46,8 @@ func defaultConfig() config {
 		rateBytesPerMin: DefaultDepositBytesPerMinute,
 		maxDepositors:   1 << 16,
 		purgesPerMin:    DefaultPurgesPerMinute,
+		srcRate:         DefaultSourceDepositBytesPerHour / 3600.0,
+		srcBurst:        DefaultSourceDepositBurst,
 		pushItems:       256,
 		pushBytes:       1 << 20,
 		streamTimeout:   30 * time.Second,
@@ -121,6 +125,23 @@ func WithDepositorRate(itemsPerMinute int, bytesPerMinute int64) Option {
 			return fmt.Errorf("mailbox: depositor rate of %d items and %d bytes per minute: want at least 1 item and %d bytes", itemsPerMinute, bytesPerMinute, MaxEnvelopeSize)
 		}
 		c.ratePerMin, c.rateBytesPerMin = itemsPerMinute, bytesPerMinute
+		return nil
+	}
+}
+
+// WithSourceDepositRate sets how many envelope bytes all the depositors
+// connecting from one address (netkit.SourceKey: an IPv4 address, an
+// IPv6 /64; relayed circuits count as one) may deposit together: burst
+// at once, then bytesPerHour an hour (defaults
+// DefaultSourceDepositBytesPerHour, DefaultSourceDepositBurst). Envelopes
+// beyond it are refused as rate limited, with a retry time. Addresses are
+// tracked as depositors are (WithMaxDepositors).
+func WithSourceDepositRate(bytesPerHour, burst uint64) Option {
+	return func(c *config) error {
+		if bytesPerHour == 0 || burst < MaxEnvelopeSize {
+			return fmt.Errorf("mailbox: source deposit rate of %d bytes an hour, burst %d: want a rate and a burst of at least %d bytes", bytesPerHour, burst, MaxEnvelopeSize)
+		}
+		c.srcRate, c.srcBurst = float64(bytesPerHour)/3600, float64(burst)
 		return nil
 	}
 }

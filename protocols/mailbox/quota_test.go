@@ -119,6 +119,87 @@ func TestDepositorRateLimit(t *testing.T) {
 	wantErrs(t, res, nil, nil, ErrRateLimited)
 }
 
+// TestSourceDepositRate: the depositors at one address (here every
+// client: all on loopback) share a byte budget, whatever their peer ids;
+// what a depositor's own rate refuses is not charged to its address.
+func TestSourceDepositRate(t *testing.T) {
+	const size, perSecond = 20_000, 1000
+	r := startRelay(t, WithSourceDepositRate(perSecond*3600, MaxEnvelopeSize), WithDepositorRate(2, 1<<20))
+	k := newKey(t)
+	c1, c2 := newClient(t, r), newClient(t, r)
+	// The address's budget (69,632 bytes) would take 3; c1's own rate
+	// takes 2, and the third goes back to the address.
+	res, err := c1.Deposit(testCtx(t), r.h.ID(), k.ID(), envelopes(4, size, "first peer"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantErrs(t, res, nil, nil, ErrRateLimited, ErrRateLimited)
+	// A fresh peer id at the same address gets what is left: 29,632 bytes.
+	res, err = c2.Deposit(testCtx(t), r.h.ID(), k.ID(), envelopes(2, size, "second peer"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantErrs(t, res, nil, ErrRateLimited)
+	left := MaxEnvelopeSize - 3*size
+	if ra, want := res[1].RetryAfter, time.Duration(size-left)*time.Second/perSecond; ra < want-time.Second || ra > want+time.Second {
+		t.Fatalf("RetryAfter = %v, want about %v", ra, want)
+	}
+	if n := countItems(t, r, k.ID()); n != 3 {
+		t.Fatalf("store holds %d items, want 3", n)
+	}
+	r.clock.Advance(11 * time.Second)
+	mustDeposit(t, c2, r, k.ID(), envelopes(1, size, "later"))
+}
+
+// TestRelayFull: on a relay whose disk is below the operator's floor
+// (storage.WithMinFree over the file system's real free space), every
+// deposit is refused with ErrRelayFull and nothing is stored, while the
+// owner still fetches, acks (which frees space) and purges.
+func TestRelayFull(t *testing.T) {
+	r := startRelay(t)
+	c := newClient(t, r)
+	k := newKey(t)
+	mustDeposit(t, c, r, k.ID(), envelopes(2, 100, "before"))
+	free, err := r.st.FreeSpace()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.svc.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	r.storeOpts = append(r.storeOpts, storage.WithMinFree(free+1<<40))
+	r.start(t)
+
+	res, err := c.Deposit(testCtx(t), r.h.ID(), k.ID(), envelopes(3, 100, "while full"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantErrs(t, res, ErrRelayFull, ErrRelayFull, ErrRelayFull)
+	if n := countItems(t, r, k.ID()); n != 2 {
+		t.Fatalf("store holds %d items, want the 2 from before", n)
+	}
+	s := openSession(t, c, r, k)
+	items := fetchAll(t, s)
+	if len(items) != 2 {
+		t.Fatalf("fetched %d items, want 2", len(items))
+	}
+	if _, err := s.Ack(testCtx(t), items[0].Seq); err != nil {
+		t.Fatalf("Ack while the disk is low: %v", err)
+	}
+	if n := countItems(t, r, k.ID()); n != 1 {
+		t.Fatalf("store holds %d items after the ack, want 1", n)
+	}
+	if _, err := s.Purge(testCtx(t)); err != nil {
+		t.Fatalf("Purge while the disk is low: %v", err)
+	}
+	if n := countItems(t, r, k.ID()); n != 0 {
+		t.Fatalf("store holds %d items after the purge, want 0", n)
+	}
+}
+
 // TestMaxDepositors: a table full of busy depositors (made-up peer ids
 // cost nothing) still admits a new one, in place of the depositor used
 // least recently, and stays bounded; idle ones are swept after a minute.

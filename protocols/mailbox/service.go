@@ -29,9 +29,10 @@ type Service struct {
 	cfg    config
 	log    *slog.Logger
 	tr     tracer
-	lim    *limiter // deposits, per depositor
-	purges *limiter // purges, per peer
-	width  int64    // quota bucket width, seconds
+	lim    *limiter                // deposits, per depositor
+	srcLim *netkit.Limiter[string] // deposited bytes, per source address
+	purges *limiter                // purges, per peer
+	width  int64                   // quota bucket width, seconds
 
 	ctx     context.Context // cancelled by Close
 	cancel  context.CancelFunc
@@ -56,7 +57,8 @@ type Service struct {
 // slog.Default(); no metrics; per mailbox DefaultMaxItems envelopes and
 // DefaultMaxBytes bytes; per depositor DefaultDepositsPerMinute envelopes
 // and DefaultDepositBytesPerMinute bytes per minute, 65,536 depositors
-// tracked; per peer DefaultPurgesPerMinute purges per minute; push queues of 256 items and 1 MiB per session; unauthenticated
+// tracked; per source address DefaultSourceDepositBurst bytes at once,
+// then DefaultSourceDepositBytesPerHour an hour; per peer DefaultPurgesPerMinute purges per minute; push queues of 256 items and 1 MiB per session; unauthenticated
 // streams idle for 30 s, owner sessions idle for 3 min and writes taking
 // 30 s are cut.
 func NewService(h host.Host, st *storage.Store, opts ...Option) (*Service, error) {
@@ -94,6 +96,7 @@ func newService(st *storage.Store, opts ...Option) (*Service, error) {
 		lim:   newLimiter(cfg.now, cfg.ratePerMin, cfg.rateBytesPerMin, cfg.maxDepositors),
 		// Purges count, not bytes: take passes them as size 0.
 		purges: newLimiter(cfg.now, cfg.purgesPerMin, 1, cfg.maxDepositors),
+		srcLim: netkit.NewLimiter[string](cfg.now, cfg.srcRate, cfg.srcBurst, cfg.maxDepositors),
 		width:  max(int64(cfg.maxAge/time.Second)/90, 1),
 		ctx:    ctx,
 		cancel: cancel,
@@ -144,6 +147,7 @@ func (s *Service) handle(st network.Stream) {
 		return
 	}
 	c := s.newConn(st, st.Scope(), st.Conn().RemotePeer(), s.h.ID())
+	c.src = netkit.MultiaddrSource(st.Conn().RemoteMultiaddr())
 	c.serve()
 }
 

@@ -32,10 +32,11 @@ const (
 	Code_CODE_TOO_LARGE       Code = 2 // one envelope exceeds MaxEnvelopeSize
 	Code_CODE_BATCH_TOO_LARGE Code = 3 // too many envelopes or bytes in one request, or an oversized frame
 	Code_CODE_MAILBOX_FULL    Code = 4 // the mailbox's item or byte quota is used up
-	Code_CODE_RATE_LIMITED    Code = 5 // the depositor's rate quota is used up; see retry_after_ms
+	Code_CODE_RATE_LIMITED    Code = 5 // the depositor's (or its address's) rate quota is used up; see retry_after_ms
 	Code_CODE_UNAUTHORIZED    Code = 6 // fetch/ack/purge before a valid Auth, or a bad Auth
 	Code_CODE_NOT_FOUND       Code = 7 // ack of a seq the mailbox does not hold
 	Code_CODE_UNAVAILABLE     Code = 8 // the relay cannot serve now (closing, out of memory, store error)
+	Code_CODE_RELAY_FULL      Code = 9 // the relay's disk is nearly full: no new deposits until space frees
 )
 
 // Enum value maps for Code.
@@ -50,6 +51,7 @@ var (
 		6: "CODE_UNAUTHORIZED",
 		7: "CODE_NOT_FOUND",
 		8: "CODE_UNAVAILABLE",
+		9: "CODE_RELAY_FULL",
 	}
 	Code_value = map[string]int32{
 		"CODE_OK":              0,
@@ -61,6 +63,7 @@ var (
 		"CODE_UNAUTHORIZED":    6,
 		"CODE_NOT_FOUND":       7,
 		"CODE_UNAVAILABLE":     8,
+		"CODE_RELAY_FULL":      9,
 	}
 )
 
@@ -1543,7 +1546,7 @@ const file_protocols_mailbox_pb_mailbox_proto_rawDesc = "" +
 	"\x05start\x18\x01 \x01(\x03R\x05start\x12\x10\n" +
 	"\x03end\x18\x02 \x01(\x03R\x03end\x12\x14\n" +
 	"\x05count\x18\x03 \x01(\rR\x05count\x12\x14\n" +
-	"\x05bytes\x18\x04 \x01(\x04R\x05bytes*\xc4\x01\n" +
+	"\x05bytes\x18\x04 \x01(\x04R\x05bytes*\xd9\x01\n" +
 	"\x04Code\x12\v\n" +
 	"\aCODE_OK\x10\x00\x12\x12\n" +
 	"\x0eCODE_MALFORMED\x10\x01\x12\x12\n" +
@@ -1553,7 +1556,8 @@ const file_protocols_mailbox_pb_mailbox_proto_rawDesc = "" +
 	"\x11CODE_RATE_LIMITED\x10\x05\x12\x15\n" +
 	"\x11CODE_UNAUTHORIZED\x10\x06\x12\x12\n" +
 	"\x0eCODE_NOT_FOUND\x10\a\x12\x14\n" +
-	"\x10CODE_UNAVAILABLE\x10\bB1Z/github.com/kinmesh/kinmesh/protocols/mailbox/pbb\x06proto3"
+	"\x10CODE_UNAVAILABLE\x10\b\x12\x13\n" +
+	"\x0fCODE_RELAY_FULL\x10\tB1Z/github.com/kinmesh/kinmesh/protocols/mailbox/pbb\x06proto3"
 
 var (
 	file_protocols_mailbox_pb_mailbox_proto_rawDescOnce sync.Once
