@@ -458,8 +458,9 @@ func (n *Node) refreshEntry(ctx context.Context) (retry bool) {
 		n.log.Debug("phone directory entry: send the new record", "relay", ai.ID, "err", err)
 		return true
 	}
-	// Note it unless the link changed meanwhile (a new verification
-	// notes the record it enrolled itself).
+	// Note it unless the link changed meanwhile: a verification enrols
+	// the record it read, which may be older than the one just sent, and
+	// notes that one; the loop, woken by it, looks again.
 	n.phoneMu.Lock()
 	defer n.phoneMu.Unlock()
 	cur, err := n.loadPhone(ctx)
@@ -467,7 +468,8 @@ func (n *Node) refreshEntry(ctx context.Context) (retry bool) {
 		n.log.Warn("phone directory entry", "err", err)
 		return true
 	}
-	if cur.Number != st.Number || cur.Relay != st.Relay || cur.RecordSeq >= rec.Seq {
+	if cur.Number != st.Number || cur.Relay != st.Relay || !cur.VerifiedAt.Equal(st.VerifiedAt) || cur.RecordSeq != st.RecordSeq {
+		wake(n.entryWake)
 		return false
 	}
 	cur.RecordSeq = rec.Seq
