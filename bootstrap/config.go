@@ -89,11 +89,11 @@ type Config struct {
 	MailboxIPDepositBurst        int64 `toml:"mailbox_ip_deposit_burst"`
 
 	// MinFreeDisk: free space (bytes) the relay keeps on the file system
-	// of its data directory. Below it, it takes no new mail or media
-	// (refused as relay full, so devices use their other relays) and
-	// keeps serving and deleting what it holds, which frees space
-	// (default 1 GiB; -1 for no floor). Moments, backups, reports and
-	// the directory are bounded by their own caps.
+	// of its data directory. Below it, it takes no new mail, media or
+	// moments (refused as relay full, or unavailable for moments, so
+	// devices use their other relays) and keeps serving and deleting what
+	// it holds, which frees space (default 1 GiB; -1 for no floor).
+	// Backups, reports and the directory are bounded by their own caps.
 	MinFreeDisk int64 `toml:"min_free_disk"`
 
 	// MaxMemory caps the libp2p resource manager (default 512 MiB).

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"google.golang.org/protobuf/encoding/protowire"
+
+	"github.com/kinmesh/kinmesh/storage"
 )
 
 // padded re-signs a frame of ep with an unknown field of n bytes appended
@@ -59,6 +61,40 @@ func TestReactionNeedsHeldMoment(t *testing.T) {
 	o.mustKeep(ctx, ep, like)
 	if _, items, _ := r.svc.Stats(); items != 3 {
 		t.Fatalf("the relay keeps %d frames, want 3 (two moments, a like)", items)
+	}
+}
+
+// TestKeepLowDisk: below the relay's free-space floor
+// (storage.WithMinFree over the file system's real free space) new
+// moments are refused as unavailable, while backfill goes on and a
+// tombstone, which frees space, is taken.
+func TestKeepLowDisk(t *testing.T) {
+	ctx := testCtx(t)
+	r := startRelay(t)
+	o := newFeedOwner(t, ctx, r)
+	ep := o.register(ctx)
+	post, raw := o.post(ep)
+	o.mustKeep(ctx, ep, raw)
+	free, err := r.st.FreeSpace()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Stop()
+	r.storeOpts = []storage.Option{storage.WithMinFree(free + 1<<40)}
+	r.Start()
+	_, raw2 := o.post(ep)
+	if errs := o.keep(ctx, ep, raw2); !errors.Is(errs[0], ErrUnavailable) {
+		t.Fatalf("a moment with the disk low: got %v, want ErrUnavailable", errs[0])
+	}
+	if got := kinds(t, o.backfill(ctx, ep)); !slices.Equal(got, []Kind{KindPost}) {
+		t.Fatalf("backfill with the disk low: %v, want the first moment", got)
+	}
+	o.mustKeep(ctx, ep, o.tombstone(ep, post))
+	if _, items, _ := r.svc.Stats(); items != 0 {
+		t.Fatalf("the relay keeps %d moments after the tombstone, want 0", items)
+	}
+	if got := kinds(t, o.backfill(ctx, ep)); !slices.Equal(got, []Kind{KindTombstone}) {
+		t.Fatalf("backfill after the tombstone: %v, want the tombstone", got)
 	}
 }
 

@@ -65,7 +65,9 @@ type testRelay struct {
 	key    crypto.PrivKey
 	dir    string
 	listen []string
-	opts   []Option
+	// storeOpts are added to the store's options at Start.
+	storeOpts []storage.Option
+	opts      []Option
 	// id and addrs stay the same across restarts (same key and
 	// addresses): devices read them while the relay restarts.
 	id    peer.ID
@@ -97,7 +99,7 @@ func (r *testRelay) Start() {
 	if r.id == "" {
 		r.id, r.addrs = r.h.ID(), r.h.Addrs()
 	}
-	st, err := storage.Open(r.dir, storage.WithProfile(storage.ProfileRelay), storage.WithLogger(discard))
+	st, err := storage.Open(r.dir, append([]storage.Option{storage.WithProfile(storage.ProfileRelay), storage.WithLogger(discard)}, r.storeOpts...)...)
 	if err != nil {
 		r.t.Fatal(err)
 	}

@@ -545,6 +545,11 @@ func (s *Service) keep(ctx context.Context, topic string, ref topicRef, raw []by
 		if deleted {
 			return false, ErrDeleted
 		}
+		if s.store.LowOnSpace() {
+			// Below the operator's free-space floor: nothing new, while
+			// withdrawals and tombstones, which free space, go on.
+			return false, fmt.Errorf("relay disk nearly full: %w", ErrUnavailable)
+		}
 		dupKey := keyIndex + F + "/" + P + "/" + I
 		itemsCap, bytesCap := s.cfg.feedItems, s.cfg.feedBytes
 		if f.kind == KindReaction {
