@@ -62,11 +62,10 @@ mailbox_deposit_bytes_per_minute = 2097152
 	}
 }
 
-// TestRelayMinFreeDisk: a relay whose data directory's file system has
-// less free space than min_free_disk refuses new mail as relay full and
-// says so on /metrics.
-func TestRelayMinFreeDisk(t *testing.T) {
-	r := startRelay(t, Config{HTTP: "127.0.0.1:0", MinFreeDisk: 1 << 62})
+// mailboxClient returns a mailbox client on a host of its own that knows
+// r's addresses, and a new mailbox key.
+func mailboxClient(t *testing.T, r *Relay) (*mailbox.Client, mailbox.Key) {
+	t.Helper()
 	h, err := libp2p.New(netkit.Transports(), libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"), libp2p.DisableMetrics())
 	if err != nil {
 		t.Fatal(err)
@@ -81,6 +80,15 @@ func TestRelayMinFreeDisk(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return c, key
+}
+
+// TestRelayMinFreeDisk: a relay whose data directory's file system has
+// less free space than min_free_disk refuses new mail as relay full and
+// says so on /metrics.
+func TestRelayMinFreeDisk(t *testing.T) {
+	r := startRelay(t, Config{HTTP: "127.0.0.1:0", MinFreeDisk: 1 << 62})
+	c, key := mailboxClient(t, r)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	res, err := c.Deposit(ctx, r.ID(), key.ID(), [][]byte{[]byte("a")})
@@ -102,20 +110,7 @@ func TestRelayMinFreeDisk(t *testing.T) {
 // registry.
 func TestRelayServesMailbox(t *testing.T) {
 	r := startRelay(t, Config{HTTP: "127.0.0.1:0", MailboxMaxItems: 2})
-	h, err := libp2p.New(netkit.Transports(), libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"), libp2p.DisableMetrics())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = h.Close() })
-	h.Peerstore().AddAddrs(r.ID(), r.Host().Addrs(), peerstore.PermanentAddrTTL)
-	c, err := mailbox.NewClient(h)
-	if err != nil {
-		t.Fatal(err)
-	}
-	key, err := mailbox.GenerateKey(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, key := mailboxClient(t, r)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	res, err := c.Deposit(ctx, r.ID(), key.ID(), [][]byte{[]byte("a"), []byte("b"), []byte("c")})

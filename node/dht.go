@@ -7,6 +7,17 @@ import (
 	"github.com/kinmesh/kinmesh/protocols/contact"
 )
 
+// accountRecord returns the account (nil if there is none) and its
+// current contact record.
+func (n *Node) accountRecord() (*account, contact.Signed) {
+	n.acctMu.Lock()
+	defer n.acctMu.Unlock()
+	if n.acct == nil {
+		return nil, contact.Signed{}
+	}
+	return n.acct, n.acct.record
+}
+
 // recordChanged spreads a new contact record of the account (and, at
 // start, the current one): in the DHT and in the phone directory entry
 // (phone.go).

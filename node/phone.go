@@ -14,7 +14,6 @@ import (
 	"github.com/libp2p/go-libp2p/core/protocol"
 	msmux "github.com/multiformats/go-multistream"
 
-	"github.com/kinmesh/kinmesh/protocols/contact"
 	"github.com/kinmesh/kinmesh/protocols/discovery"
 	"github.com/kinmesh/kinmesh/protocols/e2ee"
 	"github.com/kinmesh/kinmesh/storage"
@@ -418,13 +417,7 @@ func (n *Node) refreshEntry(ctx context.Context) (retry bool) {
 	if n.host == nil {
 		return false
 	}
-	n.acctMu.Lock()
-	a := n.acct
-	var rec contact.Signed
-	if a != nil {
-		rec = a.record
-	}
-	n.acctMu.Unlock()
+	a, rec := n.accountRecord()
 	if a == nil {
 		return false
 	}

@@ -416,13 +416,7 @@ func (n *Node) purgePhotos(ctx context.Context, relay string, id *e2ee.Identity,
 
 // Photo returns the account's profile photo and its media type.
 func (n *Node) Photo(ctx context.Context) ([]byte, string, error) {
-	n.acctMu.Lock()
-	a := n.acct
-	var rec contact.Signed
-	if a != nil {
-		rec = a.record
-	}
-	n.acctMu.Unlock()
+	a, rec := n.accountRecord()
 	if a == nil {
 		return nil, "", ErrNoAccount
 	}
