@@ -22,6 +22,7 @@ import (
 	ma "github.com/multiformats/go-multiaddr"
 
 	"github.com/kinmesh/kinmesh/protocols/backup"
+	"github.com/kinmesh/kinmesh/protocols/contact"
 	"github.com/kinmesh/kinmesh/protocols/discovery"
 	"github.com/kinmesh/kinmesh/protocols/mailbox"
 	"github.com/kinmesh/kinmesh/protocols/netkit"
@@ -199,6 +200,10 @@ func (r *Relay) startServices(ctx context.Context) error {
 		dht.Mode(dht.ModeServer),
 		dht.ProtocolPrefix(netkit.DHTPrefix),
 		dht.BootstrapPeers(peers...),
+		// The signed contact records devices publish (/kmc/<account>):
+		// without a validator for the namespace a server refuses to
+		// store or serve them.
+		dht.NamespacedValidator(contact.DHTNamespace, contact.Validator{}),
 	)
 	if err != nil {
 		return fmt.Errorf("start dht: %w", err)

@@ -22,41 +22,33 @@ func (n *Node) accountRecord() (*account, contact.Signed) {
 // start, the current one): in the DHT and in the phone directory entry
 // (phone.go).
 func (n *Node) recordChanged() {
-	n.publishRecord()
+	wake(n.publishWake)
 	wake(n.entryWake)
 }
 
-// publishRecord publishes the account's signed contact record in the
+// publishLoop keeps the account's signed contact record published in the
 // kinmesh DHT under /kmc/<account id>, so contacts can refresh it (new
-// home relays, new device). It retries with backoff until it succeeds or
-// the node closes.
-func (n *Node) publishRecord() {
-	a := n.acct
+// home relays, new device): woken by every new record (recordChanged)
+// and every recordRepublish (homesLoop), retrying with backoff until a
+// put succeeds. Each attempt puts the record current then.
+func (n *Node) publishLoop() { n.retryLoop(n.publishWake, n.publishOnce) }
+
+// publishOnce puts the current record in the DHT and reports whether to
+// retry.
+func (n *Node) publishOnce(ctx context.Context) (retry bool) {
+	a, rec := n.accountRecord()
 	if a == nil || n.dht == nil {
-		return
+		return false
 	}
-	key, raw := contact.DHTKey(a.identity.AccountID()), a.record.Raw
-	n.bg.Go(func() {
-		backoff := time.Second
-		for n.bgCtx.Err() == nil {
-			ctx, cancel := context.WithTimeout(n.bgCtx, 30*time.Second)
-			err := n.dht.PutValue(ctx, key, raw)
-			cancel()
-			if err == nil {
-				n.log.Debug("contact record published in the DHT")
-				return
-			}
-			n.log.Debug("publish contact record", "err", err)
-			t := time.NewTimer(backoff)
-			select {
-			case <-n.bgCtx.Done():
-				t.Stop()
-				return
-			case <-t.C:
-			}
-			backoff = min(2*backoff, 10*time.Minute)
-		}
-	})
+	pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	err := n.dht.PutValue(pctx, contact.DHTKey(a.identity.AccountID()), rec.Raw)
+	cancel()
+	if err != nil {
+		n.log.Debug("publish contact record", "err", err)
+		return true
+	}
+	n.log.Debug("contact record published in the DHT", "seq", rec.Seq)
+	return false
 }
 
 // LookupRecord fetches an account's newest contact record from the DHT.

@@ -80,6 +80,9 @@ type Node struct {
 	// entryWake wakes the upkeep of the phone directory entry's record
 	// (phone.go).
 	entryWake chan struct{}
+	// publishWake wakes the publication of the account's record in the
+	// DHT (dht.go).
+	publishWake chan struct{}
 
 	// phoneMu serializes phone verification and discovery syncs (phone.go,
 	// discovery.go).
@@ -121,6 +124,7 @@ func New(cfg Config) (*Node, error) {
 		events:       newEventHub(),
 		formerWake:   make(chan struct{}, 1),
 		entryWake:    make(chan struct{}, 1),
+		publishWake:  make(chan struct{}, 1),
 		bgCtx:        bgCtx,
 		bgStop:       bgStop,
 	}, nil
@@ -199,6 +203,8 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	}
 	n.bg.Go(n.formerLoop) // reads n.acct: after it is loaded
 	n.bg.Go(n.entryLoop)
+	n.bg.Go(n.publishLoop)
+	n.bg.Go(n.refreshAtStart) // reads the contacts: after the account is loaded
 	if n.cfg.API != "" {
 		if n.api, err = startAPI(n, n.cfg.API); err != nil {
 			return err

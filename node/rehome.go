@@ -57,13 +57,21 @@ func wake(c chan struct{}) {
 	}
 }
 
-// homesLoop checks the home relays every RehomeCheck and refreshes the
-// contacts' records from the DHT every hour.
+// recordRepublish is how often the node publishes its unchanged record in
+// the DHT again: DHT servers drop records 36 hours after they were put
+// (kad-dht's MaxRecordAge), and keep them in memory only.
+const recordRepublish = 12 * time.Hour
+
+// homesLoop checks the home relays every RehomeCheck, refreshes the
+// contacts' records from the DHT every hour (the first time at start:
+// refreshAtStart) and publishes the account's own every recordRepublish.
 func (n *Node) homesLoop() {
 	check := time.NewTicker(n.cfg.RehomeCheck)
 	defer check.Stop()
 	refresh := time.NewTicker(time.Hour)
 	defer refresh.Stop()
+	republish := time.NewTicker(recordRepublish)
+	defer republish.Stop()
 	for {
 		select {
 		case <-n.bgCtx.Done():
@@ -74,6 +82,8 @@ func (n *Node) homesLoop() {
 			}
 		case <-refresh.C:
 			n.RefreshContacts(n.bgCtx)
+		case <-republish.C:
+			wake(n.publishWake)
 		}
 	}
 }
@@ -174,8 +184,34 @@ func (n *Node) CheckHomes(ctx context.Context) (bool, error) {
 	return true, nil
 }
 
+// refreshAtStart looks every contact's record up in the DHT once, as soon
+// as the DHT can answer (its routing table holds a relay; given up after
+// 2 minutes): a device that was off for days may hold records from before
+// its contacts moved, and waiting for the hourly refresh would leave its
+// first messages on their old relays.
+func (n *Node) refreshAtStart() {
+	if n.dht == nil {
+		return
+	}
+	tick := time.NewTicker(500 * time.Millisecond)
+	defer tick.Stop()
+	giveUp := time.NewTimer(2 * time.Minute)
+	defer giveUp.Stop()
+	for n.dht.RoutingTable().Size() == 0 {
+		select {
+		case <-n.bgCtx.Done():
+			return
+		case <-giveUp.C:
+			return
+		case <-tick.C:
+		}
+	}
+	n.RefreshContacts(n.bgCtx)
+}
+
 // RefreshContacts looks every contact's record up in the DHT and keeps the
-// newer ones (new home relays, new device).
+// newer ones (new home relays, new device). It runs once at start
+// (refreshAtStart) and then every hour.
 func (n *Node) RefreshContacts(ctx context.Context) {
 	book, err := n.contactBook()
 	if err != nil || n.dht == nil {

@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/peer"
+
 	"github.com/kinmesh/kinmesh/node"
 	"github.com/kinmesh/kinmesh/protocols/message"
 )
@@ -85,4 +87,43 @@ func TestRehome(t *testing.T) {
 	if _, err := WaitMessages(ctx, b, aID, func(ms []message.Message) bool { return HasText(ms, "found you", message.StateDelivered) }); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestContactsLearnMoveAtStart: a moves to another home relay while b is
+// off. Once b is back, it learns a's new home relays from the DHT within
+// moments, before any message from a (the hourly refresh alone would
+// leave b's first messages to a on a's old relays for up to an hour).
+func TestContactsLearnMoveAtStart(t *testing.T) {
+	var clk clock
+	n := startNet(t, Config{Relays: 4, Devices: 2, Now: clk.Now})
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	accounts(t, ctx, n)
+	a, b := n.Devices[0], n.Devices[1]
+	if err := Introduce(ctx, a, b); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	spare := n.Relays[3].AddrInfo().ID
+	moveHome(ctx, t, n, &clk, n.Relays[1])
+	onSpare := func(homes []string) bool {
+		return slices.ContainsFunc(homes, func(h string) bool { return strings.Contains(h, spare.String()) })
+	}
+	waitCond(ctx, t, "a's new record in the DHT", func() bool {
+		rec, err := a.Node().LookupRecord(ctx, a.AccountID())
+		return err == nil && slices.ContainsFunc(rec.Relays(), func(r peer.AddrInfo) bool { return r.ID == spare })
+	})
+	if err := b.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitCond(ctx, t, "b knows a's new home relays", func() bool {
+		cs, err := b.Node().Contacts()
+		if err != nil {
+			return false
+		}
+		i := slices.IndexFunc(cs, func(c node.Contact) bool { return c.ID == a.AccountID() })
+		return i >= 0 && onSpare(cs[i].HomeRelays)
+	})
 }
