@@ -88,6 +88,12 @@ type Config struct {
 	MailboxIPDepositBytesPerHour int64 `toml:"mailbox_ip_deposit_bytes_per_hour"`
 	MailboxIPDepositBurst        int64 `toml:"mailbox_ip_deposit_burst"`
 
+	// DHTMaxBytes: bytes of DHT records (devices' signed contact
+	// records, about 1.8 KB each) the relay keeps in memory; once full,
+	// records under new keys are refused until old ones expire after
+	// 36 hours (default 32 MiB).
+	DHTMaxBytes int64 `toml:"dht_max_bytes"`
+
 	// MinFreeDisk: free space (bytes) the relay keeps on the file system
 	// of its data directory. Below it, it takes no new mail, media or
 	// moments (refused as relay full, or unavailable for moments, so
@@ -423,6 +429,12 @@ func (c *Config) applyDefaults() error {
 	}
 	if c.MailboxIPDepositBurst == 0 {
 		c.MailboxIPDepositBurst = mailbox.DefaultSourceDepositBurst
+	}
+	if c.DHTMaxBytes == 0 {
+		c.DHTMaxBytes = DefaultDHTMaxBytes
+	}
+	if c.DHTMaxBytes < 64<<10 {
+		return fmt.Errorf("%w: dht_max_bytes must be at least %d, got %d", ErrConfig, 64<<10, c.DHTMaxBytes)
 	}
 	switch {
 	case c.MinFreeDisk == 0:

@@ -64,6 +64,15 @@ func (m *metrics) watchDisk(reg prometheus.Registerer, st *storage.Store) {
 	)
 }
 
+// watchDHT exports the bytes of DHT records the relay holds (dht_max_bytes
+// bounds them).
+func (m *metrics) watchDHT(reg prometheus.Registerer, st *capStore) {
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: "kinmesh", Subsystem: "dht", Name: "record_bytes",
+		Help: "Bytes of DHT records (contact records) the relay holds; new ones are refused at dht_max_bytes.",
+	}, func() float64 { return float64(st.Bytes()) }))
+}
+
 // mailboxTracer exports the mailbox service's metrics (kinmesh_mailbox_*)
 // on the relay's registry.
 func (m *metrics) mailboxTracer(reg prometheus.Registerer) mailbox.MetricsTracer {

@@ -39,16 +39,18 @@ type Relay struct {
 	log   *slog.Logger
 	start time.Time
 
-	store   *storage.Store
-	host    host.Host
-	relay   *relayv2.Relay
-	dht     *dht.IpfsDHT
-	keeper  *netkit.Keeper
-	mailbox *mailbox.Service
-	metrics *metrics
-	prekeys *prekeys.Service
-	turn    *turn.Server
-	report  *report.Service
+	store *storage.Store
+	host  host.Host
+	relay *relayv2.Relay
+	dht   *dht.IpfsDHT
+	// dhtStore holds the DHT's value records, bounded (dhtstore.go).
+	dhtStore *capStore
+	keeper   *netkit.Keeper
+	mailbox  *mailbox.Service
+	metrics  *metrics
+	prekeys  *prekeys.Service
+	turn     *turn.Server
+	report   *report.Service
 
 	discovery *discovery.Service
 	sms       discovery.SMSGateway
@@ -196,6 +198,8 @@ func (r *Relay) startServices(ctx context.Context) error {
 		return fmt.Errorf("start circuit relay service: %w", err)
 	}
 	peers, _ := netkit.ParsePeers(r.cfg.Bootstrap)
+	r.dhtStore = newCapStore(r.cfg.DHTMaxBytes, r.log.With("component", "dht"))
+	r.metrics.watchDHT(r.cfg.Registry, r.dhtStore)
 	r.dht, err = dht.New(r.host,
 		dht.Mode(dht.ModeServer),
 		dht.ProtocolPrefix(netkit.DHTPrefix),
@@ -204,6 +208,8 @@ func (r *Relay) startServices(ctx context.Context) error {
 		// without a validator for the namespace a server refuses to
 		// store or serve them.
 		dht.NamespacedValidator(contact.DHTNamespace, contact.Validator{}),
+		dht.ValueDatastore(r.dhtStore),
+		dht.DisableProviders(), // nothing in kinmesh provides content
 	)
 	if err != nil {
 		return fmt.Errorf("start dht: %w", err)
