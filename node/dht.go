@@ -28,16 +28,31 @@ func (n *Node) recordChanged() {
 
 // publishLoop keeps the account's signed contact record published in the
 // kinmesh DHT under /kmc/<account id>, so contacts can refresh it (new
-// home relays, new device): woken by every new record (recordChanged)
-// and every recordRepublish (homesLoop), retrying with backoff until a
-// put succeeds. Each attempt puts the record current then.
-func (n *Node) publishLoop() { n.retryLoop(n.publishWake, n.publishOnce) }
+// home relays, new device): woken by every new record (recordChanged),
+// when relay links change and every recordRepublish (homesLoop), retrying
+// with backoff until a put succeeds. Each attempt puts the record current
+// then, unless that record was put less than recordRepublish ago.
+func (n *Node) publishLoop() {
+	var last published
+	n.retryLoop(n.publishWake, func(ctx context.Context) bool { return n.publishOnce(ctx, &last) })
+}
 
-// publishOnce puts the current record in the DHT and reports whether to
-// retry.
-func (n *Node) publishOnce(ctx context.Context) (retry bool) {
+// published is the record publishLoop last put, and when.
+type published struct {
+	seq uint64
+	at  time.Time
+}
+
+// publishOnce puts the current record in the DHT unless last says it is
+// there and fresh, and reports whether to retry.
+func (n *Node) publishOnce(ctx context.Context, last *published) (retry bool) {
 	a, rec := n.accountRecord()
 	if a == nil || n.dht == nil {
+		return false
+	}
+	// An hour's margin: the republish tick comes recordRepublish after
+	// start, a little after the first put.
+	if rec.Seq == last.seq && time.Since(last.at) < recordRepublish-time.Hour {
 		return false
 	}
 	pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
@@ -47,6 +62,7 @@ func (n *Node) publishOnce(ctx context.Context) (retry bool) {
 		n.log.Debug("publish contact record", "err", err)
 		return true
 	}
+	*last = published{seq: rec.Seq, at: time.Now()}
 	n.log.Debug("contact record published in the DHT", "seq", rec.Seq)
 	return false
 }

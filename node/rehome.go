@@ -38,8 +38,9 @@ func (n *Node) watchRelays() {
 			}
 		}
 		n.rsvMu.Unlock()
-		wake(n.formerWake) // a former home relay may be back
-		wake(n.entryWake)  // so may the phone relay
+		wake(n.formerWake)  // a former home relay may be back
+		wake(n.entryWake)   // so may the phone relay
+		wake(n.publishWake) // a put that failed may go through now
 		select {
 		case <-n.bgCtx.Done():
 			return
@@ -49,7 +50,7 @@ func (n *Node) watchRelays() {
 }
 
 // wake wakes a background loop (the purge of former home relays, the
-// directory entry's upkeep) without blocking.
+// directory entry's upkeep, the record's publication) without blocking.
 func wake(c chan struct{}) {
 	select {
 	case c <- struct{}{}:
