@@ -39,6 +39,7 @@ func (n *Network) Steps() []Step {
 		{"every device creates an account", stepAccounts},
 		{"sign-up refuses under-13s, and EU teens without a parent's consent", stepAgeGate},
 		{"devices exchange invites", stepInvites},
+		{"a contact's signed record is found in the relays' DHT", stepRecordInDHT},
 		{"an online message is delivered at once", stepOnlineMessage},
 		{"an offline device gets its mail after a restart", stepOfflineMessage},
 		{"a family group reaches every member", stepGroup},

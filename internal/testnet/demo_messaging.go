@@ -51,6 +51,40 @@ func stepInvites(ctx context.Context, n *Network) (string, error) {
 	return fmt.Sprintf("%d pairs of contacts", pairs), nil
 }
 
+// stepRecordInDHT: the second device looks the first one's contact record
+// up in the DHT the relays serve (what contacts do at start and hourly to
+// learn a move) and finds the record the first device holds now.
+func stepRecordInDHT(ctx context.Context, n *Network) (string, error) {
+	if len(n.Devices) < 2 {
+		return "skipped: fewer than 2 devices", nil
+	}
+	a, b := n.Devices[0], n.Devices[1]
+	inv, err := a.Node().Invite()
+	if err != nil {
+		return "", err
+	}
+	want := inv.Record
+	// a publishes at start; give the put a moment if it is still under way.
+	var last error
+	for range 20 {
+		rec, err := b.Node().LookupRecord(ctx, a.AccountID())
+		switch {
+		case err != nil:
+			last = err
+		case rec.Seq < want.Seq:
+			last = fmt.Errorf("found seq %d, %s holds %d", rec.Seq, a.Name, want.Seq)
+		default:
+			return fmt.Sprintf("%s found %s's record (seq %d, %d home relays)", b.Name, a.Name, rec.Seq, len(rec.HomeRelays)), nil
+		}
+		select {
+		case <-ctx.Done():
+			return "", ctx.Err()
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+	return "", fmt.Errorf("%s looking %s up in the DHT: %w", b.Name, a.Name, last)
+}
+
 func stepOnlineMessage(ctx context.Context, n *Network) (string, error) {
 	if len(n.Devices) < 2 {
 		return "skipped: fewer than 2 devices", nil
