@@ -3,7 +3,6 @@ package node
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"encoding/hex"
 	"errors"
 	"log/slog"
@@ -18,6 +17,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peerstore"
 
 	"github.com/kinmesh/kinmesh/protocols/contact"
+	"github.com/kinmesh/kinmesh/protocols/contact/contacttest"
 	"github.com/kinmesh/kinmesh/protocols/discovery"
 	"github.com/kinmesh/kinmesh/protocols/discovery/pb"
 	"github.com/kinmesh/kinmesh/protocols/e2ee"
@@ -65,21 +65,8 @@ func (e *enroller) verify(t *testing.T, name, number string) {
 	defer cancel()
 	id, ok := e.accs[name]
 	if !ok {
-		var err error
-		if id, err = e2ee.NewIdentity(rand.Reader); err != nil {
-			t.Fatal(err)
-		}
-		mk, err := e2ee.NewMailboxKey(rand.Reader)
-		if err != nil {
-			t.Fatal(err)
-		}
-		rec, err := contact.Record{
-			Identity: id.Public(), Seq: 1, IssuedAt: time.Unix(1_700_000_000, 0), Name: name,
-			MailboxID: "mbx-" + name, MailboxKey: mk.Public(),
-		}.Sign(id)
-		if err != nil {
-			t.Fatal(err)
-		}
+		var rec contact.Signed
+		id, rec = contacttest.Account(t, name)
 		e.accs[name], e.recs[name] = id, rec
 	}
 	num, err := discovery.ParseNumber(number)

@@ -18,6 +18,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/kinmesh/kinmesh/protocols/contact"
+	"github.com/kinmesh/kinmesh/protocols/contact/contacttest"
 	"github.com/kinmesh/kinmesh/protocols/discovery"
 	"github.com/kinmesh/kinmesh/protocols/e2ee"
 	"github.com/kinmesh/kinmesh/protocols/wire"
@@ -197,21 +198,7 @@ type account struct {
 
 func newAccount(t testing.TB, name string) *account {
 	t.Helper()
-	id, err := e2ee.NewIdentity(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	mk, err := e2ee.NewMailboxKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rec, err := contact.Record{
-		Identity: id.Public(), Seq: 1, IssuedAt: time.Unix(1_700_000_000, 0), Name: name,
-		MailboxID: "mbx-" + name, MailboxKey: mk.Public(),
-	}.Sign(id)
-	if err != nil {
-		t.Fatal(err)
-	}
+	id, rec := contacttest.Account(t, name)
 	return &account{name: name, id: id, record: rec}
 }
 
