@@ -183,8 +183,9 @@ func (p *msgPair) roundTrip(ctx context.Context, s, r *testnet.Device, text stri
 //     encryption, sealing, opening and decryption; the goal (≤ 1.3×)
 //     applies to it;
 //   - delivered: until the sender sees the message delivered: on top of
-//     sent, the device's E2EE delivery receipt (encrypted, sealed, sent on
-//     its own stream) and the sender's synced write of the new state.
+//     sent, the sender's decryption of the device's E2EE delivery receipt,
+//     which came back in the same answer, and its synced write of the new
+//     state.
 //
 // Rounds alternate between ours and the baseline in blocks, so load from
 // elsewhere hits both alike.

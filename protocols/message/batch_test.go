@@ -157,7 +157,7 @@ func TestRebatchedItemsOnce(t *testing.T) {
 		{"with an unreadable item", sealBatch(t, a, b, garbage, it[2], it[1]), []string{"one", "two", "three"}},
 	}
 	for _, s := range steps {
-		if errs := b.svc.receive([][]byte{s.env}); errs[0] != nil {
+		if errs := b.svc.receive([][]byte{s.env}, nil); errs[0] != nil {
 			t.Fatalf("%s: %v", s.name, errs[0])
 		}
 		ms, err := b.svc.Messages(ctx, string(a.me()))
@@ -287,7 +287,7 @@ func farAhead(t *testing.T, ctx context.Context) (a, b *device, texts []string, 
 		texts[i] = fmt.Sprintf("m%04d", i)
 	}
 	items = ratchetTexts(t, a, b, texts...)
-	if errs := b.svc.receive([][]byte{sealBatch(t, a, b, items[0])}); errs[0] != nil {
+	if errs := b.svc.receive([][]byte{sealBatch(t, a, b, items[0])}, nil); errs[0] != nil {
 		t.Fatal(errs[0])
 	}
 	return a, b, texts, items, sealBatch(t, a, b, items[len(items)-1])
@@ -301,16 +301,16 @@ func TestTooFarAheadComesAgain(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	a, b, texts, items, last := farAhead(t, ctx)
-	if errs := b.svc.receive([][]byte{last}); !errors.Is(errs[0], errLater) {
+	if errs := b.svc.receive([][]byte{last}, nil); !errors.Is(errs[0], errLater) {
 		t.Fatalf("a message %d ahead: %v, want errLater", len(items)-1, errs[0])
 	}
 	for start := 1; start < len(items)-1; start += 16 { // initial messages: ~1.4 KB each
 		env := sealBatch(t, a, b, items[start:min(start+16, len(items)-1)]...)
-		if errs := b.svc.receive([][]byte{env}); errs[0] != nil {
+		if errs := b.svc.receive([][]byte{env}, nil); errs[0] != nil {
 			t.Fatal(errs[0])
 		}
 	}
-	if errs := b.svc.receive([][]byte{last}); errs[0] != nil {
+	if errs := b.svc.receive([][]byte{last}, nil); errs[0] != nil {
 		t.Fatalf("the same envelope again: %v", errs[0])
 	}
 	ms, err := b.svc.Messages(ctx, string(a.me()))
@@ -330,17 +330,17 @@ func TestTooFarAheadGivesUp(t *testing.T) {
 	defer cancel()
 	a, b, _, items, last := farAhead(t, ctx)
 	for range 3 {
-		if errs := b.svc.receive([][]byte{last}); !errors.Is(errs[0], errLater) {
+		if errs := b.svc.receive([][]byte{last}, nil); !errors.Is(errs[0], errLater) {
 			t.Fatalf("a message %d ahead, within the wait: %v, want errLater", len(items)-1, errs[0])
 		}
 	}
 	b.svc.mu.Lock()
 	b.svc.laterFor = 0 // the day has passed
 	b.svc.mu.Unlock()
-	if errs := b.svc.receive([][]byte{last}); errs[0] == nil || errors.Is(errs[0], errLater) || errors.Is(errs[0], errTransient) {
+	if errs := b.svc.receive([][]byte{last}, nil); errs[0] == nil || errors.Is(errs[0], errLater) || errors.Is(errs[0], errTransient) {
 		t.Fatalf("after the wait: %v, want it unreadable", errs[0])
 	}
-	if errs := b.svc.receive([][]byte{last}); errs[0] != nil {
+	if errs := b.svc.receive([][]byte{last}, nil); errs[0] != nil {
 		t.Fatalf("the same envelope once more: %v, want nil (seen)", errs[0])
 	}
 	if ms, _ := b.svc.Messages(ctx, string(a.me())); len(ms) != 1 {
@@ -378,7 +378,7 @@ func TestIDTakenByAnother(t *testing.T) {
 	}
 	env := sealBatch(t, c, b, ratchetContents(t, c, b, content)...)
 	before := b.jobsQueued(t)
-	if errs := b.svc.receive([][]byte{env}); errs[0] != nil {
+	if errs := b.svc.receive([][]byte{env}, nil); errs[0] != nil {
 		t.Fatal(errs[0])
 	}
 	if got := b.jobsQueued(t) - before; got != 0 {

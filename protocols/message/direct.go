@@ -20,12 +20,15 @@ import (
 // Direct delivery (/kinmesh/msg/1.0.0). A stream carries one exchange or
 // several, one after the other:
 //
-//	sender → device: Deliver{request_id, envelopes (≤ 64, ≤ 4 MiB in all)}
-//	device → sender: DeliverAck{request_id, one status per envelope}
+//	sender → device: Deliver{request_id, envelopes (≤ 64, ≤ 4 MiB in all), want_receipts}
+//	device → sender: DeliverAck{request_id, one status per envelope, receipts}
 //
 // The device answers only after it has durably processed the envelopes
-// (decrypted, stored, receipt queued), so OK means the message is on the
-// device. It serves a stream until the sender closes it or sends nothing
+// (decrypted, stored), so OK means the message is on the device. A sender
+// that asks for them gets the device's E2EE delivery receipts in the
+// answer (inline); otherwise, or for messages from another device than
+// the one on the stream, they are queued and travel as messages of their
+// own. It serves a stream until the sender closes it or sends nothing
 // for directStreamTimeout. The sender keeps up to maxDirectInFlight
 // streams per device open between exchanges, for directIdle, and reuses
 // them: a message then costs no stream set-up. A reused stream that fails
@@ -38,7 +41,7 @@ const (
 	// inside the device's directStreamTimeout, so the device is still
 	// reading when the next exchange starts.
 	directIdle   = 10 * time.Second
-	maxAckFrame  = 4 << 10
+	maxAckFrame  = 4<<10 + maxInlineReceipts + 4<<10
 	serviceName  = "kinmesh.message"
 	directBufLen = 512
 )
@@ -113,8 +116,12 @@ func (s *Service) serveDeliver(st network.Stream, br *bufio.Reader) bool {
 			statuses[i] = pb.DeliverAck_RATE_LIMITED
 		}
 	}
+	var in *inline
+	if req.WantReceipts {
+		in = &inline{peer: from, room: maxInlineReceipts}
+	}
 	if n > 0 {
-		for i, err := range s.receive(req.Envelopes[:n]) {
+		for i, err := range s.receive(req.Envelopes[:n], in) {
 			switch {
 			case err == nil:
 				statuses[i] = pb.DeliverAck_OK
@@ -125,18 +132,30 @@ func (s *Service) serveDeliver(st network.Stream, br *bufio.Reader) bool {
 			}
 		}
 	}
-	return wire.Write(st, &pb.DeliverAck{RequestId: req.RequestId, Statuses: statuses}, maxAckFrame) == nil
+	ack := &pb.DeliverAck{RequestId: req.RequestId, Statuses: statuses}
+	if in != nil {
+		ack.Receipts = in.out
+	}
+	return wire.Write(st, ack, maxAckFrame) == nil
 }
 
-// deliver sends envelopes to a device and reports which it took, and
-// whether it refused some as over our limit (RATE_LIMITED). It uses a
-// stream kept from an earlier exchange when there is one, and a fresh
-// stream if that fails or there is none.
-func (s *Service) deliver(dev peer.ID, envs [][]byte) (took []bool, limited bool, err error) {
+// delivery is what a device answered to a Deliver frame: which envelopes
+// it took, whether it refused some as over our limit (RATE_LIMITED), and
+// its delivery receipts for them.
+type delivery struct {
+	took     []bool
+	limited  bool
+	receipts []*pb.InlineReceipt
+}
+
+// deliver sends envelopes to a device and reports what it answered. It
+// uses a stream kept from an earlier exchange when there is one, and a
+// fresh stream if that fails or there is none.
+func (s *Service) deliver(dev peer.ID, envs [][]byte) (delivery, error) {
 	if st := s.eng.direct.take(dev); st != nil {
-		if took, limited, err := s.exchange(st, envs); err == nil {
+		if d, err := s.exchange(st, envs); err == nil {
 			s.eng.direct.keep(dev, st)
-			return took, limited, nil
+			return d, nil
 		}
 		st.Reset() // closed by the device meanwhile: once more, afresh
 	}
@@ -144,46 +163,46 @@ func (s *Service) deliver(dev peer.ID, envs [][]byte) (took []bool, limited bool
 	defer cancel()
 	st, err := s.cfg.Host.NewStream(network.WithAllowLimitedConn(ctx, "kinmesh message"), dev, ID)
 	if err != nil {
-		return nil, false, fmt.Errorf("open stream to %s: %w", dev, err)
+		return delivery{}, fmt.Errorf("open stream to %s: %w", dev, err)
 	}
-	took, limited, err = s.exchange(st, envs)
+	d, err := s.exchange(st, envs)
 	if err != nil {
 		st.Reset()
-		return nil, false, err
+		return delivery{}, err
 	}
 	if st.Conn().Stat().Limited {
 		_ = st.Close()
 	} else {
 		s.eng.direct.keep(dev, st)
 	}
-	return took, limited, nil
+	return d, nil
 }
 
-// exchange sends one Deliver frame on st and reads its answer: which
-// envelopes the device took, and whether it refused some as RATE_LIMITED.
-func (s *Service) exchange(st network.Stream, envs [][]byte) (took []bool, limited bool, err error) {
+// exchange sends one Deliver frame on st, asking for the receipts inline,
+// and reads its answer.
+func (s *Service) exchange(st network.Stream, envs [][]byte) (delivery, error) {
 	ctx, cancel := context.WithTimeout(s.ctx, directStreamTimeout)
 	defer cancel()
 	stop := context.AfterFunc(ctx, func() { st.Reset() })
 	defer stop()
 	_ = st.SetDeadline(time.Now().Add(directStreamTimeout))
 	id := uint64(time.Now().UnixNano())
-	if err := wire.Write(st, &pb.Deliver{RequestId: id, Envelopes: envs}, maxDirectFrame); err != nil {
-		return nil, false, err
+	if err := wire.Write(st, &pb.Deliver{RequestId: id, Envelopes: envs, WantReceipts: true}, maxDirectFrame); err != nil {
+		return delivery{}, err
 	}
 	var ack pb.DeliverAck
 	if err := wire.NewReader(st).Read(&ack, maxAckFrame); err != nil {
-		return nil, false, fmt.Errorf("read delivery ack: %w", err)
+		return delivery{}, fmt.Errorf("read delivery ack: %w", err)
 	}
 	if ack.RequestId != id || len(ack.Statuses) != len(envs) {
-		return nil, false, fmt.Errorf("delivery ack does not match the request: %w", e2ee.ErrMalformed)
+		return delivery{}, fmt.Errorf("delivery ack does not match the request: %w", e2ee.ErrMalformed)
 	}
-	took = make([]bool, len(envs))
+	d := delivery{took: make([]bool, len(envs)), receipts: ack.Receipts}
 	for i, st := range ack.Statuses {
-		took[i] = st == pb.DeliverAck_OK
-		limited = limited || st == pb.DeliverAck_RATE_LIMITED
+		d.took[i] = st == pb.DeliverAck_OK
+		d.limited = d.limited || st == pb.DeliverAck_RATE_LIMITED
 	}
-	return took, limited, nil
+	return d, nil
 }
 
 // streamPool keeps the direct streams between exchanges: up to

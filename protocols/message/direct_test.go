@@ -1,13 +1,18 @@
 package message
 
 import (
+	"bytes"
 	"context"
+	"encoding/hex"
 	"fmt"
 	"slices"
 	"testing"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/kinmesh/kinmesh/protocols/e2ee"
+	"github.com/kinmesh/kinmesh/protocols/message/pb"
 )
 
 // sendAndWatch sends text from a to b and returns every state a's events
@@ -124,5 +129,93 @@ func TestStoredStateFollowsEvents(t *testing.T) {
 	}
 	if checked[StateSent] == 0 {
 		t.Fatalf("no sent event checked (%v)", checked)
+	}
+}
+
+// TestInlineReceipts: a direct delivery that asks for them gets the
+// device's delivery receipts in the answer, for its sender's messages,
+// and again when the same message comes again (the answer was lost, so
+// the sender, which still has it as not sent, delivers it again: as the
+// same envelope or sealed afresh). Not inline: to a delivery that didn't
+// ask, or from a host that isn't a device of the messages' sender.
+func TestInlineReceipts(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	r, a, b := pair(t, ctx)
+	connect(t, ctx, a, b)
+	sendAndWatch(t, ctx, a, b, "first")
+
+	// A message from a, encrypted and sealed by a's engine but not sent.
+	id, _ := hex.DecodeString(newID())
+	content, err := encodeContent(&Message{ID: hex.EncodeToString(id), SentAt: time.Now(), Seq: 2},
+		&pb.Content{Body: &pb.Content_Text{Text: &pb.Text{Text: "answer lost"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.svc.mu.Lock()
+	tx := a.svc.begin()
+	typ, payload, err := tx.ratchetPairwise(b.rec, content, nil)
+	if err == nil {
+		err = tx.commit()
+	}
+	a.svc.mu.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	item := e2ee.BatchItem{Type: typ, Payload: payload}
+	env := sealBatch(t, a, b, item)
+
+	// receipt delivers env from host (a's or another) and returns the ids
+	// of the receipts that came back inline, decrypted by a.
+	receipt := func(from *device, env []byte, want bool) [][]byte {
+		t.Helper()
+		ack, err := deliverRaw(t, from, b, frame(t, &pb.Deliver{RequestId: 1, Envelopes: [][]byte{env}, WantReceipts: want}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(ack.Statuses) != 1 || ack.Statuses[0] != pb.DeliverAck_OK {
+			t.Fatalf("statuses %v, want OK", ack.Statuses)
+		}
+		var ids [][]byte
+		a.svc.mu.Lock()
+		defer a.svc.mu.Unlock()
+		tx := a.svc.begin()
+		for _, r := range ack.Receipts {
+			in, err := tx.decrypt(e2ee.EnvelopeContent{Sender: b.id.Public(), Type: e2ee.ContentType(r.Type), Payload: r.Payload})
+			if err != nil {
+				t.Fatalf("inline receipt: %v", err)
+			}
+			if in.content.GetReceipt().GetKind() != pb.Receipt_DELIVERED {
+				t.Fatalf("inline content %v, want a delivery receipt", in.content)
+			}
+			ids = append(ids, in.content.GetReceipt().GetIds()...)
+		}
+		if err := tx.commit(); err != nil {
+			t.Fatal(err)
+		}
+		return ids
+	}
+	one := func(ids [][]byte, when string) {
+		t.Helper()
+		if len(ids) != 1 || !bytes.Equal(ids[0], id) {
+			t.Fatalf("%s: inline receipt for %x, want for %x", when, ids, id)
+		}
+	}
+	one(receipt(a, env, true), "first delivery")
+	one(receipt(a, env, true), "the same envelope again")
+	one(receipt(a, sealBatch(t, a, b, item), true), "sealed afresh")
+	if ids := receipt(a, env, false); len(ids) != 0 {
+		t.Fatalf("receipts for %x to a delivery that didn't ask", ids)
+	}
+	other := newDevice(t, "other", r)
+	if ids := receipt(other, env, true); len(ids) != 0 {
+		t.Fatalf("receipts for %x inline to a host that isn't a's device", ids)
+	}
+	ms, err := b.svc.Messages(ctx, string(a.me()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(slices.DeleteFunc(ms, func(m Message) bool { return m.Text != "answer lost" })); n != 1 {
+		t.Fatalf("b stored the message %d times", n)
 	}
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/kinmesh/kinmesh/protocols/contact"
 	"github.com/kinmesh/kinmesh/protocols/e2ee"
 	"github.com/kinmesh/kinmesh/protocols/mailbox"
+	"github.com/kinmesh/kinmesh/protocols/message/pb"
 	"github.com/kinmesh/kinmesh/storage"
 )
 
@@ -169,10 +170,12 @@ func (s *Service) laneRound(to e2ee.AccountID) (busy, progress bool, err error) 
 	written := func() error { return s.eng.sync.wait(s.ctx, s.cfg.Store, gen) }
 	var sent []bool
 	var deposited map[int][]string
+	var receipts []*pb.InlineReceipt
 	if s.connected(rec) {
 		// The fast path: hand everything to the device; the relays only
 		// get what it did not take.
-		took := s.tryDirect(rec, units)
+		var took []bool
+		took, receipts = s.tryDirect(rec, units)
 		var rest []unit
 		var idx []int
 		for i, u := range units {
@@ -185,20 +188,29 @@ func (s *Service) laneRound(to e2ee.AccountID) (busy, progress bool, err error) 
 		// Not connected: deposit on the relays now and try to reach the
 		// device at the same time, so an offline recipient costs no dial
 		// timeout and an online one still gets it directly.
-		direct := make(chan []bool, 1)
-		go func() { direct <- s.tryDirect(rec, units) }()
+		type direct struct {
+			took     []bool
+			receipts []*pb.InlineReceipt
+		}
+		res := make(chan direct, 1)
+		go func() {
+			took, receipts := s.tryDirect(rec, units)
+			res <- direct{took, receipts}
+		}()
 		sent, deposited = spread(units, make([]bool, len(units)), s.depositAll(rec, units))
 		if err := written(); err != nil {
-			<-direct
+			<-res
 			return true, false, err
 		}
 		moved, err := s.recordTransport(rec, ready, sent, deposited)
 		if err != nil {
-			<-direct
+			<-res
 			return true, false, err
 		}
 		progress = moved > 0
-		sent, deposited = spread(units, <-direct, nil)
+		d := <-res
+		sent, deposited = spread(units, d.took, nil)
+		receipts = d.receipts
 	}
 	if err := written(); err != nil {
 		return true, false, err
@@ -207,6 +219,9 @@ func (s *Service) laneRound(to e2ee.AccountID) (busy, progress bool, err error) 
 	if err != nil {
 		return true, false, err
 	}
+	// Then the receipts that came with the device's answer: shown sent at
+	// once, the messages they name go on to delivered, their jobs done.
+	s.takeReceipts(rec, receipts)
 	progress = progress || moved > 0
 	busy = len(jobs) == maxLaneJobs
 	for _, j := range ready {
@@ -381,12 +396,13 @@ func (s *Service) fetchBundle(rec contact.Signed) (*e2ee.Bundle, error) {
 }
 
 // tryDirect hands as many units as it can to one of the recipient's
-// devices and reports which it took.
-func (s *Service) tryDirect(rec contact.Signed, units []unit) []bool {
+// devices and reports which it took, and the delivery receipts it gave
+// back with its answers.
+func (s *Service) tryDirect(rec contact.Signed, units []unit) ([]bool, []*pb.InlineReceipt) {
 	sent := make([]bool, len(units))
 	dev, limited, ok := s.reach(rec)
 	if !ok || s.limits.out.resting(dev) {
-		return sent
+		return sent, nil
 	}
 	budget := len(units)
 	if limited {
@@ -408,6 +424,8 @@ func (s *Service) tryDirect(rec contact.Signed, units []unit) []bool {
 	// and comes to it again, directly, in a round after the rest.
 	var (
 		wg          sync.WaitGroup
+		mu          sync.Mutex
+		receipts    []*pb.InlineReceipt
 		failed      atomic.Bool
 		rateLimited atomic.Bool
 		slots       = make(chan struct{}, maxDirectInFlight)
@@ -424,16 +442,19 @@ func (s *Service) tryDirect(rec contact.Signed, units []unit) []bool {
 		slots <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-slots }()
-			ok, limited, err := s.deliver(dev, envs)
+			d, err := s.deliver(dev, envs)
 			if err != nil {
 				s.log.Debug("direct delivery failed", "to", rec.AccountID(), "err", err)
 				failed.Store(true)
 				return
 			}
-			for i, o := range ok {
+			for i, o := range d.took {
 				sent[start+i] = o
 			}
-			if limited {
+			mu.Lock()
+			receipts = append(receipts, d.receipts...)
+			mu.Unlock()
+			if d.limited {
 				rateLimited.Store(true)
 				failed.Store(true)
 			}
@@ -446,7 +467,7 @@ func (s *Service) tryDirect(rec contact.Signed, units []unit) []bool {
 	} else if !failed.Load() {
 		s.limits.out.ok(dev)
 	}
-	return sent
+	return sent, receipts
 }
 
 // maxDirectInFlight is how many Deliver frames a lane has in flight.

@@ -10,6 +10,9 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/kinmesh/kinmesh/protocols/contact"
 	"github.com/kinmesh/kinmesh/protocols/e2ee"
 	"github.com/kinmesh/kinmesh/protocols/message/pb"
 	"github.com/kinmesh/kinmesh/storage"
@@ -36,11 +39,52 @@ const receiveChunk = 128
 // store transaction can hold; it is dropped rather than retried forever.
 var errUnstorable = errors.New("message: envelope's effects too large to store")
 
+// inline collects the delivery receipts of a direct delivery whose sender
+// takes them in the answer (Deliver.want_receipts), instead of as
+// messages of their own.
+//
+// A receipt goes inline only to a device of the messages' sender (the
+// stream's peer is in the sender's contact record), within room bytes;
+// the rest are queued as usual. An inline receipt is kept nowhere: if the
+// answer is lost, the sender still has the message as not sent and
+// delivers it again, and the copy that comes again, a duplicate, gets a
+// receipt again (markSeenAs). So a delivery that asks for them gets, in
+// its answer, receipts for every message it brought that the device has,
+// new or not.
+type inline struct {
+	peer peer.ID
+	room int // bytes of receipts the answer may still carry
+	out  []*pb.InlineReceipt
+}
+
+// maxInlineReceipts is what the receipts in one DeliverAck may add up to
+// (their payloads, and inlineFraming each); the ones that don't fit are
+// queued. A full frame (maxDirectBatch batch envelopes of up to 64
+// messages) needs about 32 receipts of maxReceiptIDs ids: about 75 KB.
+const maxInlineReceipts = 96 << 10
+
+// inlineFraming bounds the protobuf framing of one InlineReceipt in a
+// DeliverAck.
+const inlineFraming = 16
+
+// takes reports whether receipts to account to may go inline: to's
+// device sent the frame.
+func (in *inline) takes(s *Service, to e2ee.AccountID) bool {
+	if in == nil {
+		return false
+	}
+	rec, ok := s.cfg.Contacts.Contact(to)
+	return ok && slices.Contains(rec.Devices, in.peer)
+}
+
 // receive processes envelopes. For each it returns nil when the envelope
 // is handled for good (stored, a duplicate, or dropped on purpose:
 // blocked sender, unreadable), errTransient when it should come again, or
 // the reason it is unreadable. Callers ack (relay) or answer OK (direct)
 // only for nil, and receive returns only once what it stored is on disk.
+// With in (a direct delivery that takes its receipts in the answer), the
+// delivery receipts for the sender's device are put in in.out instead of
+// queued, once they are on disk.
 //
 // The work comes in three steps. Claim: copies of one envelope arriving
 // at once (from each home relay, or direct and relayed) are processed
@@ -52,7 +96,7 @@ var errUnstorable = errors.New("message: envelope's effects too large to store")
 // the disk; then one wait for the disk covers them all. The envelopes
 // left to another call are then looked at again, once it has finished:
 // normally they are processed by then.
-func (s *Service) receive(envs [][]byte) []error {
+func (s *Service) receive(envs [][]byte, in *inline) []error {
 	errs := make([]error, len(envs))
 	if len(envs) == 0 {
 		return errs
@@ -68,7 +112,7 @@ func (s *Service) receive(envs [][]byte) []error {
 			own = append(own, i)
 		}
 	}
-	s.receiveOwn(envs, hs, own, errs)
+	s.receiveOwn(envs, hs, own, errs, in)
 	s.eng.claims.release(hs, mine)
 	var later []int
 	for i := range envs {
@@ -87,7 +131,7 @@ func (s *Service) receive(envs [][]byte) []error {
 		for k, i := range later {
 			sub[k] = envs[i]
 		}
-		for k, err := range s.receive(sub) {
+		for k, err := range s.receive(sub, in) {
 			errs[later[k]] = err
 		}
 	}
@@ -103,7 +147,7 @@ type opened struct {
 
 // receiveOwn processes envs[i] for i in own (claimed by this call) and
 // sets errs[i].
-func (s *Service) receiveOwn(envs [][]byte, hs [][32]byte, own []int, errs []error) {
+func (s *Service) receiveOwn(envs [][]byte, hs [][32]byte, own []int, errs []error, in *inline) {
 	if len(own) == 0 {
 		return
 	}
@@ -111,11 +155,16 @@ func (s *Service) receiveOwn(envs [][]byte, hs [][32]byte, own []int, errs []err
 	var todo, dups []int
 	for k, i := range own {
 		oenvs[k], ohs[k] = envs[i], hs[i]
-		// Processed before (another relay's copy, a retry): nothing to open.
+		// Processed before (another relay's copy, a retry): nothing to
+		// open, unless the sender takes receipts inline: a retry means
+		// it didn't get them.
 		if seen, err := s.ns.Has(s.ctx, keySeen(hs[i])); err != nil || !seen {
 			todo = append(todo, k)
 		} else {
 			dups = append(dups, k)
+			if in != nil {
+				todo = append(todo, k)
+			}
 		}
 	}
 	_ = parallel(len(todo), func(x int) error {
@@ -130,7 +179,7 @@ func (s *Service) receiveOwn(envs [][]byte, hs [][32]byte, own []int, errs []err
 	limit := receiveChunk
 	for i := 0; i < len(own); {
 		end := min(i+limit, len(own))
-		n, chunkErrs, t, tooBig := s.receiveChunk(oenvs[i:end], ohs[i:end], pre[i:end])
+		n, chunkErrs, t, tooBig := s.receiveChunk(oenvs[i:end], ohs[i:end], pre[i:end], in)
 		switch {
 		case tooBig && limit > 1:
 			limit /= 2
@@ -186,6 +235,10 @@ func (s *Service) receiveOwn(envs [][]byte, hs [][32]byte, own []int, errs []err
 				break
 			}
 		}
+	} else if in != nil {
+		for _, t := range txs {
+			in.out = append(in.out, t.inline...)
+		}
 	}
 	for _, t := range txs {
 		for _, e := range t.events {
@@ -215,13 +268,13 @@ type inbound struct {
 }
 
 // receiveChunk processes envelopes (with their hashes, and opened ahead
-// where pre says so) in one transaction, stopping early when it has
+// where pre says so; envelopes seen before only with in) in one transaction, stopping early when it has
 // staged maxTxOps writes, and writes it without waiting for the disk. It
 // returns how many it consumed, their results and the written transaction
 // (nil if nothing was written), whose events and after-commit actions are
 // the caller's once it is durable; tooBig when it didn't fit in one
 // write.
-func (s *Service) receiveChunk(envs [][]byte, hs [][32]byte, pre []opened) (int, []error, *tx, bool) {
+func (s *Service) receiveChunk(envs [][]byte, hs [][32]byte, pre []opened, in *inline) (int, []error, *tx, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	t := s.begin()
@@ -239,7 +292,7 @@ func (s *Service) receiveChunk(envs [][]byte, hs [][32]byte, pre []opened) (int,
 			errs[i] = errTransient
 			continue
 		}
-		if seen {
+		if seen && in == nil {
 			continue
 		}
 		c, err := pre[i].c, pre[i].err
@@ -256,7 +309,7 @@ func (s *Service) receiveChunk(envs [][]byte, hs [][32]byte, pre []opened) (int,
 			errs[i] = err
 			continue
 		}
-		err = t.receiveItems(items, delivered)
+		err = t.receiveItems(items, delivered, in)
 		if errors.Is(err, errSplit) {
 			// A batch whose effects fill more than one transaction (a
 			// backlog's receipts name up to maxReceiptIDs messages each):
@@ -269,7 +322,9 @@ func (s *Service) receiveChunk(envs [][]byte, hs [][32]byte, pre []opened) (int,
 			errs[i] = err
 			continue
 		}
-		t.markSeen(h)
+		if !seen {
+			t.markSeen(h)
+		}
 		if len(items) == 1 {
 			// A batch is handled once each item is: its unreadable ones
 			// are dropped on their own.
@@ -277,11 +332,19 @@ func (s *Service) receiveChunk(envs [][]byte, hs [][32]byte, pre []opened) (int,
 		}
 	}
 	t.events = append(t.events, t.unpark(delivered)...)
+	room := 0
+	if in != nil {
+		room = in.room
+	}
 	for from, ids := range delivered {
+		var inlineRoom *int
+		if in.takes(s, from) {
+			inlineRoom = &room
+		}
 		for len(ids) > 0 {
 			n := min(len(ids), maxReceiptIDs)
-			if err := t.queueReceipt(from, pb.Receipt_DELIVERED, ids[:n]); err != nil {
-				s.log.Debug("queue delivery receipt", "to", from, "err", err)
+			if err := t.sendReceipt(from, pb.Receipt_DELIVERED, ids[:n], inlineRoom); err != nil {
+				s.log.Debug("delivery receipt", "to", from, "err", err)
 			}
 			ids = ids[n:]
 		}
@@ -301,11 +364,15 @@ func (s *Service) receiveChunk(envs [][]byte, hs [][32]byte, pre []opened) (int,
 		if errors.Is(err, storage.ErrTooLarge) {
 			return 0, nil, nil, true
 		}
+		t.inline = nil
 		s.log.Warn("storing received messages failed", "err", err)
 		for i := range errs[:n] {
 			errs[i] = errTransient
 		}
 		return n, errs, nil, false
+	}
+	if in != nil {
+		in.room = room
 	}
 	return n, errs, t, false
 }
@@ -356,7 +423,11 @@ func itemHash(c e2ee.EnvelopeContent) [32]byte {
 // the last item (the ones handled are marked seen: the envelope is to be
 // taken again in the next transaction), else the error of the last
 // unreadable item, if any.
-func (t *tx) receiveItems(items []e2ee.EnvelopeContent, delivered map[e2ee.AccountID][][]byte) error {
+//
+// With in (a direct delivery taking its receipts inline), an item seen
+// before that stored a message from its sender is acknowledged again if
+// that sender's device brought it (inline.takes): a retry.
+func (t *tx) receiveItems(items []e2ee.EnvelopeContent, delivered map[e2ee.AccountID][][]byte, in *inline) error {
 	var last error
 	later, handled := false, false
 	for _, c := range items {
@@ -369,9 +440,12 @@ func (t *tx) receiveItems(items []e2ee.EnvelopeContent, delivered map[e2ee.Accou
 			return errTransient
 		}
 		if seen {
+			if from := c.Sender.AccountID(); in.takes(t.s, from) {
+				t.ackAgain(h, from, delivered)
+			}
 			continue
 		}
-		in, err := t.decrypt(c)
+		msg, err := t.decrypt(c)
 		if errors.Is(err, e2ee.ErrTooManySkipped) && t.s.stillLater(h) {
 			later = true // not seen: it decrypts once the messages before it came
 			continue
@@ -380,7 +454,7 @@ func (t *tx) receiveItems(items []e2ee.EnvelopeContent, delivered map[e2ee.Accou
 		handled = true
 		switch {
 		case errors.Is(err, errParked):
-			t.park(h, c, in)
+			t.park(h, c, msg)
 			continue
 		case errors.Is(err, errDropped):
 			continue
@@ -389,10 +463,11 @@ func (t *tx) receiveItems(items []e2ee.EnvelopeContent, delivered map[e2ee.Accou
 			last = err
 			continue
 		}
-		evs, ack := t.apply(in)
+		evs, ack := t.apply(msg)
 		t.events = append(t.events, evs...)
 		if ack != nil {
-			delivered[in.from] = append(delivered[in.from], ack)
+			t.markSeenAs(h, ack)
+			delivered[msg.from] = append(delivered[msg.from], ack)
 		}
 	}
 	if later {
@@ -571,8 +646,73 @@ func (t *tx) dropJobs(to e2ee.AccountID, ids map[string]bool) {
 	}
 }
 
-// queueReceipt encrypts a receipt for ids and queues it to from.
+// takeReceipts applies the delivery receipts a device of rec gave back
+// with its answer to a Deliver frame (decrypted with the session with
+// rec, as any message from rec). Like a receipt that came as a message, it
+// is synced only when no Send is under way (receiveChunk).
+func (s *Service) takeReceipts(rec contact.Signed, receipts []*pb.InlineReceipt) {
+	if len(receipts) == 0 {
+		return
+	}
+	from := rec.AccountID()
+	s.mu.Lock()
+	t := s.begin()
+	for _, r := range receipts {
+		c := e2ee.EnvelopeContent{Sender: rec.Identity, Type: e2ee.ContentType(r.GetType()), Payload: r.GetPayload()}
+		if c.Type != e2ee.ContentRatchet && c.Type != e2ee.ContentPreKeyMessage {
+			continue
+		}
+		in, err := t.decrypt(c)
+		if err != nil {
+			s.log.Debug("unreadable inline receipt dropped", "from", from, "err", err)
+			continue
+		}
+		if rc := in.content.GetReceipt(); rc != nil && rc.GetKind() == pb.Receipt_DELIVERED {
+			t.events = append(t.events, t.applyReceipt(from, rc)...)
+		}
+	}
+	t.lazy = s.sending.Load() > 0 || !t.movesSessions()
+	err := t.flush()
+	s.mu.Unlock()
+	if err == nil {
+		err = t.durable()
+	}
+	if err != nil {
+		s.log.Warn("storing delivery receipts failed", "from", from, "err", err)
+		return
+	}
+	for _, e := range t.events {
+		s.emit(e)
+	}
+}
+
+// ackAgain adds to delivered the message the inner message h was stored
+// as, if it is from that sender and still stored: its copy came again
+// directly, so the receipt sent inline may have been lost.
+func (t *tx) ackAgain(h [32]byte, from e2ee.AccountID, delivered map[e2ee.AccountID][][]byte) {
+	id, err := t.seenAs(h)
+	if err != nil || id == nil {
+		return
+	}
+	m, err := t.Message(hex.EncodeToString(id))
+	if err != nil || m == nil || !m.Incoming || m.From != string(from) {
+		return
+	}
+	if slices.ContainsFunc(delivered[from], func(x []byte) bool { return string(x) == string(id) }) {
+		return
+	}
+	delivered[from] = append(delivered[from], id)
+}
+
+// queueReceipt encrypts a receipt for ids and queues it to to.
 func (t *tx) queueReceipt(to e2ee.AccountID, kind pb.Receipt_Kind, ids [][]byte) error {
+	return t.sendReceipt(to, kind, ids, nil)
+}
+
+// sendReceipt encrypts a receipt for ids to account to and puts it in
+// t.inline, if in takes it whole (its encrypted size within room), or
+// queues it.
+func (t *tx) sendReceipt(to e2ee.AccountID, kind pb.Receipt_Kind, ids [][]byte, room *int) error {
 	rec, ok := t.s.cfg.Contacts.Contact(to)
 	if !ok {
 		return ErrUnknownContact
@@ -590,6 +730,11 @@ func (t *tx) queueReceipt(to e2ee.AccountID, kind pb.Receipt_Kind, ids [][]byte)
 		j.Content = content
 	default:
 		return err
+	}
+	if n := len(j.Payload) + inlineFraming; room != nil && j.Payload != nil && n <= *room {
+		*room -= n
+		t.inline = append(t.inline, &pb.InlineReceipt{Type: uint32(j.Type), Payload: j.Payload})
+		return nil
 	}
 	if err := t.addJob(j); err != nil {
 		return err

@@ -14,6 +14,7 @@ import (
 
 	"github.com/kinmesh/kinmesh/protocols/contact"
 	"github.com/kinmesh/kinmesh/protocols/e2ee"
+	"github.com/kinmesh/kinmesh/protocols/message/pb"
 	"github.com/kinmesh/kinmesh/storage"
 )
 
@@ -161,7 +162,7 @@ type tx struct {
 	jobs        []*job
 	newJobs     map[string]bool // keys of the jobs this tx adds
 	delJobs     []string
-	seen        map[[32]byte]bool
+	seen        map[[32]byte][]byte // hash → mark: a message id, or seenMark
 	groups      map[string]*Group
 	myKeys      map[string]*e2ee.SenderKey
 	shares      map[string]*keyShare            // by group: who holds myKeys[group]
@@ -187,9 +188,10 @@ type tx struct {
 	// commit returns once it is ordered (storage.Batch.CommitAsync), so a
 	// read after it sees it, and the next commit's sync covers it.
 	async  bool
-	after  []func() // run after a successful commit
-	events []Event  // emitted once durable (receive)
-	gen    uint64   // write generation of the flushed batch (0: nothing written)
+	after  []func()            // run after a successful commit
+	inline []*pb.InlineReceipt // receipts for the answer, once durable (receive)
+	events []Event             // emitted once durable (receive)
+	gen    uint64              // write generation of the flushed batch (0: nothing written)
 }
 
 // maxTxOps bounds the writes one transaction stages, so a commit stays
@@ -215,7 +217,7 @@ func (s *Service) begin() *tx {
 		convs:       map[string]*convState{},
 		msgs:        map[string]*Message{},
 		indexed:     map[string]bool{},
-		seen:        map[[32]byte]bool{},
+		seen:        map[[32]byte][]byte{},
 		groups:      map[string]*Group{},
 		myKeys:      map[string]*e2ee.SenderKey{},
 		shares:      map[string]*keyShare{},
@@ -484,13 +486,47 @@ func (t *tx) deleteJob(key string) { t.delJobs = append(t.delJobs, key) }
 
 // Seen reports whether an envelope with hash h was processed already.
 func (t *tx) Seen(h [32]byte) (bool, error) {
-	if t.seen[h] {
+	if t.seen[h] != nil {
 		return true, nil
 	}
 	return t.s.ns.Has(t.ctx(), keySeen(h))
 }
 
-func (t *tx) markSeen(h [32]byte) { t.seen[h] = true }
+// seenMark is the mark of a processed envelope or inner message that
+// stored no message.
+var seenMark = []byte{1}
+
+// markSeen marks h processed, keeping a message id already noted for it.
+func (t *tx) markSeen(h [32]byte) {
+	if t.seen[h] == nil {
+		t.seen[h] = seenMark
+	}
+}
+
+// markSeenAs marks the inner message h processed as the message with
+// this (raw, 16-byte) id: a copy that comes again directly gets its
+// delivery receipt again (seenAs).
+func (t *tx) markSeenAs(h [32]byte, id []byte) { t.seen[h] = id }
+
+// seenAs returns the raw message id the inner message h was processed
+// as, or nil (not processed, or not a stored message).
+func (t *tx) seenAs(h [32]byte) ([]byte, error) {
+	v, ok := t.seen[h]
+	if !ok {
+		var err error
+		v, err = t.s.ns.Get(t.ctx(), keySeen(h))
+		if errors.Is(err, storage.ErrNotFound) {
+			return nil, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	if len(v) != 16 {
+		return nil, nil
+	}
+	return v, nil
+}
 
 // commit writes everything staged and, unless the tx is lazy, waits until
 // it is on disk; then it runs the after-commit actions.
@@ -551,8 +587,8 @@ func (t *tx) flush() error {
 			return err
 		}
 	}
-	for h := range t.seen {
-		if err := t.b.PutTTL(t.s.ns, keySeen(h), []byte{1}, seenTTL); err != nil {
+	for h, mark := range t.seen {
+		if err := t.b.PutTTL(t.s.ns, keySeen(h), mark, seenTTL); err != nil {
 			return err
 		}
 	}

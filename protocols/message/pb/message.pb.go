@@ -119,14 +119,16 @@ func (x Receipt_Kind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Receipt_Kind.Descriptor instead.
 func (Receipt_Kind) EnumDescriptor() ([]byte, []int) {
-	return file_protocols_message_pb_message_proto_rawDescGZIP(), []int{4, 0}
+	return file_protocols_message_pb_message_proto_rawDescGZIP(), []int{5, 0}
 }
 
 // Deliver carries sealed envelopes straight to a recipient's device.
 type Deliver struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	RequestId     uint64                 `protobuf:"varint,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
-	Envelopes     [][]byte               `protobuf:"bytes,2,rep,name=envelopes,proto3" json:"envelopes,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	RequestId uint64                 `protobuf:"varint,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	Envelopes [][]byte               `protobuf:"bytes,2,rep,name=envelopes,proto3" json:"envelopes,omitempty"`
+	// The sender takes delivery receipts in the answer (DeliverAck.receipts).
+	WantReceipts  bool `protobuf:"varint,3,opt,name=want_receipts,json=wantReceipts,proto3" json:"want_receipts,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -175,12 +177,24 @@ func (x *Deliver) GetEnvelopes() [][]byte {
 	return nil
 }
 
+func (x *Deliver) GetWantReceipts() bool {
+	if x != nil {
+		return x.WantReceipts
+	}
+	return false
+}
+
 // DeliverAck answers a Deliver: one status per envelope, in order. OK means
 // the device has durably accepted the envelope.
 type DeliverAck struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	RequestId     uint64                 `protobuf:"varint,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
-	Statuses      []DeliverAck_Status    `protobuf:"varint,2,rep,packed,name=statuses,proto3,enum=kinmesh.message.DeliverAck_Status" json:"statuses,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	RequestId uint64                 `protobuf:"varint,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	Statuses  []DeliverAck_Status    `protobuf:"varint,2,rep,packed,name=statuses,proto3,enum=kinmesh.message.DeliverAck_Status" json:"statuses,omitempty"`
+	// Asked for by Deliver.want_receipts: the device's end-to-end encrypted
+	// delivery receipts for the messages the frame brought, when it came
+	// from a device of their sender. Not sealed: they go back on the stream
+	// to the device that sent the messages, and no one else.
+	Receipts      []*InlineReceipt `protobuf:"bytes,3,rep,name=receipts,proto3" json:"receipts,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -229,6 +243,66 @@ func (x *DeliverAck) GetStatuses() []DeliverAck_Status {
 	return nil
 }
 
+func (x *DeliverAck) GetReceipts() []*InlineReceipt {
+	if x != nil {
+		return x.Receipts
+	}
+	return nil
+}
+
+// InlineReceipt is one pairwise-encrypted Content holding a Receipt.
+type InlineReceipt struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Type          uint32                 `protobuf:"varint,1,opt,name=type,proto3" json:"type,omitempty"` // e2ee content type: ratchet or prekey message
+	Payload       []byte                 `protobuf:"bytes,2,opt,name=payload,proto3" json:"payload,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *InlineReceipt) Reset() {
+	*x = InlineReceipt{}
+	mi := &file_protocols_message_pb_message_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InlineReceipt) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InlineReceipt) ProtoMessage() {}
+
+func (x *InlineReceipt) ProtoReflect() protoreflect.Message {
+	mi := &file_protocols_message_pb_message_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InlineReceipt.ProtoReflect.Descriptor instead.
+func (*InlineReceipt) Descriptor() ([]byte, []int) {
+	return file_protocols_message_pb_message_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *InlineReceipt) GetType() uint32 {
+	if x != nil {
+		return x.Type
+	}
+	return 0
+}
+
+func (x *InlineReceipt) GetPayload() []byte {
+	if x != nil {
+		return x.Payload
+	}
+	return nil
+}
+
 // Content is what a sender encrypts: one message, receipt or control.
 type Content struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
@@ -251,7 +325,7 @@ type Content struct {
 
 func (x *Content) Reset() {
 	*x = Content{}
-	mi := &file_protocols_message_pb_message_proto_msgTypes[2]
+	mi := &file_protocols_message_pb_message_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -263,7 +337,7 @@ func (x *Content) String() string {
 func (*Content) ProtoMessage() {}
 
 func (x *Content) ProtoReflect() protoreflect.Message {
-	mi := &file_protocols_message_pb_message_proto_msgTypes[2]
+	mi := &file_protocols_message_pb_message_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -276,7 +350,7 @@ func (x *Content) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Content.ProtoReflect.Descriptor instead.
 func (*Content) Descriptor() ([]byte, []int) {
-	return file_protocols_message_pb_message_proto_rawDescGZIP(), []int{2}
+	return file_protocols_message_pb_message_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Content) GetId() []byte {
@@ -417,7 +491,7 @@ type Text struct {
 
 func (x *Text) Reset() {
 	*x = Text{}
-	mi := &file_protocols_message_pb_message_proto_msgTypes[3]
+	mi := &file_protocols_message_pb_message_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -429,7 +503,7 @@ func (x *Text) String() string {
 func (*Text) ProtoMessage() {}
 
 func (x *Text) ProtoReflect() protoreflect.Message {
-	mi := &file_protocols_message_pb_message_proto_msgTypes[3]
+	mi := &file_protocols_message_pb_message_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -442,7 +516,7 @@ func (x *Text) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Text.ProtoReflect.Descriptor instead.
 func (*Text) Descriptor() ([]byte, []int) {
-	return file_protocols_message_pb_message_proto_rawDescGZIP(), []int{3}
+	return file_protocols_message_pb_message_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Text) GetText() string {
@@ -464,7 +538,7 @@ type Receipt struct {
 
 func (x *Receipt) Reset() {
 	*x = Receipt{}
-	mi := &file_protocols_message_pb_message_proto_msgTypes[4]
+	mi := &file_protocols_message_pb_message_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -476,7 +550,7 @@ func (x *Receipt) String() string {
 func (*Receipt) ProtoMessage() {}
 
 func (x *Receipt) ProtoReflect() protoreflect.Message {
-	mi := &file_protocols_message_pb_message_proto_msgTypes[4]
+	mi := &file_protocols_message_pb_message_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -489,7 +563,7 @@ func (x *Receipt) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Receipt.ProtoReflect.Descriptor instead.
 func (*Receipt) Descriptor() ([]byte, []int) {
-	return file_protocols_message_pb_message_proto_rawDescGZIP(), []int{4}
+	return file_protocols_message_pb_message_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Receipt) GetKind() Receipt_Kind {
@@ -523,7 +597,7 @@ type GroupUpdate struct {
 
 func (x *GroupUpdate) Reset() {
 	*x = GroupUpdate{}
-	mi := &file_protocols_message_pb_message_proto_msgTypes[5]
+	mi := &file_protocols_message_pb_message_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -535,7 +609,7 @@ func (x *GroupUpdate) String() string {
 func (*GroupUpdate) ProtoMessage() {}
 
 func (x *GroupUpdate) ProtoReflect() protoreflect.Message {
-	mi := &file_protocols_message_pb_message_proto_msgTypes[5]
+	mi := &file_protocols_message_pb_message_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -548,7 +622,7 @@ func (x *GroupUpdate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GroupUpdate.ProtoReflect.Descriptor instead.
 func (*GroupUpdate) Descriptor() ([]byte, []int) {
-	return file_protocols_message_pb_message_proto_rawDescGZIP(), []int{5}
+	return file_protocols_message_pb_message_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *GroupUpdate) GetName() string {
@@ -603,7 +677,7 @@ type SenderKey struct {
 
 func (x *SenderKey) Reset() {
 	*x = SenderKey{}
-	mi := &file_protocols_message_pb_message_proto_msgTypes[6]
+	mi := &file_protocols_message_pb_message_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -615,7 +689,7 @@ func (x *SenderKey) String() string {
 func (*SenderKey) ProtoMessage() {}
 
 func (x *SenderKey) ProtoReflect() protoreflect.Message {
-	mi := &file_protocols_message_pb_message_proto_msgTypes[6]
+	mi := &file_protocols_message_pb_message_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -628,7 +702,7 @@ func (x *SenderKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SenderKey.ProtoReflect.Descriptor instead.
 func (*SenderKey) Descriptor() ([]byte, []int) {
-	return file_protocols_message_pb_message_proto_rawDescGZIP(), []int{6}
+	return file_protocols_message_pb_message_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *SenderKey) GetDistribution() []byte {
@@ -653,7 +727,7 @@ type Location struct {
 
 func (x *Location) Reset() {
 	*x = Location{}
-	mi := &file_protocols_message_pb_message_proto_msgTypes[7]
+	mi := &file_protocols_message_pb_message_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -665,7 +739,7 @@ func (x *Location) String() string {
 func (*Location) ProtoMessage() {}
 
 func (x *Location) ProtoReflect() protoreflect.Message {
-	mi := &file_protocols_message_pb_message_proto_msgTypes[7]
+	mi := &file_protocols_message_pb_message_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -678,7 +752,7 @@ func (x *Location) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Location.ProtoReflect.Descriptor instead.
 func (*Location) Descriptor() ([]byte, []int) {
-	return file_protocols_message_pb_message_proto_rawDescGZIP(), []int{7}
+	return file_protocols_message_pb_message_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Location) GetLat() float64 {
@@ -729,7 +803,7 @@ type Control struct {
 
 func (x *Control) Reset() {
 	*x = Control{}
-	mi := &file_protocols_message_pb_message_proto_msgTypes[8]
+	mi := &file_protocols_message_pb_message_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -741,7 +815,7 @@ func (x *Control) String() string {
 func (*Control) ProtoMessage() {}
 
 func (x *Control) ProtoReflect() protoreflect.Message {
-	mi := &file_protocols_message_pb_message_proto_msgTypes[8]
+	mi := &file_protocols_message_pb_message_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -754,7 +828,7 @@ func (x *Control) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Control.ProtoReflect.Descriptor instead.
 func (*Control) Descriptor() ([]byte, []int) {
-	return file_protocols_message_pb_message_proto_rawDescGZIP(), []int{8}
+	return file_protocols_message_pb_message_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Control) GetKind() string {
@@ -775,22 +849,27 @@ var File_protocols_message_pb_message_proto protoreflect.FileDescriptor
 
 const file_protocols_message_pb_message_proto_rawDesc = "" +
 	"\n" +
-	"\"protocols/message/pb/message.proto\x12\x0fkinmesh.message\"F\n" +
+	"\"protocols/message/pb/message.proto\x12\x0fkinmesh.message\"k\n" +
 	"\aDeliver\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\x04R\trequestId\x12\x1c\n" +
-	"\tenvelopes\x18\x02 \x03(\fR\tenvelopes\"\xbb\x01\n" +
+	"\tenvelopes\x18\x02 \x03(\fR\tenvelopes\x12#\n" +
+	"\rwant_receipts\x18\x03 \x01(\bR\fwantReceipts\"\xf7\x01\n" +
 	"\n" +
 	"DeliverAck\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\x04R\trequestId\x12>\n" +
-	"\bstatuses\x18\x02 \x03(\x0e2\".kinmesh.message.DeliverAck.StatusR\bstatuses\"N\n" +
+	"\bstatuses\x18\x02 \x03(\x0e2\".kinmesh.message.DeliverAck.StatusR\bstatuses\x12:\n" +
+	"\breceipts\x18\x03 \x03(\v2\x1e.kinmesh.message.InlineReceiptR\breceipts\"N\n" +
 	"\x06Status\x12\x06\n" +
 	"\x02OK\x10\x00\x12\r\n" +
 	"\tMALFORMED\x10\x01\x12\r\n" +
 	"\tTOO_LARGE\x10\x02\x12\x10\n" +
 	"\fRATE_LIMITED\x10\x03\x12\f\n" +
-	"\bINTERNAL\x10\x04\"\xb4\x03\n" +
+	"\bINTERNAL\x10\x04\"=\n" +
+	"\rInlineReceipt\x12\x12\n" +
+	"\x04type\x18\x01 \x01(\rR\x04type\x12\x18\n" +
+	"\apayload\x18\x02 \x01(\fR\apayload\"\xb4\x03\n" +
 	"\aContent\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\fR\x02id\x12\x17\n" +
 	"\asent_at\x18\x02 \x01(\x03R\x06sentAt\x12\x10\n" +
@@ -846,34 +925,36 @@ func file_protocols_message_pb_message_proto_rawDescGZIP() []byte {
 }
 
 var file_protocols_message_pb_message_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_protocols_message_pb_message_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_protocols_message_pb_message_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_protocols_message_pb_message_proto_goTypes = []any{
 	(DeliverAck_Status)(0), // 0: kinmesh.message.DeliverAck.Status
 	(Receipt_Kind)(0),      // 1: kinmesh.message.Receipt.Kind
 	(*Deliver)(nil),        // 2: kinmesh.message.Deliver
 	(*DeliverAck)(nil),     // 3: kinmesh.message.DeliverAck
-	(*Content)(nil),        // 4: kinmesh.message.Content
-	(*Text)(nil),           // 5: kinmesh.message.Text
-	(*Receipt)(nil),        // 6: kinmesh.message.Receipt
-	(*GroupUpdate)(nil),    // 7: kinmesh.message.GroupUpdate
-	(*SenderKey)(nil),      // 8: kinmesh.message.SenderKey
-	(*Location)(nil),       // 9: kinmesh.message.Location
-	(*Control)(nil),        // 10: kinmesh.message.Control
+	(*InlineReceipt)(nil),  // 4: kinmesh.message.InlineReceipt
+	(*Content)(nil),        // 5: kinmesh.message.Content
+	(*Text)(nil),           // 6: kinmesh.message.Text
+	(*Receipt)(nil),        // 7: kinmesh.message.Receipt
+	(*GroupUpdate)(nil),    // 8: kinmesh.message.GroupUpdate
+	(*SenderKey)(nil),      // 9: kinmesh.message.SenderKey
+	(*Location)(nil),       // 10: kinmesh.message.Location
+	(*Control)(nil),        // 11: kinmesh.message.Control
 }
 var file_protocols_message_pb_message_proto_depIdxs = []int32{
 	0,  // 0: kinmesh.message.DeliverAck.statuses:type_name -> kinmesh.message.DeliverAck.Status
-	5,  // 1: kinmesh.message.Content.text:type_name -> kinmesh.message.Text
-	6,  // 2: kinmesh.message.Content.receipt:type_name -> kinmesh.message.Receipt
-	7,  // 3: kinmesh.message.Content.group_update:type_name -> kinmesh.message.GroupUpdate
-	8,  // 4: kinmesh.message.Content.sender_key:type_name -> kinmesh.message.SenderKey
-	9,  // 5: kinmesh.message.Content.location:type_name -> kinmesh.message.Location
-	10, // 6: kinmesh.message.Content.control:type_name -> kinmesh.message.Control
-	1,  // 7: kinmesh.message.Receipt.kind:type_name -> kinmesh.message.Receipt.Kind
-	8,  // [8:8] is the sub-list for method output_type
-	8,  // [8:8] is the sub-list for method input_type
-	8,  // [8:8] is the sub-list for extension type_name
-	8,  // [8:8] is the sub-list for extension extendee
-	0,  // [0:8] is the sub-list for field type_name
+	4,  // 1: kinmesh.message.DeliverAck.receipts:type_name -> kinmesh.message.InlineReceipt
+	6,  // 2: kinmesh.message.Content.text:type_name -> kinmesh.message.Text
+	7,  // 3: kinmesh.message.Content.receipt:type_name -> kinmesh.message.Receipt
+	8,  // 4: kinmesh.message.Content.group_update:type_name -> kinmesh.message.GroupUpdate
+	9,  // 5: kinmesh.message.Content.sender_key:type_name -> kinmesh.message.SenderKey
+	10, // 6: kinmesh.message.Content.location:type_name -> kinmesh.message.Location
+	11, // 7: kinmesh.message.Content.control:type_name -> kinmesh.message.Control
+	1,  // 8: kinmesh.message.Receipt.kind:type_name -> kinmesh.message.Receipt.Kind
+	9,  // [9:9] is the sub-list for method output_type
+	9,  // [9:9] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_protocols_message_pb_message_proto_init() }
@@ -881,7 +962,7 @@ func file_protocols_message_pb_message_proto_init() {
 	if File_protocols_message_pb_message_proto != nil {
 		return
 	}
-	file_protocols_message_pb_message_proto_msgTypes[2].OneofWrappers = []any{
+	file_protocols_message_pb_message_proto_msgTypes[3].OneofWrappers = []any{
 		(*Content_Text)(nil),
 		(*Content_Receipt)(nil),
 		(*Content_GroupUpdate)(nil),
@@ -895,7 +976,7 @@ func file_protocols_message_pb_message_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_protocols_message_pb_message_proto_rawDesc), len(file_protocols_message_pb_message_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   9,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
