@@ -388,3 +388,41 @@ func FuzzContent(f *testing.F) {
 		}
 	})
 }
+
+// FuzzDeliverAck: arbitrary bytes as the device's answer, decoded as the
+// sender decodes it and its receipts applied, never panic and never move
+// a message's state.
+func FuzzDeliverAck(f *testing.F) {
+	r := newRelay(f)
+	a, b := newDevice(f, "a", r), newDevice(f, "b", r)
+	ctx := context.Background()
+	meet(f, ctx, a, b)
+	if err := b.svc.Close(); err != nil { // the message stays queued
+		f.Fatal(err)
+	}
+	m, err := a.svc.Send(ctx, b.me(), "waiting")
+	if err != nil {
+		f.Fatal(err)
+	}
+	id, _ := hex.DecodeString(m.ID)
+	receipt, _ := proto.Marshal(&pb.Content{Id: id, Body: &pb.Content_Receipt{Receipt: &pb.Receipt{Ids: [][]byte{id}}}})
+	ack, _ := proto.Marshal(&pb.DeliverAck{RequestId: 1, Statuses: []pb.DeliverAck_Status{pb.DeliverAck_OK},
+		Receipts: []*pb.InlineReceipt{{Type: uint32(e2ee.ContentRatchet), Payload: receipt}}})
+	f.Add(ack)
+	f.Add([]byte{})
+	f.Add([]byte{0x1a, 0x02, 0x08, 0x03})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var ack pb.DeliverAck
+		if proto.Unmarshal(data, &ack) != nil {
+			return
+		}
+		a.svc.takeReceipts(b.rec, ack.Receipts)
+		got, ok := a.svc.Message(m.ID)
+		if !ok {
+			t.Fatal("message gone")
+		}
+		if got.State.rank() > StateQueued.rank() {
+			t.Fatalf("state %s from fuzz input", got.State)
+		}
+	})
+}
