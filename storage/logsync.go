@@ -27,6 +27,9 @@ import (
 // (a file whose entry is not on disk is gone after a power loss, whatever
 // was synced into it).
 //
+// With active, sync also syncs the newest memtable log itself, through a
+// file descriptor it keeps open, instead of DB.Sync: see Store.syncAll.
+//
 // Sync lists the directory each time (one lseek and getdents on the open
 // directory) and stops there when the log files are the same as last time:
 // Badger never deletes the newest log of a kind and never reuses a number,
@@ -37,16 +40,26 @@ type logSync struct {
 	mu      sync.Mutex
 	last    []string          // the log files at the last complete listing, sorted
 	dirFile *os.File          // the directory, kept open; closed by close
+	mem     *os.File          // the newest memtable log as of the last active sync; closed by close
+	memName string            // its name
 	synced  func(name string) // test hook: a log file (or "." for the directory) was synced
 }
+
+// errNoActiveLog: the newest memtable log could not be synced on its own
+// (none listed, or gone before it was opened); the caller syncs through
+// Badger instead.
+var errNoActiveLog = errors.New("storage: no memtable log to sync")
 
 // Badger's log file suffixes: memtable logs (NNNNN.mem) and value logs
 // (NNNNNN.vlog).
 var logSuffixes = [...]string{".mem", ".vlog"}
 
-// sync runs after DB.Sync returned: it syncs the retired log files not
-// synced since they retired, and dir if a log file is new.
-func (l *logSync) sync(dir string) error {
+// sync runs after DB.Sync returned, or instead of it with active: it
+// syncs the newest memtable log (active), the retired log files not
+// synced since they retired, and dir if a log file is new. With active it
+// returns errNoActiveLog, having synced nothing, if it found no newest
+// memtable log to sync.
+func (l *logSync) sync(dir string, active bool) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	names, err := l.list(dir)
@@ -60,10 +73,16 @@ func (l *logSync) sync(dir string) error {
 		}
 	}
 	slices.Sort(logs)
+	newest := newestLogs(logs)
+	if active {
+		if err := l.syncMem(dir, newest[0]); err != nil {
+			return err
+		}
+	}
 	if slices.Equal(logs, l.last) {
 		return nil
 	}
-	newest, wasNewest := newestLogs(logs), newestLogs(l.last)
+	wasNewest := newestLogs(l.last)
 	isNew := false
 	for _, n := range logs {
 		k, _, _ := logKind(n)
@@ -92,6 +111,37 @@ func (l *logSync) sync(dir string) error {
 		}
 	}
 	l.last = logs
+	return nil
+}
+
+// syncMem syncs the memtable log name (the newest listed), opening it
+// once for as long as it stays the newest.
+func (l *logSync) syncMem(dir, name string) error {
+	if name == "" {
+		return errNoActiveLog
+	}
+	if l.mem == nil || l.memName != name {
+		if l.mem != nil {
+			_ = l.mem.Close()
+			l.mem, l.memName = nil, ""
+		}
+		f, err := os.Open(filepath.Join(dir, name))
+		if os.IsNotExist(err) {
+			// Rotated and flushed since the listing: a newer one has
+			// the writes now.
+			return errNoActiveLog
+		}
+		if err != nil {
+			return fmt.Errorf("open %s: %w", name, err)
+		}
+		l.mem, l.memName = f, name
+	}
+	if err := datasync(l.mem); err != nil {
+		return fmt.Errorf("sync %s: %w", name, err)
+	}
+	if l.synced != nil {
+		l.synced(name)
+	}
 	return nil
 }
 
@@ -126,10 +176,15 @@ func (l *logSync) list(dir string) ([]string, error) {
 func (l *logSync) close() error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.dirFile == nil {
-		return nil
+	var err error
+	if l.mem != nil {
+		err = l.mem.Close()
+		l.mem, l.memName = nil, ""
 	}
-	err := l.dirFile.Close()
+	if l.dirFile == nil {
+		return err
+	}
+	err = errors.Join(err, l.dirFile.Close())
 	l.dirFile = nil
 	return err
 }

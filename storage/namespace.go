@@ -150,6 +150,9 @@ func (w write) apply(s *Store, txn *badger.Txn) error {
 		return deleteIn(s, txn, w.ns, w.key, dk)
 	}
 	s.noteWrite(int64(len(dk) + len(w.sealed)))
+	if len(w.sealed) >= s.valueThreshold {
+		s.vlogWrites.Add(1) // Badger puts this value in the value log (syncAll)
+	}
 	e := badger.NewEntry(dk, w.sealed)
 	if w.expiry == 0 {
 		return txn.SetEntry(e)

@@ -16,6 +16,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -341,5 +342,71 @@ func TestGCSyncsMovedValues(t *testing.T) {
 		if err != nil || !bytes.Equal(got, trimValue(i, size)) {
 			t.Fatalf("v%d after GC: %d bytes, %v", i, len(got), err)
 		}
+	}
+}
+
+// TestSyncSkipsCleanValueLog: a Sync after writes with only small values
+// (under the value threshold, kept in the memtable log) syncs the newest
+// memtable log itself and leaves the value log alone; after a write with
+// a large value it syncs through Badger, value log included. Either way
+// no page of the logs is dirty once Sync returns: so this fails if a
+// write that went to the value log were not counted.
+func TestSyncSkipsCleanValueLog(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	st := open(t, dir)
+	var mu sync.Mutex
+	var synced []string
+	storage.OnLogSynced(st, func(name string) {
+		mu.Lock()
+		synced = append(synced, name)
+		mu.Unlock()
+	})
+	ns := st.Namespace("s")
+	logs := func(file string) bool { return strings.HasSuffix(file, ".vlog") || strings.HasSuffix(file, ".mem") }
+	vlogs := func(file string) bool { return strings.HasSuffix(file, ".vlog") }
+	commit := func(i int, v []byte) {
+		t.Helper()
+		b := st.NewBatch()
+		if err := b.Put(ns, fmt.Sprint("k", i), v); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.CommitUnsynced(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	syncNow := func() []string {
+		t.Helper()
+		mu.Lock()
+		synced = nil
+		mu.Unlock()
+		if err := st.Sync(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if dirty := smapsKiB(t, dir, logs, "Shared_Dirty:", "Private_Dirty:"); dirty != 0 {
+			t.Fatalf("%d KiB of the logs dirty right after Sync", dirty)
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.DeleteFunc(slices.Clone(synced), func(n string) bool { return n == "." })
+	}
+	for i := range 20 {
+		commit(i, randBytes(300))
+		if got := syncNow(); len(got) != 1 || !strings.HasSuffix(got[0], ".mem") {
+			t.Fatalf("Sync after a small write synced %v itself, want the memtable log", got)
+		}
+	}
+	for i := range 5 {
+		commit(100+i, randBytes(4<<10))
+		if dirty := smapsKiB(t, dir, vlogs, "Shared_Dirty:", "Private_Dirty:"); dirty == 0 {
+			t.Fatal("a 4 KiB value left the value log clean: it went elsewhere")
+		}
+		if got := syncNow(); slices.ContainsFunc(got, func(n string) bool { return strings.HasSuffix(n, ".mem") }) {
+			t.Fatalf("Sync after a large write synced %v itself, want DB.Sync", got)
+		}
+	}
+	commit(200, randBytes(300))
+	if got := syncNow(); len(got) != 1 {
+		t.Fatalf("Sync after small writes again synced %v itself, want the memtable log", got)
 	}
 }
