@@ -4,8 +4,11 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"slices"
 	"testing"
 	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/kinmesh/kinmesh/node"
 	"github.com/kinmesh/kinmesh/protocols/backup"
@@ -213,4 +216,101 @@ func TestAccountRecovery(t *testing.T) {
 		}
 	}
 	wantNoAccount(t, fresh, "after recovering a deleted account")
+}
+
+// TestRestoreAfterMoveTheBackupMissed: the account moves to another home
+// relay and its phone is lost before the backup caught up with the move
+// (the upkeep uploads it every few minutes). The new device restores
+// from that older backup, finds the newer record the lost device put in
+// the DHT, and signs one newer still, so contacts take it over the lost
+// device's (a record of the same sequence number would not replace it);
+// the move's new home, which the backup never named, is purged of the
+// account's prekeys as a former home.
+func TestRestoreAfterMoveTheBackupMissed(t *testing.T) {
+	var clk clock
+	n := startNet(t, Config{Relays: 4, Devices: 2, Now: clk.Now})
+	ctx, cancel := context.WithTimeout(context.Background(), 150*time.Second)
+	defer cancel()
+	accounts(t, ctx, n)
+	a, b := n.Devices[0], n.Devices[1]
+	if err := Introduce(ctx, a, b); err != nil {
+		t.Fatal(err)
+	}
+	const number = "+351 91 555 0102"
+	ph, err := n.VerifyPhone(ctx, a, number)
+	if err != nil {
+		t.Fatal(err)
+	}
+	on, err := a.Node().EnableRecovery(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	backedUp, _ := a.Node().Account()
+	seq := recordSeq(ctx, t, a, a.AccountID())
+
+	// Move off a home that isn't the phone relay.
+	dead := n.Relays[1]
+	if dead.AddrInfo().ID.String() == ph.Relay {
+		dead = n.Relays[2]
+	}
+	spare := n.Relays[3]
+	moveHome(ctx, t, n, &clk, dead)
+	waitCond(ctx, t, "the moved record in the DHT", func() bool {
+		rec, err := a.Node().LookupRecord(ctx, a.AccountID())
+		return err == nil && rec.Seq > seq && slices.ContainsFunc(rec.Relays(), func(r peer.AddrInfo) bool { return r.ID == spare.AddrInfo().ID })
+	})
+	moved := recordSeq(ctx, t, a, a.AccountID())
+	if err := a.Node().MaintainPrekeys(ctx); err != nil {
+		t.Fatalf("prekeys on the new home: %v", err)
+	}
+	if got := spare.Relay().Prekeys().Accounts(); got != 1 {
+		t.Fatalf("the new home holds prekeys of %d accounts, want the moved one's", got)
+	}
+	if err := dead.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	oldPeer := a.Node().ID()
+	replacePhone(ctx, t, n, a)
+	st, err := a.Node().StartRecovery(ctx, number, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	code, ok := n.PhoneCode(st.Number)
+	if !ok {
+		t.Fatal("no code texted")
+	}
+	res, err := a.Node().FinishRecovery(ctx, code, on.Secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Account.ID != backedUp.ID {
+		t.Fatalf("restored %s, want %s", res.Account.ID, backedUp.ID)
+	}
+	waitCond(ctx, t, "b finds the restored device's record, newer than the move's", func() bool {
+		rec, err := b.Node().LookupRecord(ctx, a.AccountID())
+		return err == nil && rec.Seq > moved && slices.Contains(rec.Devices, a.Node().ID()) && !slices.Contains(rec.Devices, oldPeer)
+	})
+	waitCond(ctx, t, "the move's new home purged as a former home", func() bool { return spare.Relay().Prekeys().Accounts() == 0 })
+	if _, err := b.Node().Send(ctx, a.AccountID(), "after the restore"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := WaitMessages(ctx, a, b.AccountID(), func(ms []message.Message) bool { return HasText(ms, "after the restore", "") }); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// recordSeq returns the sequence number of id's record as d finds it in
+// the DHT.
+func recordSeq(ctx context.Context, t *testing.T, d *Device, id string) uint64 {
+	t.Helper()
+	var seq uint64
+	waitCond(ctx, t, "the record in the DHT", func() bool {
+		rec, err := d.Node().LookupRecord(ctx, id)
+		if err == nil {
+			seq = rec.Seq
+		}
+		return err == nil
+	})
+	return seq
 }
