@@ -213,19 +213,7 @@ func TestRestoredDeviceReachesFormerHome(t *testing.T) {
 	identity := accountSecrets(t, a)
 
 	// The phone is lost; the account comes back on a new one.
-	replacePhone(ctx, t, n, a)
-	st, err := a.Node().StartRecovery(ctx, number, ph.Relay)
-	if err != nil {
-		t.Fatal(err)
-	}
-	code, ok := n.PhoneCode(st.Number)
-	if !ok {
-		t.Fatal("no code texted")
-	}
-	res, err := a.Node().FinishRecovery(ctx, code, on.Secret)
-	if err != nil {
-		t.Fatal(err)
-	}
+	res := loseAndRestore(ctx, t, n, a, number, ph.Relay, on.Secret)
 	if slices.ContainsFunc(res.Account.HomeRelays, func(h string) bool { return strings.Contains(h, deadID) }) {
 		t.Fatalf("restored homes %v: want the homes after the move, without %s", res.Account.HomeRelays, dead.Name)
 	}

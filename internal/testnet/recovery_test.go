@@ -271,19 +271,7 @@ func TestRestoreAfterMoveTheBackupMissed(t *testing.T) {
 	}
 
 	oldPeer := a.Node().ID()
-	replacePhone(ctx, t, n, a)
-	st, err := a.Node().StartRecovery(ctx, number, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	code, ok := n.PhoneCode(st.Number)
-	if !ok {
-		t.Fatal("no code texted")
-	}
-	res, err := a.Node().FinishRecovery(ctx, code, on.Secret)
-	if err != nil {
-		t.Fatal(err)
-	}
+	res := loseAndRestore(ctx, t, n, a, number, "", on.Secret)
 	if res.Account.ID != backedUp.ID {
 		t.Fatalf("restored %s, want %s", res.Account.ID, backedUp.ID)
 	}
@@ -313,4 +301,24 @@ func recordSeq(ctx context.Context, t *testing.T, d *Device, id string) uint64 {
 		return err == nil
 	})
 	return seq
+}
+
+// loseAndRestore loses d's phone, starts d again empty and restores the
+// account from number's backup (on relay, if not ""), with secret.
+func loseAndRestore(ctx context.Context, t *testing.T, n *Network, d *Device, number, relay, secret string) *node.Restored {
+	t.Helper()
+	replacePhone(ctx, t, n, d)
+	st, err := d.Node().StartRecovery(ctx, number, relay)
+	if err != nil {
+		t.Fatal(err)
+	}
+	code, ok := n.PhoneCode(st.Number)
+	if !ok {
+		t.Fatal("no code texted")
+	}
+	res, err := d.Node().FinishRecovery(ctx, code, secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res
 }
