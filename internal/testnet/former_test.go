@@ -89,14 +89,7 @@ func moveNet(t *testing.T, timeout time.Duration) (context.Context, *Network, *c
 // relays 1-3.
 func linkPhone(ctx context.Context, t *testing.T, n *Network, number string) *Relay {
 	t.Helper()
-	a := n.Devices[0]
-	ph, err := n.VerifyPhone(ctx, a, number)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := a.Node().EnableRecovery(ctx); err != nil {
-		t.Fatal(err)
-	}
+	ph, _ := enableRecovery(ctx, t, n, n.Devices[0], number)
 	i := slices.IndexFunc(n.Relays, func(r *Relay) bool { return r.AddrInfo().ID.String() == ph.Relay })
 	if i < 0 || i > 2 {
 		t.Fatalf("phone relay %s: want one of the homes, relays 1-3", ph.Relay)
@@ -194,14 +187,7 @@ func TestRestoredDeviceReachesFormerHome(t *testing.T) {
 	ctx, n, clk := moveNet(t, 150*time.Second)
 	a := n.Devices[0]
 	const number = "+351 91 555 0178"
-	ph, err := n.VerifyPhone(ctx, a, number)
-	if err != nil {
-		t.Fatal(err)
-	}
-	on, err := a.Node().EnableRecovery(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ph, on := enableRecovery(ctx, t, n, a, number)
 	// The home that dies is not the phone relay, which keeps the backup.
 	i := slices.IndexFunc(n.Relays[:3], func(r *Relay) bool { return r.AddrInfo().ID.String() != ph.Relay })
 	dead := n.Relays[i]

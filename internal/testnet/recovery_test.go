@@ -237,14 +237,7 @@ func TestRestoreAfterMoveTheBackupMissed(t *testing.T) {
 		t.Fatal(err)
 	}
 	const number = "+351 91 555 0102"
-	ph, err := n.VerifyPhone(ctx, a, number)
-	if err != nil {
-		t.Fatal(err)
-	}
-	on, err := a.Node().EnableRecovery(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ph, on := enableRecovery(ctx, t, n, a, number)
 	backedUp, _ := a.Node().Account()
 	seq := recordSeq(ctx, t, a, a.AccountID())
 
@@ -321,4 +314,18 @@ func loseAndRestore(ctx context.Context, t *testing.T, n *Network, d *Device, nu
 		t.Fatal(err)
 	}
 	return res
+}
+
+// enableRecovery verifies number for d and turns account recovery on.
+func enableRecovery(ctx context.Context, t *testing.T, n *Network, d *Device, number string) (*node.PhoneStatus, *node.RecoveryEnabled) {
+	t.Helper()
+	ph, err := n.VerifyPhone(ctx, d, number)
+	if err != nil {
+		t.Fatal(err)
+	}
+	on, err := d.Node().EnableRecovery(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ph, on
 }
