@@ -296,20 +296,34 @@ func SealEnvelope(to MailboxPublicKey, c EnvelopeContent) ([]byte, error) {
 	if to.pk == nil {
 		return nil, fmt.Errorf("seal envelope: no recipient key: %w", ErrMalformed)
 	}
+	padded, err := envPadContent(c)
+	if err != nil {
+		return nil, fmt.Errorf("seal envelope: %w", err)
+	}
+	ct, err := hpke.Seal(to.pk, envKDF, envAEAD, to.info(), padded)
+	if err != nil {
+		return nil, fmt.Errorf("seal envelope: hpke: %w", err)
+	}
+	return append([]byte{envelopeVersion}, ct...), nil
+}
+
+// envPadContent checks c and returns its padded encoding: what an
+// envelope encrypts.
+func envPadContent(c EnvelopeContent) ([]byte, error) {
 	if len(c.Sender.Sign) != ed25519.PublicKeySize || c.Sender.DH == nil || len(c.Sender.Binding) != ed25519.SignatureSize {
-		return nil, fmt.Errorf("seal envelope: sender identity: %w", ErrMalformed)
+		return nil, fmt.Errorf("sender identity: %w", ErrMalformed)
 	}
 	if c.Type == 0 {
-		return nil, fmt.Errorf("seal envelope: content type 0: %w", ErrMalformed)
+		return nil, fmt.Errorf("content type 0: %w", ErrMalformed)
 	}
 	if len(c.Certificate) > MaxSenderCertificateSize {
-		return nil, fmt.Errorf("seal envelope: certificate of %d bytes: %w", len(c.Certificate), ErrTooLarge)
+		return nil, fmt.Errorf("certificate of %d bytes: %w", len(c.Certificate), ErrTooLarge)
 	}
 	if len(c.Payload) == 0 {
-		return nil, fmt.Errorf("seal envelope: empty payload: %w", ErrMalformed)
+		return nil, fmt.Errorf("empty payload: %w", ErrMalformed)
 	}
 	if len(c.Payload) > MaxEnvelopeBucket {
-		return nil, fmt.Errorf("seal envelope: payload of %d bytes: %w", len(c.Payload), ErrTooLarge)
+		return nil, fmt.Errorf("payload of %d bytes: %w", len(c.Payload), ErrTooLarge)
 	}
 	m := &pb.EnvelopeContent{
 		Version:     envelopeVersion,
@@ -321,18 +335,13 @@ func SealEnvelope(to MailboxPublicKey, c EnvelopeContent) ([]byte, error) {
 	size := proto.Size(m)
 	padded, err := envPadded(size)
 	if err != nil {
-		return nil, fmt.Errorf("seal envelope: %w", err)
+		return nil, err
 	}
 	padded, err = proto.MarshalOptions{}.MarshalAppend(padded, m)
 	if err != nil || len(padded) != envLenPrefix+size {
-		return nil, fmt.Errorf("seal envelope: marshal: %w", ErrMalformed)
+		return nil, fmt.Errorf("marshal: %w", ErrMalformed)
 	}
-	padded = padded[:cap(padded)]
-	ct, err := hpke.Seal(to.pk, envKDF, envAEAD, to.info(), padded)
-	if err != nil {
-		return nil, fmt.Errorf("seal envelope: hpke: %w", err)
-	}
-	return append([]byte{envelopeVersion}, ct...), nil
+	return padded[:cap(padded)], nil
 }
 
 // OpenEnvelope opens an envelope sealed to k. It checks, in order: the size
@@ -360,29 +369,38 @@ func (k *MailboxKey) OpenEnvelope(envelope []byte) (EnvelopeContent, error) {
 	if err != nil {
 		return EnvelopeContent{}, fmt.Errorf("open envelope: %w", ErrDecrypt)
 	}
-	inner, err := envUnpad(padded)
+	c, err := k.unpadContent(padded)
 	if err != nil {
 		return EnvelopeContent{}, fmt.Errorf("open envelope: %w", err)
 	}
+	return c, nil
+}
+
+// unpadContent checks and decodes a padded envelope content sealed to k.
+func (k *MailboxKey) unpadContent(padded []byte) (EnvelopeContent, error) {
+	inner, err := envUnpad(padded)
+	if err != nil {
+		return EnvelopeContent{}, err
+	}
 	var m pb.EnvelopeContent
 	if err := proto.Unmarshal(inner, &m); err != nil {
-		return EnvelopeContent{}, fmt.Errorf("open envelope: content: %w", ErrMalformed)
+		return EnvelopeContent{}, fmt.Errorf("content: %w", ErrMalformed)
 	}
 	if m.Version != envelopeVersion {
-		return EnvelopeContent{}, fmt.Errorf("open envelope: content version %d: %w", m.Version, ErrVersion)
+		return EnvelopeContent{}, fmt.Errorf("content version %d: %w", m.Version, ErrVersion)
 	}
 	if m.Sender == nil {
-		return EnvelopeContent{}, fmt.Errorf("open envelope: no sender: %w", ErrMalformed)
+		return EnvelopeContent{}, fmt.Errorf("no sender: %w", ErrMalformed)
 	}
 	sender, err := k.senders.identity(m.Sender)
 	if err != nil {
-		return EnvelopeContent{}, fmt.Errorf("open envelope: sender: %w", err)
+		return EnvelopeContent{}, fmt.Errorf("sender: %w", err)
 	}
 	if len(m.Certificate) > MaxSenderCertificateSize {
-		return EnvelopeContent{}, fmt.Errorf("open envelope: certificate: %w", ErrTooLarge)
+		return EnvelopeContent{}, fmt.Errorf("certificate: %w", ErrTooLarge)
 	}
 	if m.ContentType == 0 || m.ContentType > 0xff || len(m.Payload) == 0 {
-		return EnvelopeContent{}, fmt.Errorf("open envelope: content type %d, %d-byte payload: %w", m.ContentType, len(m.Payload), ErrMalformed)
+		return EnvelopeContent{}, fmt.Errorf("content type %d, %d-byte payload: %w", m.ContentType, len(m.Payload), ErrMalformed)
 	}
 	return EnvelopeContent{
 		Sender:      sender,
