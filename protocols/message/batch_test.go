@@ -157,7 +157,7 @@ func TestRebatchedItemsOnce(t *testing.T) {
 		{"with an unreadable item", sealBatch(t, a, b, garbage, it[2], it[1]), []string{"one", "two", "three"}},
 	}
 	for _, s := range steps {
-		if errs := b.svc.receive([][]byte{s.env}, nil); errs[0] != nil {
+		if errs := b.svc.receive([][]byte{s.env}, nil, nil); errs[0] != nil {
 			t.Fatalf("%s: %v", s.name, errs[0])
 		}
 		ms, err := b.svc.Messages(ctx, string(a.me()))
@@ -174,10 +174,11 @@ func TestRebatchedItemsOnce(t *testing.T) {
 	}
 }
 
-// TestSealJobsGroups: consecutive jobs that went to the same places share
+// TestUnitJobsGroups: consecutive jobs that went to the same places share
 // batch envelopes of at most MaxBatchItems; a job that went elsewhere
-// starts a new one; each envelope opens to its jobs' payloads, in order.
-func TestSealJobsGroups(t *testing.T) {
+// starts a new one; each envelope, sealed for the relays, opens to its
+// jobs' payloads, in order.
+func TestUnitJobsGroups(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	r, a, b := pair(t, ctx)
@@ -191,8 +192,11 @@ func TestSealJobsGroups(t *testing.T) {
 	}
 	jobs = append(jobs, &job{To: b.me(), Content: []byte("no session yet")})
 	jobs = append(jobs, &job{To: b.me(), Type: e2ee.ContentReceipt, Payload: []byte("alone")})
-	units, err := a.svc.sealJobs(b.rec, jobs)
+	units, err := a.svc.unitJobs(jobs)
 	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.svc.sealUnits(b.rec, units); err != nil {
 		t.Fatal(err)
 	}
 	if want := []int{e2ee.MaxBatchItems, e2ee.MaxBatchItems, 10, 1}; !slices.Equal(unitSizes(units), want) {
@@ -287,7 +291,7 @@ func farAhead(t *testing.T, ctx context.Context) (a, b *device, texts []string, 
 		texts[i] = fmt.Sprintf("m%04d", i)
 	}
 	items = ratchetTexts(t, a, b, texts...)
-	if errs := b.svc.receive([][]byte{sealBatch(t, a, b, items[0])}, nil); errs[0] != nil {
+	if errs := b.svc.receive([][]byte{sealBatch(t, a, b, items[0])}, nil, nil); errs[0] != nil {
 		t.Fatal(errs[0])
 	}
 	return a, b, texts, items, sealBatch(t, a, b, items[len(items)-1])
@@ -301,16 +305,16 @@ func TestTooFarAheadComesAgain(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	a, b, texts, items, last := farAhead(t, ctx)
-	if errs := b.svc.receive([][]byte{last}, nil); !errors.Is(errs[0], errLater) {
+	if errs := b.svc.receive([][]byte{last}, nil, nil); !errors.Is(errs[0], errLater) {
 		t.Fatalf("a message %d ahead: %v, want errLater", len(items)-1, errs[0])
 	}
 	for start := 1; start < len(items)-1; start += 16 { // initial messages: ~1.4 KB each
 		env := sealBatch(t, a, b, items[start:min(start+16, len(items)-1)]...)
-		if errs := b.svc.receive([][]byte{env}, nil); errs[0] != nil {
+		if errs := b.svc.receive([][]byte{env}, nil, nil); errs[0] != nil {
 			t.Fatal(errs[0])
 		}
 	}
-	if errs := b.svc.receive([][]byte{last}, nil); errs[0] != nil {
+	if errs := b.svc.receive([][]byte{last}, nil, nil); errs[0] != nil {
 		t.Fatalf("the same envelope again: %v", errs[0])
 	}
 	ms, err := b.svc.Messages(ctx, string(a.me()))
@@ -330,17 +334,17 @@ func TestTooFarAheadGivesUp(t *testing.T) {
 	defer cancel()
 	a, b, _, items, last := farAhead(t, ctx)
 	for range 3 {
-		if errs := b.svc.receive([][]byte{last}, nil); !errors.Is(errs[0], errLater) {
+		if errs := b.svc.receive([][]byte{last}, nil, nil); !errors.Is(errs[0], errLater) {
 			t.Fatalf("a message %d ahead, within the wait: %v, want errLater", len(items)-1, errs[0])
 		}
 	}
 	b.svc.mu.Lock()
 	b.svc.laterFor = 0 // the day has passed
 	b.svc.mu.Unlock()
-	if errs := b.svc.receive([][]byte{last}, nil); errs[0] == nil || errors.Is(errs[0], errLater) || errors.Is(errs[0], errTransient) {
+	if errs := b.svc.receive([][]byte{last}, nil, nil); errs[0] == nil || errors.Is(errs[0], errLater) || errors.Is(errs[0], errTransient) {
 		t.Fatalf("after the wait: %v, want it unreadable", errs[0])
 	}
-	if errs := b.svc.receive([][]byte{last}, nil); errs[0] != nil {
+	if errs := b.svc.receive([][]byte{last}, nil, nil); errs[0] != nil {
 		t.Fatalf("the same envelope once more: %v, want nil (seen)", errs[0])
 	}
 	if ms, _ := b.svc.Messages(ctx, string(a.me())); len(ms) != 1 {
@@ -378,7 +382,7 @@ func TestIDTakenByAnother(t *testing.T) {
 	}
 	env := sealBatch(t, c, b, ratchetContents(t, c, b, content)...)
 	before := b.jobsQueued(t)
-	if errs := b.svc.receive([][]byte{env}, nil); errs[0] != nil {
+	if errs := b.svc.receive([][]byte{env}, nil, nil); errs[0] != nil {
 		t.Fatal(errs[0])
 	}
 	if got := b.jobsQueued(t) - before; got != 0 {

@@ -219,3 +219,72 @@ func TestInlineReceipts(t *testing.T) {
 		t.Fatalf("b stored the message %d times", n)
 	}
 }
+
+// TestStreamEnvelopesDirect: a Deliver frame that brings a stream
+// sealer's encapsulation makes its stream envelopes (and those of the
+// later frames on the stream) open; a stream envelope on a stream that
+// brought none is malformed; an encapsulation that can't be used resets
+// the stream, and nothing is stored.
+func TestStreamEnvelopesDirect(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	_, a, b := pair(t, ctx)
+	connect(t, ctx, a, b)
+	sendAndWatch(t, ctx, a, b, "first")
+
+	sealed := func(text string) e2ee.EnvelopeContent {
+		t.Helper()
+		content, err := encodeContent(&Message{ID: newID(), SentAt: time.Now(), Seq: 9}, &pb.Content{Body: &pb.Content_Text{Text: &pb.Text{Text: text}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		a.svc.mu.Lock()
+		defer a.svc.mu.Unlock()
+		tx := a.svc.begin()
+		typ, payload, err := tx.ratchetPairwise(b.rec, content, nil)
+		if err == nil {
+			err = tx.commit()
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return e2ee.EnvelopeContent{Sender: a.id.Public(), Certificate: a.rec.Raw, Type: typ, Payload: payload}
+	}
+	sealer, err := e2ee.NewStreamSealer(b.rec.MailboxKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := func(c e2ee.EnvelopeContent) []byte {
+		t.Helper()
+		e, err := sealer.Seal(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return e
+	}
+	has := func(text string) bool {
+		ms, err := b.svc.Messages(ctx, string(a.me()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return slices.ContainsFunc(ms, func(m Message) bool { return m.Text == text })
+	}
+
+	// No encapsulation on this stream: the stream envelope can't open.
+	ack, err := deliverRaw(t, a, b, frame(t, &pb.Deliver{RequestId: 1, Envelopes: [][]byte{env(sealed("unopenable"))}}))
+	if err != nil || len(ack.Statuses) != 1 || ack.Statuses[0] != pb.DeliverAck_MALFORMED {
+		t.Fatalf("a stream envelope without the stream's encapsulation: %v, %v; want MALFORMED", ack, err)
+	}
+	// A broken encapsulation resets the stream.
+	if _, err := deliverRaw(t, a, b, frame(t, &pb.Deliver{RequestId: 2, Stream: []byte("short"), Envelopes: [][]byte{env(sealed("never"))}})); err == nil {
+		t.Fatal("a frame with a broken encapsulation was answered")
+	}
+	// With it: stored.
+	ack, err = deliverRaw(t, a, b, frame(t, &pb.Deliver{RequestId: 3, Stream: sealer.Enc(), Envelopes: [][]byte{env(sealed("on the stream"))}}))
+	if err != nil || len(ack.Statuses) != 1 || ack.Statuses[0] != pb.DeliverAck_OK {
+		t.Fatalf("a stream envelope with the stream's encapsulation: %v, %v; want OK", ack, err)
+	}
+	if !has("on the stream") || has("unopenable") || has("never") {
+		t.Fatal("b stores the wrong messages")
+	}
+}

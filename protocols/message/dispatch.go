@@ -144,7 +144,7 @@ func (s *Service) laneRound(to e2ee.AccountID) (busy, progress bool, err error) 
 	if err := s.encryptJobs(rec, jobs); err != nil {
 		return true, false, err
 	}
-	units, err := s.sealJobs(rec, jobs)
+	units, err := s.unitJobs(jobs)
 	if err != nil {
 		return true, false, err
 	}
@@ -183,6 +183,9 @@ func (s *Service) laneRound(to e2ee.AccountID) (busy, progress bool, err error) 
 				rest, idx = append(rest, u), append(idx, i)
 			}
 		}
+		if err := s.sealUnits(rec, rest); err != nil {
+			return true, false, err
+		}
 		sent, deposited = spread(units, took, remap(s.depositAll(rec, rest), idx))
 	} else {
 		// Not connected: deposit on the relays now and try to reach the
@@ -191,6 +194,9 @@ func (s *Service) laneRound(to e2ee.AccountID) (busy, progress bool, err error) 
 		type direct struct {
 			took     []bool
 			receipts []*pb.InlineReceipt
+		}
+		if err := s.sealUnits(rec, units); err != nil {
+			return true, false, err
 		}
 		res := make(chan direct, 1)
 		go func() {
@@ -280,27 +286,40 @@ func (s *Service) encryptJobs(rec contact.Signed, jobs []*job) error {
 	return nil
 }
 
-// unit is one envelope a lane moves: the payload of one job sealed alone,
-// or the payloads of up to e2ee.MaxBatchItems consecutive jobs sealed as
-// one batch, so one KEM (the costly part of sealing and of opening) covers
-// them all. Its jobs share its fate: taken by the device, or held by a
-// relay, together.
+// unit is one envelope a lane moves: the payload of one job alone, or
+// the payloads of up to e2ee.MaxBatchItems consecutive jobs as one batch,
+// so one KEM (the costly part of sealing and of opening) covers them all.
+// Its jobs share its fate: taken by the device, or held by a relay,
+// together. typ and payload are what the envelope carries: a device gets
+// them sealed on its direct stream (deliver), relays get env, sealed to
+// the recipient's mailbox key by sealUnits when they need it. A job
+// sealed when it was queued (an older engine) has env and no typ.
 type unit struct {
-	env  []byte
-	jobs []*job
+	typ     e2ee.ContentType
+	payload []byte
+	env     []byte
+	jobs    []*job
+}
+
+// size bounds the envelope u becomes on a direct stream: its content, the
+// certificate and the framing, before padding.
+func (s *Service) unitSize(u unit) int {
+	if u.typ == 0 {
+		return len(u.env)
+	}
+	return len(u.payload) + len(s.record().Raw) + 1024
 }
 
 // batchBudget is what the items of one batch may add up to, framing
 // included (e2ee.BatchItemOverhead each): the envelope then always fits.
 const batchBudget = e2ee.MaxEnvelopePayload - 64
 
-// sealJobs seals the payloads of jobs into envelopes, on every core,
-// outside the engine's lock. Consecutive jobs that went to the same places
-// so far share a batch envelope. Envelopes are not stored: a job keeps its
-// payload until it is done, and each round seals afresh whatever goes
-// together then; the recipient recognises items it already has by their
-// hash. Jobs without a session yet stay out.
-func (s *Service) sealJobs(rec contact.Signed, jobs []*job) ([]unit, error) {
+// unitJobs groups jobs into units. Consecutive jobs that went to the same
+// places so far share a batch envelope. Envelopes are not stored: a job
+// keeps its payload until it is done, and each round seals afresh
+// whatever goes together then; the recipient recognises items it already
+// has by their hash. Jobs without a session yet stay out.
+func (s *Service) unitJobs(jobs []*job) ([]unit, error) {
 	var units []unit
 	size := 0
 	for _, j := range jobs {
@@ -313,24 +332,23 @@ func (s *Service) sealJobs(rec contact.Signed, jobs []*job) ([]unit, error) {
 			continue
 		}
 		n := len(j.Payload) + e2ee.BatchItemOverhead
-		if k := len(units) - 1; k >= 0 && units[k].env == nil && len(units[k].jobs) < e2ee.MaxBatchItems &&
+		if k := len(units) - 1; k >= 0 && units[k].typ != 0 && len(units[k].jobs) < e2ee.MaxBatchItems &&
 			size+n <= batchBudget && sameTransport(units[k].jobs[0], j) {
 			units[k].jobs = append(units[k].jobs, j)
 			size += n
 			continue
 		}
-		units = append(units, unit{jobs: []*job{j}})
+		units = append(units, unit{typ: j.Type, jobs: []*job{j}})
 		size = n
 	}
-	err := parallel(len(units), func(i int) error {
+	for i := range units {
 		u := &units[i]
-		if u.env != nil {
-			return nil
+		if u.typ == 0 {
+			continue
 		}
 		if len(u.jobs) == 1 {
-			env, err := s.seal(rec, u.jobs[0].Type, u.jobs[0].Payload)
-			u.env = env
-			return err
+			u.payload = u.jobs[0].Payload
+			continue
 		}
 		items := make([]e2ee.BatchItem, len(u.jobs))
 		for k, j := range u.jobs {
@@ -338,15 +356,26 @@ func (s *Service) sealJobs(rec contact.Signed, jobs []*job) ([]unit, error) {
 		}
 		b, err := e2ee.MarshalBatch(items)
 		if err != nil {
-			return err
+			return nil, err
 		}
-		u.env, err = s.seal(rec, e2ee.ContentBatch, b)
-		return err
-	})
-	if err != nil {
-		return nil, err
+		u.typ, u.payload = e2ee.ContentBatch, b
 	}
 	return units, nil
+}
+
+// sealUnits seals the units without an envelope into sealed-sender
+// envelopes to rec's mailbox key, for its relays, on every core, outside
+// the engine's lock.
+func (s *Service) sealUnits(rec contact.Signed, units []unit) error {
+	return parallel(len(units), func(i int) error {
+		u := &units[i]
+		if u.env != nil {
+			return nil
+		}
+		env, err := s.seal(rec, u.typ, u.payload)
+		u.env = env
+		return err
+	})
 }
 
 // sameTransport reports whether a and b went to the same places so far:
@@ -409,7 +438,7 @@ func (s *Service) tryDirect(rec contact.Signed, units []unit) ([]bool, []*pb.Inl
 		// Over a relay circuit only signalling-sized batches go.
 		total := 0
 		for i, u := range units {
-			total += len(u.env)
+			total += s.unitSize(u)
 			if total > maxCircuitBytes {
 				budget = i
 				break
@@ -431,18 +460,17 @@ func (s *Service) tryDirect(rec contact.Signed, units []unit) ([]bool, []*pb.Inl
 		slots       = make(chan struct{}, maxDirectInFlight)
 	)
 	for start, end := 0, 0; start < budget && !failed.Load(); start = end {
-		var envs [][]byte
 		size := 0
 		for end = start; end < budget && end-start < maxDirectBatch; end++ {
-			if size += len(units[end].env) + 16; size > maxDirectFrame-(64<<10) && end > start {
+			if size += s.unitSize(units[end]) + 16; size > maxDirectFrame-(64<<10) && end > start {
 				break
 			}
-			envs = append(envs, units[end].env)
 		}
+		frame := units[start:end]
 		slots <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-slots }()
-			d, err := s.deliver(dev, envs)
+			d, err := s.deliver(dev, rec, frame)
 			if err != nil {
 				s.log.Debug("direct delivery failed", "to", rec.AccountID(), "err", err)
 				failed.Store(true)

@@ -45,6 +45,7 @@ type deliverShape struct {
 	requestID uint64
 	envelopes int // how many
 	bytes     int // their bytes in all
+	other     int // bytes of the other fields proto.Unmarshal copies (stream)
 }
 
 // scanDeliver walks the fields of an encoded Deliver without allocating.
@@ -82,6 +83,13 @@ func scanDeliver(b []byte) (deliverShape, error) {
 			f.envelopes++
 			f.bytes += len(v)
 			b = b[n:]
+		case num == 4 && typ == protowire.BytesType:
+			v, n := protowire.ConsumeBytes(b)
+			if n < 0 {
+				return f, fmt.Errorf("deliver frame: stream: %w", protowire.ParseError(n))
+			}
+			f.other += len(v)
+			b = b[n:]
 		case typ == protowire.EndGroupType:
 			return f, fmt.Errorf("deliver frame: end of a group never started")
 		default:
@@ -98,7 +106,7 @@ func scanDeliver(b []byte) (deliverShape, error) {
 // decodedSize is the memory proto.Unmarshal takes beside the frame's
 // bytes for a Deliver of that shape: a copy of every envelope, and the
 // slice of them.
-func (f deliverShape) decodedSize() int { return f.bytes + 24*f.envelopes }
+func (f deliverShape) decodedSize() int { return f.bytes + f.other + 24*f.envelopes }
 
 // decodeDeliver decodes the bytes of a Deliver frame. It counts the
 // envelopes first: a frame with more than maxDirectBatch is not decoded,

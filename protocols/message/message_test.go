@@ -313,7 +313,7 @@ func FuzzReceive(f *testing.F) {
 	f.Add([]byte{})
 	f.Add([]byte{1, 2, 3})
 	f.Fuzz(func(t *testing.T, data []byte) {
-		errs := b.svc.receive([][]byte{data}, nil)
+		errs := b.svc.receive([][]byte{data}, nil, nil)
 		if len(errs) != 1 {
 			t.Fatalf("%d results for 1 envelope", len(errs))
 		}

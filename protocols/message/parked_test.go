@@ -87,7 +87,7 @@ func TestParkedBounded(t *testing.T) {
 			envs = append(envs, env)
 		}
 	}
-	for i, err := range b.svc.receive(envs, nil) {
+	for i, err := range b.svc.receive(envs, nil, nil) {
 		if err != nil && i%(maxParkedPerSender+2) < maxParkedPerSender {
 			t.Fatalf("envelope %d: %v", i, err)
 		}

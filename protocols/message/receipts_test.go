@@ -57,7 +57,7 @@ func TestReceiptsForABacklog(t *testing.T) {
 		receipts, ids = append(receipts, content), ids[n:]
 	}
 	env := sealBatch(t, b, a, ratchetContents(t, b, a, receipts...)...)
-	if err := a.svc.receive([][]byte{env}, nil)[0]; err != nil {
+	if err := a.svc.receive([][]byte{env}, nil, nil)[0]; err != nil {
 		t.Fatalf("a refused the receipts: %v", err)
 	}
 	ms, err := a.svc.Messages(ctx, string(b.me()))
@@ -82,7 +82,7 @@ func TestReceiptsForABacklog(t *testing.T) {
 		t.Fatalf("%d delivery jobs left to b, want none", left)
 	}
 	// Taken again (another relay's copy): nothing is applied twice.
-	if err := a.svc.receive([][]byte{env}, nil)[0]; err != nil {
+	if err := a.svc.receive([][]byte{env}, nil, nil)[0]; err != nil {
 		t.Fatalf("a refused the copy: %v", err)
 	}
 }

@@ -96,7 +96,7 @@ func (in *inline) takes(s *Service, to e2ee.AccountID) bool {
 // the disk; then one wait for the disk covers them all. The envelopes
 // left to another call are then looked at again, once it has finished:
 // normally they are processed by then.
-func (s *Service) receive(envs [][]byte, in *inline) []error {
+func (s *Service) receive(envs [][]byte, in *inline, stream *e2ee.StreamOpener) []error {
 	errs := make([]error, len(envs))
 	if len(envs) == 0 {
 		return errs
@@ -112,7 +112,7 @@ func (s *Service) receive(envs [][]byte, in *inline) []error {
 			own = append(own, i)
 		}
 	}
-	s.receiveOwn(envs, hs, own, errs, in)
+	s.receiveOwn(envs, hs, own, errs, in, stream)
 	s.eng.claims.release(hs, mine)
 	var later []int
 	for i := range envs {
@@ -131,11 +131,20 @@ func (s *Service) receive(envs [][]byte, in *inline) []error {
 		for k, i := range later {
 			sub[k] = envs[i]
 		}
-		for k, err := range s.receive(sub, in) {
+		for k, err := range s.receive(sub, in, stream) {
 			errs[later[k]] = err
 		}
 	}
 	return errs
+}
+
+// openEnvelope opens an envelope to our mailbox key: a single one, or a
+// stream envelope of a direct stream with its opener (nil: none came).
+func (s *Service) openEnvelope(env []byte, stream *e2ee.StreamOpener) (e2ee.EnvelopeContent, error) {
+	if stream != nil && e2ee.IsStreamEnvelope(env) {
+		return stream.Open(env)
+	}
+	return s.cfg.Account.MailboxKey.OpenEnvelope(env)
 }
 
 // opened is an envelope opened ahead of its transaction.
@@ -147,7 +156,7 @@ type opened struct {
 
 // receiveOwn processes envs[i] for i in own (claimed by this call) and
 // sets errs[i].
-func (s *Service) receiveOwn(envs [][]byte, hs [][32]byte, own []int, errs []error, in *inline) {
+func (s *Service) receiveOwn(envs [][]byte, hs [][32]byte, own []int, errs []error, in *inline, stream *e2ee.StreamOpener) {
 	if len(own) == 0 {
 		return
 	}
@@ -169,7 +178,7 @@ func (s *Service) receiveOwn(envs [][]byte, hs [][32]byte, own []int, errs []err
 	}
 	_ = parallel(len(todo), func(x int) error {
 		k := todo[x]
-		pre[k].c, pre[k].err = s.cfg.Account.MailboxKey.OpenEnvelope(oenvs[k])
+		pre[k].c, pre[k].err = s.openEnvelope(oenvs[k], stream)
 		pre[k].done = true
 		return nil
 	})
@@ -179,7 +188,7 @@ func (s *Service) receiveOwn(envs [][]byte, hs [][32]byte, own []int, errs []err
 	limit := receiveChunk
 	for i := 0; i < len(own); {
 		end := min(i+limit, len(own))
-		n, chunkErrs, t, tooBig := s.receiveChunk(oenvs[i:end], ohs[i:end], pre[i:end], in)
+		n, chunkErrs, t, tooBig := s.receiveChunk(oenvs[i:end], ohs[i:end], pre[i:end], in, stream)
 		switch {
 		case tooBig && limit > 1:
 			limit /= 2
@@ -274,7 +283,7 @@ type inbound struct {
 // (nil if nothing was written), whose events and after-commit actions are
 // the caller's once it is durable; tooBig when it didn't fit in one
 // write.
-func (s *Service) receiveChunk(envs [][]byte, hs [][32]byte, pre []opened, in *inline) (int, []error, *tx, bool) {
+func (s *Service) receiveChunk(envs [][]byte, hs [][32]byte, pre []opened, in *inline, stream *e2ee.StreamOpener) (int, []error, *tx, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	t := s.begin()
@@ -297,7 +306,7 @@ func (s *Service) receiveChunk(envs [][]byte, hs [][32]byte, pre []opened, in *i
 		}
 		c, err := pre[i].c, pre[i].err
 		if !pre[i].done {
-			c, err = s.cfg.Account.MailboxKey.OpenEnvelope(env)
+			c, err = s.openEnvelope(env, stream)
 		}
 		var items []e2ee.EnvelopeContent
 		if err == nil {

@@ -221,7 +221,7 @@ func (s *Service) process(items []mailbox.Item) ([]uint64, error) {
 	}
 	var acks []uint64
 	var transient error
-	for i, err := range s.receive(envs, nil) {
+	for i, err := range s.receive(envs, nil, nil) {
 		if errors.Is(err, errTransient) {
 			transient = err
 			continue

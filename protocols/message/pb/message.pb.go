@@ -128,7 +128,11 @@ type Deliver struct {
 	RequestId uint64                 `protobuf:"varint,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	Envelopes [][]byte               `protobuf:"bytes,2,rep,name=envelopes,proto3" json:"envelopes,omitempty"`
 	// The sender takes delivery receipts in the answer (DeliverAck.receipts).
-	WantReceipts  bool `protobuf:"varint,3,opt,name=want_receipts,json=wantReceipts,proto3" json:"want_receipts,omitempty"`
+	WantReceipts bool `protobuf:"varint,3,opt,name=want_receipts,json=wantReceipts,proto3" json:"want_receipts,omitempty"`
+	// A stream sealer's encapsulation (e2ee.StreamSealer.Enc): the stream
+	// envelopes of this frame and of the later frames on this stream open
+	// with it, until another frame brings another.
+	Stream        []byte `protobuf:"bytes,4,opt,name=stream,proto3" json:"stream,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -182,6 +186,13 @@ func (x *Deliver) GetWantReceipts() bool {
 		return x.WantReceipts
 	}
 	return false
+}
+
+func (x *Deliver) GetStream() []byte {
+	if x != nil {
+		return x.Stream
+	}
+	return nil
 }
 
 // DeliverAck answers a Deliver: one status per envelope, in order. OK means
@@ -849,12 +860,13 @@ var File_protocols_message_pb_message_proto protoreflect.FileDescriptor
 
 const file_protocols_message_pb_message_proto_rawDesc = "" +
 	"\n" +
-	"\"protocols/message/pb/message.proto\x12\x0fkinmesh.message\"k\n" +
+	"\"protocols/message/pb/message.proto\x12\x0fkinmesh.message\"\x83\x01\n" +
 	"\aDeliver\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\x04R\trequestId\x12\x1c\n" +
 	"\tenvelopes\x18\x02 \x03(\fR\tenvelopes\x12#\n" +
-	"\rwant_receipts\x18\x03 \x01(\bR\fwantReceipts\"\xf7\x01\n" +
+	"\rwant_receipts\x18\x03 \x01(\bR\fwantReceipts\x12\x16\n" +
+	"\x06stream\x18\x04 \x01(\fR\x06stream\"\xf7\x01\n" +
 	"\n" +
 	"DeliverAck\x12\x1d\n" +
 	"\n" +
