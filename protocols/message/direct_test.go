@@ -146,23 +146,8 @@ func TestInlineReceipts(t *testing.T) {
 	sendAndWatch(t, ctx, a, b, "first")
 
 	// A message from a, encrypted and sealed by a's engine but not sent.
-	id, _ := hex.DecodeString(newID())
-	content, err := encodeContent(&Message{ID: hex.EncodeToString(id), SentAt: time.Now(), Seq: 2},
-		&pb.Content{Body: &pb.Content_Text{Text: &pb.Text{Text: "answer lost"}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	a.svc.mu.Lock()
-	tx := a.svc.begin()
-	typ, payload, err := tx.ratchetPairwise(b.rec, content, nil)
-	if err == nil {
-		err = tx.commit()
-	}
-	a.svc.mu.Unlock()
-	if err != nil {
-		t.Fatal(err)
-	}
-	item := e2ee.BatchItem{Type: typ, Payload: payload}
+	c, id := encryptText(t, a, b, "answer lost")
+	item := e2ee.BatchItem{Type: c.Type, Payload: c.Payload}
 	env := sealBatch(t, a, b, item)
 
 	// receipt delivers env from host (a's or another) and returns the ids
@@ -234,21 +219,8 @@ func TestStreamEnvelopesDirect(t *testing.T) {
 
 	sealed := func(text string) e2ee.EnvelopeContent {
 		t.Helper()
-		content, err := encodeContent(&Message{ID: newID(), SentAt: time.Now(), Seq: 9}, &pb.Content{Body: &pb.Content_Text{Text: &pb.Text{Text: text}}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		a.svc.mu.Lock()
-		defer a.svc.mu.Unlock()
-		tx := a.svc.begin()
-		typ, payload, err := tx.ratchetPairwise(b.rec, content, nil)
-		if err == nil {
-			err = tx.commit()
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		return e2ee.EnvelopeContent{Sender: a.id.Public(), Certificate: a.rec.Raw, Type: typ, Payload: payload}
+		c, _ := encryptText(t, a, b, text)
+		return c
 	}
 	sealer, err := e2ee.NewStreamSealer(b.rec.MailboxKey)
 	if err != nil {
@@ -287,4 +259,28 @@ func TestStreamEnvelopesDirect(t *testing.T) {
 	if !has("on the stream") || has("unopenable") || has("never") {
 		t.Fatal("b stores the wrong messages")
 	}
+}
+
+// encryptText encrypts a text message from a to b with a's engine (its
+// session steps and is committed) without sending it, and returns it as
+// the content of an envelope from a, with the message's raw id.
+func encryptText(t *testing.T, a, b *device, text string) (e2ee.EnvelopeContent, []byte) {
+	t.Helper()
+	id := newID()
+	content, err := encodeContent(&Message{ID: id, SentAt: time.Now(), Seq: 2}, &pb.Content{Body: &pb.Content_Text{Text: &pb.Text{Text: text}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.svc.mu.Lock()
+	defer a.svc.mu.Unlock()
+	tx := a.svc.begin()
+	typ, payload, err := tx.ratchetPairwise(b.rec, content, nil)
+	if err == nil {
+		err = tx.commit()
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := hex.DecodeString(id)
+	return e2ee.EnvelopeContent{Sender: a.id.Public(), Certificate: a.rec.Raw, Type: typ, Payload: payload}, raw
 }
