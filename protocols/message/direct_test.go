@@ -139,11 +139,7 @@ func TestStoredStateFollowsEvents(t *testing.T) {
 // same envelope or sealed afresh). Not inline: to a delivery that didn't
 // ask, or from a host that isn't a device of the messages' sender.
 func TestInlineReceipts(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	r, a, b := pair(t, ctx)
-	connect(t, ctx, a, b)
-	sendAndWatch(t, ctx, a, b, "first")
+	ctx, r, a, b := talking(t)
 
 	// A message from a, encrypted and sealed by a's engine but not sent.
 	c, id := encryptText(t, a, b, "answer lost")
@@ -211,11 +207,7 @@ func TestInlineReceipts(t *testing.T) {
 // brought none is malformed; an encapsulation that can't be used resets
 // the stream, and nothing is stored.
 func TestStreamEnvelopesDirect(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	_, a, b := pair(t, ctx)
-	connect(t, ctx, a, b)
-	sendAndWatch(t, ctx, a, b, "first")
+	ctx, _, a, b := talking(t)
 
 	sealed := func(text string) e2ee.EnvelopeContent {
 		t.Helper()
@@ -283,4 +275,17 @@ func encryptText(t *testing.T, a, b *device, text string) (e2ee.EnvelopeContent,
 	}
 	raw, _ := hex.DecodeString(id)
 	return e2ee.EnvelopeContent{Sender: a.id.Public(), Certificate: a.rec.Raw, Type: typ, Payload: payload}, raw
+}
+
+// talking starts a relay and two devices that are contacts, connected
+// directly, with a first message delivered (so each has a session), and
+// a context that ends after a minute.
+func talking(t *testing.T) (context.Context, *relay, *device, *device) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	t.Cleanup(cancel)
+	r, a, b := pair(t, ctx)
+	connect(t, ctx, a, b)
+	sendAndWatch(t, ctx, a, b, "first")
+	return ctx, r, a, b
 }

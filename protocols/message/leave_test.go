@@ -59,11 +59,7 @@ func sendAsync(ctx context.Context, a, b *device, text string) <-chan error {
 // restart: a restored chain has nothing reserved) may leave only once that
 // write is on disk.
 func TestMessageLeavesBeforeItsSync(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	_, a, b := pair(t, ctx)
-	connect(t, ctx, a, b)
-	sendAndWatch(t, ctx, a, b, "first")
+	ctx, _, a, b := talking(t)
 
 	release := holdSyncs(t, a)
 	done := sendAsync(ctx, a, b, "early")
