@@ -63,6 +63,13 @@ type Call struct {
 
 	tracks sync.WaitGroup // media, RTCP and remote-track goroutines
 
+	// dialMu hands the stream dial opened to run: dialed holds it until
+	// onDialed takes it; over is set once run's loop has finished, after
+	// which dial resets what it opened instead (TestHangUpWhileDialing).
+	dialMu sync.Mutex
+	dialed *sigConn
+	over   bool
+
 	mu     sync.Mutex // guards the fields below
 	info   Info
 	pcRef  *webrtc.PeerConnection
@@ -226,6 +233,12 @@ func (c *Call) run() {
 			c.endWith(ReasonShutdown, &frame{kind: kindHangup, reason: reasonHangup})
 		}
 	}
+	c.dialMu.Lock()
+	c.over = true
+	c.dialMu.Unlock()
+	if sig := c.takeDialed(); sig != nil {
+		sig.reset()
+	}
 }
 
 func (c *Call) deadline(d time.Duration) {
@@ -257,9 +270,31 @@ func (c *Call) dial() {
 		c.post(event{kind: evDialed, err: err})
 		return
 	}
-	if !c.post(event{kind: evDialed, sig: sig, dev: dev}) {
-		sig.reset()
+	if h := c.s.cfg.afterInvite; h != nil {
+		h()
 	}
+	// The loop may have ended (the app hung up) before it takes the
+	// stream: then the stream is reset, here or when the loop finishes,
+	// and the callee, ringing already, stops at once (missed) instead of
+	// ringing to its timeout.
+	c.dialMu.Lock()
+	if c.over {
+		c.dialMu.Unlock()
+		sig.reset()
+		return
+	}
+	c.dialed = sig
+	c.dialMu.Unlock()
+	c.post(event{kind: evDialed, dev: dev})
+}
+
+// takeDialed returns the stream dial opened, if it hasn't been taken.
+func (c *Call) takeDialed() *sigConn {
+	c.dialMu.Lock()
+	defer c.dialMu.Unlock()
+	sig := c.dialed
+	c.dialed = nil
+	return sig
 }
 
 // startReader reads sig's frames into the loop.
@@ -354,6 +389,7 @@ func (c *Call) handle(e event) {
 }
 
 func (c *Call) onDialed(e event) {
+	e.sig = c.takeDialed()
 	if c.phase != phaseDialing {
 		if e.sig != nil {
 			e.sig.reset()

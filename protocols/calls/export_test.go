@@ -81,3 +81,12 @@ func (c *Call) refreshedStats() *Stats {
 	defer c.mu.Unlock()
 	return c.info.Stats
 }
+
+// withAfterInvite makes dial call f once an invite is written, before it
+// hands the stream to the call's loop.
+func withAfterInvite(f func()) Option {
+	return func(c *config) error {
+		c.afterInvite = f
+		return nil
+	}
+}

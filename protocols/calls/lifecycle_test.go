@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -356,5 +357,42 @@ func TestHistory(t *testing.T) {
 	}
 	if l := again.List(); len(l) != 1 {
 		t.Fatalf("List after a restart: %+v", l)
+	}
+}
+
+// TestHangUpWhileDialing: the caller hangs up after its invite reached
+// the callee (which rings) but before its device handed the stream to the
+// call: the callee must stop ringing at once (missed), not ring to its
+// timeout. The stream used to be handed to a call that had ended, and
+// stayed open, unread: the callee rang for the full minute (found as a
+// flake of TestDeclineAndCancel under load).
+func TestHangUpWhileDialing(t *testing.T) {
+	hold := make(chan chan struct{}, 1)
+	a := newDevice(t, deviceConfig{opts: []Option{withAfterInvite(func() {
+		if release := <-hold; release != nil {
+			<-release
+		}
+	})}})
+	b := newDevice(t, deviceConfig{})
+	befriend(t, a, b)
+	ctx := testCtx(t, 30*time.Second)
+	for range 4 { // within the callee's invite burst (5)
+		release := make(chan struct{})
+		free := sync.OnceFunc(func() { close(release) })
+		t.Cleanup(free)
+		hold <- release
+		c, err := a.svc.Call(ctx, b.account(), Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ring := b.incoming(ctx, a.account())
+		if err := a.svc.HangUp(ctx, c.ID()); err != nil {
+			t.Fatal(err)
+		}
+		a.waitState(ctx, c.ID(), StateEnded)
+		free()
+		if i := b.waitState(ctx, ring.ID, StateEnded); i.Reason != ReasonMissed {
+			t.Fatalf("callee: %q, want missed", i.Reason)
+		}
 	}
 }

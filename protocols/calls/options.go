@@ -72,6 +72,9 @@ type config struct {
 	loopback   bool
 	maxTracked int
 	net        transport.Net // tests: the sockets pion uses (nil: the OS's); export_test.go
+	// afterInvite, in tests, runs in dial once the invite is written,
+	// before the stream is handed to the call's loop (export_test.go).
+	afterInvite func()
 }
 
 func defaultConfig() config {
