@@ -3,7 +3,6 @@ package bootstrap
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"errors"
 	"os"
 	"path/filepath"
@@ -12,9 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/kinmesh/kinmesh/protocols/contact"
+	"github.com/kinmesh/kinmesh/protocols/contact/contacttest"
 	"github.com/kinmesh/kinmesh/protocols/discovery"
-	"github.com/kinmesh/kinmesh/protocols/e2ee"
 )
 
 func TestDiscoveryConfig(t *testing.T) {
@@ -106,18 +104,7 @@ func TestRelayServesDiscovery(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	id, err := e2ee.NewIdentity(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	mk, err := e2ee.NewMailboxKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rec, err := contact.Record{Identity: id.Public(), Seq: 1, IssuedAt: time.Now(), Name: "grandma", MailboxID: "m", MailboxKey: mk.Public()}.Sign(id)
-	if err != nil {
-		t.Fatal(err)
-	}
+	id, rec := contacttest.Account(t, "grandma")
 	n, _ := discovery.ParseNumber("+351912345678")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

@@ -19,6 +19,7 @@ import (
 
 	"github.com/kinmesh/kinmesh/protocols/calls/testmedia"
 	"github.com/kinmesh/kinmesh/protocols/contact"
+	"github.com/kinmesh/kinmesh/protocols/contact/contacttest"
 	"github.com/kinmesh/kinmesh/protocols/e2ee"
 	"github.com/kinmesh/kinmesh/protocols/turn"
 )
@@ -145,21 +146,7 @@ type deviceConfig struct {
 func newDevice(t testing.TB, dc deviceConfig) *device {
 	t.Helper()
 	h := newHost(t)
-	id, err := e2ee.NewIdentity(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	mk, err := e2ee.NewMailboxKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rec, err := contact.Record{
-		Identity: id.Public(), Seq: 1, IssuedAt: time.Now(), Name: "test",
-		Devices: []peer.ID{h.ID()}, MailboxID: "mb", MailboxKey: mk.Public(),
-	}.Sign(id)
-	if err != nil {
-		t.Fatal(err)
-	}
+	id, _, rec := contacttest.Device(t, "test", h.ID())
 	d := &device{t: t, h: h, id: id, rec: rec, book: newBook(), events: make(chan Info, 256)}
 	opts := []Option{
 		WithLogger(testLog()), WithLoopbackCandidates(true),

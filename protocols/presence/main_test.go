@@ -2,7 +2,6 @@ package presence
 
 import (
 	"context"
-	"crypto/rand"
 	"log/slog"
 	"sync"
 	"testing"
@@ -16,6 +15,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/kinmesh/kinmesh/protocols/contact"
+	"github.com/kinmesh/kinmesh/protocols/contact/contacttest"
 	"github.com/kinmesh/kinmesh/protocols/e2ee"
 	"github.com/kinmesh/kinmesh/protocols/wire"
 	"github.com/kinmesh/kinmesh/storage"
@@ -102,21 +102,7 @@ func newDevice(t testing.TB, name string, opts ...Option) *device {
 		t.Fatalf("libp2p.New: %v", err)
 	}
 	t.Cleanup(func() { _ = h.Close() })
-	id, err := e2ee.NewIdentity(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	mk, err := e2ee.NewMailboxKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rec, err := contact.Record{
-		Identity: id.Public(), Seq: 1, IssuedAt: time.Now(), Name: name,
-		Devices: []peerID{h.ID()}, MailboxID: string(mk.ID()), MailboxKey: mk.Public(),
-	}.Sign(id)
-	if err != nil {
-		t.Fatal(err)
-	}
+	id, mk, rec := contacttest.Device(t, name, h.ID())
 	d := &device{t: t, name: name, h: h, dir: t.TempDir(), id: id, mk: mk, rec: rec, book: newBook(), opts: opts, changes: make(chan e2ee.AccountID, 64)}
 	d.Start()
 	t.Cleanup(d.Stop)
@@ -259,8 +245,6 @@ func deliver(t testing.TB, from, to *device, env []byte) ([]byte, error) {
 	}
 	return decodeEnvelopeFrame(b)
 }
-
-type peerID = peer.ID
 
 func peerAddrInfo(d *device) peer.AddrInfo { return peer.AddrInfo{ID: d.h.ID(), Addrs: d.h.Addrs()} }
 
