@@ -44,6 +44,63 @@ func (b *Batch) PutTTL(ns *Namespace, key string, v []byte, ttl time.Duration) e
 	return b.add(ns, "put", key, v, ttl, false)
 }
 
+// PutTTLGrouped adds a put of v under key in ns that expires ttl from now,
+// like PutTTL, but indexed for the sweep by group rather than by key: the
+// batch writes one group index entry for all its values of group, due at
+// the latest of their expiries, where PutTTL writes one entry per value.
+// group must be a proper prefix of key. The caller promises that the
+// values of a group expire in key order (none expires before another of
+// the group with a smaller key that is still there): the sweep of a due
+// group entry deletes the group's expired values from its first key on
+// and stops at the first one alive. A value that breaks the promise (the
+// clock stepped back) is hidden from reads at its expiry all the same,
+// and deleted by the sweep once the values before it have expired.
+// Delete removes a grouped value (the group's entry stays until due);
+// DeleteGroup removes a whole group with its entries.
+func (b *Batch) PutTTLGrouped(ns *Namespace, group, key string, v []byte, ttl time.Duration) error {
+	if ttl <= 0 {
+		return b.fail(fmt.Errorf("storage: batch put %s/%q: %w", ns.name, key, ErrInvalidTTL))
+	}
+	if group == "" || len(group) >= len(key) || key[:len(group)] != group {
+		return b.fail(fmt.Errorf("storage: batch put %s/%q: group %q is not a proper prefix of the key: %w", ns.name, key, group, ErrInvalidKey))
+	}
+	if ns.s != b.s {
+		return b.fail(fmt.Errorf("storage: batch put %s: namespace of another store", ns.name))
+	}
+	w, err := ns.prepareIn("batch put", group, key, v, ttl)
+	if err != nil {
+		return b.fail(err)
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.err == nil {
+		b.ops = append(b.ops, w)
+	}
+	return b.err
+}
+
+// ForgetGroup adds the deletion of group's index entries in ns
+// (PutTTLGrouped) that are not due yet, for a group whose values have all
+// been deleted (a value's Delete leaves the group's entry until it is
+// due): so that the entries, which name the group and when its values
+// were to expire, don't outlive them. Due entries stay for the sweep. It
+// finds the entries when the batch commits; those the batch itself writes
+// stay.
+func (b *Batch) ForgetGroup(ns *Namespace, group string) error {
+	if err := validKey(group); err != nil {
+		return b.fail(fmt.Errorf("storage: batch forget group %s: %w", ns.name, err))
+	}
+	if ns.s != b.s {
+		return b.fail(fmt.Errorf("storage: batch forget group %s: namespace of another store", ns.name))
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.err == nil {
+		b.ops = append(b.ops, write{ns: ns.name, key: group, del: true, forget: true})
+	}
+	return b.err
+}
+
 // Delete adds a delete of key in ns.
 func (b *Batch) Delete(ns *Namespace, key string) error {
 	return b.add(ns, "delete", key, nil, 0, true)
@@ -208,14 +265,46 @@ func (b *Batch) commit(ctx context.Context, sync bool) error {
 	return nil
 }
 
-// apply stages the batch's operations in txn. Called with b.mu held.
+// apply stages the batch's operations in txn, and one group index entry
+// (and its twin, by group) for each group of its grouped puts, at the
+// latest expiry of the group's values in the batch. Called with b.mu held.
 func (b *Batch) apply(txn *badger.Txn) error {
+	type entry struct {
+		ns, group      string
+		expiry, native uint64
+	}
+	var groups map[string]*entry
 	for _, w := range b.ops {
 		if err := w.apply(b.s, txn); err != nil {
 			if errors.Is(err, badger.ErrTxnTooBig) {
 				return err
 			}
 			return fmt.Errorf("%s/%q: %w", w.ns, w.key, err)
+		}
+		if w.group == "" {
+			continue
+		}
+		if groups == nil {
+			groups = make(map[string]*entry)
+		}
+		id := w.ns + "/" + w.group
+		e := groups[id]
+		if e == nil {
+			e = &entry{ns: w.ns, group: w.group}
+			groups[id] = e
+		}
+		e.expiry, e.native = max(e.expiry, w.expiry), max(e.native, w.nativeExpiry())
+	}
+	for _, e := range groups {
+		for _, k := range [][]byte{groupKey(e.expiry, e.ns, e.group), twinKey(e.expiry, e.ns, e.group)} {
+			ge := badger.NewEntry(k, nil)
+			ge.ExpiresAt = e.native
+			if err := txn.SetEntry(ge); err != nil {
+				if errors.Is(err, badger.ErrTxnTooBig) {
+					return err
+				}
+				return fmt.Errorf("%s/%q: group entry: %w", e.ns, e.group, err)
+			}
 		}
 	}
 	return nil

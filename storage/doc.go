@@ -78,4 +78,14 @@
 // and their index entries; it runs every WithSweepInterval, and value-log GC
 // runs every WithGCInterval and after a sweep that freed much. Badger's native
 // TTL is the backstop if no sweep ever runs.
+//
+// Batch.PutTTLGrouped is for values that come in bulk and expire in key order
+// (a mailbox's items): the top bit of the sealed expiry marks the value as
+// indexed by group, and the batch writes one group entry per group,
+// "y/" be64(expiry) ns "/" group, at the latest expiry of the group's values
+// in it, with its twin "g/" ns "/" be16(len(group)) group be64(expiry) to find
+// a group's entries by group. Sweep walks those after the per-key index and,
+// for each group with a due entry, deletes the group's expired values from its
+// first key on, stopping at the first alive. ForgetGroup and DeleteGroup
+// remove a group's entries with (or after) its values.
 package storage

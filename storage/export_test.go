@@ -53,6 +53,40 @@ func IndexEntries(s *Store) ([][2]string, error) {
 	return out, err
 }
 
+// GroupEntries returns the namespace and group of every group index entry
+// (Batch.PutTTLGrouped), in index order.
+func GroupEntries(s *Store) ([][2]string, error) {
+	var out [][2]string
+	err := s.db.View(func(txn *badger.Txn) error {
+		prefix := []byte(prefixGroup)
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
+		defer it.Close()
+		for it.Rewind(); it.ValidForPrefix(prefix); it.Next() {
+			_, ns, group, ok := parseGroupKey(it.Item().Key())
+			if !ok {
+				ns, group = "?", string(it.Item().Key())
+			}
+			out = append(out, [2]string{ns, group})
+		}
+		return nil
+	})
+	return out, err
+}
+
+// CountRaw returns how many Badger keys start with prefix.
+func CountRaw(s *Store, prefix string) (int, error) {
+	n := 0
+	err := s.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(prefix)})
+		defer it.Close()
+		for it.Rewind(); it.ValidForPrefix([]byte(prefix)); it.Next() {
+			n++
+		}
+		return nil
+	})
+	return n, err
+}
+
 // BadgerOptions returns the Badger options Open uses, for baselines.
 func BadgerOptions(dir string, p Profile, sync bool) badger.Options {
 	return badgerOptions(dir, p, sync, nil)

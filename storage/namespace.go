@@ -17,6 +17,8 @@ import (
 const (
 	prefixData    = "d/"
 	prefixExpiry  = "x/"
+	prefixGroup   = "y/" // group expiry index (Batch.PutTTLGrouped)
+	prefixTwin    = "g/" // the group index by group, for DeleteGroup
 	keyCheckValue = "m/check"
 
 	// opaqueLen is how many bytes of the HMAC Opaque keeps (160 bits).
@@ -47,8 +49,34 @@ func dataKey(ns, key string) []byte {
 }
 
 func indexKey(expiry uint64, ns, key string) []byte {
-	b := make([]byte, 0, len(prefixExpiry)+8+len(ns)+1+len(key))
-	b = append(b, prefixExpiry...)
+	return expiryKey(prefixExpiry, expiry, ns, key)
+}
+
+// groupKey is the group index entry of the values of group in ns that
+// expire at expiry.
+func groupKey(expiry uint64, ns, group string) []byte {
+	return expiryKey(prefixGroup, expiry, ns, group)
+}
+
+// twinPrefix is where the twins of group's entries in ns are: "g/" ns "/"
+// be16(len(group)) group, each followed by be64(expiry).
+func twinPrefix(ns, group string) []byte {
+	b := make([]byte, 0, len(prefixTwin)+len(ns)+1+2+len(group)+8)
+	b = append(b, prefixTwin...)
+	b = append(b, ns...)
+	b = append(b, '/')
+	b = binary.BigEndian.AppendUint16(b, uint16(len(group)))
+	return append(b, group...)
+}
+
+// twinKey is the twin of groupKey(expiry, ns, group).
+func twinKey(expiry uint64, ns, group string) []byte {
+	return binary.BigEndian.AppendUint64(twinPrefix(ns, group), expiry)
+}
+
+func expiryKey(prefix string, expiry uint64, ns, key string) []byte {
+	b := make([]byte, 0, len(prefix)+8+len(ns)+1+len(key))
+	b = append(b, prefix...)
 	b = binary.BigEndian.AppendUint64(b, expiry)
 	b = append(b, ns...)
 	b = append(b, '/')
@@ -57,11 +85,20 @@ func indexKey(expiry uint64, ns, key string) []byte {
 
 // parseIndexKey splits an index key; ok is false for a malformed one.
 func parseIndexKey(k []byte) (expiry uint64, ns, key string, ok bool) {
-	if !bytes.HasPrefix(k, []byte(prefixExpiry)) || len(k) < len(prefixExpiry)+8+3 {
+	return parseExpiryKey(prefixExpiry, k)
+}
+
+// parseGroupKey splits a group index key; ok is false for a malformed one.
+func parseGroupKey(k []byte) (expiry uint64, ns, group string, ok bool) {
+	return parseExpiryKey(prefixGroup, k)
+}
+
+func parseExpiryKey(prefix string, k []byte) (expiry uint64, ns, key string, ok bool) {
+	if !bytes.HasPrefix(k, []byte(prefix)) || len(k) < len(prefix)+8+3 {
 		return 0, "", "", false
 	}
-	expiry = binary.BigEndian.Uint64(k[len(prefixExpiry):])
-	rest := k[len(prefixExpiry)+8:]
+	expiry = binary.BigEndian.Uint64(k[len(prefix):])
+	rest := k[len(prefix)+8:]
 	i := bytes.IndexByte(rest, '/')
 	if i < 1 || i == len(rest)-1 {
 		return 0, "", "", false
@@ -120,13 +157,32 @@ func (n *Namespace) put(ctx context.Context, op, key string, v []byte, ttl time.
 // write is one sealed Put or PutTTL, or a Delete.
 type write struct {
 	ns, key string
+	group   string // PutTTLGrouped: indexed by this group, not by key
 	del     bool
+	forget  bool // ForgetGroup: key is the group
 	sealed  []byte
 	expiry  uint64
 	ttl     time.Duration // Badger's native TTL
 }
 
+// groupedExpiry marks a sealed expiry as indexed by group (PutTTLGrouped):
+// the value has no expiry index entry of its own. Expiries are Unix
+// nanoseconds, far below this bit until the year 2262 (MaxTTL is 100
+// years).
+const groupedExpiry = 1 << 63
+
+// splitExpiry returns a sealed expiry's time and whether the value is
+// indexed by group.
+func splitExpiry(sealed uint64) (expiry uint64, grouped bool) {
+	return sealed &^ groupedExpiry, sealed&groupedExpiry != 0
+}
+
 func (n *Namespace) prepare(op, key string, v []byte, ttl time.Duration) (write, error) {
+	return n.prepareIn(op, "", key, v, ttl)
+}
+
+// prepareIn seals a put; a group puts it in that group (PutTTLGrouped).
+func (n *Namespace) prepareIn(op, group, key string, v []byte, ttl time.Duration) (write, error) {
 	if err := validKey(key); err != nil {
 		return write{}, fmt.Errorf("storage: %s %s: %w", op, n.name, err)
 	}
@@ -136,15 +192,22 @@ func (n *Namespace) prepare(op, key string, v []byte, ttl time.Duration) (write,
 	if ttl < 0 || ttl > MaxTTL {
 		return write{}, fmt.Errorf("storage: %s %s/%q: ttl %v: %w", op, n.name, key, ttl, ErrInvalidTTL)
 	}
-	w := write{ns: n.name, key: key, ttl: ttl}
+	w := write{ns: n.name, key: key, group: group, ttl: ttl}
 	if ttl > 0 {
 		w.expiry = n.s.now() + uint64(ttl)
 	}
-	w.sealed = n.s.sealer.seal(n.name, key, w.expiry, v)
+	sealedExpiry := w.expiry
+	if group != "" {
+		sealedExpiry |= groupedExpiry
+	}
+	w.sealed = n.s.sealer.seal(n.name, key, sealedExpiry, v)
 	return w, nil
 }
 
 func (w write) apply(s *Store, txn *badger.Txn) error {
+	if w.forget {
+		return forgetIn(s, txn, w.ns, w.key)
+	}
 	dk := dataKey(w.ns, w.key)
 	if w.del {
 		return deleteIn(s, txn, w.ns, w.key, dk)
@@ -157,16 +220,22 @@ func (w write) apply(s *Store, txn *badger.Txn) error {
 	if w.expiry == 0 {
 		return txn.SetEntry(e)
 	}
-	// Badger's TTL is whole seconds of real time: round up, so the backstop
-	// never fires before the sealed expiry.
-	nativeExpiry := uint64(time.Now().Add(w.ttl).Unix()) + 1
-	e.ExpiresAt = nativeExpiry
+	e.ExpiresAt = w.nativeExpiry()
 	if err := txn.SetEntry(e); err != nil {
 		return err
 	}
+	if w.group != "" {
+		return nil // the batch writes the group's entry (Batch.apply)
+	}
 	ie := badger.NewEntry(indexKey(w.expiry, w.ns, w.key), nil)
-	ie.ExpiresAt = nativeExpiry
+	ie.ExpiresAt = e.ExpiresAt
 	return txn.SetEntry(ie)
+}
+
+// nativeExpiry is w's expiry for Badger's TTL: whole seconds of real time,
+// rounded up, so the backstop never fires before the sealed expiry.
+func (w write) nativeExpiry() uint64 {
+	return uint64(time.Now().Add(w.ttl).Unix()) + 1
 }
 
 // deleteIn deletes a value and its expiry index entry within txn.
@@ -183,7 +252,9 @@ func deleteIn(s *Store, txn *badger.Txn, ns, key string, dk []byte) error {
 		expiry, _, err = s.sealer.open(ns, key, v)
 		return err
 	})
-	if err == nil && expiry != 0 {
+	// A value indexed by group leaves the group's entry to the sweep (it
+	// names the group, not the key).
+	if _, grouped := splitExpiry(expiry); err == nil && expiry != 0 && !grouped {
 		if err := txn.Delete(indexKey(expiry, ns, key)); err != nil {
 			return err
 		}
@@ -399,12 +470,151 @@ func (n *Namespace) DeleteAll(ctx context.Context) (int, error) {
 		_, ns, _, ok := parseIndexKey(k)
 		return ok && ns == n.name
 	})
+	if err == nil {
+		_, err = n.s.deletePrefix(ctx, []byte(prefixGroup), func(k []byte) bool {
+			_, ns, _, ok := parseGroupKey(k)
+			return ok && ns == n.name
+		})
+	}
+	if err == nil {
+		_, err = n.s.deletePrefix(ctx, []byte(prefixTwin+n.name+"/"), nil)
+	}
 	if err != nil {
 		return deleted, fmt.Errorf("storage: delete all %s: index: %w", n.name, err)
 	}
 	n.s.log.Debug("namespace wiped", "namespace", n.name, "deleted", deleted)
 	n.s.kickGC()
 	return deleted, nil
+}
+
+// DeleteGroup deletes every value in the namespace whose key starts with
+// group, alive or expired, with its expiry index entry or the group's
+// entries (Batch.PutTTLGrouped), and returns how many values it deleted.
+// It is not atomic: values put in the group meanwhile may survive. It
+// reads each value, to find its index entry.
+func (n *Namespace) DeleteGroup(ctx context.Context, group string) (int, error) {
+	if err := validKey(group); err != nil {
+		return 0, fmt.Errorf("storage: delete group %s: %w", n.name, err)
+	}
+	if err := n.s.acquire(); err != nil {
+		return 0, err
+	}
+	defer n.s.release()
+	prefix := dataKey(n.name, group)
+	seek := prefix
+	deleted := 0
+	for more := true; more; {
+		if err := n.s.alive(ctx); err != nil {
+			return deleted, fmt.Errorf("storage: delete group %s: %w", n.name, err)
+		}
+		var (
+			count int
+			next  []byte
+		)
+		err := n.s.update(true, func(txn *badger.Txn) error {
+			count, more, next = 0, false, seek
+			it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix, PrefetchValues: false})
+			defer it.Close()
+			var keys [][]byte
+			for it.Seek(seek); it.ValidForPrefix(prefix); it.Next() {
+				if len(keys) == chunk {
+					more = true
+					break
+				}
+				keys = append(keys, it.Item().KeyCopy(nil))
+			}
+			for _, dk := range keys {
+				if err := deleteIn(n.s, txn, n.name, string(dk[len(dataKey(n.name, "")):]), dk); err != nil {
+					return err
+				}
+				next = append(dk[:len(dk):len(dk)], 0)
+				count++
+			}
+			return nil
+		})
+		if err != nil {
+			return deleted, fmt.Errorf("storage: delete group %s: %w", n.name, err)
+		}
+		deleted, seek = deleted+count, next
+	}
+	if err := n.s.forgetGroup(ctx, n.name, group); err != nil {
+		return deleted, fmt.Errorf("storage: delete group %s: index: %w", n.name, err)
+	}
+	if deleted > 0 {
+		n.s.kickGC()
+	}
+	return deleted, nil
+}
+
+// forgetIn deletes, within txn, the entries of group in ns that are not
+// due yet, with their twins; due ones are left to the sweep (the values
+// they stand for may still be there).
+func forgetIn(s *Store, txn *badger.Txn, ns, group string) error {
+	prefix := twinPrefix(ns, group)
+	now := s.now()
+	// Found in a snapshot of what is committed: an iterator of txn itself
+	// would sort the batch's pending writes each time. The entries this
+	// batch writes come after its operations (Batch.apply).
+	view := s.db.NewTransaction(false)
+	defer view.Discard()
+	it := view.NewIterator(badger.IteratorOptions{Prefix: prefix, PrefetchValues: false})
+	defer it.Close()
+	for it.Seek(prefix); it.ValidForPrefix(prefix); it.Next() {
+		tk := it.Item().KeyCopy(nil)
+		if len(tk) != len(prefix)+8 {
+			continue
+		}
+		expiry := binary.BigEndian.Uint64(tk[len(prefix):])
+		if expiry <= now {
+			continue
+		}
+		if err := txn.Delete(groupKey(expiry, ns, group)); err != nil {
+			return err
+		}
+		if err := txn.Delete(tk); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// forgetGroup deletes the entries of group in ns and their twins.
+func (s *Store) forgetGroup(ctx context.Context, ns, group string) error {
+	prefix := twinPrefix(ns, group)
+	for {
+		if err := s.alive(ctx); err != nil {
+			return err
+		}
+		var twins [][]byte
+		err := s.db.View(func(txn *badger.Txn) error {
+			it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix, PrefetchValues: false})
+			defer it.Close()
+			for it.Seek(prefix); it.ValidForPrefix(prefix) && len(twins) < chunk; it.Next() {
+				twins = append(twins, it.Item().KeyCopy(nil))
+			}
+			return nil
+		})
+		if err != nil || len(twins) == 0 {
+			return err
+		}
+		err = s.update(true, func(txn *badger.Txn) error {
+			for _, tk := range twins {
+				if len(tk) == len(prefix)+8 {
+					expiry := binary.BigEndian.Uint64(tk[len(prefix):])
+					if err := txn.Delete(groupKey(expiry, ns, group)); err != nil {
+						return err
+					}
+				}
+				if err := txn.Delete(tk); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil || len(twins) < chunk {
+			return err
+		}
+	}
 }
 
 // deletePrefix deletes the keys under prefix that match (all with a nil

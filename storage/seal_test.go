@@ -112,9 +112,17 @@ func FuzzIndexKey(f *testing.F) {
 		if !validNamespace(ns) || validKey(key) != nil {
 			return
 		}
+		parseGroupKey(raw) // never panics
 		e, gotNS, gotKey, ok := parseIndexKey(indexKey(expiry, ns, key))
 		if !ok || e != expiry || gotNS != ns || gotKey != key {
 			t.Fatalf("parse(indexKey(%d, %q, %q)) = %d, %q, %q, %v", expiry, ns, key, e, gotNS, gotKey, ok)
+		}
+		e, gotNS, gotKey, ok = parseGroupKey(groupKey(expiry, ns, key))
+		if !ok || e != expiry || gotNS != ns || gotKey != key {
+			t.Fatalf("parse(groupKey(%d, %q, %q)) = %d, %q, %q, %v", expiry, ns, key, e, gotNS, gotKey, ok)
+		}
+		if _, _, _, ok := parseGroupKey(indexKey(expiry, ns, key)); ok {
+			t.Fatalf("an index key parses as a group key")
 		}
 	})
 }

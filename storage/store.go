@@ -414,7 +414,11 @@ func (s *Store) now() uint64 {
 	return uint64(n)
 }
 
-func expired(expiry, now uint64) bool { return expiry != 0 && now >= expiry }
+// expired reports whether a sealed expiry (0: never) has passed at now.
+func expired(sealed, now uint64) bool {
+	expiry, _ := splitExpiry(sealed)
+	return expiry != 0 && now >= expiry
+}
 
 // kickSweep wakes the background sweeper, if there is one.
 func (s *Store) kickSweep() {

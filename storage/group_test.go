@@ -1,0 +1,274 @@
+package storage_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	badger "github.com/dgraph-io/badger/v4"
+
+	"github.com/kinmesh/kinmesh/storage"
+)
+
+// groupEntries returns the group index entries, after checking that each
+// has its twin and no twin is left without its entry.
+func groupEntries(t *testing.T, st *storage.Store) [][2]string {
+	t.Helper()
+	e, err := storage.GroupEntries(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	twins, err := storage.CountRaw(st, "g/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if twins != len(e) {
+		t.Fatalf("%d group entries and %d twins", len(e), twins)
+	}
+	return e
+}
+
+// putGrouped commits one batch of n values in group, keys group+"%04d"
+// from first, that expire ttl from now.
+func putGrouped(t *testing.T, st *storage.Store, ns *storage.Namespace, group string, first, n int, ttl time.Duration) {
+	t.Helper()
+	b := st.NewBatch()
+	for i := first; i < first+n; i++ {
+		if err := b.PutTTLGrouped(ns, group, fmt.Sprintf("%s%04d", group, i), []byte(fmt.Sprint("v", i)), ttl); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := b.Commit(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// rawHas reports whether Badger holds key in ns, expired or not.
+func rawHas(t *testing.T, st *storage.Store, ns, key string) bool {
+	t.Helper()
+	err := storage.RawDB(st).View(func(txn *badger.Txn) error {
+		_, err := txn.Get(storage.DataKey(ns, key))
+		return err
+	})
+	if err != nil && !errors.Is(err, badger.ErrKeyNotFound) {
+		t.Fatal(err)
+	}
+	return err == nil
+}
+
+func TestTTLGrouped(t *testing.T) {
+	ctx := context.Background()
+	clk := newFakeClock()
+	st := open(t, "", storage.WithClock(clk.Now))
+	mb := st.Namespace("mailbox")
+	// Two batches half an hour apart, then one in another group: one
+	// entry per group and batch, none per value.
+	putGrouped(t, st, mb, "a/", 0, 600, time.Hour)
+	clk.Advance(30 * time.Minute)
+	putGrouped(t, st, mb, "a/", 600, 3, time.Hour)
+	putGrouped(t, st, mb, "b/", 0, 2, 2*time.Hour)
+	if got, want := groupEntries(t, st), [][2]string{{"mailbox", "a/"}, {"mailbox", "a/"}, {"mailbox", "b/"}}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("group entries: got %v, want %v", got, want)
+	}
+	if got := indexEntries(t, st); len(got) != 0 {
+		t.Fatalf("index entries of grouped values: %v, want none", got)
+	}
+	mustGet(t, mb, "a/0000", []byte("v0"))
+
+	clk.Advance(30*time.Minute - time.Nanosecond)
+	if n, err := st.Sweep(ctx); err != nil || n != 0 {
+		t.Fatalf("Sweep just before the first batch expires = %d, %v; want 0, nil", n, err)
+	}
+	mustGet(t, mb, "a/0599", []byte("v599"))
+	clk.Advance(time.Nanosecond)
+	if _, err := mb.Get(ctx, "a/0599"); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("Get at its expiry: got %v, want ErrNotFound", err)
+	}
+	// More than one sweep chunk, deleted and gone from Badger.
+	if n, err := st.Sweep(ctx); err != nil || n != 600 {
+		t.Fatalf("Sweep at 1h = %d, %v; want 600, nil", n, err)
+	}
+	if rawHas(t, st, "mailbox", "a/0000") || rawHas(t, st, "mailbox", "a/0599") {
+		t.Fatal("swept values still in Badger")
+	}
+	mustGet(t, mb, "a/0600", []byte("v600"))
+	if got := len(groupEntries(t, st)); got != 2 {
+		t.Fatalf("group entries after the first sweep: %d, want 2", got)
+	}
+
+	clk.Advance(90 * time.Minute)
+	if n, err := st.Sweep(ctx); err != nil || n != 5 {
+		t.Fatalf("Sweep at 2h30 = %d, %v; want 5, nil", n, err)
+	}
+	if got := groupEntries(t, st); len(got) != 0 {
+		t.Fatalf("group entries left: %v", got)
+	}
+}
+
+func TestTTLGroupedOutOfOrder(t *testing.T) {
+	ctx := context.Background()
+	clk := newFakeClock()
+	st := open(t, "", storage.WithClock(clk.Now))
+	ns := st.Namespace("ns")
+	// b/0001 expires before b/0000: against the promise (as after the
+	// clock stepped back). It is hidden at its expiry and deleted with
+	// the value before it.
+	putGrouped(t, st, ns, "b/", 0, 1, 2*time.Hour)
+	putGrouped(t, st, ns, "b/", 1, 1, time.Hour)
+	clk.Advance(time.Hour)
+	if _, err := ns.Get(ctx, "b/0001"); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("Get(b/0001) at its expiry: got %v, want ErrNotFound", err)
+	}
+	if n, err := st.Sweep(ctx); err != nil || n != 0 {
+		t.Fatalf("Sweep at 1h = %d, %v; want 0, nil (b/0000 is alive)", n, err)
+	}
+	clk.Advance(time.Hour)
+	if n, err := st.Sweep(ctx); err != nil || n != 2 {
+		t.Fatalf("Sweep at 2h = %d, %v; want 2, nil", n, err)
+	}
+	if rawHas(t, st, "ns", "b/0001") {
+		t.Fatal("b/0001 still in Badger")
+	}
+}
+
+func TestTTLGroupedDelete(t *testing.T) {
+	ctx := context.Background()
+	clk := newFakeClock()
+	st := open(t, "", storage.WithClock(clk.Now))
+	ns := st.Namespace("ns")
+	putGrouped(t, st, ns, "g/", 0, 3, time.Hour)
+	if err := ns.Delete(ctx, "g/0001"); err != nil {
+		t.Fatal(err)
+	}
+	if rawHas(t, st, "ns", "g/0001") {
+		t.Fatal("deleted value still in Badger")
+	}
+	if got := indexEntries(t, st); len(got) != 0 {
+		t.Fatalf("Delete of a grouped value left index entries: %v", got)
+	}
+	clk.Advance(time.Hour)
+	if n, err := st.Sweep(ctx); err != nil || n != 2 {
+		t.Fatalf("Sweep = %d, %v; want 2, nil", n, err)
+	}
+	if got := groupEntries(t, st); len(got) != 0 {
+		t.Fatalf("group entries left: %v", got)
+	}
+}
+
+func TestDeleteGroup(t *testing.T) {
+	ctx := context.Background()
+	clk := newFakeClock()
+	st := open(t, "", storage.WithClock(clk.Now))
+	ns, other := st.Namespace("ns"), st.Namespace("other")
+	putGrouped(t, st, ns, "g/", 0, 700, time.Hour) // more than a chunk
+	clk.Advance(2 * time.Hour)                     // those expired, not swept
+	putGrouped(t, st, ns, "g/", 700, 2, time.Hour)
+	if err := ns.PutTTL(ctx, "g/legacy", []byte("indexed by key"), time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	mustPut(t, ns, "g/forever", []byte("no ttl"))
+	// Neighbours that stay: another group whose name extends this one's
+	// without its separator, and the same group in another namespace.
+	putGrouped(t, st, ns, "g0/", 0, 1, time.Hour)
+	putGrouped(t, st, other, "g/", 0, 1, time.Hour)
+
+	if n, err := ns.DeleteGroup(ctx, "g/"); err != nil || n != 704 {
+		t.Fatalf("DeleteGroup = %d, %v; want 704, nil", n, err)
+	}
+	for _, k := range []string{"g/0000", "g/0701", "g/legacy", "g/forever"} {
+		if rawHas(t, st, "ns", k) {
+			t.Fatalf("%s still in Badger", k)
+		}
+	}
+	mustGet(t, ns, "g0/0000", []byte("v0"))
+	mustGet(t, other, "g/0000", []byte("v0"))
+	if got, want := groupEntries(t, st), [][2]string{{"ns", "g0/"}, {"other", "g/"}}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("group entries after DeleteGroup: got %v, want %v", got, want)
+	}
+	if got := indexEntries(t, st); len(got) != 0 {
+		t.Fatalf("index entries after DeleteGroup: %v, want none", got)
+	}
+	if n, err := ns.DeleteGroup(ctx, "g/"); err != nil || n != 0 {
+		t.Fatalf("second DeleteGroup = %d, %v; want 0, nil", n, err)
+	}
+}
+
+func TestPutTTLGroupedInvalid(t *testing.T) {
+	st := open(t, "")
+	ns := st.Namespace("ns")
+	for _, tc := range []struct {
+		group, key string
+		ttl        time.Duration
+		want       error
+	}{
+		{"g/", "h/1", time.Hour, storage.ErrInvalidKey},
+		{"g/", "g/", time.Hour, storage.ErrInvalidKey},
+		{"", "g/1", time.Hour, storage.ErrInvalidKey},
+		{"g/", "g/1", 0, storage.ErrInvalidTTL},
+	} {
+		b := st.NewBatch()
+		if err := b.PutTTLGrouped(ns, tc.group, tc.key, []byte("v"), tc.ttl); !errors.Is(err, tc.want) {
+			t.Fatalf("PutTTLGrouped(%q, %q, %v): got %v, want %v", tc.group, tc.key, tc.ttl, err, tc.want)
+		}
+		if err := b.Commit(context.Background()); !errors.Is(err, tc.want) {
+			t.Fatalf("Commit after a bad PutTTLGrouped: got %v, want %v", err, tc.want)
+		}
+	}
+}
+
+func TestDeleteAllGrouped(t *testing.T) {
+	st := open(t, "")
+	a, keep := st.Namespace("a"), st.Namespace("a-keep")
+	putGrouped(t, st, a, "g/", 0, 3, time.Hour)
+	putGrouped(t, st, keep, "g/", 0, 1, time.Hour)
+	if got, err := a.DeleteAll(context.Background()); err != nil || got != 3 {
+		t.Fatalf("DeleteAll = %d, %v; want 3, nil", got, err)
+	}
+	if got, want := groupEntries(t, st), [][2]string{{"a-keep", "g/"}}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("group entries after DeleteAll: got %v, want %v", got, want)
+	}
+}
+
+func TestForgetGroup(t *testing.T) {
+	ctx := context.Background()
+	clk := newFakeClock()
+	st := open(t, "", storage.WithClock(clk.Now))
+	ns := st.Namespace("ns")
+	putGrouped(t, st, ns, "g/", 0, 2, time.Hour) // due at 1h, left undelivered
+	clk.Advance(30 * time.Minute)
+	putGrouped(t, st, ns, "g/", 2, 2, time.Hour) // due at 1h30, deleted below
+	clk.Advance(30 * time.Minute)
+	b := st.NewBatch()
+	for _, k := range []string{"g/0002", "g/0003"} {
+		if err := b.Delete(ns, k); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := b.ForgetGroup(ns, "g/"); err != nil {
+		t.Fatal(err)
+	}
+	// Written in the same batch, after: stays.
+	if err := b.PutTTLGrouped(ns, "g/", "g/0004", []byte("v4"), time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// The due entry (the first batch's, its values expired but not swept)
+	// stays for the sweep; the deleted batch's entry is gone.
+	if got := len(groupEntries(t, st)); got != 2 {
+		t.Fatalf("group entries after ForgetGroup: %d, want 2 (the due one and the new one)", got)
+	}
+	if n, err := st.Sweep(ctx); err != nil || n != 2 {
+		t.Fatalf("Sweep = %d, %v; want 2, nil", n, err)
+	}
+	if rawHas(t, st, "ns", "g/0000") {
+		t.Fatal("expired value not swept")
+	}
+	mustGet(t, ns, "g/0004", []byte("v4"))
+	if got := len(groupEntries(t, st)); got != 1 {
+		t.Fatalf("group entries after the sweep: %d, want 1", got)
+	}
+}
