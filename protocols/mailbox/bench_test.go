@@ -84,9 +84,9 @@ func rawPut(b *testing.B, db *badger.DB, round, n, size int) time.Duration {
 }
 
 // rawPutIndexed is rawPut with the store's layout: each value carries the
-// store's sealing overhead and comes with an expiry index entry (see
-// storage/doc.go), but nothing is encrypted. It shows what the store's
-// layout costs by itself.
+// store's sealing overhead, and each transaction a group expiry index
+// entry and its twin (see storage/doc.go), but nothing is encrypted. It
+// shows what the store's layout costs by itself.
 func rawPutIndexed(b *testing.B, db *badger.DB, round, n, size int) time.Duration {
 	b.Helper()
 	val := make([]byte, size+sealOverhead)
@@ -99,12 +99,16 @@ func rawPutIndexed(b *testing.B, db *badger.DB, round, n, size int) time.Duratio
 			if err := txn.SetEntry(badger.NewEntry(rawKey(round, i), val).WithTTL(MaxAge)); err != nil {
 				b.Fatal(err)
 			}
-			idx := fmt.Appendf(nil, "x/%016xmailbox/%032x/%016x", i, round, i)
-			if err := txn.SetEntry(badger.NewEntry(idx, nil).WithTTL(MaxAge)); err != nil {
-				b.Fatal(err)
-			}
 			i++
 			bytes += size
+		}
+		for _, k := range [][]byte{
+			fmt.Appendf(nil, "y/%016xmailbox/%032x/", i, round),
+			fmt.Appendf(nil, "g/mailbox/\x00\x21%032x/%016x", round, i),
+		} {
+			if err := txn.SetEntry(badger.NewEntry(k, nil).WithTTL(MaxAge)); err != nil {
+				b.Fatal(err)
+			}
 		}
 		if err := txn.Commit(); err != nil {
 			b.Fatal(err)

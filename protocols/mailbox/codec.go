@@ -383,6 +383,11 @@ func decodeValue(v []byte) (deposited int64, env []byte, ok bool) {
 //
 //	P "/" %016x seq   an item (List over P "/" returns seq order)
 //	P ".m"            the mailbox's Meta
+//
+// itemGroup is the storage group of a mailbox's items (PutTTLGrouped):
+// they expire in seq order, as they were deposited.
+func itemGroup(prefix string) string { return prefix + "/" }
+
 func itemKey(prefix string, seq uint64) string {
 	b := make([]byte, 0, len(prefix)+17)
 	b = append(b, prefix...)
@@ -398,7 +403,11 @@ func appendSeqHex(b []byte, seq uint64) []byte {
 	return b
 }
 
-func metaKey(prefix string) string { return prefix + ".m" }
+// metaKey is the key of a mailbox's record, alone in its storage group
+// (metaGroup), whose index entries go each time it is written.
+func metaKey(prefix string) string { return metaGroup(prefix) + "m" }
+
+func metaGroup(prefix string) string { return prefix + "." }
 
 func seqFromKey(key string) (uint64, bool) {
 	if len(key) < 17 || key[len(key)-17] != '/' {

@@ -271,11 +271,14 @@ func (s *Service) launch(st *staging) *staging {
 	for mbox := range st.dirty {
 		m := st.metas[mbox]
 		ttl := time.Unix(m.expires, 0).Sub(st.now)
-		key := metaKey(s.prefix(mbox))
+		prefix := s.prefix(mbox)
+		// The record's earlier index entries would say when it was
+		// written: they go, and the record gets one for its new expiry.
+		_ = st.batch.ForgetGroup(s.ns, metaGroup(prefix))
 		if ttl <= 0 {
-			_ = st.batch.Delete(s.ns, key)
+			_ = st.batch.Delete(s.ns, metaKey(prefix))
 		} else {
-			_ = st.batch.PutTTL(s.ns, key, encodeMeta(m), ttl)
+			_ = st.batch.PutTTLGrouped(s.ns, metaGroup(prefix), metaKey(prefix), encodeMeta(m), ttl)
 		}
 	}
 	st.prev = nil // staged: the group underneath is done with
@@ -451,7 +454,7 @@ func (s *Service) stageDeposit(st *staging, m *meta, o *op) {
 			continue
 		}
 		seq := m.next
-		if err := st.batch.PutTTL(s.ns, itemKey(prefix, seq), encodeValue(nowNs, env), s.cfg.maxAge); err != nil {
+		if err := st.batch.PutTTLGrouped(s.ns, itemGroup(prefix), itemKey(prefix, seq), encodeValue(nowNs, env), s.cfg.maxAge); err != nil {
 			// Sticky in the batch: Commit fails and answers unavailable.
 			o.codes[i] = CodeUnavailable
 			continue
@@ -541,54 +544,29 @@ func (s *Service) stageAck(st *staging, m *meta, o *op) {
 		o.deleted++
 		st.dirty[o.mbox] = true
 	}
+	if n, _ := m.usage(); o.deleted > 0 && n == 0 {
+		// The last item delivered: the index entries of its deposits,
+		// which say when they came, go too (the expired ones' stay for
+		// the sweep).
+		_ = st.batch.ForgetGroup(s.ns, itemGroup(prefix))
+	}
 }
 
-// purgeChunk bounds the deletes in one purge transaction.
-const purgeChunk = 1000
-
-// purge deletes a whole mailbox: its items, readable or not, and its
-// record. A mailbox with neither costs no write.
+// purge deletes a whole mailbox: its items, readable, unreadable or
+// expired, with their index entries, then its record. A mailbox with
+// neither costs no write.
 func (s *Service) purge(o *op) {
 	prefix := s.prefix(o.mbox)
-	var keys []string
-	unreadable := 0
-	opts := storage.ListOptions{Prefix: prefix + "/", Corrupt: func(key string) error {
-		keys = append(keys, key)
-		unreadable++
-		return nil
-	}}
-	err := s.ns.List(s.ctx, opts, func(key string, _ []byte) error {
-		keys = append(keys, key)
-		return nil
-	})
-	if unreadable > 0 {
-		s.log.Warn("purging unreadable mailbox items", "items", unreadable)
-		s.tr.unreadable(unreadable)
+	began := time.Now()
+	n, err := s.ns.DeleteGroup(s.ctx, itemGroup(prefix))
+	o.deleted = n
+	held := n > 0
+	if err == nil && !held {
+		held, err = s.hasMeta(o.mbox)
 	}
-	// Expired items are invisible to List; the sweep takes them.
-	for err == nil && len(keys) > 0 {
-		n := min(len(keys), purgeChunk)
-		b := s.store.NewBatch()
-		for _, k := range keys[:n] {
-			_ = b.Delete(s.ns, k)
-		}
-		if len(keys) == n {
-			_ = b.Delete(s.ns, metaKey(prefix))
-		}
-		began := time.Now()
-		if err = b.Commit(s.ctx); err == nil {
-			o.deleted += n
-			keys = keys[n:]
+	if err == nil && held {
+		if _, err = s.ns.DeleteGroup(s.ctx, metaGroup(prefix)); err == nil {
 			s.tr.committed(1, n, time.Since(began))
-		}
-	}
-	if err == nil && o.deleted == 0 {
-		var held bool
-		if held, err = s.hasMeta(o.mbox); held {
-			began := time.Now()
-			if err = s.ns.Delete(s.ctx, metaKey(prefix)); err == nil {
-				s.tr.committed(1, 0, time.Since(began))
-			}
 		}
 	}
 	delete(s.metas, o.mbox)

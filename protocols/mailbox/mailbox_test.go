@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	badger "github.com/dgraph-io/badger/v4"
 
@@ -214,11 +215,22 @@ func TestPurge(t *testing.T) {
 	k, other := newKey(t), newKey(t)
 	mustDeposit(t, c, r, k.ID(), envelopes(1200, 64, "purge"))
 	mustDeposit(t, c, r, other.ID(), envelopes(2, 64, "keep"))
+	// In the store: the items and record ("d/"), and the index entries
+	// of the items' group and the record's ("y/" by expiry, "g/" by
+	// group): no index entry per item.
+	before := keysNaming(t, r, k.ID())
+	if before["d/"] != 1201 || before["x/"] != 0 || before["y/"] != 2 || before["g/"] != 2 {
+		t.Fatalf("keys naming the mailbox before the purge: %v", before)
+	}
 	s := openSession(t, c, r, k)
 	n, err := s.Purge(testCtx(t))
 	if err != nil || n != 1200 {
 		t.Fatalf("Purge: %d, %v; want 1200", n, err)
 	}
+	if after := keysNaming(t, r, k.ID()); len(after) != 0 {
+		t.Fatalf("keys naming the mailbox after the purge: %v", after)
+	}
+	s = openSession(t, c, r, k) // the relay restarted
 	if got := fetchAll(t, s); len(got) != 0 {
 		t.Fatalf("after purge: %d items", len(got))
 	}
@@ -233,6 +245,32 @@ func TestPurge(t *testing.T) {
 	if got := fetchAll(t, openSession(t, c, r, other)); len(got) != 2 {
 		t.Fatalf("other mailbox: %d items, want 2", len(got))
 	}
+}
+
+// keysNaming counts the store's keys that hold mbox's storage prefix, by
+// their first two bytes (the store's key families), reading Badger itself
+// with the relay stopped.
+func keysNaming(t *testing.T, r *testRelay, mbox MailboxID) map[string]int {
+	t.Helper()
+	raw, _ := mailboxRaw(string(mbox))
+	prefix := []byte(r.svc.prefix(raw))
+	n := make(map[string]int)
+	r.restart(t, func(db *badger.DB) {
+		err := db.View(func(txn *badger.Txn) error {
+			it := txn.NewIterator(badger.IteratorOptions{})
+			defer it.Close()
+			for it.Rewind(); it.Valid(); it.Next() {
+				if k := it.Item().Key(); bytes.Contains(k, prefix) {
+					n[string(k[:2])]++
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	})
+	return n
 }
 
 func TestPush(t *testing.T) {
@@ -439,5 +477,44 @@ func TestUnreadableItem(t *testing.T) {
 	}
 	if got := countItems(t, r, purged.ID()); got != 0 {
 		t.Fatalf("store holds %d items after purge", got)
+	}
+}
+
+// TestDeliveredLeavesNoTimes: once every item of a mailbox is acked, the
+// store keeps no index entry of its deposits (which say when they came),
+// only the mailbox's record.
+func TestDeliveredLeavesNoTimes(t *testing.T) {
+	r := startRelay(t)
+	c := newClient(t, r)
+	k := newKey(t)
+	mustDeposit(t, c, r, k.ID(), envelopes(3, 64, "a"))
+	r.clock.Advance(time.Minute)
+	mustDeposit(t, c, r, k.ID(), envelopes(2, 64, "b"))
+	items := fetchAll(t, openSession(t, c, r, k))
+	var seqs []uint64
+	for _, it := range items {
+		seqs = append(seqs, it.Seq)
+	}
+	ack := func(seqs ...uint64) {
+		t.Helper()
+		res, err := openSession(t, c, r, k).Ack(testCtx(t), seqs...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, err := range res {
+			if err != nil {
+				t.Fatalf("ack of item %d: %v", i, err)
+			}
+		}
+	}
+	// With an item left, both deposits' index entries and the record's
+	// stay: the sweep finds that item through them.
+	ack(seqs[:4]...)
+	if got := keysNaming(t, r, k.ID()); got["d/"] != 2 || got["y/"] != 3 || got["g/"] != 3 || len(got) != 3 {
+		t.Fatalf("keys naming the mailbox with one item left: %v", got)
+	}
+	ack(seqs[4])
+	if got := keysNaming(t, r, k.ID()); got["d/"] != 1 || got["y/"] != 1 || got["g/"] != 1 || len(got) != 3 {
+		t.Fatalf("keys naming the mailbox once all were delivered: %v, want only its record and the record's index entry", got)
 	}
 }
