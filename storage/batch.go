@@ -33,7 +33,7 @@ func (s *Store) NewBatch() *Batch { return &Batch{s: s} }
 
 // Put adds a put of v under key in ns.
 func (b *Batch) Put(ns *Namespace, key string, v []byte) error {
-	return b.add(ns, "put", key, v, 0, false)
+	return b.add(ns, "put", "", key, v, 0, false)
 }
 
 // PutTTL adds a put of v under key in ns that expires ttl from now.
@@ -41,22 +41,20 @@ func (b *Batch) PutTTL(ns *Namespace, key string, v []byte, ttl time.Duration) e
 	if ttl <= 0 {
 		return b.fail(fmt.Errorf("storage: batch put %s/%q: %w", ns.name, key, ErrInvalidTTL))
 	}
-	return b.add(ns, "put", key, v, ttl, false)
+	return b.add(ns, "put", "", key, v, ttl, false)
 }
 
 // PutTTLGrouped adds a put of v under key in ns that expires ttl from now,
-// like PutTTL, but indexed for the sweep by group rather than by key: the
-// batch writes one group index entry for all its values of group, due at
-// the latest of their expiries, where PutTTL writes one entry per value.
-// group must be a proper prefix of key. The caller promises that the
-// values of a group expire in key order (none expires before another of
-// the group with a smaller key that is still there): the sweep of a due
-// group entry deletes the group's expired values from its first key on
-// and stops at the first one alive. A value that breaks the promise (the
-// clock stepped back) is hidden from reads at its expiry all the same,
-// and deleted by the sweep once the values before it have expired.
-// Delete removes a grouped value (the group's entry stays until due);
-// DeleteGroup removes a whole group with its entries.
+// like PutTTL, but indexed by group rather than by key: where PutTTL writes
+// an index entry per value, a group has one entry, due when its first value
+// expires (group.go). group must be a proper prefix of key. The caller
+// promises that the values of a group expire in key order (none expires
+// before another of the group with a smaller key that is still there): the
+// sweep of a due group deletes its expired values from its first key on and
+// stops at the first one alive, whose expiry the entry moves to. A value
+// that breaks the promise (the clock stepped back) is hidden from reads at
+// its expiry all the same, and deleted once the values before it have
+// expired.
 func (b *Batch) PutTTLGrouped(ns *Namespace, group, key string, v []byte, ttl time.Duration) error {
 	if ttl <= 0 {
 		return b.fail(fmt.Errorf("storage: batch put %s/%q: %w", ns.name, key, ErrInvalidTTL))
@@ -64,28 +62,15 @@ func (b *Batch) PutTTLGrouped(ns *Namespace, group, key string, v []byte, ttl ti
 	if group == "" || len(group) >= len(key) || key[:len(group)] != group {
 		return b.fail(fmt.Errorf("storage: batch put %s/%q: group %q is not a proper prefix of the key: %w", ns.name, key, group, ErrInvalidKey))
 	}
-	if ns.s != b.s {
-		return b.fail(fmt.Errorf("storage: batch put %s: namespace of another store", ns.name))
-	}
-	w, err := ns.prepareIn("batch put", group, key, v, ttl)
-	if err != nil {
-		return b.fail(err)
-	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.err == nil {
-		b.ops = append(b.ops, w)
-	}
-	return b.err
+	return b.add(ns, "put", group, key, v, ttl, false)
 }
 
-// ForgetGroup adds the deletion of group's index entries in ns
-// (PutTTLGrouped) that are not due yet, for a group whose values have all
-// been deleted (a value's Delete leaves the group's entry until it is
-// due): so that the entries, which name the group and when its values
-// were to expire, don't outlive them. Due entries stay for the sweep. It
-// finds the entries when the batch commits; those the batch itself writes
-// stay.
+// ForgetGroup adds the deletion of group's index entry in ns
+// (PutTTLGrouped) if it is not due yet: for a caller that knows the group's
+// values are all deleted (Delete of a grouped value leaves the entry), so
+// that the entry, which says when the group's first value was to expire,
+// does not outlive them. A due entry stays for the sweep, since values may
+// still be there. The batch's own grouped puts get an entry all the same.
 func (b *Batch) ForgetGroup(ns *Namespace, group string) error {
 	if err := validKey(group); err != nil {
 		return b.fail(fmt.Errorf("storage: batch forget group %s: %w", ns.name, err))
@@ -93,17 +78,12 @@ func (b *Batch) ForgetGroup(ns *Namespace, group string) error {
 	if ns.s != b.s {
 		return b.fail(fmt.Errorf("storage: batch forget group %s: namespace of another store", ns.name))
 	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.err == nil {
-		b.ops = append(b.ops, write{ns: ns.name, key: group, del: true, forget: true})
-	}
-	return b.err
+	return b.push(write{ns: ns.name, key: group, del: true, forget: true})
 }
 
 // Delete adds a delete of key in ns.
 func (b *Batch) Delete(ns *Namespace, key string) error {
-	return b.add(ns, "delete", key, nil, 0, true)
+	return b.add(ns, "delete", "", key, nil, 0, true)
 }
 
 // Len returns the number of operations in the batch.
@@ -113,7 +93,7 @@ func (b *Batch) Len() int {
 	return len(b.ops)
 }
 
-func (b *Batch) add(ns *Namespace, op, key string, v []byte, ttl time.Duration, del bool) error {
+func (b *Batch) add(ns *Namespace, op, group, key string, v []byte, ttl time.Duration, del bool) error {
 	if ns.s != b.s {
 		return b.fail(fmt.Errorf("storage: batch %s %s: namespace of another store", op, ns.name))
 	}
@@ -125,10 +105,15 @@ func (b *Batch) add(ns *Namespace, op, key string, v []byte, ttl time.Duration, 
 		w = write{ns: ns.name, key: key, del: true}
 	} else {
 		var err error
-		if w, err = ns.prepare("batch put", key, v, ttl); err != nil {
+		if w, err = ns.prepareIn("batch put", group, key, v, ttl); err != nil {
 			return b.fail(err)
 		}
 	}
+	return b.push(w)
+}
+
+// push appends w, unless the batch already failed.
+func (b *Batch) push(w write) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.err == nil {
@@ -265,15 +250,10 @@ func (b *Batch) commit(ctx context.Context, sync bool) error {
 	return nil
 }
 
-// apply stages the batch's operations in txn, and one group index entry
-// (and its twin, by group) for each group of its grouped puts, at the
-// latest expiry of the group's values in the batch. Called with b.mu held.
+// apply stages the batch's operations in txn, then files its grouped
+// puts in their groups' due records (fileGroups). Called with b.mu held.
 func (b *Batch) apply(txn *badger.Txn) error {
-	type entry struct {
-		ns, group      string
-		expiry, native uint64
-	}
-	var groups map[string]*entry
+	var groups []write
 	for _, w := range b.ops {
 		if err := w.apply(b.s, txn); err != nil {
 			if errors.Is(err, badger.ErrTxnTooBig) {
@@ -281,31 +261,9 @@ func (b *Batch) apply(txn *badger.Txn) error {
 			}
 			return fmt.Errorf("%s/%q: %w", w.ns, w.key, err)
 		}
-		if w.group == "" {
-			continue
-		}
-		if groups == nil {
-			groups = make(map[string]*entry)
-		}
-		id := w.ns + "/" + w.group
-		e := groups[id]
-		if e == nil {
-			e = &entry{ns: w.ns, group: w.group}
-			groups[id] = e
-		}
-		e.expiry, e.native = max(e.expiry, w.expiry), max(e.native, w.nativeExpiry())
-	}
-	for _, e := range groups {
-		for _, k := range [][]byte{groupKey(e.expiry, e.ns, e.group), twinKey(e.expiry, e.ns, e.group)} {
-			ge := badger.NewEntry(k, nil)
-			ge.ExpiresAt = e.native
-			if err := txn.SetEntry(ge); err != nil {
-				if errors.Is(err, badger.ErrTxnTooBig) {
-					return err
-				}
-				return fmt.Errorf("%s/%q: group entry: %w", e.ns, e.group, err)
-			}
+		if w.group != "" {
+			groups = append(groups, w)
 		}
 	}
-	return nil
+	return fileGroups(txn, groups)
 }

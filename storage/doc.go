@@ -81,11 +81,9 @@
 //
 // Batch.PutTTLGrouped is for values that come in bulk and expire in key order
 // (a mailbox's items): the top bit of the sealed expiry marks the value as
-// indexed by group, and the batch writes one group entry per group,
-// "y/" be64(expiry) ns "/" group, at the latest expiry of the group's values
-// in it, with its twin "g/" ns "/" be16(len(group)) group be64(expiry) to find
-// a group's entries by group. Sweep walks those after the per-key index and,
-// for each group with a due entry, deletes the group's expired values from its
-// first key on, stopping at the first alive. ForgetGroup and DeleteGroup
-// remove a group's entries with (or after) its values.
+// indexed by group, and the group has one entry, "y/" be64(due) ns "/" group,
+// due when its first value expires, with a due record "g/" ns "/"
+// be16(len(group)) group holding be64(due). Sweep walks those after the
+// per-key index, deletes a due group's expired values from its first key on
+// and moves the entry to the first value alive (group.go).
 package storage

@@ -12,20 +12,20 @@ import (
 	"github.com/kinmesh/kinmesh/storage"
 )
 
-// groupEntries returns the group index entries, after checking that each
-// has its twin and no twin is left without its entry.
+// groupEntries returns the group index entries, after checking that there
+// is one due record per entry.
 func groupEntries(t *testing.T, st *storage.Store) [][2]string {
 	t.Helper()
 	e, err := storage.GroupEntries(st)
 	if err != nil {
 		t.Fatal(err)
 	}
-	twins, err := storage.CountRaw(st, "g/")
+	records, err := storage.CountRaw(st, "g/")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if twins != len(e) {
-		t.Fatalf("%d group entries and %d twins", len(e), twins)
+	if records != len(e) {
+		t.Fatalf("%d group entries and %d due records", len(e), records)
 	}
 	return e
 }
@@ -64,12 +64,12 @@ func TestTTLGrouped(t *testing.T) {
 	st := open(t, "", storage.WithClock(clk.Now))
 	mb := st.Namespace("mailbox")
 	// Two batches half an hour apart, then one in another group: one
-	// entry per group and batch, none per value.
+	// entry per group, none per value.
 	putGrouped(t, st, mb, "a/", 0, 600, time.Hour)
 	clk.Advance(30 * time.Minute)
 	putGrouped(t, st, mb, "a/", 600, 3, time.Hour)
 	putGrouped(t, st, mb, "b/", 0, 2, 2*time.Hour)
-	if got, want := groupEntries(t, st), [][2]string{{"mailbox", "a/"}, {"mailbox", "a/"}, {"mailbox", "b/"}}; fmt.Sprint(got) != fmt.Sprint(want) {
+	if got, want := groupEntries(t, st), [][2]string{{"mailbox", "a/"}, {"mailbox", "b/"}}; fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Fatalf("group entries: got %v, want %v", got, want)
 	}
 	if got := indexEntries(t, st); len(got) != 0 {
@@ -94,13 +94,25 @@ func TestTTLGrouped(t *testing.T) {
 		t.Fatal("swept values still in Badger")
 	}
 	mustGet(t, mb, "a/0600", []byte("v600"))
-	if got := len(groupEntries(t, st)); got != 2 {
-		t.Fatalf("group entries after the first sweep: %d, want 2", got)
+	// a/'s entry moved to its first value alive: not due before 1h30.
+	if got, want := groupEntries(t, st), [][2]string{{"mailbox", "a/"}, {"mailbox", "b/"}}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("group entries after the first sweep: got %v, want %v", got, want)
+	}
+	clk.Advance(30*time.Minute - time.Nanosecond)
+	if n, err := st.Sweep(ctx); err != nil || n != 0 {
+		t.Fatalf("Sweep just before the second batch expires = %d, %v; want 0, nil", n, err)
+	}
+	clk.Advance(time.Nanosecond)
+	if n, err := st.Sweep(ctx); err != nil || n != 3 {
+		t.Fatalf("Sweep at 1h30 = %d, %v; want 3, nil", n, err)
 	}
 
-	clk.Advance(90 * time.Minute)
-	if n, err := st.Sweep(ctx); err != nil || n != 5 {
-		t.Fatalf("Sweep at 2h30 = %d, %v; want 5, nil", n, err)
+	if got, want := groupEntries(t, st), [][2]string{{"mailbox", "b/"}}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("group entries once a/ is empty: got %v, want %v", got, want)
+	}
+	clk.Advance(time.Hour)
+	if n, err := st.Sweep(ctx); err != nil || n != 2 {
+		t.Fatalf("Sweep at 2h30 = %d, %v; want 2, nil", n, err)
 	}
 	if got := groupEntries(t, st); len(got) != 0 {
 		t.Fatalf("group entries left: %v", got)
@@ -236,39 +248,93 @@ func TestForgetGroup(t *testing.T) {
 	clk := newFakeClock()
 	st := open(t, "", storage.WithClock(clk.Now))
 	ns := st.Namespace("ns")
-	putGrouped(t, st, ns, "g/", 0, 2, time.Hour) // due at 1h, left undelivered
-	clk.Advance(30 * time.Minute)
-	putGrouped(t, st, ns, "g/", 2, 2, time.Hour) // due at 1h30, deleted below
-	clk.Advance(30 * time.Minute)
+	commit := func(b *storage.Batch) {
+		t.Helper()
+		if err := b.Commit(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// All of a group's values deleted: the entry, not due, goes.
+	putGrouped(t, st, ns, "a/", 0, 2, time.Hour)
+	clk.Advance(10 * time.Minute)
 	b := st.NewBatch()
-	for _, k := range []string{"g/0002", "g/0003"} {
+	for _, k := range []string{"a/0000", "a/0001"} {
 		if err := b.Delete(ns, k); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := b.ForgetGroup(ns, "g/"); err != nil {
+	if err := b.ForgetGroup(ns, "a/"); err != nil {
 		t.Fatal(err)
 	}
-	// Written in the same batch, after: stays.
-	if err := b.PutTTLGrouped(ns, "g/", "g/0004", []byte("v4"), time.Hour); err != nil {
+	commit(b)
+	if got := groupEntries(t, st); len(got) != 0 {
+		t.Fatalf("group entries after ForgetGroup: %v, want none", got)
+	}
+
+	// A due entry stays for the sweep (its values are still there), and a
+	// value the same batch puts gets an entry.
+	putGrouped(t, st, ns, "c/", 0, 2, time.Hour)
+	clk.Advance(time.Hour)
+	b = st.NewBatch()
+	if err := b.ForgetGroup(ns, "c/"); err != nil {
 		t.Fatal(err)
 	}
-	if err := b.Commit(ctx); err != nil {
+	if err := b.PutTTLGrouped(ns, "c/", "c/0002", []byte("v2"), time.Hour); err != nil {
 		t.Fatal(err)
 	}
-	// The due entry (the first batch's, its values expired but not swept)
-	// stays for the sweep; the deleted batch's entry is gone.
-	if got := len(groupEntries(t, st)); got != 2 {
-		t.Fatalf("group entries after ForgetGroup: %d, want 2 (the due one and the new one)", got)
+	commit(b)
+	if got, want := groupEntries(t, st), [][2]string{{"ns", "c/"}}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("group entries: got %v, want %v", got, want)
 	}
 	if n, err := st.Sweep(ctx); err != nil || n != 2 {
 		t.Fatalf("Sweep = %d, %v; want 2, nil", n, err)
 	}
-	if rawHas(t, st, "ns", "g/0000") {
-		t.Fatal("expired value not swept")
-	}
-	mustGet(t, ns, "g/0004", []byte("v4"))
+	mustGet(t, ns, "c/0002", []byte("v2"))
 	if got := len(groupEntries(t, st)); got != 1 {
-		t.Fatalf("group entries after the sweep: %d, want 1", got)
+		t.Fatalf("group entries after the sweep: %d, want 1 (c/0002's)", got)
+	}
+}
+
+// TestGroupedSweepRace: puts into a group while sweeps move and delete its
+// entry; once all has expired, one sweep leaves nothing of the group.
+func TestGroupedSweepRace(t *testing.T) {
+	ctx := context.Background()
+	clk := newFakeClock()
+	st := open(t, "", storage.WithClock(clk.Now))
+	ns := st.Namespace("ns")
+	done := make(chan struct{})
+	swept := make(chan error, 1)
+	go func() {
+		for {
+			select {
+			case <-done:
+				swept <- nil
+				return
+			default:
+			}
+			clk.Advance(time.Millisecond)
+			if _, err := st.Sweep(ctx); err != nil {
+				swept <- err
+				return
+			}
+		}
+	}()
+	for i := range 300 {
+		putGrouped(t, st, ns, "r/", 3*i, 3, 2*time.Millisecond)
+	}
+	close(done)
+	if err := <-swept; err != nil {
+		t.Fatalf("Sweep: %v", err)
+	}
+	clk.Advance(time.Hour)
+	if _, err := st.Sweep(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := storage.CountRaw(st, "d/ns/r/"); err != nil || n != 0 {
+		t.Fatalf("values left after the last sweep: %d, %v", n, err)
+	}
+	if got := groupEntries(t, st); len(got) != 0 {
+		t.Fatalf("group entries left: %v", got)
 	}
 }

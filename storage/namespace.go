@@ -18,7 +18,7 @@ const (
 	prefixData    = "d/"
 	prefixExpiry  = "x/"
 	prefixGroup   = "y/" // group expiry index (Batch.PutTTLGrouped)
-	prefixTwin    = "g/" // the group index by group, for DeleteGroup
+	prefixDue     = "g/" // a group's due record (group.go)
 	keyCheckValue = "m/check"
 
 	// opaqueLen is how many bytes of the HMAC Opaque keeps (160 bits).
@@ -52,28 +52,6 @@ func indexKey(expiry uint64, ns, key string) []byte {
 	return expiryKey(prefixExpiry, expiry, ns, key)
 }
 
-// groupKey is the group index entry of the values of group in ns that
-// expire at expiry.
-func groupKey(expiry uint64, ns, group string) []byte {
-	return expiryKey(prefixGroup, expiry, ns, group)
-}
-
-// twinPrefix is where the twins of group's entries in ns are: "g/" ns "/"
-// be16(len(group)) group, each followed by be64(expiry).
-func twinPrefix(ns, group string) []byte {
-	b := make([]byte, 0, len(prefixTwin)+len(ns)+1+2+len(group)+8)
-	b = append(b, prefixTwin...)
-	b = append(b, ns...)
-	b = append(b, '/')
-	b = binary.BigEndian.AppendUint16(b, uint16(len(group)))
-	return append(b, group...)
-}
-
-// twinKey is the twin of groupKey(expiry, ns, group).
-func twinKey(expiry uint64, ns, group string) []byte {
-	return binary.BigEndian.AppendUint64(twinPrefix(ns, group), expiry)
-}
-
 func expiryKey(prefix string, expiry uint64, ns, key string) []byte {
 	b := make([]byte, 0, len(prefix)+8+len(ns)+1+len(key))
 	b = append(b, prefix...)
@@ -86,11 +64,6 @@ func expiryKey(prefix string, expiry uint64, ns, key string) []byte {
 // parseIndexKey splits an index key; ok is false for a malformed one.
 func parseIndexKey(k []byte) (expiry uint64, ns, key string, ok bool) {
 	return parseExpiryKey(prefixExpiry, k)
-}
-
-// parseGroupKey splits a group index key; ok is false for a malformed one.
-func parseGroupKey(k []byte) (expiry uint64, ns, group string, ok bool) {
-	return parseExpiryKey(prefixGroup, k)
 }
 
 func parseExpiryKey(prefix string, k []byte) (expiry uint64, ns, key string, ok bool) {
@@ -477,7 +450,7 @@ func (n *Namespace) DeleteAll(ctx context.Context) (int, error) {
 		})
 	}
 	if err == nil {
-		_, err = n.s.deletePrefix(ctx, []byte(prefixTwin+n.name+"/"), nil)
+		_, err = n.s.deletePrefix(ctx, []byte(prefixDue+n.name+"/"), nil)
 	}
 	if err != nil {
 		return deleted, fmt.Errorf("storage: delete all %s: index: %w", n.name, err)
@@ -485,136 +458,6 @@ func (n *Namespace) DeleteAll(ctx context.Context) (int, error) {
 	n.s.log.Debug("namespace wiped", "namespace", n.name, "deleted", deleted)
 	n.s.kickGC()
 	return deleted, nil
-}
-
-// DeleteGroup deletes every value in the namespace whose key starts with
-// group, alive or expired, with its expiry index entry or the group's
-// entries (Batch.PutTTLGrouped), and returns how many values it deleted.
-// It is not atomic: values put in the group meanwhile may survive. It
-// reads each value, to find its index entry.
-func (n *Namespace) DeleteGroup(ctx context.Context, group string) (int, error) {
-	if err := validKey(group); err != nil {
-		return 0, fmt.Errorf("storage: delete group %s: %w", n.name, err)
-	}
-	if err := n.s.acquire(); err != nil {
-		return 0, err
-	}
-	defer n.s.release()
-	prefix := dataKey(n.name, group)
-	seek := prefix
-	deleted := 0
-	for more := true; more; {
-		if err := n.s.alive(ctx); err != nil {
-			return deleted, fmt.Errorf("storage: delete group %s: %w", n.name, err)
-		}
-		var (
-			count int
-			next  []byte
-		)
-		err := n.s.update(true, func(txn *badger.Txn) error {
-			count, more, next = 0, false, seek
-			it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix, PrefetchValues: false})
-			defer it.Close()
-			var keys [][]byte
-			for it.Seek(seek); it.ValidForPrefix(prefix); it.Next() {
-				if len(keys) == chunk {
-					more = true
-					break
-				}
-				keys = append(keys, it.Item().KeyCopy(nil))
-			}
-			for _, dk := range keys {
-				if err := deleteIn(n.s, txn, n.name, string(dk[len(dataKey(n.name, "")):]), dk); err != nil {
-					return err
-				}
-				next = append(dk[:len(dk):len(dk)], 0)
-				count++
-			}
-			return nil
-		})
-		if err != nil {
-			return deleted, fmt.Errorf("storage: delete group %s: %w", n.name, err)
-		}
-		deleted, seek = deleted+count, next
-	}
-	if err := n.s.forgetGroup(ctx, n.name, group); err != nil {
-		return deleted, fmt.Errorf("storage: delete group %s: index: %w", n.name, err)
-	}
-	if deleted > 0 {
-		n.s.kickGC()
-	}
-	return deleted, nil
-}
-
-// forgetIn deletes, within txn, the entries of group in ns that are not
-// due yet, with their twins; due ones are left to the sweep (the values
-// they stand for may still be there).
-func forgetIn(s *Store, txn *badger.Txn, ns, group string) error {
-	prefix := twinPrefix(ns, group)
-	now := s.now()
-	// Found in a snapshot of what is committed: an iterator of txn itself
-	// would sort the batch's pending writes each time. The entries this
-	// batch writes come after its operations (Batch.apply).
-	view := s.db.NewTransaction(false)
-	defer view.Discard()
-	it := view.NewIterator(badger.IteratorOptions{Prefix: prefix, PrefetchValues: false})
-	defer it.Close()
-	for it.Seek(prefix); it.ValidForPrefix(prefix); it.Next() {
-		tk := it.Item().KeyCopy(nil)
-		if len(tk) != len(prefix)+8 {
-			continue
-		}
-		expiry := binary.BigEndian.Uint64(tk[len(prefix):])
-		if expiry <= now {
-			continue
-		}
-		if err := txn.Delete(groupKey(expiry, ns, group)); err != nil {
-			return err
-		}
-		if err := txn.Delete(tk); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// forgetGroup deletes the entries of group in ns and their twins.
-func (s *Store) forgetGroup(ctx context.Context, ns, group string) error {
-	prefix := twinPrefix(ns, group)
-	for {
-		if err := s.alive(ctx); err != nil {
-			return err
-		}
-		var twins [][]byte
-		err := s.db.View(func(txn *badger.Txn) error {
-			it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix, PrefetchValues: false})
-			defer it.Close()
-			for it.Seek(prefix); it.ValidForPrefix(prefix) && len(twins) < chunk; it.Next() {
-				twins = append(twins, it.Item().KeyCopy(nil))
-			}
-			return nil
-		})
-		if err != nil || len(twins) == 0 {
-			return err
-		}
-		err = s.update(true, func(txn *badger.Txn) error {
-			for _, tk := range twins {
-				if len(tk) == len(prefix)+8 {
-					expiry := binary.BigEndian.Uint64(tk[len(prefix):])
-					if err := txn.Delete(groupKey(expiry, ns, group)); err != nil {
-						return err
-					}
-				}
-				if err := txn.Delete(tk); err != nil {
-					return err
-				}
-			}
-			return nil
-		})
-		if err != nil || len(twins) < chunk {
-			return err
-		}
-	}
 }
 
 // deletePrefix deletes the keys under prefix that match (all with a nil
