@@ -191,17 +191,8 @@ func (n *Node) purgeRelay(ctx context.Context, relay string, id *e2ee.Identity, 
 	n.host.Peerstore().AddAddrs(ai.ID, ai.Addrs, peerstore.TempAddrTTL)
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	mc, err := mailbox.NewClient(n.host)
-	if err != nil {
-		return err
-	}
 	var errs []error
-	sess, err := mc.Open(ctx, ai.ID, auth)
-	if err == nil {
-		_, err = sess.Purge(ctx)
-		sess.Close()
-	}
-	if err != nil {
+	if err := n.purgeMailbox(ctx, *ai, auth, all); err != nil {
 		errs = append(errs, fmt.Errorf("mailbox: %w", err))
 	}
 	pc, err := prekeys.NewClient(n.host)
@@ -223,6 +214,31 @@ func (n *Node) purgeRelay(ctx context.Context, relay string, id *e2ee.Identity, 
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// purgeMailbox purges the account's mailbox on relay. On a home relay a
+// move replaced (all false) the mail contacts left there before they
+// learned of the move is received first (message.Service.RetireRelay).
+func (n *Node) purgeMailbox(ctx context.Context, relay peer.AddrInfo, auth mailbox.Key, all bool) error {
+	if !all {
+		msg, err := n.messaging()
+		if err != nil {
+			return err
+		}
+		_, err = msg.RetireRelay(ctx, relay)
+		return err
+	}
+	mc, err := mailbox.NewClient(n.host)
+	if err != nil {
+		return err
+	}
+	sess, err := mc.Open(ctx, relay.ID, auth)
+	if err != nil {
+		return err
+	}
+	defer sess.Close()
+	_, err = sess.Purge(ctx)
+	return err
 }
 
 // accountRelays lists every relay holding data of account a: its home

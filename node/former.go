@@ -23,7 +23,8 @@ import (
 // reports, and on the phone relay the phone link (directory entry) and
 // the recovery backup. The node remembers every replaced relay (key
 // "former-relays" in the "account" namespace, written with the move) and
-// purges it at start, after a move, when a relay link comes up, when the
+// purges it (the mailbox after receiving what contacts left there:
+// message.Service.RetireRelay) at start, after a move, when a relay link comes up, when the
 // phone link or the backup moves, and with backoff (5 s doubling up to
 // an hour) until it confirms; then it forgets it.
 //

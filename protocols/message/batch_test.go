@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
+	ma "github.com/multiformats/go-multiaddr"
 
 	"github.com/kinmesh/kinmesh/protocols/e2ee"
 	"github.com/kinmesh/kinmesh/protocols/mailbox"
@@ -393,5 +394,65 @@ func TestIDTakenByAnother(t *testing.T) {
 	}
 	if cs, _ := b.svc.Messages(ctx, string(c.me())); len(cs) != 0 {
 		t.Errorf("b stored %d messages from c", len(cs))
+	}
+}
+
+// TestRetireRelay: mail a contact left on a relay that is no longer one of
+// the recipient's homes (the recipient moved while the sender still had
+// the old record) is drained and delivered before that relay's mailbox is
+// purged; the relay then holds nothing for the recipient.
+func TestRetireRelay(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	old, a, b := pair(t, ctx)
+	if err := b.svc.Close(); err != nil { // b offline: the message waits on old
+		t.Fatal(err)
+	}
+	sent, err := a.svc.Send(ctx, b.me(), "left on the old home")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.waitFor(t, ctx, string(b.me()), "queued on the old home", func(ms []Message) bool {
+		return len(ms) == 1 && ms[0].State == StateQueued
+	})
+
+	// b comes back having moved to another home: old is not drained as a
+	// home any more.
+	home := newRelay(t)
+	rec := b.rec.Record
+	rec.Seq++
+	rec.IssuedAt = time.Now()
+	rec.HomeRelays = []ma.Multiaddr{home.addr()}
+	if b.rec, err = rec.Sign(b.id); err != nil {
+		t.Fatal(err)
+	}
+	cfg := b.svc.cfg
+	cfg.Account.Record = b.rec
+	if b.svc, err = New(cfg); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.svc.Close() })
+
+	purged, err := b.svc.RetireRelay(ctx, peer.AddrInfo{ID: old.h.ID(), Addrs: old.h.Addrs()})
+	if err != nil || purged != 0 {
+		t.Fatalf("RetireRelay = %d, %v; want 0 left to purge, nil", purged, err)
+	}
+	b.waitFor(t, ctx, string(a.me()), "the message from the old home", func(ms []Message) bool {
+		return len(ms) == 1 && ms[0].ID == sent.ID
+	})
+	a.waitFor(t, ctx, string(b.me()), "delivered", func(ms []Message) bool {
+		return len(ms) == 1 && ms[0].State == StateDelivered
+	})
+	mc, err := mailbox.NewClient(b.h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sess, err := mc.Open(ctx, old.h.ID(), b.svc.cfg.Account.MailboxAuth)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sess.Close()
+	if items, _, err := sess.Fetch(ctx, 0, 0); err != nil || len(items) != 0 {
+		t.Fatalf("the old home holds %d items (%v)", len(items), err)
 	}
 }

@@ -131,6 +131,30 @@ func (s *Service) relaySession(ctx context.Context, l *relayLink) error {
 	}
 }
 
+// RetireRelay empties our mailbox on a relay that is no longer one of our
+// homes (a move replaced it): it drains what contacts deposited there
+// before they learned of the move, processing and acking it as a home's
+// mail, and then purges the mailbox, with whatever could not be processed
+// (a message too far ahead of its chain, whose copies on the homes still
+// come) or arrived after the drain's last page. It returns how many items
+// the purge deleted. A failed drain purges nothing: call it again later.
+func (s *Service) RetireRelay(ctx context.Context, relay peer.AddrInfo) (int, error) {
+	s.cfg.Host.Peerstore().AddAddrs(relay.ID, relay.Addrs, peerstore.TempAddrTTL)
+	octx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	sess, err := s.cfg.Mailbox.Open(octx, relay.ID, s.cfg.Account.MailboxAuth)
+	cancel()
+	if err != nil {
+		return 0, err
+	}
+	defer sess.Close()
+	if err := s.drainOne(sess, 0); err != nil {
+		return 0, err
+	}
+	pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	return sess.Purge(pctx)
+}
+
 // maxAcksInFlight is how many acks (each a synced delete on the relay) a
 // drain has outstanding at once.
 const maxAcksInFlight = 4
