@@ -30,6 +30,23 @@ func groupEntries(t *testing.T, st *storage.Store) [][2]string {
 	return e
 }
 
+// wantSwept runs a sweep and fails unless it deleted want values.
+func wantSwept(t *testing.T, st *storage.Store, want int, when string) {
+	t.Helper()
+	if n, err := st.Sweep(context.Background()); err != nil || n != want {
+		t.Fatalf("Sweep %s = %d, %v; want %d, nil", when, n, err, want)
+	}
+}
+
+// wantGroups fails unless the group index entries are want (namespace,
+// group), in index order.
+func wantGroups(t *testing.T, st *storage.Store, when string, want ...[2]string) {
+	t.Helper()
+	if got := groupEntries(t, st); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("group entries %s: got %v, want %v", when, got, want)
+	}
+}
+
 // putGrouped commits one batch of n values in group, keys group+"%04d"
 // from first, that expire ttl from now.
 func putGrouped(t *testing.T, st *storage.Store, ns *storage.Namespace, group string, first, n int, ttl time.Duration) {
@@ -69,54 +86,36 @@ func TestTTLGrouped(t *testing.T) {
 	clk.Advance(30 * time.Minute)
 	putGrouped(t, st, mb, "a/", 600, 3, time.Hour)
 	putGrouped(t, st, mb, "b/", 0, 2, 2*time.Hour)
-	if got, want := groupEntries(t, st), [][2]string{{"mailbox", "a/"}, {"mailbox", "b/"}}; fmt.Sprint(got) != fmt.Sprint(want) {
-		t.Fatalf("group entries: got %v, want %v", got, want)
-	}
+	wantGroups(t, st, "after the puts", [2]string{"mailbox", "a/"}, [2]string{"mailbox", "b/"})
 	if got := indexEntries(t, st); len(got) != 0 {
 		t.Fatalf("index entries of grouped values: %v, want none", got)
 	}
 	mustGet(t, mb, "a/0000", []byte("v0"))
 
 	clk.Advance(30*time.Minute - time.Nanosecond)
-	if n, err := st.Sweep(ctx); err != nil || n != 0 {
-		t.Fatalf("Sweep just before the first batch expires = %d, %v; want 0, nil", n, err)
-	}
+	wantSwept(t, st, 0, "just before the first batch expires")
 	mustGet(t, mb, "a/0599", []byte("v599"))
 	clk.Advance(time.Nanosecond)
 	if _, err := mb.Get(ctx, "a/0599"); !errors.Is(err, storage.ErrNotFound) {
 		t.Fatalf("Get at its expiry: got %v, want ErrNotFound", err)
 	}
 	// More than one sweep chunk, deleted and gone from Badger.
-	if n, err := st.Sweep(ctx); err != nil || n != 600 {
-		t.Fatalf("Sweep at 1h = %d, %v; want 600, nil", n, err)
-	}
+	wantSwept(t, st, 600, "at 1h")
 	if rawHas(t, st, "mailbox", "a/0000") || rawHas(t, st, "mailbox", "a/0599") {
 		t.Fatal("swept values still in Badger")
 	}
 	mustGet(t, mb, "a/0600", []byte("v600"))
 	// a/'s entry moved to its first value alive: not due before 1h30.
-	if got, want := groupEntries(t, st), [][2]string{{"mailbox", "a/"}, {"mailbox", "b/"}}; fmt.Sprint(got) != fmt.Sprint(want) {
-		t.Fatalf("group entries after the first sweep: got %v, want %v", got, want)
-	}
+	wantGroups(t, st, "after the first sweep", [2]string{"mailbox", "a/"}, [2]string{"mailbox", "b/"})
 	clk.Advance(30*time.Minute - time.Nanosecond)
-	if n, err := st.Sweep(ctx); err != nil || n != 0 {
-		t.Fatalf("Sweep just before the second batch expires = %d, %v; want 0, nil", n, err)
-	}
+	wantSwept(t, st, 0, "just before the second batch expires")
 	clk.Advance(time.Nanosecond)
-	if n, err := st.Sweep(ctx); err != nil || n != 3 {
-		t.Fatalf("Sweep at 1h30 = %d, %v; want 3, nil", n, err)
-	}
+	wantSwept(t, st, 3, "at 1h30")
 
-	if got, want := groupEntries(t, st), [][2]string{{"mailbox", "b/"}}; fmt.Sprint(got) != fmt.Sprint(want) {
-		t.Fatalf("group entries once a/ is empty: got %v, want %v", got, want)
-	}
+	wantGroups(t, st, "once a/ is empty", [2]string{"mailbox", "b/"})
 	clk.Advance(time.Hour)
-	if n, err := st.Sweep(ctx); err != nil || n != 2 {
-		t.Fatalf("Sweep at 2h30 = %d, %v; want 2, nil", n, err)
-	}
-	if got := groupEntries(t, st); len(got) != 0 {
-		t.Fatalf("group entries left: %v", got)
-	}
+	wantSwept(t, st, 2, "at 2h30")
+	wantGroups(t, st, "left")
 }
 
 func TestTTLGroupedOutOfOrder(t *testing.T) {
@@ -133,13 +132,9 @@ func TestTTLGroupedOutOfOrder(t *testing.T) {
 	if _, err := ns.Get(ctx, "b/0001"); !errors.Is(err, storage.ErrNotFound) {
 		t.Fatalf("Get(b/0001) at its expiry: got %v, want ErrNotFound", err)
 	}
-	if n, err := st.Sweep(ctx); err != nil || n != 0 {
-		t.Fatalf("Sweep at 1h = %d, %v; want 0, nil (b/0000 is alive)", n, err)
-	}
+	wantSwept(t, st, 0, "at 1h (b/0000 is alive)")
 	clk.Advance(time.Hour)
-	if n, err := st.Sweep(ctx); err != nil || n != 2 {
-		t.Fatalf("Sweep at 2h = %d, %v; want 2, nil", n, err)
-	}
+	wantSwept(t, st, 2, "at 2h")
 	if rawHas(t, st, "ns", "b/0001") {
 		t.Fatal("b/0001 still in Badger")
 	}
@@ -161,12 +156,8 @@ func TestTTLGroupedDelete(t *testing.T) {
 		t.Fatalf("Delete of a grouped value left index entries: %v", got)
 	}
 	clk.Advance(time.Hour)
-	if n, err := st.Sweep(ctx); err != nil || n != 2 {
-		t.Fatalf("Sweep = %d, %v; want 2, nil", n, err)
-	}
-	if got := groupEntries(t, st); len(got) != 0 {
-		t.Fatalf("group entries left: %v", got)
-	}
+	wantSwept(t, st, 2, "after the hour")
+	wantGroups(t, st, "left")
 }
 
 func TestDeleteGroup(t *testing.T) {
@@ -196,9 +187,7 @@ func TestDeleteGroup(t *testing.T) {
 	}
 	mustGet(t, ns, "g0/0000", []byte("v0"))
 	mustGet(t, other, "g/0000", []byte("v0"))
-	if got, want := groupEntries(t, st), [][2]string{{"ns", "g0/"}, {"other", "g/"}}; fmt.Sprint(got) != fmt.Sprint(want) {
-		t.Fatalf("group entries after DeleteGroup: got %v, want %v", got, want)
-	}
+	wantGroups(t, st, "after DeleteGroup", [2]string{"ns", "g0/"}, [2]string{"other", "g/"})
 	if got := indexEntries(t, st); len(got) != 0 {
 		t.Fatalf("index entries after DeleteGroup: %v, want none", got)
 	}
@@ -238,9 +227,7 @@ func TestDeleteAllGrouped(t *testing.T) {
 	if got, err := a.DeleteAll(context.Background()); err != nil || got != 3 {
 		t.Fatalf("DeleteAll = %d, %v; want 3, nil", got, err)
 	}
-	if got, want := groupEntries(t, st), [][2]string{{"a-keep", "g/"}}; fmt.Sprint(got) != fmt.Sprint(want) {
-		t.Fatalf("group entries after DeleteAll: got %v, want %v", got, want)
-	}
+	wantGroups(t, st, "after DeleteAll", [2]string{"a-keep", "g/"})
 }
 
 func TestForgetGroup(t *testing.T) {
@@ -268,9 +255,7 @@ func TestForgetGroup(t *testing.T) {
 		t.Fatal(err)
 	}
 	commit(b)
-	if got := groupEntries(t, st); len(got) != 0 {
-		t.Fatalf("group entries after ForgetGroup: %v, want none", got)
-	}
+	wantGroups(t, st, "after ForgetGroup")
 
 	// A due entry stays for the sweep (its values are still there), and a
 	// value the same batch puts gets an entry.
@@ -284,12 +269,8 @@ func TestForgetGroup(t *testing.T) {
 		t.Fatal(err)
 	}
 	commit(b)
-	if got, want := groupEntries(t, st), [][2]string{{"ns", "c/"}}; fmt.Sprint(got) != fmt.Sprint(want) {
-		t.Fatalf("group entries: got %v, want %v", got, want)
-	}
-	if n, err := st.Sweep(ctx); err != nil || n != 2 {
-		t.Fatalf("Sweep = %d, %v; want 2, nil", n, err)
-	}
+	wantGroups(t, st, "before the sweep", [2]string{"ns", "c/"})
+	wantSwept(t, st, 2, "after the hour")
 	mustGet(t, ns, "c/0002", []byte("v2"))
 	if got := len(groupEntries(t, st)); got != 1 {
 		t.Fatalf("group entries after the sweep: %d, want 1 (c/0002's)", got)
@@ -334,7 +315,5 @@ func TestGroupedSweepRace(t *testing.T) {
 	if n, err := storage.CountRaw(st, "d/ns/r/"); err != nil || n != 0 {
 		t.Fatalf("values left after the last sweep: %d, %v", n, err)
 	}
-	if got := groupEntries(t, st); len(got) != 0 {
-		t.Fatalf("group entries left: %v", got)
-	}
+	wantGroups(t, st, "left")
 }
