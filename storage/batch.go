@@ -18,9 +18,9 @@ import (
 // A batch must fit in one Badger transaction: about 300 KB and 3,000
 // entries with ProfileDevice, twice that with ProfileRelay. Each operation
 // counts its key plus about 60 bytes, a TTL put twice (value and index
-// entry), and a value under about 1 KiB counts in full (a larger one lives in
-// Badger's value log and counts 12 bytes). Commit returns ErrTooLarge
-// otherwise.
+// entry; a grouped one once, and each group of the batch twice more), and a
+// value under about 1 KiB counts in full (a larger one lives in Badger's
+// value log and counts 12 bytes). Commit returns ErrTooLarge otherwise.
 type Batch struct {
 	s   *Store
 	mu  sync.Mutex
