@@ -58,10 +58,10 @@ func (s *Service) submit(o *op) bool {
 
 // Group limits: a group must fit in one Badger transaction (see
 // storage.Batch; about 600 KB and 6,000 entries on a relay). Each envelope
-// costs two entries (value and expiry index) of about 200 bytes, plus its
-// sealed value when that stays under Badger's 1 KiB value threshold (a
-// larger one lives in the value log). Commit splits a group that is too
-// large anyway.
+// counts 200 bytes for its entry (generous: it had an expiry index entry
+// too until items shared one), plus its sealed value when that stays under
+// Badger's 1 KiB value threshold (a larger one lives in the value log).
+// Commit splits a group that is too large anyway.
 const (
 	groupMaxOps   = 64
 	groupMaxItems = 2048
