@@ -113,14 +113,15 @@ func fileGroups(txn *badger.Txn, puts []write) error {
 		g.first, g.native = min(g.first, w.expiry), max(g.native, w.nativeExpiry())
 	}
 	for _, g := range groups {
-		due, native, had, err := dueOf(txn, g.ns, g.name)
+		old, native, had, err := dueOf(txn, g.ns, g.name)
 		if err != nil && !errors.Is(err, ErrCorrupt) {
 			return fmt.Errorf("%s/%q: group entry: %w", g.ns, g.name, err)
 		}
-		if !had || g.first < due {
+		due := old
+		if !had || g.first < old {
 			due = g.first
 		}
-		if err := setDue(txn, g.ns, g.name, due, had, due, max(native, g.native)); err != nil {
+		if err := setDue(txn, g.ns, g.name, old, had, due, max(native, g.native)); err != nil {
 			return fmt.Errorf("%s/%q: group entry: %w", g.ns, g.name, err)
 		}
 	}

@@ -128,6 +128,7 @@ func TestTTLGroupedOutOfOrder(t *testing.T) {
 	// the value before it.
 	putGrouped(t, st, ns, "b/", 0, 1, 2*time.Hour)
 	putGrouped(t, st, ns, "b/", 1, 1, time.Hour)
+	wantGroups(t, st, "with the entry moved earlier", [2]string{"ns", "b/"})
 	clk.Advance(time.Hour)
 	if _, err := ns.Get(ctx, "b/0001"); !errors.Is(err, storage.ErrNotFound) {
 		t.Fatalf("Get(b/0001) at its expiry: got %v, want ErrNotFound", err)
