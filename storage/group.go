@@ -235,7 +235,7 @@ func (s *Store) sweepGroup(ctx context.Context, gk []byte, now uint64) (deleted 
 					return err
 				})
 				if err != nil {
-					s.log.Warn("expired value does not open; left for Badger's TTL", "namespace", ns, "err", err)
+					s.log.Warn("a grouped value does not open; left for Badger's TTL", "namespace", ns, "err", err)
 					continue
 				}
 				exp, grouped := splitExpiry(sealed)
