@@ -27,6 +27,10 @@ func DeriveKey(dir string, passphrase []byte) ([]byte, error) {
 	return p.derive(passphrase), nil
 }
 
+// BeforeGroupSettle runs f inside a group sweep's transaction just before
+// it moves or deletes the group's entry.
+func BeforeGroupSettle(f func()) Option { return withBeforeGroupSettle(f) }
+
 // RawDB returns the store's Badger handle.
 func RawDB(s *Store) *badger.DB { return s.db }
 

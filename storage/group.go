@@ -244,6 +244,7 @@ func (s *Store) sweepGroup(ctx context.Context, gk []byte, now uint64) (deleted 
 				}
 				if exp > now {
 					// The first alive: the entry moves to its expiry.
+					s.settling()
 					return setDue(txn, ns, group, due, true, exp, max(native, item.ExpiresAt()))
 				}
 				if !grouped {
@@ -257,6 +258,7 @@ func (s *Store) sweepGroup(ctx context.Context, gk []byte, now uint64) (deleted 
 				n++
 				f += item.ValueSize()
 			}
+			s.settling()
 			return dropDue(txn, ns, group, due)
 		})
 		if err != nil {
@@ -267,6 +269,13 @@ func (s *Store) sweepGroup(ctx context.Context, gk []byte, now uint64) (deleted 
 			return deleted, freed, nil
 		}
 		seek = next
+	}
+}
+
+// settling runs the test hook withBeforeGroupSettle, if set.
+func (s *Store) settling() {
+	if s.cfg.beforeGroupSettle != nil {
+		s.cfg.beforeGroupSettle()
 	}
 }
 

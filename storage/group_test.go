@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -276,6 +277,31 @@ func TestForgetGroup(t *testing.T) {
 	if got := len(groupEntries(t, st)); got != 1 {
 		t.Fatalf("group entries after the sweep: %d, want 1 (c/0002's)", got)
 	}
+}
+
+// TestGroupedSweepConflict: a put into a group that commits while the
+// sweep is about to delete the group's entry (it found every value
+// expired) makes the sweep start over, and the new value keeps an entry.
+func TestGroupedSweepConflict(t *testing.T) {
+	clk := newFakeClock()
+	var (
+		st   *storage.Store
+		ns   *storage.Namespace
+		once sync.Once
+	)
+	racing := func() {
+		once.Do(func() { putGrouped(t, st, ns, "g/", 1, 1, time.Hour) })
+	}
+	st = open(t, "", storage.WithClock(clk.Now), storage.BeforeGroupSettle(racing))
+	ns = st.Namespace("ns")
+	putGrouped(t, st, ns, "g/", 0, 1, time.Minute)
+	clk.Advance(time.Minute)
+	wantSwept(t, st, 1, "with a put racing it")
+	wantGroups(t, st, "after the racing put", [2]string{"ns", "g/"})
+	mustGet(t, ns, "g/0001", []byte("v1"))
+	clk.Advance(time.Hour)
+	wantSwept(t, st, 1, "once the new value expired")
+	wantGroups(t, st, "left")
 }
 
 // TestGroupedSweepRace: puts into a group while sweeps move and delete its

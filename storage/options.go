@@ -52,6 +52,9 @@ type config struct {
 	trimSet            bool
 	// minFree is WithMinFree's floor; 0 for none.
 	minFree uint64
+	// beforeGroupSettle, a test hook, runs in a group sweep's transaction
+	// just before it moves or deletes the group's entry.
+	beforeGroupSettle func()
 }
 
 const (
@@ -163,6 +166,16 @@ func WithMinFree(min uint64) Option {
 func WithSyncWrites(sync bool) Option {
 	return func(c *config) error {
 		c.syncWrites = sync
+		return nil
+	}
+}
+
+// withBeforeGroupSettle sets a hook that runs inside a group sweep's
+// transaction just before it moves or deletes the group's entry (tests of
+// a put racing the sweep).
+func withBeforeGroupSettle(f func()) Option {
+	return func(c *config) error {
+		c.beforeGroupSettle = f
 		return nil
 	}
 }
