@@ -9,6 +9,7 @@ import (
 
 	"github.com/kinmesh/kinmesh/node"
 	"github.com/kinmesh/kinmesh/protocols/blobs"
+	"github.com/kinmesh/kinmesh/protocols/message"
 	"github.com/kinmesh/kinmesh/protocols/moments"
 )
 
@@ -374,4 +375,77 @@ func TestPhoneEntryFollowsMove(t *testing.T) {
 	if len(homes) != len(acct.HomeRelays) {
 		t.Fatalf("the record found by number names %v; a's home relays are %v", homes, acct.HomeRelays)
 	}
+}
+
+// TestMailOnFormerHomeArrives: mail that waits only on a home relay that a
+// move then replaced (deposited while the account was offline and its other
+// homes were down) reaches the account once that relay is back: the
+// former-relay purge receives it before it empties the mailbox there.
+func TestMailOnFormerHomeArrives(t *testing.T) {
+	var clk clock
+	n := startNet(t, Config{Relays: 4, Devices: 2, Now: clk.Now})
+	ctx, cancel := context.WithTimeout(context.Background(), 150*time.Second)
+	defer cancel()
+	accounts(t, ctx, n)
+	a, b := n.Devices[0], n.Devices[1]
+	if err := Introduce(ctx, a, b); err != nil {
+		t.Fatal(err)
+	}
+	dead, spare, others := n.Relays[1], n.Relays[3], []*Relay{n.Relays[0], n.Relays[2]}
+	acct, _ := a.Node().Account()
+	if homes := strings.Join(acct.HomeRelays, " "); strings.Contains(homes, spare.AddrInfo().ID.String()) {
+		t.Fatalf("homes %v: want relays 1-3", acct.HomeRelays)
+	}
+
+	// a is offline and its other homes are down: b's message waits on
+	// relay-2 alone. b stops too, so that nothing brings it again.
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	aID, bID := a.AccountID(), b.AccountID()
+	must(a.Stop())
+	for _, r := range others {
+		must(r.Stop())
+	}
+	const text = "waiting on relay-2 only"
+	_, err := b.Node().Send(ctx, aID, text)
+	must(err)
+	waitCond(ctx, t, "b's message queued on one relay", func() bool {
+		ms, err := b.Node().Messages(ctx, aID)
+		return err == nil && slices.ContainsFunc(ms, func(m message.Message) bool {
+			return m.Text == text && m.State == message.StateQueued && m.Queued == 1
+		})
+	})
+	must(b.Stop())
+
+	// relay-2 goes down, a comes back and moves to relay-4.
+	must(dead.Stop())
+	for _, r := range others {
+		must(r.Start(ctx))
+	}
+	must(a.Start(ctx))
+	waitFor(ctx, t, a.Node(), "relay-2 seen down, the other homes up and relay-4 up with a reservation", func(st node.Status) bool {
+		up := func(r *Relay) bool { return relayState(st, r.AddrInfo().ID.String()).DownSince.IsZero() }
+		return !up(dead) && up(others[0]) && up(others[1]) && up(spare) && relayState(st, spare.AddrInfo().ID.String()).Reserved
+	})
+	clk.Advance(25 * time.Hour)
+	if moved, err := a.Node().CheckHomes(ctx); err != nil || !moved {
+		t.Fatalf("CheckHomes after 25h = %v, %v; want a move", moved, err)
+	}
+	acct, _ = a.Node().Account()
+	if homes := strings.Join(acct.HomeRelays, " "); strings.Contains(homes, dead.AddrInfo().ID.String()) || !strings.Contains(homes, spare.AddrInfo().ID.String()) {
+		t.Fatalf("homes after the move %v: want relay-4 instead of relay-2", acct.HomeRelays)
+	}
+
+	// relay-2 is back: the purge of the former home brings the message
+	// before it empties the mailbox there (without that drain the message
+	// would be deleted unread and this wait would time out).
+	must(dead.Start(ctx))
+	waitCond(ctx, t, "the message that waited on relay-2", func() bool {
+		ms, err := a.Node().Messages(ctx, bID)
+		return err == nil && slices.ContainsFunc(ms, func(m message.Message) bool { return m.Text == text && m.Incoming })
+	})
 }
