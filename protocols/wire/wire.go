@@ -35,11 +35,25 @@ var (
 // Write encodes m and writes it as one frame. It refuses messages larger
 // than max so a sender never emits what the receiver would refuse.
 func Write(w io.Writer, m proto.Message, max int) error {
-	b, err := proto.Marshal(m)
+	size := proto.Size(m)
+	if size > max {
+		return fmt.Errorf("wire: write %d bytes (cap %d): %w", size, max, ErrTooLarge)
+	}
+	// Encoded straight behind its length prefix: one buffer, one copy of
+	// the message's bytes fields.
+	buf := binary.AppendUvarint(make([]byte, 0, binary.MaxVarintLen64+size), uint64(size))
+	prefix := len(buf)
+	buf, err := proto.MarshalOptions{UseCachedSize: true}.MarshalAppend(buf, m)
 	if err != nil {
 		return fmt.Errorf("wire: marshal %T: %w", m, err)
 	}
-	return WriteBytes(w, b, max)
+	if len(buf)-prefix != size { // m changed while being written
+		return fmt.Errorf("wire: marshal %T: %d bytes, sized %d", m, len(buf)-prefix, size)
+	}
+	if _, err := w.Write(buf); err != nil {
+		return fmt.Errorf("wire: write frame: %w", err)
+	}
+	return nil
 }
 
 // WriteBytes writes b as one frame.

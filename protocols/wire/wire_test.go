@@ -62,6 +62,39 @@ func TestCaps(t *testing.T) {
 	if err := WriteBytes(io.Discard, make([]byte, 11), 10); !errors.Is(err, ErrTooLarge) {
 		t.Fatalf("WriteBytes over cap: got %v, want ErrTooLarge", err)
 	}
+	w := &countWriter{}
+	if err := Write(w, wrapperspb.String("0123456789"), 11); !errors.Is(err, ErrTooLarge) || w.writes != 0 {
+		t.Fatalf("Write of 12 bytes over a cap of 11: got %v after %d writes, want ErrTooLarge and none", err, w.writes)
+	}
+}
+
+// countWriter counts Write calls.
+type countWriter struct {
+	bytes.Buffer
+	writes int
+}
+
+func (w *countWriter) Write(p []byte) (int, error) {
+	w.writes++
+	return w.Buffer.Write(p)
+}
+
+// TestWriteOneCall: a frame goes to the stream in one Write, so that a
+// yamux stream sends it in as few frames as it can (and a frame's prefix
+// never goes alone).
+func TestWriteOneCall(t *testing.T) {
+	w := &countWriter{}
+	m := wrapperspb.Bytes(bytes.Repeat([]byte{7}, 300))
+	if err := Write(w, m, 1024); err != nil {
+		t.Fatal(err)
+	}
+	if w.writes != 1 {
+		t.Fatalf("Write made %d calls, want 1", w.writes)
+	}
+	var got wrapperspb.BytesValue
+	if err := NewReader(&w.Buffer).Read(&got, 1024); err != nil || !bytes.Equal(got.Value, m.Value) {
+		t.Fatalf("read back %d bytes, %v; want the 300 written", len(got.Value), err)
+	}
 }
 
 func FuzzRead(f *testing.F) {
