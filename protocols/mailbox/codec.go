@@ -65,6 +65,9 @@ func decodeRequest(b []byte) (request, Code) {
 	case seqs > MaxAckSeqs:
 		return request{id: id, kind: reqAck}, CodeBatchTooLarge
 	}
+	if mbox, envs, ok := viewDeposit(b, envelopes); ok {
+		return depositRequest(id, mbox, envs)
+	}
 	var m pb.Request
 	if err := proto.Unmarshal(b, &m); err != nil {
 		return request{}, CodeMalformed
@@ -75,30 +78,7 @@ func decodeRequest(b []byte) (request, Code) {
 	}
 	switch body := m.Body.(type) {
 	case *pb.Request_Deposit:
-		r.kind = reqDeposit
-		d := body.Deposit
-		if len(d.GetMailbox()) != idRawSize {
-			return r, CodeMalformed
-		}
-		copy(r.mbox[:], d.GetMailbox())
-		n := len(d.GetEnvelopes())
-		if n == 0 {
-			return r, CodeMalformed
-		}
-		if n > MaxBatchItems {
-			return r, CodeBatchTooLarge
-		}
-		total := 0
-		for _, e := range d.GetEnvelopes() {
-			if len(e) == 0 {
-				return r, CodeMalformed
-			}
-			total += len(e)
-		}
-		if total > MaxBatchBytes {
-			return r, CodeBatchTooLarge
-		}
-		r.envelopes = d.GetEnvelopes()
+		return depositRequest(r.id, body.Deposit.GetMailbox(), body.Deposit.GetEnvelopes())
 	case *pb.Request_Hello:
 		r.kind = reqHello
 	case *pb.Request_Auth:
@@ -134,14 +114,83 @@ func decodeRequest(b []byte) (request, Code) {
 	return r, CodeOK
 }
 
-// Field numbers scanRequest looks for (pb/mailbox.proto).
+// depositRequest validates a Deposit's fields.
+func depositRequest(id uint64, mbox []byte, envs [][]byte) (request, Code) {
+	r := request{id: id, kind: reqDeposit}
+	if id == 0 || len(mbox) != idRawSize {
+		return r, CodeMalformed
+	}
+	copy(r.mbox[:], mbox)
+	if len(envs) == 0 {
+		return r, CodeMalformed
+	}
+	if len(envs) > MaxBatchItems {
+		return r, CodeBatchTooLarge
+	}
+	total := 0
+	for _, e := range envs {
+		if len(e) == 0 {
+			return r, CodeMalformed
+		}
+		total += len(e)
+	}
+	if total > MaxBatchBytes {
+		return r, CodeBatchTooLarge
+	}
+	r.envelopes = envs
+	return r, CodeOK
+}
+
+// Field numbers scanRequest and viewDeposit look for (pb/mailbox.proto).
 const (
 	fieldRequestID      = 1 // Request.id
-	fieldRequestDeposit = 2 // Request.deposit
+	fieldRequestDeposit = 2 // Request.deposit, the first of the body's fields
 	fieldRequestAck     = 6 // Request.ack
+	fieldRequestLast    = 8 // Request.ping, the last of the body's fields
+	fieldMailbox        = 1 // Deposit.mailbox
 	fieldEnvelopes      = 2 // Deposit.envelopes
 	fieldSeqs           = 1 // Ack.seqs
 )
+
+// viewDeposit reads a deposit frame without copying its envelopes: they
+// alias b (whose bytes stay reserved until the deposit is answered, see
+// conn.readRequests). n is the envelope count scanRequest found. It
+// takes only a frame whose body occurs once and is a Deposit, and whose
+// known fields all have their declared wire types; for any other it
+// reports false and the caller decodes with proto.Unmarshal, so both
+// paths mean the same by construction (FuzzDecodeRequest compares them).
+func viewDeposit(b []byte, n int) (mbox []byte, envs [][]byte, ok bool) {
+	var body []byte
+	bodies, plain := 0, true
+	wellFormed := wire.EachField(b, func(num protowire.Number, typ protowire.Type, v []byte) bool {
+		switch {
+		case num == fieldRequestID:
+			plain = typ == protowire.VarintType
+		case num >= fieldRequestDeposit && num <= fieldRequestLast:
+			bodies++
+			body = v
+			plain = num == fieldRequestDeposit && typ == protowire.BytesType
+		}
+		return plain
+	})
+	if !wellFormed || !plain || bodies != 1 {
+		return nil, nil, false
+	}
+	envs = make([][]byte, 0, n)
+	wellFormed = wire.EachField(body, func(num protowire.Number, typ protowire.Type, v []byte) bool {
+		switch num {
+		case fieldMailbox:
+			mbox = v
+		case fieldEnvelopes:
+			envs = append(envs, v[:len(v):len(v)])
+		default:
+			return true
+		}
+		plain = typ == protowire.BytesType
+		return plain
+	})
+	return mbox, envs, wellFormed && plain
+}
 
 // scanRequest walks a Request frame without decoding it and returns its
 // id and how many envelopes and seqs it holds in all: protobuf merges a

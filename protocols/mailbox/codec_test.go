@@ -2,6 +2,7 @@ package mailbox
 
 import (
 	"runtime"
+	"slices"
 	"testing"
 
 	"google.golang.org/protobuf/encoding/protowire"
@@ -72,6 +73,50 @@ func TestDecodeRefusesManyEntriesUndecoded(t *testing.T) {
 			runtime.ReadMemStats(&after)
 			if per := (after.TotalAlloc - before.TotalAlloc) / runs; per > 16<<10 {
 				t.Fatalf("refusing a %d-byte frame allocated %d bytes, want at most 16 KiB", len(tt.frame), per)
+			}
+		})
+	}
+}
+
+// TestDecodeDepositAliases: a plain deposit frame's envelopes are read in
+// place (viewDeposit), not copied; frames viewDeposit leaves to
+// proto.Unmarshal decode all the same. FuzzDecodeRequest checks that both
+// read the same from any frame.
+func TestDecodeDepositAliases(t *testing.T) {
+	field := func(num protowire.Number, v []byte) []byte {
+		return protowire.AppendBytes(protowire.AppendTag(nil, num, protowire.BytesType), v)
+	}
+	id := protowire.AppendVarint(protowire.AppendTag(nil, fieldRequestID, protowire.VarintType), 7)
+	mbox := make([]byte, idRawSize)
+	mbox[3] = 9
+	body := append(field(fieldMailbox, mbox), field(fieldEnvelopes, []byte("one"))...)
+	body = append(body, field(fieldEnvelopes, []byte("two"))...)
+	deposit := field(fieldRequestDeposit, body)
+	unknown := protowire.AppendVarint(protowire.AppendTag(nil, 99, protowire.VarintType), 1)
+	tests := []struct {
+		name    string
+		frame   []byte
+		aliased bool
+	}{
+		{"plain", append(slices.Clone(id), deposit...), true},
+		{"an unknown field", slices.Concat(id, unknown, deposit), true},
+		{"the deposit in two parts", slices.Concat(id, field(fieldRequestDeposit, field(fieldMailbox, mbox)),
+			field(fieldRequestDeposit, append(field(fieldEnvelopes, []byte("one")), field(fieldEnvelopes, []byte("two"))...))), false},
+		{"the id as bytes before the real one", slices.Concat(field(fieldRequestID, []byte{1}), id, deposit), false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r, code := decodeRequest(tt.frame)
+			if code != CodeOK || r.id != 7 || r.kind != reqDeposit || r.mbox[3] != 9 || len(r.envelopes) != 2 ||
+				string(r.envelopes[0]) != "one" || string(r.envelopes[1]) != "two" {
+				t.Fatalf("got %+v, %v; want request 7 depositing one and two", r, code)
+			}
+			end := &tt.frame[len(tt.frame)-1]
+			if aliased := &r.envelopes[1][len("two")-1] == end; aliased != tt.aliased {
+				t.Fatalf("envelope aliases the frame: %v, want %v", aliased, tt.aliased)
+			}
+			if tt.aliased && cap(r.envelopes[0]) != len("one") {
+				t.Fatalf("first envelope has capacity %d: appending to it would write over the frame", cap(r.envelopes[0]))
 			}
 		})
 	}

@@ -42,6 +42,7 @@ func FuzzDecodeRequest(f *testing.F) {
 	tooMany, _ = proto.Marshal(depositReq(9, make([]byte, idRawSize), make([][]byte, MaxBatchItems+1)...))
 	f.Add(tooMany)
 	f.Fuzz(func(t *testing.T, b []byte) {
+		viewMatchesUnmarshal(t, b)
 		r, code := decodeRequest(b)
 		if code != CodeOK {
 			return
@@ -61,6 +62,36 @@ func FuzzDecodeRequest(f *testing.F) {
 			t.Fatalf("round trip changed the request: %+v → %+v (%v)", r, r2, code)
 		}
 	})
+}
+
+// viewMatchesUnmarshal fails if viewDeposit takes frame b and reads
+// anything other than what proto.Unmarshal reads from it.
+func viewMatchesUnmarshal(t *testing.T, b []byte) {
+	t.Helper()
+	_, n, _, ok := scanRequest(b)
+	if !ok {
+		return
+	}
+	mbox, envs, ok := viewDeposit(b, n)
+	if !ok {
+		return
+	}
+	var m pb.Request
+	if err := proto.Unmarshal(b, &m); err != nil {
+		t.Fatalf("viewDeposit took a frame proto.Unmarshal refuses: %v", err)
+	}
+	d := m.GetDeposit()
+	if d == nil {
+		t.Fatalf("viewDeposit took a frame whose body is %T", m.GetBody())
+	}
+	if !bytes.Equal(mbox, d.GetMailbox()) || len(envs) != len(d.GetEnvelopes()) {
+		t.Fatalf("viewDeposit read mailbox %x and %d envelopes, proto.Unmarshal %x and %d", mbox, len(envs), d.GetMailbox(), len(d.GetEnvelopes()))
+	}
+	for i, e := range envs {
+		if !bytes.Equal(e, d.GetEnvelopes()[i]) {
+			t.Fatalf("envelope %d: viewDeposit read %x, proto.Unmarshal %x", i, e, d.GetEnvelopes()[i])
+		}
+	}
 }
 
 func FuzzDecodeResponse(f *testing.F) {
