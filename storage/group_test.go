@@ -221,6 +221,36 @@ func TestPutTTLGroupedInvalid(t *testing.T) {
 	}
 }
 
+// TestPutTTLGroupedAfter: a value put as a head and a body reads back as
+// the two joined, and gets its group's entry like any grouped value.
+func TestPutTTLGroupedAfter(t *testing.T) {
+	st := open(t, "")
+	ns := st.Namespace("ns")
+	ctx := context.Background()
+	b := st.NewBatch()
+	if err := b.PutTTLGroupedAfter(ns, "g/", "g/1", []byte("head:"), []byte("body"), time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.PutTTLGroupedAfter(ns, "g/", "g/2", nil, []byte("body only"), time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for key, want := range map[string]string{"g/1": "head:body", "g/2": "body only"} {
+		if got, err := ns.Get(ctx, key); err != nil || string(got) != want {
+			t.Fatalf("Get(%s) = %q, %v; want %q", key, got, err, want)
+		}
+	}
+	if got, err := storage.GroupEntries(st); err != nil || len(got) != 1 {
+		t.Fatalf("group entries %v, %v; want one", got, err)
+	}
+	b = st.NewBatch()
+	if err := b.PutTTLGroupedAfter(ns, "g/", "g/3", []byte("h"), make([]byte, storage.MaxValueLen), time.Hour); !errors.Is(err, storage.ErrTooLarge) {
+		t.Fatalf("head and body over MaxValueLen together: got %v, want ErrTooLarge", err)
+	}
+}
+
 func TestDeleteAllGrouped(t *testing.T) {
 	st := open(t, "")
 	a, keep := st.Namespace("a"), st.Namespace("a-keep")

@@ -151,16 +151,21 @@ func splitExpiry(sealed uint64) (expiry uint64, grouped bool) {
 }
 
 func (n *Namespace) prepare(op, key string, v []byte, ttl time.Duration) (write, error) {
-	return n.prepareIn(op, "", key, v, ttl)
+	return n.prepareIn(op, "", key, ttl, v)
 }
 
-// prepareIn seals a put; a group puts it in that group (PutTTLGrouped).
-func (n *Namespace) prepareIn(op, group, key string, v []byte, ttl time.Duration) (write, error) {
+// prepareIn seals a put of the parts of v joined; a group puts it in that
+// group (PutTTLGrouped).
+func (n *Namespace) prepareIn(op, group, key string, ttl time.Duration, v ...[]byte) (write, error) {
 	if err := validKey(key); err != nil {
 		return write{}, fmt.Errorf("storage: %s %s: %w", op, n.name, err)
 	}
-	if len(v) > MaxValueLen {
-		return write{}, fmt.Errorf("storage: %s %s/%q: value of %d bytes: %w", op, n.name, key, len(v), ErrTooLarge)
+	size := 0
+	for _, p := range v {
+		size += len(p)
+	}
+	if size > MaxValueLen {
+		return write{}, fmt.Errorf("storage: %s %s/%q: value of %d bytes: %w", op, n.name, key, size, ErrTooLarge)
 	}
 	if ttl < 0 || ttl > MaxTTL {
 		return write{}, fmt.Errorf("storage: %s %s/%q: ttl %v: %w", op, n.name, key, ttl, ErrInvalidTTL)
@@ -173,7 +178,7 @@ func (n *Namespace) prepareIn(op, group, key string, v []byte, ttl time.Duration
 	if group != "" {
 		sealedExpiry |= groupedExpiry
 	}
-	w.sealed = n.s.sealer.seal(n.name, key, sealedExpiry, v)
+	w.sealed = n.s.sealer.seal(n.name, key, sealedExpiry, v...)
 	return w, nil
 }
 

@@ -64,21 +64,30 @@ func associatedData(ns, key string) []byte {
 	return append(ad, key...)
 }
 
-// seal returns version || nonce || XChaCha20-Poly1305(be64(expiry) || value).
-func (s *sealer) seal(ns, key string, expiry uint64, value []byte) []byte {
+// seal returns version || nonce || XChaCha20-Poly1305(be64(expiry) ||
+// value), where value is the parts joined (sealed from where they are, not
+// joined first).
+func (s *sealer) seal(ns, key string, expiry uint64, value ...[]byte) []byte {
 	var nonce [nonceLen]byte
 	rand.Read(nonce[:])
-	return s.sealNonce(nonce, ns, key, expiry, value)
+	return s.sealNonce(nonce, ns, key, expiry, value...)
 }
 
-func (s *sealer) sealNonce(n [nonceLen]byte, ns, key string, expiry uint64, value []byte) []byte {
-	out := make([]byte, headerLen+expiryLen+len(value)+tagLen)
+func (s *sealer) sealNonce(n [nonceLen]byte, ns, key string, expiry uint64, value ...[]byte) []byte {
+	size := 0
+	for _, p := range value {
+		size += len(p)
+	}
+	out := make([]byte, headerLen+expiryLen+size+tagLen)
 	out[0] = sealVersion
 	nonce := out[1:headerLen]
 	copy(nonce, n[:])
-	pt := out[headerLen : headerLen+expiryLen+len(value)]
+	pt := out[headerLen : headerLen+expiryLen+size]
 	binary.BigEndian.PutUint64(pt, expiry)
-	copy(pt[expiryLen:], value)
+	at := expiryLen
+	for _, p := range value {
+		at += copy(pt[at:], p)
+	}
 	s.aead.Seal(pt[:0], nonce, pt, associatedData(ns, key))
 	return out
 }

@@ -36,6 +36,9 @@ func TestGolden(t *testing.T) {
 				"000102030405060708090a0b0c0d0e0f1011121314151617" + // nonce
 				"acba961f040a71875af8b34fde" + // be64(expiry) || "hello", encrypted
 				"b83e45bbb8b349561f7bf2243538c7ab"}, // tag
+		{"sealed value in parts", s.sealNonce(nonce, "mailbox", "k", 0x0102030405060708, []byte("he"), nil, []byte("llo")),
+			"01" + "000102030405060708090a0b0c0d0e0f1011121314151617" + // the same as joined
+				"acba961f040a71875af8b34fde" + "b83e45bbb8b349561f7bf2243538c7ab"},
 		{"data key", dataKey("mailbox", "k/1"), hex.EncodeToString([]byte("d/mailbox/k/1"))},
 		{"index key", indexKey(0x0102030405060708, "mailbox", "k"),
 			hex.EncodeToString([]byte("x/")) + "0102030405060708" + hex.EncodeToString([]byte("mailbox/k"))},

@@ -414,10 +414,11 @@ type storedItem struct {
 // them (and binds them to their key).
 const valueHeader = 8
 
-func encodeValue(deposited int64, env []byte) []byte {
-	v := make([]byte, valueHeader, valueHeader+len(env))
-	binary.BigEndian.PutUint64(v, uint64(deposited))
-	return append(v, env...)
+// valueHead is the header of the values deposited at deposited: the
+// store seals it and the envelope behind it without joining them
+// (storage.Batch.PutTTLGroupedAfter).
+func valueHead(deposited int64) []byte {
+	return binary.BigEndian.AppendUint64(make([]byte, 0, valueHeader), uint64(deposited))
 }
 
 func decodeValue(v []byte) (deposited int64, env []byte, ok bool) {

@@ -442,6 +442,7 @@ func (s *Service) stageDeposit(st *staging, m *meta, o *op) {
 	count, bytes := m.usage()
 	prefix := s.prefix(o.mbox)
 	nowNs, nowSec := st.now.UnixNano(), st.now.Unix()
+	head := valueHead(nowNs)
 	full := false
 	for i, env := range o.envelopes {
 		if c := o.pre[i]; c != CodeOK {
@@ -454,7 +455,7 @@ func (s *Service) stageDeposit(st *staging, m *meta, o *op) {
 			continue
 		}
 		seq := m.next
-		if err := st.batch.PutTTLGrouped(s.ns, itemGroup(prefix), itemKey(prefix, seq), encodeValue(nowNs, env), s.cfg.maxAge); err != nil {
+		if err := st.batch.PutTTLGroupedAfter(s.ns, itemGroup(prefix), itemKey(prefix, seq), head, env, s.cfg.maxAge); err != nil {
 			// Sticky in the batch: Commit fails and answers unavailable.
 			o.codes[i] = CodeUnavailable
 			continue
