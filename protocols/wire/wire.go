@@ -18,6 +18,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
+	"sync"
 
 	"google.golang.org/protobuf/proto"
 )
@@ -40,8 +42,16 @@ func Write(w io.Writer, m proto.Message, max int) error {
 		return fmt.Errorf("wire: write %d bytes (cap %d): %w", size, max, ErrTooLarge)
 	}
 	// Encoded straight behind its length prefix: one buffer, one copy of
-	// the message's bytes fields.
-	buf := binary.AppendUvarint(make([]byte, 0, binary.MaxVarintLen64+size), uint64(size))
+	// the message's bytes fields. A large frame's buffer is reused (an
+	// io.Writer must not keep what it was given).
+	var buf []byte
+	if size >= pooledFrame {
+		p := frames.Get().(*[]byte)
+		defer frames.Put(p)
+		buf = (*p)[:0]
+		defer func() { *p = buf[:0] }()
+	}
+	buf = binary.AppendUvarint(slices.Grow(buf, binary.MaxVarintLen64+size), uint64(size))
 	prefix := len(buf)
 	buf, err := proto.MarshalOptions{UseCachedSize: true}.MarshalAppend(buf, m)
 	if err != nil {
@@ -55,6 +65,13 @@ func Write(w io.Writer, m proto.Message, max int) error {
 	}
 	return nil
 }
+
+// Frames of pooledFrame bytes or more are encoded into buffers from
+// frames: a relay's deposits are batches of up to 1 MiB each, and a fresh
+// buffer of that size costs more to allocate and fault in than to fill.
+const pooledFrame = 64 << 10
+
+var frames = sync.Pool{New: func() any { return new([]byte) }}
 
 // WriteBytes writes b as one frame.
 func WriteBytes(w io.Writer, b []byte, max int) error {

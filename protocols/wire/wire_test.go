@@ -13,16 +13,18 @@ import (
 
 func TestRoundTrip(t *testing.T) {
 	var buf bytes.Buffer
-	msgs := []string{"", "a", string(bytes.Repeat([]byte("x"), 1000))}
+	msgs := []string{"", "a", string(bytes.Repeat([]byte("x"), 1000)),
+		// Pooled buffers, the second reusing the first's.
+		string(bytes.Repeat([]byte("y"), pooledFrame)), string(bytes.Repeat([]byte("z"), pooledFrame+7)), "b"}
 	for _, s := range msgs {
-		if err := Write(&buf, wrapperspb.String(s), 2048); err != nil {
+		if err := Write(&buf, wrapperspb.String(s), 2*pooledFrame); err != nil {
 			t.Fatalf("Write(%d bytes): %v", len(s), err)
 		}
 	}
 	r := NewReader(&buf)
 	for _, want := range msgs {
 		var got wrapperspb.StringValue
-		if err := r.Read(&got, 2048); err != nil {
+		if err := r.Read(&got, 2*pooledFrame); err != nil {
 			t.Fatalf("Read: %v", err)
 		}
 		if got.Value != want {
