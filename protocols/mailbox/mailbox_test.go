@@ -9,6 +9,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unsafe"
 
 	badger "github.com/dgraph-io/badger/v4"
 
@@ -516,5 +517,34 @@ func TestDeliveredLeavesNoTimes(t *testing.T) {
 	ack(seqs[4])
 	if got := keysNaming(t, r, k.ID()); got["d/"] != 1 || got["y/"] != 1 || got["g/"] != 1 || len(got) != 3 {
 		t.Fatalf("keys naming the mailbox once all were delivered: %v, want only its record and the record's index entry", got)
+	}
+}
+
+// TestPushedEnvelopesOwnTheirBytes: a deposit's envelopes alias its
+// request frame, which a depositor may pad with unknown fields to many
+// times their size; what an owner session's push queue keeps are copies,
+// so a queue holding an item of a few bytes doesn't keep a frame of a
+// megabyte alive.
+func TestPushedEnvelopesOwnTheirBytes(t *testing.T) {
+	r := startRelay(t)
+	var mbox [idRawSize]byte
+	mbox[0] = 1
+	sub := newSubscription(256, 1<<20)
+	r.svc.subscribe(mbox, sub)
+	defer r.svc.unsubscribe(mbox, sub)
+	frame := make([]byte, maxRequestFrame)
+	r.svc.notify(mbox, []storedItem{{seq: 1, envelope: frame[100:108]}, {seq: 2, envelope: frame[200:216]}})
+	items, _ := sub.take()
+	if len(items) != 2 {
+		t.Fatalf("%d items queued, want 2", len(items))
+	}
+	for _, it := range items {
+		start := unsafe.Pointer(unsafe.SliceData(it.envelope))
+		if uintptr(start) >= uintptr(unsafe.Pointer(&frame[0])) && uintptr(start) < uintptr(unsafe.Pointer(&frame[len(frame)-1])) {
+			t.Fatalf("queued item %d aliases the frame", it.seq)
+		}
+		if cap(it.envelope) > 32 {
+			t.Fatalf("queued item %d keeps %d bytes for %d", it.seq, cap(it.envelope), len(it.envelope))
+		}
 	}
 }

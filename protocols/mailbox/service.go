@@ -1,6 +1,7 @@
 package mailbox
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -205,11 +206,23 @@ func (s *Service) forgetDelivered(mbox [idRawSize]byte) {
 }
 
 // notify queues items just stored in mbox for push to its open sessions.
+// A deposit's envelopes alias its request frame (viewDeposit), which may
+// be many times their size: what a push queue keeps are copies, so that it
+// holds no more memory than it counts.
 func (s *Service) notify(mbox [idRawSize]byte, items []storedItem) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for sub := range s.subs[mbox] {
-		if sub.push(items) {
+	subs := s.subs[mbox]
+	if len(subs) == 0 {
+		return
+	}
+	own := make([]storedItem, len(items))
+	for i, it := range items {
+		it.envelope = bytes.Clone(it.envelope)
+		own[i] = it
+	}
+	for sub := range subs {
+		if sub.push(own) {
 			s.tr.pushOverflow()
 		}
 	}
