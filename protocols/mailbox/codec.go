@@ -155,11 +155,12 @@ const (
 // viewDeposit reads a deposit frame without copying its envelopes: they
 // alias b, whose bytes stay reserved until the deposit is answered (see
 // conn.readRequests) and which nothing keeps beyond that (push queues
-// take copies, Service.notify). n is the envelope count scanRequest found. It
-// takes only a frame whose body occurs once and is a Deposit, and whose
-// known fields all have their declared wire types; for any other it
-// reports false and the caller decodes with proto.Unmarshal, so both
-// paths mean the same by construction (FuzzDecodeRequest compares them).
+// take copies, Service.notify). n is the envelope count scanRequest
+// found. It takes only a frame whose body occurs once and is a Deposit,
+// and whose known fields all have their declared wire types; for any
+// other it reports false and the caller decodes with proto.Unmarshal, so
+// both paths mean the same by construction (FuzzDecodeRequest compares
+// them).
 func viewDeposit(b []byte, n int) (mbox []byte, envs [][]byte, ok bool) {
 	var body []byte
 	bodies, plain := 0, true

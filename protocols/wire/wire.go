@@ -67,8 +67,9 @@ func Write(w io.Writer, m proto.Message, max int) error {
 }
 
 // Frames of pooledFrame bytes or more are encoded into buffers from
-// frames: a relay's deposits are batches of up to 1 MiB each, and a fresh
-// buffer of that size costs more to allocate and fault in than to fill.
+// frames: a depositor's requests are batches of up to 1 MiB each, and a
+// fresh buffer of that size costs more to allocate and fault in than to
+// fill.
 const pooledFrame = 64 << 10
 
 var frames = sync.Pool{New: func() any { return new([]byte) }}
