@@ -330,26 +330,10 @@ func (p *msgPair) burst(ctx context.Context, first, n, senders, have int) (time.
 	wait := p.waiter(ctx, p.b, p.a.AccountID(), have+n)
 	to, a := p.b.AccountID(), p.a.Node()
 	start := time.Now()
-	var next atomic.Int64
-	errs := make(chan error, senders)
-	var wg sync.WaitGroup
-	for range senders {
-		wg.Go(func() {
-			for {
-				i := int(next.Add(1)) - 1
-				if i >= n {
-					return
-				}
-				if _, err := a.Send(ctx, to, text(first+i)); err != nil {
-					errs <- err
-					return
-				}
-			}
-		})
-	}
-	wg.Wait()
-	close(errs)
-	if err := <-errs; err != nil {
+	if err := onWorkers(n, senders, func(i int) error {
+		_, err := a.Send(ctx, to, text(first+i))
+		return err
+	}); err != nil {
 		return 0, err
 	}
 	last, err := wait()
@@ -632,14 +616,20 @@ func cryptoPath(n int) ([]time.Duration, error) {
 
 // parallel runs f(0), …, f(n-1) on every core and returns the first error.
 func parallel(n int, f func(i int) error) error {
+	return onWorkers(n, runtime.GOMAXPROCS(0), f)
+}
+
+// onWorkers runs f(0), …, f(n-1) on `workers` goroutines, each taking the
+// next i until none is left or f fails, and returns the errors.
+func onWorkers(n, workers int, f func(i int) error) error {
 	var next atomic.Int64
-	errs := make([]error, runtime.GOMAXPROCS(0))
+	errs := make([]error, workers)
 	var wg sync.WaitGroup
 	for w := range errs {
 		wg.Go(func() {
 			for i := next.Add(1) - 1; i < int64(n); i = next.Add(1) - 1 {
-				if err := f(int(i)); err != nil && errs[w] == nil {
-					errs[w] = err
+				if errs[w] = f(int(i)); errs[w] != nil {
+					return
 				}
 			}
 		})
@@ -651,26 +641,10 @@ func parallel(n int, f func(i int) error) error {
 // sendMany sends n messages from d to `to` on `senders` goroutines.
 func sendMany(ctx context.Context, d *testnet.Device, to string, n, senders int) error {
 	nd := d.Node()
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	errs := make(chan error, senders)
-	for range senders {
-		wg.Go(func() {
-			for {
-				i := int(next.Add(1)) - 1
-				if i >= n {
-					return
-				}
-				if _, err := nd.Send(ctx, to, text(i)); err != nil {
-					errs <- err
-					return
-				}
-			}
-		})
-	}
-	wg.Wait()
-	close(errs)
-	return <-errs
+	return onWorkers(n, senders, func(i int) error {
+		_, err := nd.Send(ctx, to, text(i))
+		return err
+	})
 }
 
 // waitQueued waits until n messages from d to `to` are queued on the
@@ -963,54 +937,27 @@ func (p *rawPair) durableSenders(ctx context.Context, n, senders int) (time.Dura
 	var (
 		fileMu, streamMu sync.Mutex
 		gs               groupSync
-		next             atomic.Int64
-		wg               sync.WaitGroup
 	)
-	errs := make(chan error, senders)
 	start := time.Now()
-	for range senders {
-		wg.Go(func() {
-			payload := make([]byte, envelopeSize)
-			for {
-				i := next.Add(1) - 1
-				if i >= int64(n) {
-					return
-				}
-				binary.BigEndian.PutUint64(payload, uint64(i))
-				fileMu.Lock()
-				_, err := af.Write(payload)
-				fileMu.Unlock()
-				if err == nil {
-					err = gs.sync(func() error { return syscall.Fdatasync(int(af.Fd())) })
-				}
-				if err == nil {
-					streamMu.Lock()
-					_, err = s.Write(payload)
-					streamMu.Unlock()
-				}
-				if err != nil {
-					errs <- err
-					return
-				}
-			}
-		})
-	}
-	wg.Wait()
-	close(errs)
-	if err := <-errs; err != nil {
+	if err := onWorkers(n, senders, func(i int) error {
+		payload := make([]byte, envelopeSize)
+		binary.BigEndian.PutUint64(payload, uint64(i))
+		fileMu.Lock()
+		_, err := af.Write(payload)
+		fileMu.Unlock()
+		if err == nil {
+			err = gs.sync(func() error { return syscall.Fdatasync(int(af.Fd())) })
+		}
+		if err == nil {
+			streamMu.Lock()
+			_, err = s.Write(payload)
+			streamMu.Unlock()
+		}
+		return err
+	}); err != nil {
 		return 0, err
 	}
-	select {
-	case err := <-got:
-		if err != nil {
-			return 0, err
-		}
-	case <-ctx.Done():
-		return 0, ctx.Err()
-	}
-	took := time.Since(start)
-	_, _ = io.ReadFull(s, make([]byte, 1))
-	return took, nil
+	return peerDone(ctx, s, start, got)
 }
 
 // preallocated returns a new file in dir of size zero bytes, written and
@@ -1092,6 +1039,13 @@ func (p *rawPair) send(ctx context.Context, n int, got chan error) (time.Duratio
 	if err := bw.Flush(); err != nil {
 		return 0, err
 	}
+	return peerDone(ctx, s, start, got)
+}
+
+// peerDone waits until the peer reports on got that it has everything,
+// and returns the time since start; then it reads the byte the peer
+// sends on s once it has reported.
+func peerDone(ctx context.Context, s network.Stream, start time.Time, got chan error) (time.Duration, error) {
 	select {
 	case err := <-got:
 		if err != nil {
