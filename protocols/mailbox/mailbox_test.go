@@ -12,7 +12,10 @@ import (
 	"unsafe"
 
 	badger "github.com/dgraph-io/badger/v4"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
 
+	"github.com/kinmesh/kinmesh/protocols/mailbox/pb"
 	"github.com/kinmesh/kinmesh/storage"
 )
 
@@ -207,6 +210,38 @@ func TestPipelinedRawRequests(t *testing.T) {
 	}
 	if all := fetchAll(t, openSession(t, c, r, k)); len(all) != 3*n {
 		t.Fatalf("fetched %d, want %d", len(all), 3*n)
+	}
+}
+
+// TestPaddedDeposit: a deposit frame padded with an unknown field to
+// most of a megabyte around two small envelopes, sent over a real stream,
+// is stored, pushed to the owner and fetched like any other (the relay
+// reads such a frame in place, viewDeposit).
+func TestPaddedDeposit(t *testing.T) {
+	r := startRelay(t)
+	owner, depositor := newClient(t, r), newClient(t, r)
+	k := newKey(t)
+	s := openSession(t, owner, r, k)
+	envs := [][]byte{[]byte("tiny one"), []byte("tiny two")}
+	frame, err := proto.Marshal(depositReq(1, rawID(k.ID()), envs...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	frame = protowire.AppendBytes(protowire.AppendTag(frame, 99, protowire.BytesType), make([]byte, 900<<10))
+	raw := openRaw(t, depositor, r)
+	raw.sendBytes(append(protowire.AppendVarint(nil, uint64(len(frame))), frame...))
+	if m := raw.recv(); len(m.GetDeposit().GetCodes()) != 2 || m.GetDeposit().GetCodes()[1] != pb.Code_CODE_OK {
+		t.Fatalf("got %v, want both deposited", m)
+	}
+	var pushed []Item
+	for len(pushed) < 2 {
+		pushed = append(pushed, nextPush(t, s).Items...)
+	}
+	all := fetchAll(t, s)
+	for i, want := range envs {
+		if !bytes.Equal(pushed[i].Envelope, want) || !bytes.Equal(all[i].Envelope, want) {
+			t.Fatalf("envelope %d: pushed %q, fetched %q; want %q", i, pushed[i].Envelope, all[i].Envelope, want)
+		}
 	}
 }
 
