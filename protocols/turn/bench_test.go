@@ -13,7 +13,10 @@ import (
 //
 //	go test -run '^$' -bench BenchmarkTURNRelay ./protocols/turn/
 func BenchmarkTURNRelay(b *testing.B) {
-	s := startServer(b, WithAccountQuota(8, 1<<30))
+	// Every budget out of the way (the client, its peer and its address
+	// are all one here), and the peer socket is on loopback, which a relay
+	// doesn't relay to by default.
+	s := startServer(b, WithAccountQuota(8, 1<<30), WithPeerQuota(8, 1<<30), WithIPQuota(8, 1<<30), allowLoopback)
 	cr := s.Issue(make([]byte, 32))
 	relay, done, err := allocate(b, s, cr.Username, cr.Password)
 	if err != nil {
@@ -44,7 +47,10 @@ func BenchmarkTURNRelay(b *testing.B) {
 
 // pump sends count packets from conn to a fresh peer socket, at most 256
 // unacknowledged, and returns the delivered packets per second and how
-// many were lost (waited for 100 ms in vain).
+// many were lost. A packet is given up on after 100 ms without room in
+// the window; the peer stops counting after a second without a packet,
+// and then the sender stops too, so a path that stops delivering ends the
+// run within seconds. It fails if not one packet arrived.
 func pump(b *testing.B, conn net.PacketConn, count int) (float64, int) {
 	peer, err := net.ListenPacket("udp4", "127.0.0.1:0")
 	if err != nil {
@@ -54,13 +60,15 @@ func pump(b *testing.B, conn net.PacketConn, count int) (float64, int) {
 	_ = peer.(*net.UDPConn).SetReadBuffer(4 << 20)
 	window := make(chan struct{}, 256)
 	got := make(chan int, 1)
+	stopped := make(chan struct{})
 	go func() {
+		defer close(stopped)
 		buf := make([]byte, 1500)
 		n := 0
-		for {
+		defer func() { got <- n }()
+		for n < count {
 			_ = peer.SetReadDeadline(time.Now().Add(time.Second))
 			if _, _, err := peer.ReadFrom(buf); err != nil {
-				got <- n
 				return
 			}
 			n++
@@ -68,20 +76,17 @@ func pump(b *testing.B, conn net.PacketConn, count int) (float64, int) {
 			case <-window:
 			default:
 			}
-			if n == count {
-				got <- n
-				return
-			}
 		}
 	}()
 	pkt := make([]byte, 1200)
-	lost := 0
 	start := time.Now()
+send:
 	for range count {
 		select {
 		case window <- struct{}{}:
 		case <-time.After(100 * time.Millisecond):
-			lost++
+		case <-stopped:
+			break send
 		}
 		if _, err := conn.WriteTo(pkt, peer.LocalAddr()); err != nil {
 			b.Fatal(err)
@@ -89,5 +94,8 @@ func pump(b *testing.B, conn net.PacketConn, count int) (float64, int) {
 	}
 	n := <-got
 	el := time.Since(start)
+	if n == 0 {
+		b.Fatalf("no packet of %d arrived from %v", count, conn.LocalAddr())
+	}
 	return float64(n) / el.Seconds(), count - n
 }
