@@ -27,6 +27,9 @@ test-nat: ## NAT matrix in network namespaces (root, iproute2, iptables); writes
 	KINMESH_NAT=1 KINMESH_NAT_MATRIX_OUT=$(CURDIR)/docs/nat-matrix.md \
 	  $(GO) test -count 1 -timeout 10m -run '^TestNATMatrix$$' -v ./internal/nattest/
 
+# A benchmark that fails fails make bench, tee or not.
+bench: SHELL := /bin/bash
+bench: .SHELLFLAGS := -o pipefail -c
 bench: ## run benchmarks; every figure is a ratio against a baseline in the same run
 	$(GO) test -run '^$$' -bench . -benchtime 1x -count 1 ./internal/bench/ | tee bench.out
 	$(GO) test -run '^$$' -bench . -count 1 ./storage/ ./protocols/... | tee -a bench.out
