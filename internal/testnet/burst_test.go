@@ -26,11 +26,7 @@ func TestBurst(t *testing.T) {
 	n := startNet(t, Config{Relays: 3, Devices: 2})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	accounts(t, ctx, n)
-	a, b := n.Devices[0], n.Devices[1]
-	if err := Introduce(ctx, a, b); err != nil {
-		t.Fatal(err)
-	}
+	a, b := contactsPair(t, ctx, n)
 	total := burstSize()
 	start := time.Now()
 	for i := range total {

@@ -23,11 +23,7 @@ func TestFifteenDayExpiry(t *testing.T) {
 	n := startNet(t, Config{Relays: 2, Devices: 2, Now: clk.Now})
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	accounts(t, ctx, n)
-	a, b := n.Devices[0], n.Devices[1]
-	if err := Introduce(ctx, a, b); err != nil {
-		t.Fatal(err)
-	}
+	a, b := contactsPair(t, ctx, n)
 	bID := b.AccountID()
 	queued := func(text string) {
 		t.Helper()

@@ -386,11 +386,7 @@ func TestMailOnFormerHomeArrives(t *testing.T) {
 	n := startNet(t, Config{Relays: 4, Devices: 2, Now: clk.Now})
 	ctx, cancel := context.WithTimeout(context.Background(), 150*time.Second)
 	defer cancel()
-	accounts(t, ctx, n)
-	a, b := n.Devices[0], n.Devices[1]
-	if err := Introduce(ctx, a, b); err != nil {
-		t.Fatal(err)
-	}
+	a, b := contactsPair(t, ctx, n)
 	dead, spare, others := n.Relays[1], n.Relays[3], []*Relay{n.Relays[0], n.Relays[2]}
 	acct, _ := a.Node().Account()
 	if homes := strings.Join(acct.HomeRelays, " "); strings.Contains(homes, spare.AddrInfo().ID.String()) {

@@ -21,15 +21,23 @@ func accounts(t *testing.T, ctx context.Context, n *Network) {
 	}
 }
 
+// contactsPair gives every device of n an account and returns the first
+// two, introduced to each other.
+func contactsPair(t *testing.T, ctx context.Context, n *Network) (a, b *Device) {
+	t.Helper()
+	accounts(t, ctx, n)
+	a, b = n.Devices[0], n.Devices[1]
+	if err := Introduce(ctx, a, b); err != nil {
+		t.Fatal(err)
+	}
+	return a, b
+}
+
 func TestOnlineMessage(t *testing.T) {
 	n := startNet(t, Config{Relays: 2, Devices: 2})
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	accounts(t, ctx, n)
-	a, b := n.Devices[0], n.Devices[1]
-	if err := Introduce(ctx, a, b); err != nil {
-		t.Fatal(err)
-	}
+	a, b := contactsPair(t, ctx, n)
 	m, err := a.Node().Send(ctx, b.AccountID(), "hello grandma")
 	if err != nil {
 		t.Fatalf("Send: %v", err)
@@ -53,11 +61,7 @@ func TestOfflineMessage(t *testing.T) {
 	n := startNet(t, Config{Relays: 3, Devices: 2})
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	accounts(t, ctx, n)
-	a, b := n.Devices[0], n.Devices[1]
-	if err := Introduce(ctx, a, b); err != nil {
-		t.Fatal(err)
-	}
+	a, b := contactsPair(t, ctx, n)
 	bID := b.AccountID()
 	if err := b.Stop(); err != nil {
 		t.Fatal(err)

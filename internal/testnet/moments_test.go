@@ -263,11 +263,7 @@ func TestMomentsBackfill(t *testing.T) {
 	n := startNet(t, Config{Relays: 2, Devices: 2})
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	accounts(t, ctx, n)
-	a, b := n.Devices[0], n.Devices[1]
-	if err := Introduce(ctx, a, b); err != nil {
-		t.Fatal(err)
-	}
+	a, b := contactsPair(t, ctx, n)
 	first, err := a.Node().PostMoment(ctx, "before you left", nil)
 	if err != nil {
 		t.Fatal(err)
@@ -590,11 +586,7 @@ func TestMomentsAccountDeletion(t *testing.T) {
 	n := startNet(t, Config{Relays: 2, Devices: 2})
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	accounts(t, ctx, n)
-	a, b := n.Devices[0], n.Devices[1]
-	if err := Introduce(ctx, a, b); err != nil {
-		t.Fatal(err)
-	}
+	a, b := contactsPair(t, ctx, n)
 	m, err := a.Node().PostMoment(ctx, "gone with the account", []moments.MediaInput{{Type: "image/jpeg", Data: momentPhoto(100<<10, "ACCT-MARKER")}})
 	if err != nil {
 		t.Fatal(err)

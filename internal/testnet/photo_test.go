@@ -76,11 +76,7 @@ func TestProfilePhoto(t *testing.T) {
 	n := startNet(t, Config{Relays: 2, Devices: 2})
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	accounts(t, ctx, n)
-	a, b := n.Devices[0], n.Devices[1]
-	if err := Introduce(ctx, a, b); err != nil {
-		t.Fatal(err)
-	}
+	a, b := contactsPair(t, ctx, n)
 	if _, _, err := b.Node().ContactPhoto(ctx, a.AccountID()); !errors.Is(err, node.ErrNoPhoto) {
 		t.Fatalf("a photo before one was set: %v", err)
 	}

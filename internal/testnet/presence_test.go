@@ -40,11 +40,7 @@ func TestPresenceOnlineThenLastSeen(t *testing.T) {
 	n := startNet(t, Config{Relays: 2, Devices: 2})
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	accounts(t, ctx, n)
-	a, b := n.Devices[0], n.Devices[1]
-	if err := Introduce(ctx, a, b); err != nil {
-		t.Fatal(err)
-	}
+	a, b := contactsPair(t, ctx, n)
 	// New contacts get a beacon within one check (10 s) on their own.
 	waitPresence(ctx, t, b, a.AccountID(), "b sees a online", func(p node.ContactPresence) bool { return p.Online })
 	waitPresence(ctx, t, a, b.AccountID(), "a sees b online", func(p node.ContactPresence) bool { return p.Online })

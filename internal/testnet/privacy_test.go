@@ -264,11 +264,7 @@ func TestDeleteAccount(t *testing.T) {
 	n := startNet(t, Config{Relays: 2, Devices: 2})
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	accounts(t, ctx, n)
-	a, b := n.Devices[0], n.Devices[1]
-	if err := Introduce(ctx, a, b); err != nil {
-		t.Fatal(err)
-	}
+	a, b := contactsPair(t, ctx, n)
 	for _, d := range []*Device{a, b} {
 		if err := d.Node().MaintainPrekeys(ctx); err != nil {
 			t.Fatal(err)
@@ -392,11 +388,7 @@ func TestRemoveContactInGroup(t *testing.T) {
 	n := startNet(t, Config{Relays: 1, Devices: 2})
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	accounts(t, ctx, n)
-	a, b := n.Devices[0], n.Devices[1]
-	if err := Introduce(ctx, a, b); err != nil {
-		t.Fatal(err)
-	}
+	a, b := contactsPair(t, ctx, n)
 	g, err := a.Node().CreateGroup(ctx, "Cousins", []string{b.AccountID()})
 	if err != nil {
 		t.Fatal(err)

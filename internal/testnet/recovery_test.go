@@ -62,11 +62,7 @@ func TestAccountRecovery(t *testing.T) {
 	n := startNet(t, Config{Relays: 2, Devices: 2})
 	ctx, cancel := context.WithTimeout(context.Background(), 150*time.Second)
 	defer cancel()
-	accounts(t, ctx, n)
-	a, b := n.Devices[0], n.Devices[1]
-	if err := Introduce(ctx, a, b); err != nil {
-		t.Fatal(err)
-	}
+	a, b := contactsPair(t, ctx, n)
 	const number = "+351 91 555 0101"
 	if _, err := a.Node().EnableRecovery(ctx); !errors.Is(err, node.ErrRecoveryNeedsPhone) {
 		t.Fatalf("recovery without a number: %v", err)
@@ -231,11 +227,7 @@ func TestRestoreAfterMoveTheBackupMissed(t *testing.T) {
 	n := startNet(t, Config{Relays: 4, Devices: 2, Now: clk.Now})
 	ctx, cancel := context.WithTimeout(context.Background(), 150*time.Second)
 	defer cancel()
-	accounts(t, ctx, n)
-	a, b := n.Devices[0], n.Devices[1]
-	if err := Introduce(ctx, a, b); err != nil {
-		t.Fatal(err)
-	}
+	a, b := contactsPair(t, ctx, n)
 	const number = "+351 91 555 0102"
 	ph, on := enableRecovery(ctx, t, n, a, number)
 	backedUp, _ := a.Node().Account()

@@ -21,11 +21,7 @@ func TestRehome(t *testing.T) {
 	n := startNet(t, Config{Relays: 4, Devices: 2, Now: clk.Now})
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	accounts(t, ctx, n)
-	a, b := n.Devices[0], n.Devices[1]
-	if err := Introduce(ctx, a, b); err != nil {
-		t.Fatal(err)
-	}
+	a, b := contactsPair(t, ctx, n)
 	acct, _ := a.Node().Account()
 	homes := strings.Join(acct.HomeRelays, " ")
 	spare, dead := n.Relays[3], n.Relays[1]
@@ -98,11 +94,7 @@ func TestContactsLearnMoveAtStart(t *testing.T) {
 	n := startNet(t, Config{Relays: 4, Devices: 2, Now: clk.Now})
 	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 	defer cancel()
-	accounts(t, ctx, n)
-	a, b := n.Devices[0], n.Devices[1]
-	if err := Introduce(ctx, a, b); err != nil {
-		t.Fatal(err)
-	}
+	a, b := contactsPair(t, ctx, n)
 	if err := b.Stop(); err != nil {
 		t.Fatal(err)
 	}

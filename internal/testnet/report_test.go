@@ -20,11 +20,7 @@ func TestReportReachesHomeRelays(t *testing.T) {
 	n := startNet(t, Config{Relays: 2, Devices: 2, RelayHTTP: true})
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	accounts(t, ctx, n)
-	a, b := n.Devices[0], n.Devices[1]
-	if err := Introduce(ctx, a, b); err != nil {
-		t.Fatal(err)
-	}
+	a, b := contactsPair(t, ctx, n)
 	for _, text := range []string{"send me money now", "happy birthday grandma"} {
 		if _, err := b.Node().Send(ctx, a.AccountID(), text); err != nil {
 			t.Fatal(err)

@@ -40,16 +40,7 @@ func TestBatchedOfflineDelivery(t *testing.T) {
 	// What the relay holds: envelopes, some of them batches (how many
 	// depends on how fast the lane runs; TestSealJobsGroups checks the
 	// grouping).
-	mc, err := mailbox.NewClient(b.h)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sess, err := mc.Open(ctx, r.h.ID(), b.svc.cfg.Account.MailboxAuth)
-	if err != nil {
-		t.Fatal(err)
-	}
-	items, _, err := sess.Fetch(ctx, 0, 1000)
-	sess.Close()
+	items, err := b.relayItems(ctx, r.h.ID(), 1000)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -443,16 +434,23 @@ func TestRetireRelay(t *testing.T) {
 	a.waitFor(t, ctx, string(b.me()), "delivered", func(ms []Message) bool {
 		return len(ms) == 1 && ms[0].State == StateDelivered
 	})
-	mc, err := mailbox.NewClient(b.h)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sess, err := mc.Open(ctx, old.h.ID(), b.svc.cfg.Account.MailboxAuth)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sess.Close()
-	if items, _, err := sess.Fetch(ctx, 0, 0); err != nil || len(items) != 0 {
+	if items, err := b.relayItems(ctx, old.h.ID(), 0); err != nil || len(items) != 0 {
 		t.Fatalf("the old home holds %d items (%v)", len(items), err)
 	}
+}
+
+// relayItems fetches (up to limit; 0 for a page's worth) what d's mailbox
+// on relay holds, as its owner, without acking.
+func (d *device) relayItems(ctx context.Context, relay peer.ID, limit int) ([]mailbox.Item, error) {
+	mc, err := mailbox.NewClient(d.h)
+	if err != nil {
+		return nil, err
+	}
+	sess, err := mc.Open(ctx, relay, d.svc.cfg.Account.MailboxAuth)
+	if err != nil {
+		return nil, err
+	}
+	defer sess.Close()
+	items, _, err := sess.Fetch(ctx, 0, limit)
+	return items, err
 }
