@@ -28,7 +28,7 @@ func BenchmarkCallSetup(b *testing.B)      { benchSetup(b, false) }
 func BenchmarkCallSetupRelay(b *testing.B) { benchSetup(b, true) }
 
 func benchSetup(b *testing.B, relay bool) {
-	r := startRelay(b, turn.WithAccountQuota(1<<16, 1<<30), turn.WithMaxAllocations(1<<16), turn.WithIssueRate(1<<20, 1<<20))
+	r := startRelay(b, turn.WithAccountQuota(1<<16, 1<<30), turn.WithMaxAllocations(1<<16), turn.WithIssueRate(1<<20, 1<<20), turn.WithIPIssueRate(1<<20, 1<<20))
 	lim := []Option{WithLimits(Limits{InvitesPerMinute: 1 << 20, InviteBurst: 1 << 20})}
 	x, y := newDevice(b, deviceConfig{relay: r, opts: lim}), newDevice(b, deviceConfig{relay: r, opts: lim})
 	befriend(b, x, y)
