@@ -13,6 +13,7 @@ import (
 
 	"github.com/kinmesh/kinmesh/protocols/contact"
 	"github.com/kinmesh/kinmesh/protocols/e2ee"
+	"github.com/kinmesh/kinmesh/protocols/turn"
 )
 
 // Call is one call, live until it ends. Its state machine runs in one
@@ -736,6 +737,17 @@ func (c *Call) onRemoteCandidate(f frame) {
 	if c.remoteCands > MaxCandidates {
 		c.s.tr.frameRejected("candidate")
 		return // ignored: more than any real device gathers
+	}
+	if c.relay && !f.candRelay && !turn.GloballyReachable(f.candAddr) {
+		// Relay-only, every check goes through a TURN allocation, and
+		// relays don't relay to loopback, private and other non-global
+		// addresses (nor to their own but at relay ports). A pair towards
+		// such a candidate never succeeds, yet outranks the relay pairs
+		// that do: pion's controlling agent nominates a pair at once only
+		// if it is the best pair not failed, so the call would wait for
+		// its next check round (200 ms) to nominate the working one.
+		c.s.log.Debug("relay-only call: a candidate no relay reaches, left out", "call", c.id)
+		return
 	}
 	mid, idx := f.mid, f.mline
 	init := webrtc.ICECandidateInit{Candidate: f.candidate, SDPMid: &mid, SDPMLineIndex: &idx}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"slices"
 	"testing"
 	"time"
 
@@ -158,6 +159,51 @@ func TestForcedRelayCall(t *testing.T) {
 			t.Fatalf("allocations left after the call: %+v", r.srv.Stats())
 		}
 	}
+}
+
+// TestRelayOnlySetupWithRefusedPeers: a relay-only caller calling a
+// device that also offers host and server-reflexive candidates on
+// addresses relays refuse to relay to (loopback here, as the STUN server
+// is; a home network's private addresses in real life) connects about
+// as quickly as any relay-only call, well within one of pion's 200 ms
+// check rounds. The caller leaves those candidates out: checks towards
+// them would never succeed, yet they outrank the relay pair that does,
+// and pion's controlling agent nominates a pair at once only if no
+// better one is still being checked, so the caller waited for its next
+// check round (setup ~150-250 ms against ~15 ms). The relay's refusal
+// stays in force: it drops the callee's checks from its host socket.
+func TestRelayOnlySetupWithRefusedPeers(t *testing.T) {
+	r := startRelay(t)
+	lim := []Option{WithLimits(Limits{InvitesPerMinute: 60, InviteBurst: 10})}
+	a, b := newDevice(t, deviceConfig{relay: r, opts: lim}), newDevice(t, deviceConfig{relay: r, opts: lim})
+	befriend(t, a, b)
+	ctx := testCtx(t, 90*time.Second)
+	// One call in time is enough (a loaded machine may slow any one
+	// call); with the delay every call waits for a check round.
+	const within, tries = 100 * time.Millisecond, 4
+	var setups []int64
+	for range tries {
+		out, in := connectedCall(t, ctx, a, b, Options{ForceRelay: true})
+		if out.Path != PathRelay || out.LocalCandidate != "relay" || out.RemoteCandidate != "relay" {
+			t.Errorf("caller: path %q (%s/%s), want relay between relay candidates", out.Path, out.LocalCandidate, out.RemoteCandidate)
+		}
+		if err := a.svc.HangUp(ctx, out.ID); err != nil {
+			t.Fatal(err)
+		}
+		a.waitState(ctx, out.ID, StateEnded)
+		b.waitState(ctx, in.ID, StateEnded)
+		setups = append(setups, out.SetupMS)
+		if time.Duration(out.SetupMS)*time.Millisecond < within {
+			break
+		}
+	}
+	if best := slices.Min(setups); time.Duration(best)*time.Millisecond >= within {
+		t.Errorf("relay-only setups %v ms, want one under %v: the caller waited for a check round", setups, within)
+	}
+	if st := r.srv.Stats(); st.PeerRefused == 0 {
+		t.Errorf("TURN server stats %+v: the relay refused nothing, want the callee's checks from its host socket dropped", st)
+	}
+	t.Logf("setups %v ms", setups)
 }
 
 // TestRelayOnlyWithoutAllocation: a relay-only call whose TURN allocation

@@ -75,6 +75,8 @@ type frame struct {
 	mid       string
 	mline     uint16
 	end       bool
+	candAddr  netip.Addr // decoded: the candidate's address
+	candRelay bool       // decoded: a relay (TURN) candidate
 }
 
 // decodeFrame decodes and validates one frame. Errors wrap ErrMalformed.
@@ -147,9 +149,11 @@ func decodeFrame(b []byte) (frame, error) {
 			}
 			break
 		}
-		if err := checkCandidate(f.candidate); err != nil {
+		addr, typ, err := checkCandidate(f.candidate)
+		if err != nil {
 			return f, err
 		}
+		f.candAddr, f.candRelay = addr, typ == ice.CandidateTypeRelay
 	case *pb.Frame_Resume:
 		f.kind = kindResume
 		if len(body.Resume.GetCallId()) != callIDSize {
@@ -188,21 +192,22 @@ func checkSDP(s string) error {
 	return nil
 }
 
-// checkCandidate parses a trickled candidate. Its address must be an IP
-// literal: a device never resolves a name the other party chose (and
-// mDNS candidates are off).
-func checkCandidate(s string) error {
+// checkCandidate parses a trickled candidate and returns its address and
+// type. Its address must be an IP literal: a device never resolves a name
+// the other party chose (and mDNS candidates are off).
+func checkCandidate(s string) (netip.Addr, ice.CandidateType, error) {
 	if s == "" || len(s) > MaxCandidateLen || !utf8.ValidString(s) {
-		return fmt.Errorf("%w: candidate of %d bytes", ErrMalformed, len(s))
+		return netip.Addr{}, 0, fmt.Errorf("%w: candidate of %d bytes", ErrMalformed, len(s))
 	}
 	c, err := ice.UnmarshalCandidate(strings.TrimPrefix(s, "candidate:"))
 	if err != nil {
-		return fmt.Errorf("%w: candidate: %v", ErrMalformed, err)
+		return netip.Addr{}, 0, fmt.Errorf("%w: candidate: %v", ErrMalformed, err)
 	}
-	if _, err := netip.ParseAddr(c.Address()); err != nil {
-		return fmt.Errorf("%w: candidate address %q is not an IP address", ErrMalformed, c.Address())
+	a, err := netip.ParseAddr(c.Address())
+	if err != nil {
+		return netip.Addr{}, 0, fmt.Errorf("%w: candidate address %q is not an IP address", ErrMalformed, c.Address())
 	}
-	return nil
+	return a.Unmap(), c.Type(), nil
 }
 
 // encodeFrame builds the wire form of f.

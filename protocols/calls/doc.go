@@ -65,7 +65,14 @@
 // on a relay, WithICEServers) candidates, UDP only (TURN may be reached
 // over TCP). A relay-only call (WithForceRelay, Options.ForceRelay) uses
 // ICETransportPolicyRelay: it offers only TURN relay candidates, so the
-// other party never learns this device's addresses.
+// other party never learns this device's addresses. Its checks all go
+// through a TURN allocation, and relays relay only to globally reachable
+// addresses (protocols/turn), so it leaves out the other party's host and
+// reflexive candidates on loopback, private and other special-purpose
+// addresses (turn.GloballyReachable). Checks towards them never succeed,
+// but their pairs outrank the relay pairs that do, and pion's nominating
+// agent nominates a pair at once only if no better pair is still being
+// checked: the working pair would wait for its next check round (200 ms).
 //
 // # Statistics
 //

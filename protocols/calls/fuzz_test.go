@@ -64,6 +64,27 @@ func TestFrameRoundTrip(t *testing.T) {
 	if _, err := decodeFrame(nil); err == nil {
 		t.Error("empty frame accepted")
 	}
+	// A candidate's address and type are decoded with it.
+	for _, tc := range []struct {
+		cand  string
+		addr  string
+		relay bool
+	}{
+		{"candidate:1 1 udp 2130706431 192.0.2.1 5000 typ host", "192.0.2.1", false},
+		{"candidate:1 1 udp 1694498815 203.0.113.9 5000 typ srflx raddr 0.0.0.0 rport 5000", "203.0.113.9", false},
+		{"candidate:1 1 udp 1023 198.51.100.7 61000 typ relay raddr 0.0.0.0 rport 5000", "198.51.100.7", true},
+		{"candidate:1 1 udp 2130706431 ::ffff:10.0.0.1 5000 typ host", "10.0.0.1", false},
+		{"candidate:1 1 udp 2130706431 fe80::1%eth0 5000 typ host", "fe80::1", false},
+	} {
+		f, err := decodeFrame(marshal(t, frame{kind: kindCandidate, candidate: tc.cand}))
+		if err != nil {
+			t.Errorf("%s: %v", tc.cand, err)
+			continue
+		}
+		if f.candAddr.String() != tc.addr || f.candRelay != tc.relay {
+			t.Errorf("%s: address %v, relay %v; want %s, %v", tc.cand, f.candAddr, f.candRelay, tc.addr, tc.relay)
+		}
+	}
 }
 
 func FuzzDecodeFrame(f *testing.F) {
@@ -81,7 +102,8 @@ func FuzzDecodeFrame(f *testing.F) {
 		}
 		if again.kind != fr.kind || again.callID != fr.callID || again.account != fr.account || !bytes.Equal(again.record, fr.record) ||
 			again.reason != fr.reason || again.sdp != fr.sdp || again.restart != fr.restart || again.candidate != fr.candidate ||
-			again.mid != fr.mid || again.mline != fr.mline || again.end != fr.end || again.audio != fr.audio || again.video != fr.video {
+			again.mid != fr.mid || again.mline != fr.mline || again.end != fr.end || again.audio != fr.audio || again.video != fr.video ||
+			again.candAddr != fr.candAddr || again.candRelay != fr.candRelay {
 			t.Fatalf("round trip changed the frame: %+v != %+v", again, fr)
 		}
 	})

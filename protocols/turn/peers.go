@@ -84,6 +84,20 @@ func (p *peerPolicy) permit(a netip.Addr) bool {
 	if p.own[a] {
 		return true // ports checked per packet
 	}
+	return GloballyReachable(a)
+}
+
+// GloballyReachable reports whether a is a unicast address outside every
+// range refusedPeers lists: one a relay with the default peer policy
+// relays to (unless it is one of the relay's own addresses, reached only
+// at its allocations' relay ports). A relay-only call (protocols/calls)
+// leaves out the other party's candidates at any other address: no
+// relay's allocation carries its checks there.
+func GloballyReachable(a netip.Addr) bool {
+	a = a.Unmap().WithZone("") // a zoned address is in no prefix
+	if !a.IsValid() || a.IsUnspecified() || a.IsMulticast() || a == ipv4Broadcast {
+		return false
+	}
 	for _, r := range refusedPeers {
 		if r.Contains(a) {
 			return false

@@ -2,6 +2,7 @@ package turn
 
 import (
 	"net"
+	"net/netip"
 	"testing"
 	"time"
 )
@@ -77,4 +78,41 @@ func TestRelayPeerPolicy(t *testing.T) {
 		t.Fatal(err)
 	}
 	read(relayA, "from B")
+}
+
+func TestGloballyReachable(t *testing.T) {
+	for _, tt := range []struct {
+		addr string
+		want bool
+	}{
+		{"203.0.114.1", true},
+		{"8.8.8.8", true},
+		{"2a00:1450:4001::1", true},
+		{"::ffff:8.8.8.8", true},
+		{"127.0.0.1", false},
+		{"10.1.2.3", false},
+		{"172.16.0.1", false},
+		{"192.168.1.5", false},
+		{"100.64.0.1", false},
+		{"169.254.169.254", false},
+		{"192.0.2.2", false},
+		{"198.18.0.1", false},
+		{"0.0.0.0", false},
+		{"224.0.0.1", false},
+		{"255.255.255.255", false},
+		{"::1", false},
+		{"::", false},
+		{"fd00::2", false},
+		{"fe80::1", false},
+		{"fe80::1%eth0", false},
+		{"::ffff:192.168.1.5", false},
+		{"2001:db8::1", false},
+	} {
+		if got := GloballyReachable(netip.MustParseAddr(tt.addr)); got != tt.want {
+			t.Errorf("GloballyReachable(%s) = %v, want %v", tt.addr, got, tt.want)
+		}
+	}
+	if GloballyReachable(netip.Addr{}) {
+		t.Error("the zero address is globally reachable")
+	}
 }
