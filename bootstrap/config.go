@@ -87,6 +87,13 @@ type Config struct {
 	// what bounds how fast one address fills the relay's disk with mail.
 	MailboxIPDepositBytesPerHour int64 `toml:"mailbox_ip_deposit_bytes_per_hour"`
 	MailboxIPDepositBurst        int64 `toml:"mailbox_ip_deposit_burst"`
+	// MailboxIPRegistrationsPerHour, MailboxIPRegistrationBurst: how many
+	// mailboxes the owners connecting from one IP address (one IPv6 /64)
+	// may newly register (a mailbox is registered when its owner
+	// authenticates; the relay takes mail only for registered ones): per
+	// hour (default 256) and at once (default 1024).
+	MailboxIPRegistrationsPerHour int `toml:"mailbox_ip_registrations_per_hour"`
+	MailboxIPRegistrationBurst    int `toml:"mailbox_ip_registration_burst"`
 
 	// DHTMaxBytes: bytes of DHT records (devices' signed contact
 	// records, about 1.8 KB each) the relay keeps in memory; once full,
@@ -430,6 +437,8 @@ func (c *Config) applyDefaults() error {
 	if c.MailboxIPDepositBurst == 0 {
 		c.MailboxIPDepositBurst = mailbox.DefaultSourceDepositBurst
 	}
+	setInt(&c.MailboxIPRegistrationsPerHour, mailbox.DefaultSourceRegistrationsPerHour)
+	setInt(&c.MailboxIPRegistrationBurst, mailbox.DefaultSourceRegistrationBurst)
 	if c.DHTMaxBytes == 0 {
 		c.DHTMaxBytes = DefaultDHTMaxBytes
 	}
@@ -442,7 +451,8 @@ func (c *Config) applyDefaults() error {
 	case c.MinFreeDisk < -1:
 		return fmt.Errorf("%w: min_free_disk must be bytes, or -1 for no floor, got %d", ErrConfig, c.MinFreeDisk)
 	}
-	for name, v := range map[string]int{"max_reservations": c.MaxReservations, "max_reservations_per_ip": c.MaxReservationsPerIP, "max_circuits": c.MaxCircuits, "max_conns": c.MaxConns, "mailbox_max_items": c.MailboxMaxItems, "mailbox_deposits_per_minute": c.MailboxDepositsPerMinute} {
+	for name, v := range map[string]int{"max_reservations": c.MaxReservations, "max_reservations_per_ip": c.MaxReservationsPerIP, "max_circuits": c.MaxCircuits, "max_conns": c.MaxConns, "mailbox_max_items": c.MailboxMaxItems, "mailbox_deposits_per_minute": c.MailboxDepositsPerMinute,
+		"mailbox_ip_registrations_per_hour": c.MailboxIPRegistrationsPerHour, "mailbox_ip_registration_burst": c.MailboxIPRegistrationBurst} {
 		if v < 0 {
 			return fmt.Errorf("%w: %s must be positive, got %d", ErrConfig, name, v)
 		}

@@ -113,6 +113,11 @@ func TestRelayServesMailbox(t *testing.T) {
 	c, key := mailboxClient(t, r)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	s, err := c.Open(ctx, r.ID(), key) // registers the mailbox
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	defer s.Close()
 	res, err := c.Deposit(ctx, r.ID(), key.ID(), [][]byte{[]byte("a"), []byte("b"), []byte("c")})
 	if err != nil {
 		t.Fatalf("Deposit: %v", err)
@@ -120,11 +125,6 @@ func TestRelayServesMailbox(t *testing.T) {
 	if res[0].Err != nil || res[1].Err != nil || !errors.Is(res[2].Err, mailbox.ErrMailboxFull) {
 		t.Fatalf("results %v, want ok, ok, mailbox full (quota 2)", res)
 	}
-	s, err := c.Open(ctx, r.ID(), key)
-	if err != nil {
-		t.Fatalf("Open: %v", err)
-	}
-	defer s.Close()
 	items, _, err := s.Fetch(ctx, 0, 0)
 	if err != nil || len(items) != 2 {
 		t.Fatalf("Fetch: %d items, %v", len(items), err)

@@ -223,6 +223,7 @@ func (r *Relay) startServices(ctx context.Context) error {
 		mailbox.WithMailboxQuota(r.cfg.MailboxMaxItems, r.cfg.MailboxMaxBytes),
 		mailbox.WithDepositorRate(r.cfg.MailboxDepositsPerMinute, r.cfg.MailboxDepositBytesPerMinute),
 		mailbox.WithSourceDepositRate(uint64(r.cfg.MailboxIPDepositBytesPerHour), uint64(r.cfg.MailboxIPDepositBurst)),
+		mailbox.WithSourceRegistrationRate(uint64(r.cfg.MailboxIPRegistrationsPerHour), uint64(r.cfg.MailboxIPRegistrationBurst)),
 		mailbox.WithLogger(r.log),
 		mailbox.WithMetricsTracer(r.metrics.mailboxTracer(r.cfg.Registry)),
 	)

@@ -4,13 +4,17 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"time"
 
 	"github.com/kinmesh/kinmesh/node"
 	"github.com/kinmesh/kinmesh/protocols/message"
 )
 
 // CreateAccount creates the device's account with a profile fit for the
-// demo (an adult, policy accepted).
+// demo (an adult, policy accepted), and returns once its mailbox is open
+// on every home relay: relays keep mail only for mailboxes whose owner
+// authenticated there, so a device stopped before that would get no mail
+// queued for it.
 func (d *Device) CreateAccount(ctx context.Context, name string) (*node.Account, error) {
 	nd := d.Node()
 	if nd == nil {
@@ -19,9 +23,22 @@ func (d *Device) CreateAccount(ctx context.Context, name string) (*node.Account,
 	if a, err := nd.Account(); err == nil {
 		return a, nil
 	}
-	return nd.CreateAccount(ctx, node.NewAccount{
+	a, err := nd.CreateAccount(ctx, node.NewAccount{
 		Name: name, BirthDate: "1970-01-01", AcceptPolicy: node.PolicyVersion,
 	})
+	if err != nil {
+		return nil, err
+	}
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for nd.MailboxSessions() < len(a.HomeRelays) {
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%s: mailbox open on %d of %d home relays: %w", d.Name, nd.MailboxSessions(), len(a.HomeRelays), ctx.Err())
+		case <-tick.C:
+		}
+	}
+	return a, nil
 }
 
 // AccountID returns the device's account id ("" without an account).

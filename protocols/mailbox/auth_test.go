@@ -41,7 +41,7 @@ func fetchReq(id uint64) *pb.Request {
 func TestAuthRefused(t *testing.T) {
 	r := startRelay(t)
 	c := newClient(t, r)
-	k, other := newKey(t), newKey(t)
+	k, other := ownerKey(t, r), newKey(t)
 	envs := envelopes(2, 100, "secret")
 	mustDeposit(t, c, r, k.ID(), envs)
 	raw := rawIDFromPublicKey(k.Public())

@@ -141,7 +141,7 @@ func BenchmarkMailboxDeposit(b *testing.B) {
 			var raw, mb time.Duration
 			var ratios, indexed []float64
 			deposit := func() time.Duration {
-				k := newKey(b)
+				k := ownerKey(b, r)
 				start := time.Now()
 				res, err := c.Deposit(context.Background(), r.h.ID(), k.ID(), envs)
 				d := time.Since(start)
@@ -205,7 +205,7 @@ func BenchmarkMailboxDrain(b *testing.B) {
 		dr := rawDrain(b, db, i)
 
 		b.StopTimer()
-		k := newKey(b)
+		k := ownerKey(b, r)
 		if _, err := c.Deposit(context.Background(), r.h.ID(), k.ID(), envs); err != nil {
 			b.Fatal(err)
 		}

@@ -472,9 +472,10 @@ func seqFromKey(key string) (uint64, bool) {
 // meta is a mailbox's record: the next seq and the quota usage, as
 // buckets of deposit time (so expiry needs no per-item bookkeeping).
 type meta struct {
-	next    uint64
-	expires int64 // Unix seconds
-	buckets []bucket
+	next       uint64
+	expires    int64 // Unix seconds
+	registered int64 // Unix seconds: the owner's registration lasts until then (0: none)
+	buckets    []bucket
 }
 
 type bucket struct {
@@ -492,7 +493,7 @@ func (m *meta) clone() *meta {
 }
 
 func encodeMeta(m *meta) []byte {
-	p := &pb.Meta{NextSeq: m.next, ExpiresUnix: m.expires, Buckets: make([]*pb.Bucket, len(m.buckets))}
+	p := &pb.Meta{NextSeq: m.next, ExpiresUnix: m.expires, RegisteredUntilUnix: m.registered, Buckets: make([]*pb.Bucket, len(m.buckets))}
 	for i, b := range m.buckets {
 		p.Buckets[i] = &pb.Bucket{Start: b.start, End: b.end, Count: b.count, Bytes: b.bytes}
 	}
@@ -508,7 +509,7 @@ func decodeMeta(b []byte) (*meta, error) {
 	if p.GetNextSeq() == 0 || len(p.GetBuckets()) > maxBuckets {
 		return nil, fmt.Errorf("mailbox record: next seq %d, %d buckets", p.GetNextSeq(), len(p.GetBuckets()))
 	}
-	m := &meta{next: p.GetNextSeq(), expires: p.GetExpiresUnix(), buckets: make([]bucket, len(p.GetBuckets()))}
+	m := &meta{next: p.GetNextSeq(), expires: p.GetExpiresUnix(), registered: p.GetRegisteredUntilUnix(), buckets: make([]bucket, len(p.GetBuckets()))}
 	for i, pb := range p.GetBuckets() {
 		if pb.GetEnd() <= pb.GetStart() {
 			return nil, fmt.Errorf("mailbox record: bucket [%d, %d)", pb.GetStart(), pb.GetEnd())

@@ -1,6 +1,7 @@
 package mailbox
 
 import (
+	"cmp"
 	"errors"
 	"time"
 
@@ -20,7 +21,8 @@ const (
 	opDeposit opKind = iota + 1
 	opAck
 	opPurge
-	opDrop // delete unreadable items; nobody waits for the answer
+	opDrop     // delete unreadable items; nobody waits for the answer
+	opRegister // register the mailbox (or keep it registered): its owner authenticated
 )
 
 // op is one request on its way through the committer.
@@ -34,6 +36,7 @@ type op struct {
 	seqs      []uint64 // ack
 	known     []known  // ack: what the session delivered, per seq
 	keys      []string // drop: the item keys to delete
+	src       string   // register: the owner's source address, for its budget
 
 	// Results, set by the committer.
 	codes   []Code       // deposit, ack: per item
@@ -41,7 +44,7 @@ type op struct {
 	stored  []storedItem // deposit
 	deleted int          // ack, purge
 
-	retryAfter time.Duration // deposit: with CodeRateLimited
+	retryAfter time.Duration // deposit, register: with CodeRateLimited
 	mem        int           // memory reserved for the request, released after the answer
 	done       func(*op)     // called once, by the committer or on shutdown; must not block
 }
@@ -246,6 +249,8 @@ func (s *Service) stage(st *staging, o *op) {
 		s.stageDeposit(st, m, o)
 	case opAck:
 		s.stageAck(st, m, o)
+	case opRegister:
+		s.stageRegister(st, m, o)
 	case opDrop:
 		for _, key := range o.keys {
 			if !st.deletes(key) {
@@ -270,7 +275,7 @@ func (s *Service) restage(ops []*op) *staging {
 func (s *Service) launch(st *staging) *staging {
 	for mbox := range st.dirty {
 		m := st.metas[mbox]
-		ttl := time.Unix(m.expires, 0).Sub(st.now)
+		ttl := time.Unix(max(m.expires, m.registered), 0).Sub(st.now)
 		prefix := s.prefix(mbox)
 		// The record's earlier index entries would say when it was
 		// written: they go, and the record gets one for its new expiry.
@@ -314,6 +319,9 @@ func (s *Service) finish(st *staging, err error) bool {
 		return false
 	}
 	for mbox, m := range st.metas {
+		if m.registered == 0 && !st.dirty[mbox] {
+			continue // a mailbox nobody registered: nothing to remember
+		}
 		s.cacheMeta(mbox, m)
 	}
 	s.tr.expired(st.expired.items, st.expired.bytes)
@@ -327,8 +335,8 @@ func (s *Service) finish(st *staging, err error) bool {
 				bytes += int64(len(it.envelope))
 			}
 			s.tr.deposited(len(o.stored), bytes)
-			for _, c := range o.codes {
-				if c != CodeOK {
+			for i, c := range o.codes {
+				if c != CodeOK && o.pre[i] == CodeOK { // the stream counted the others
 					s.tr.rejected(c, 1)
 				}
 			}
@@ -437,8 +445,37 @@ func (s *Service) cacheMeta(mbox [idRawSize]byte, m *meta) {
 	s.metas[mbox] = m
 }
 
+// stageRegister registers o's mailbox until a registration period from
+// the start of today (whole days: the record says no more about when its
+// owner was last here), or leaves it be when it was registered so today.
+// A mailbox not registered now takes one from the budget of the owner's
+// address, or is refused as rate limited.
+func (s *Service) stageRegister(st *staging, m *meta, o *op) {
+	today := st.now.Truncate(24 * time.Hour)
+	until := today.Add(s.cfg.regTTL).Unix()
+	if m.registered >= until {
+		return
+	}
+	if m.registered <= st.now.Unix() {
+		if ok, wait := s.regLim.Take(o.src); !ok {
+			o.err, o.retryAfter = CodeRateLimited, wait
+			return
+		}
+	}
+	m.registered = until
+	st.dirty[o.mbox] = true
+}
+
 func (s *Service) stageDeposit(st *staging, m *meta, o *op) {
 	o.codes = make([]Code, len(o.envelopes))
+	if m.registered <= st.now.Unix() {
+		// Nobody fetches mail here: the owner has not authenticated in a
+		// registration period, or purged the mailbox.
+		for i, c := range o.pre {
+			o.codes[i] = cmp.Or(c, CodeUnknownMailbox)
+		}
+		return
+	}
 	count, bytes := m.usage()
 	prefix := s.prefix(o.mbox)
 	nowNs, nowSec := st.now.UnixNano(), st.now.Unix()

@@ -412,6 +412,21 @@ func (c *conn) auth(ctx context.Context, req request) error {
 	if !ok {
 		return c.refuseAuth(ctx, req.id, CodeUnauthorized)
 	}
+	// The owner is here: the mailbox is registered (or stays so), on disk
+	// before the answer.
+	done := make(chan *op, 1)
+	o := &op{kind: opRegister, mbox: mbox, id: req.id, src: c.src, done: func(o *op) { done <- o }}
+	if !c.s.submit(o) {
+		return c.sendErr(ctx, req.id, CodeUnavailable, 0)
+	}
+	select {
+	case o = <-done:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	if o.err != CodeOK {
+		return c.sendErr(ctx, req.id, o.err, o.retryAfter)
+	}
 	c.authed, c.mbox, c.opened = true, mbox, time.Now()
 	// Subscribe before answering: every deposit committed after the
 	// client reads AuthOK is pushed; older ones it fetches.

@@ -19,7 +19,7 @@ import (
 func TestNothingReadableOnDisk(t *testing.T) {
 	r := startRelay(t)
 	c := newClient(t, r)
-	k := newKey(t)
+	k := ownerKey(t, r)
 	marker := []byte("PLAINTEXT-MARKER-7f3a9c")
 	small := append([]byte(nil), marker...)                     // stays in the LSM tree
 	large := append(bytes.Repeat([]byte{'x'}, 4096), marker...) // goes to the value log
@@ -98,6 +98,7 @@ func TestNoLeaks(t *testing.T) {
 		t.Fatal(err)
 	}
 	k := newKey(t)
+	register(t, c, r, k)
 	mustDeposit(t, c, r, k.ID(), envelopes(3, 100, "leak"))
 	beforeSession := goleak.IgnoreCurrent()
 
@@ -137,7 +138,7 @@ func TestPrometheusTracer(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	r := startRelay(t, WithMetricsTracer(NewMetricsTracer(reg)), WithMailboxQuota(2, 1<<20))
 	c := newClient(t, r)
-	k := newKey(t)
+	k := ownerKey(t, r)
 	res, _ := c.Deposit(testCtx(t), r.h.ID(), k.ID(), envelopes(3, 100, "m"))
 	wantErrs(t, res, nil, nil, ErrMailboxFull)
 	s := openSession(t, c, r, k)

@@ -12,8 +12,12 @@
 // MailboxID, is the lower-case unpadded base32 of
 // SHA-256("kinmesh/mailbox/id/v1" || auth public key), 52 characters. The
 // id and the public key go into the account's signed contact record.
-// A relay learns of a mailbox at its first deposit; there is no
-// registration, and fetching a mailbox nobody wrote to is simply empty.
+// A relay keeps mail only for registered mailboxes: the owner's Auth
+// registers its mailbox for 60 days from that day (WithRegistrationTTL;
+// new registrations cost the owner's address a budget,
+// WithSourceRegistrationRate), and a deposit to any other mailbox is
+// refused (CodeUnknownMailbox) with nothing stored. Purge forgets the
+// registration with the mailbox.
 //
 // Contents are opaque sealed envelopes (protocols/e2ee); the relay sees
 // the mailbox id, each envelope's (padded) size and the depositing
@@ -43,7 +47,8 @@
 //
 //	Request{1, Hello}                         →
 //	                                          ← Response{1, Challenge{nonce, relay peer id, relay time}}
-//	Request{2, Auth{public key, signature}}   →     id from key; verify
+//	Request{2, Auth{public key, signature}}   →     id from key; verify;
+//	                                                register (synced)
 //	                                          ← Response{2, AuthOK}
 //	Request{n, Fetch{after, limit}}           →
 //	                                          ← Response{n, FetchResult{items, more}}
@@ -79,7 +84,8 @@
 // In the store's "mailbox" namespace, with P = Opaque(raw mailbox id):
 //
 //	P "/" %016x(seq)   be64(deposit time, Unix ns) || envelope   TTL MaxAge
-//	P ".m"             pb.Meta: next seq, quota usage by deposit-time bucket
+//	P ".m"             pb.Meta: next seq, quota usage by deposit-time
+//	                   bucket, registered until     TTL the later of both
 //
 // The store seals every value and P reveals nothing, so neither envelopes
 // nor mailbox ids appear on disk. All changes go through one goroutine
@@ -89,7 +95,8 @@
 // # Limits
 //
 // Wire caps (MaxEnvelopeSize, MaxBatchItems, MaxBatchBytes, MaxAckSeqs,
-// MaxPageItems, MaxPageBytes), per-mailbox quotas (WithMailboxQuota),
+// MaxPageItems, MaxPageBytes), registration (deposits only to registered
+// mailboxes; WithSourceRegistrationRate), per-mailbox quotas (WithMailboxQuota),
 // per-depositor token buckets (WithDepositorRate, WithMaxDepositors), a
 // byte budget per source address (WithSourceDepositRate), the store's
 // free-space floor (storage.WithMinFree: deposits refused as relay full),

@@ -123,9 +123,14 @@ func TestDepositSurvivesSIGKILL(t *testing.T) {
 		t.Fatal(err)
 	}
 	k := newKey(t)
-	envs := envelopes(3, 1500, "durable")
+	envs := envelopes(4, 1500, "durable")
 	h.Peerstore().AddAddrs(child.info.ID, child.info.Addrs, peerstore.PermanentAddrTTL)
-	res, err := c.Deposit(testCtx(t), child.info.ID, k.ID(), envs)
+	reg, err := c.Open(testCtx(t), child.info.ID, k) // registers the mailbox
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	_ = reg.Close()
+	res, err := c.Deposit(testCtx(t), child.info.ID, k.ID(), envs[:3])
 	if err != nil || res[0].Err != nil || res[1].Err != nil || res[2].Err != nil {
 		t.Fatalf("Deposit: %v %v", res, err)
 	}
@@ -141,6 +146,12 @@ func TestDepositSurvivesSIGKILL(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	_ = h.Network().ClosePeer(child.info.ID)
+	// The registration survived too: a deposit before the owner is back
+	// is taken.
+	res, err = c.Deposit(ctx, child.info.ID, k.ID(), envs[3:])
+	if err != nil || res[0].Err != nil {
+		t.Fatalf("Deposit on the restarted relay: %v %v", res, err)
+	}
 	s, err := c.Open(ctx, child.info.ID, k)
 	if err != nil {
 		t.Fatalf("Open on the restarted relay: %v", err)

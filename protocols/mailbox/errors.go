@@ -37,12 +37,23 @@ var (
 	// stored: try another of the recipient's relays, or later.
 	ErrRelayFull = errors.New("mailbox: relay full")
 
+	// ErrUnknownMailbox means the relay keeps no mail for this mailbox:
+	// its owner has not authenticated on this relay (which registers the
+	// mailbox) within the registration period (WithRegistrationTTL), or
+	// purged it since. Nothing was stored. The relay is not, or no longer,
+	// one of the owner's home relays, or the owner has not come online
+	// since choosing it: deposit on the owner's other relays and retry
+	// later (the owner registers when it connects).
+	ErrUnknownMailbox = errors.New("mailbox: unknown mailbox")
+
 	// ErrRateLimited means this depositor (peer id), or all the peers at
 	// its address together (WithSourceDepositRate), deposited more than
 	// the relay allows, and the envelope was not stored (retry
 	// after DepositResult.RetryAfter); or, from Session.Purge, that this
 	// peer asked for more purges than the relay allows per minute, and
-	// nothing was deleted (retry after the time the error gives).
+	// nothing was deleted (retry after the time the error gives); or, from
+	// Client.Open, that the owner's address registered more new mailboxes
+	// than the relay allows (WithSourceRegistrationRate).
 	ErrRateLimited = errors.New("mailbox: deposit rate limit exceeded")
 
 	// ErrUnauthorized means the relay refused a fetch, ack or purge on a
@@ -90,32 +101,34 @@ type Code uint8
 
 // The codes, with their values on the wire (the protobuf enum Code).
 const (
-	CodeOK            Code = 0
-	CodeMalformed     Code = 1
-	CodeTooLarge      Code = 2
-	CodeBatchTooLarge Code = 3
-	CodeMailboxFull   Code = 4
-	CodeRateLimited   Code = 5
-	CodeUnauthorized  Code = 6
-	CodeNotFound      Code = 7
-	CodeUnavailable   Code = 8
-	CodeRelayFull     Code = 9
+	CodeOK             Code = 0
+	CodeMalformed      Code = 1
+	CodeTooLarge       Code = 2
+	CodeBatchTooLarge  Code = 3
+	CodeMailboxFull    Code = 4
+	CodeRateLimited    Code = 5
+	CodeUnauthorized   Code = 6
+	CodeNotFound       Code = 7
+	CodeUnavailable    Code = 8
+	CodeRelayFull      Code = 9
+	CodeUnknownMailbox Code = 10
 )
 
 var codeInfo = [...]struct {
 	name string
 	err  error
 }{
-	CodeOK:            {"ok", nil},
-	CodeMalformed:     {"malformed", ErrMalformed},
-	CodeTooLarge:      {"too_large", ErrEnvelopeTooLarge},
-	CodeBatchTooLarge: {"batch_too_large", ErrBatchTooLarge},
-	CodeMailboxFull:   {"mailbox_full", ErrMailboxFull},
-	CodeRateLimited:   {"rate_limited", ErrRateLimited},
-	CodeUnauthorized:  {"unauthorized", ErrUnauthorized},
-	CodeNotFound:      {"not_found", ErrNotFound},
-	CodeUnavailable:   {"unavailable", ErrUnavailable},
-	CodeRelayFull:     {"relay_full", ErrRelayFull},
+	CodeOK:             {"ok", nil},
+	CodeMalformed:      {"malformed", ErrMalformed},
+	CodeTooLarge:       {"too_large", ErrEnvelopeTooLarge},
+	CodeBatchTooLarge:  {"batch_too_large", ErrBatchTooLarge},
+	CodeMailboxFull:    {"mailbox_full", ErrMailboxFull},
+	CodeRateLimited:    {"rate_limited", ErrRateLimited},
+	CodeUnauthorized:   {"unauthorized", ErrUnauthorized},
+	CodeNotFound:       {"not_found", ErrNotFound},
+	CodeUnavailable:    {"unavailable", ErrUnavailable},
+	CodeRelayFull:      {"relay_full", ErrRelayFull},
+	CodeUnknownMailbox: {"unknown_mailbox", ErrUnknownMailbox},
 }
 
 // String returns the code's name, as used in metric labels ("ok",

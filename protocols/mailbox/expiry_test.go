@@ -20,7 +20,7 @@ func TestExpiry(t *testing.T) {
 	// Only the explicit Sweep below may delete: no background sweep.
 	r := startRelayWith(t, []storage.Option{storage.WithSweepInterval(0)})
 	c := newClient(t, r)
-	k := newKey(t)
+	k := ownerKey(t, r)
 	t0 := r.clock.Now()
 	mustDeposit(t, c, r, k.ID(), [][]byte{[]byte("old")})
 	r.clock.Advance(14*24*time.Hour + 23*time.Hour)
@@ -73,7 +73,7 @@ func TestExpiryFreesQuota(t *testing.T) {
 	tr := &countingTracer{}
 	r := startRelay(t, WithMailboxQuota(2, 1<<20), WithMetricsTracer(tr))
 	c := newClient(t, r)
-	k := newKey(t)
+	k := ownerKey(t, r)
 	mustDeposit(t, c, r, k.ID(), envelopes(2, 100, "a"))
 	res, _ := c.Deposit(testCtx(t), r.h.ID(), k.ID(), envelopes(1, 100, "b"))
 	wantErrs(t, res, ErrMailboxFull)
@@ -89,7 +89,7 @@ func TestExpiryFreesQuota(t *testing.T) {
 func TestWithMaxAge(t *testing.T) {
 	r := startRelay(t, WithMaxAge(time.Hour))
 	c := newClient(t, r)
-	k := newKey(t)
+	k := ownerKey(t, r)
 	mustDeposit(t, c, r, k.ID(), envelopes(1, 100, "short"))
 	s := openSession(t, c, r, k)
 	r.clock.Advance(59 * time.Minute)

@@ -49,7 +49,7 @@ func TestGoldenFrames(t *testing.T) {
 }
 
 func TestCodesMatchWire(t *testing.T) {
-	for c := CodeOK; c <= CodeRelayFull; c++ {
+	for c := CodeOK; c <= CodeUnknownMailbox; c++ {
 		name, ok := pb.Code_name[int32(c)]
 		if !ok || name != "CODE_"+strings.ToUpper(c.String()) {
 			t.Errorf("code %d (%s): wire name %q", c, c, name)
@@ -58,8 +58,8 @@ func TestCodesMatchWire(t *testing.T) {
 			t.Errorf("CodeOf(%s.Err()) = %s", c, CodeOf(c.Err()))
 		}
 	}
-	if len(pb.Code_name) != int(CodeRelayFull)+1 {
-		t.Errorf("wire has %d codes, Go %d", len(pb.Code_name), CodeRelayFull+1)
+	if len(pb.Code_name) != int(CodeUnknownMailbox)+1 {
+		t.Errorf("wire has %d codes, Go %d", len(pb.Code_name), CodeUnknownMailbox+1)
 	}
 	if err := Code(200).Err(); !errors.Is(err, ErrProtocol) {
 		t.Errorf("unknown code: %v", err)

@@ -72,6 +72,17 @@ const (
 	// DefaultPurgesPerMinute is how many purges one peer may request per
 	// minute; the same number may come at once.
 	DefaultPurgesPerMinute = 6
+	// DefaultRegistrationTTL is how long a mailbox stays registered on a
+	// relay after its owner's last authentication: long enough for a
+	// phone left off for weeks (its mail expires after MaxAge anyway),
+	// short enough that abandoned mailboxes go.
+	DefaultRegistrationTTL = 60 * 24 * time.Hour
+	// DefaultSourceRegistrationsPerHour and DefaultSourceRegistrationBurst:
+	// how many mailboxes the owners at one address (an IPv4 address, an
+	// IPv6 /64) may newly register, an hour and at once. Keeping a
+	// registration alive costs nothing from it.
+	DefaultSourceRegistrationsPerHour = 256
+	DefaultSourceRegistrationBurst    = 1024
 )
 
 const (

@@ -23,7 +23,7 @@ func TestDepositFetchAckGone(t *testing.T) {
 	r := startRelay(t)
 	depositor := newClient(t, r)
 	owner := newClient(t, r)
-	k := newKey(t)
+	k := ownerKey(t, r)
 	envs := envelopes(3, 700, "hello")
 	mustDeposit(t, depositor, r, k.ID(), envs)
 
@@ -87,7 +87,7 @@ func TestDepositFetchAckGone(t *testing.T) {
 
 func TestFetchUnknownMailboxIsEmpty(t *testing.T) {
 	r := startRelay(t)
-	s := openSession(t, newClient(t, r), r, newKey(t))
+	s := openSession(t, newClient(t, r), r, ownerKey(t, r))
 	items, more, err := s.Fetch(testCtx(t), 0, 10)
 	if err != nil || len(items) != 0 || more {
 		t.Fatalf("Fetch of a never-written mailbox: got %d items, more %v, err %v; want empty", len(items), more, err)
@@ -101,7 +101,7 @@ func TestFetchUnknownMailboxIsEmpty(t *testing.T) {
 func TestFetchPages(t *testing.T) {
 	r := startRelay(t)
 	c := newClient(t, r)
-	k := newKey(t)
+	k := ownerKey(t, r)
 	envs := envelopes(600, 100, "page")
 	mustDeposit(t, c, r, k.ID(), envs)
 	s := openSession(t, c, r, k)
@@ -125,7 +125,7 @@ func TestFetchPages(t *testing.T) {
 	}
 
 	// Pages also stop at MaxPageBytes.
-	big := newKey(t)
+	big := ownerKey(t, r)
 	mustDeposit(t, c, r, big.ID(), envelopes(20, MaxEnvelopeSize, "big"))
 	sb := openSession(t, c, r, big)
 	items, more, err = sb.Fetch(testCtx(t), 0, 0)
@@ -137,7 +137,7 @@ func TestFetchPages(t *testing.T) {
 func TestManyEnvelopesOneDeposit(t *testing.T) {
 	r := startRelay(t)
 	c := newClient(t, r)
-	k := newKey(t)
+	k := ownerKey(t, r)
 	// 1,500 envelopes of 2 KiB: split into 6 requests by count, and more
 	// by bytes, pipelined on one stream.
 	envs := envelopes(1500, 2<<10, "many")
@@ -155,7 +155,7 @@ func TestManyEnvelopesOneDeposit(t *testing.T) {
 
 func TestConcurrentDepositors(t *testing.T) {
 	r := startRelay(t)
-	k := newKey(t)
+	k := ownerKey(t, r)
 	const clients, each = 4, 200
 	var wg sync.WaitGroup
 	for i := range clients {
@@ -190,7 +190,7 @@ func TestConcurrentDepositors(t *testing.T) {
 func TestPipelinedRawRequests(t *testing.T) {
 	r := startRelay(t)
 	c := newClient(t, r)
-	k := newKey(t)
+	k := ownerKey(t, r)
 	raw := openRaw(t, c, r)
 	id := rawID(k.ID())
 	const n = 8
@@ -220,7 +220,7 @@ func TestPipelinedRawRequests(t *testing.T) {
 func TestPaddedDeposit(t *testing.T) {
 	r := startRelay(t)
 	owner, depositor := newClient(t, r), newClient(t, r)
-	k := newKey(t)
+	k := ownerKey(t, r)
 	s := openSession(t, owner, r, k)
 	envs := [][]byte{[]byte("tiny one"), []byte("tiny two")}
 	frame, err := proto.Marshal(depositReq(1, rawID(k.ID()), envs...))
@@ -248,7 +248,7 @@ func TestPaddedDeposit(t *testing.T) {
 func TestPurge(t *testing.T) {
 	r := startRelay(t)
 	c := newClient(t, r)
-	k, other := newKey(t), newKey(t)
+	k, other := ownerKey(t, r), ownerKey(t, r)
 	mustDeposit(t, c, r, k.ID(), envelopes(1200, 64, "purge"))
 	mustDeposit(t, c, r, other.ID(), envelopes(2, 64, "keep"))
 	// In the store: the items and record ("d/"), and the index entries
@@ -312,7 +312,7 @@ func keysNaming(t *testing.T, r *testRelay, mbox MailboxID) map[string]int {
 func TestPush(t *testing.T) {
 	r := startRelay(t)
 	owner, depositor := newClient(t, r), newClient(t, r)
-	k := newKey(t)
+	k := ownerKey(t, r)
 	s := openSession(t, owner, r, k)
 	envs := envelopes(3, 500, "push")
 	mustDeposit(t, depositor, r, k.ID(), envs[:1])
@@ -339,7 +339,7 @@ func TestPush(t *testing.T) {
 func TestPushOverflow(t *testing.T) {
 	r := startRelay(t, WithPushQueue(2, MaxEnvelopeSize))
 	c := newClient(t, r)
-	k := newKey(t)
+	k := ownerKey(t, r)
 	s := openSession(t, c, r, k)
 	envs := envelopes(10, 100, "flood")
 	mustDeposit(t, c, r, k.ID(), envs) // one request: one commit, 10 pushes at once
@@ -360,7 +360,7 @@ func TestPushOverflow(t *testing.T) {
 func TestClientPushBufferOverflow(t *testing.T) {
 	r := startRelay(t)
 	c := newClient(t, r, WithPushBuffer(1))
-	k := newKey(t)
+	k := ownerKey(t, r)
 	s := openSession(t, c, r, k)
 	envs := envelopes(5, 100, "slow")
 	for i := range envs {
@@ -447,7 +447,7 @@ func TestGroupTooLargeSplits(t *testing.T) {
 	// The device profile's transactions hold about 300 KB; groups are
 	// allowed to grow far beyond.
 	r := startRelayWith(t, []storage.Option{storage.WithProfile(storage.ProfileDevice)}, withGroupCost(64<<20))
-	k := newKey(t)
+	k := ownerKey(t, r)
 	const clients, each = 6, 1024
 	var wg sync.WaitGroup
 	for i := range clients {
@@ -480,7 +480,7 @@ func TestUnreadableItem(t *testing.T) {
 	tr := &countingTracer{}
 	r := startRelay(t, WithMetricsTracer(tr))
 	c := newClient(t, r)
-	fetched, purged := newKey(t), newKey(t)
+	fetched, purged := ownerKey(t, r), ownerKey(t, r)
 	envs := envelopes(3, 100, "unreadable")
 	var middle []uint64
 	for _, k := range []Key{fetched, purged} {
@@ -522,7 +522,7 @@ func TestUnreadableItem(t *testing.T) {
 func TestDeliveredLeavesNoTimes(t *testing.T) {
 	r := startRelay(t)
 	c := newClient(t, r)
-	k := newKey(t)
+	k := ownerKey(t, r)
 	mustDeposit(t, c, r, k.ID(), envelopes(3, 64, "a"))
 	r.clock.Advance(time.Minute)
 	mustDeposit(t, c, r, k.ID(), envelopes(2, 64, "b"))

@@ -191,6 +191,26 @@ func newKey(t testing.TB) Key {
 	return k
 }
 
+// ownerKey returns a new mailbox key whose mailbox is registered on r:
+// its owner authenticated there once, as a device does on its home
+// relays, from a client of its own.
+func ownerKey(t testing.TB, r *testRelay) Key {
+	t.Helper()
+	k := newKey(t)
+	register(t, newClient(t, r), r, k)
+	return k
+}
+
+// register registers k's mailbox on r: its owner authenticates on c.
+func register(t testing.TB, c *Client, r *testRelay, k Key) {
+	t.Helper()
+	s, err := c.Open(testCtx(t), r.h.ID(), k)
+	if err != nil {
+		t.Fatalf("register %s: %v", k.ID(), err)
+	}
+	_ = s.Close()
+}
+
 func testCtx(t testing.TB) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	t.Cleanup(cancel)

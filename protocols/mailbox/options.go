@@ -25,6 +25,9 @@ type config struct {
 	purgesPerMin    int
 	srcRate         float64 // envelope bytes a second, per source address
 	srcBurst        float64
+	regTTL          time.Duration
+	regRate         float64 // new registrations a second, per source address
+	regBurst        float64
 
 	pushItems int
 	pushBytes int
@@ -48,6 +51,9 @@ func defaultConfig() config {
 		purgesPerMin:    DefaultPurgesPerMinute,
 		srcRate:         DefaultSourceDepositBytesPerHour / 3600.0,
 		srcBurst:        DefaultSourceDepositBurst,
+		regTTL:          DefaultRegistrationTTL,
+		regRate:         DefaultSourceRegistrationsPerHour / 3600.0,
+		regBurst:        DefaultSourceRegistrationBurst,
 		pushItems:       256,
 		pushBytes:       1 << 20,
 		streamTimeout:   30 * time.Second,
@@ -142,6 +148,37 @@ func WithSourceDepositRate(bytesPerHour, burst uint64) Option {
 			return fmt.Errorf("mailbox: source deposit rate of %d bytes an hour, burst %d: want a rate and a burst of at least %d bytes", bytesPerHour, burst, MaxEnvelopeSize)
 		}
 		c.srcRate, c.srcBurst = float64(bytesPerHour)/3600, float64(burst)
+		return nil
+	}
+}
+
+// WithRegistrationTTL sets how long a mailbox stays registered after its
+// owner's last authentication (default DefaultRegistrationTTL). Deposits
+// to a mailbox that isn't registered are refused (ErrUnknownMailbox). It
+// can't be shorter than MaxAge plus a day: an owner offline for longer
+// than the mail it could still fetch would find its mailbox gone.
+func WithRegistrationTTL(d time.Duration) Option {
+	return func(c *config) error {
+		if d < MaxAge+24*time.Hour {
+			return fmt.Errorf("mailbox: registration period %v: want at least %v", d, MaxAge+24*time.Hour)
+		}
+		c.regTTL = d
+		return nil
+	}
+}
+
+// WithSourceRegistrationRate sets how many mailboxes the owners
+// connecting from one address (netkit.SourceKey) may newly register:
+// burst at once, then perHour an hour (defaults
+// DefaultSourceRegistrationsPerHour, DefaultSourceRegistrationBurst).
+// Authenticating as the owner of a mailbox that is registered already
+// costs nothing; beyond the budget, Auth is refused as rate limited.
+func WithSourceRegistrationRate(perHour, burst uint64) Option {
+	return func(c *config) error {
+		if perHour == 0 || burst == 0 {
+			return fmt.Errorf("mailbox: source registration rate of %d an hour, burst %d: want both at least 1", perHour, burst)
+		}
+		c.regRate, c.regBurst = float64(perHour)/3600, float64(burst)
 		return nil
 	}
 }

@@ -48,7 +48,7 @@ func wantErrs(t *testing.T, res []DepositResult, want ...error) {
 func TestMailboxFull(t *testing.T) {
 	r := startRelay(t, WithMailboxQuota(3, 2*MaxEnvelopeSize+100))
 	c := newClient(t, r)
-	k, other := newKey(t), newKey(t)
+	k, other := ownerKey(t, r), ownerKey(t, r)
 
 	res, err := c.Deposit(testCtx(t), r.h.ID(), k.ID(), envelopes(5, 100, "full"))
 	if err != nil {
@@ -71,7 +71,7 @@ func TestMailboxFull(t *testing.T) {
 	wantErrs(t, res, nil, ErrMailboxFull)
 
 	// The byte quota: two large envelopes fit, the third does not.
-	big := newKey(t)
+	big := ownerKey(t, r)
 	res, _ = c.Deposit(testCtx(t), r.h.ID(), big.ID(), envelopes(3, MaxEnvelopeSize, "big"))
 	wantErrs(t, res, nil, nil, ErrMailboxFull)
 
@@ -91,7 +91,7 @@ func TestMailboxFull(t *testing.T) {
 func TestDepositorRateLimit(t *testing.T) {
 	r := startRelay(t, WithDepositorRate(5, 1<<20))
 	c, c2 := newClient(t, r), newClient(t, r)
-	k := newKey(t)
+	k := ownerKey(t, r)
 	res, err := c.Deposit(testCtx(t), r.h.ID(), k.ID(), envelopes(8, 100, "rate"))
 	if err != nil {
 		t.Fatal(err)
@@ -115,6 +115,7 @@ func TestDepositorRateLimit(t *testing.T) {
 	// The byte rate.
 	r2 := startRelay(t, WithDepositorRate(1000, 2*MaxEnvelopeSize))
 	c3 := newClient(t, r2)
+	register(t, c3, r2, k)
 	res, _ = c3.Deposit(testCtx(t), r2.h.ID(), k.ID(), envelopes(3, MaxEnvelopeSize, "bytes"))
 	wantErrs(t, res, nil, nil, ErrRateLimited)
 }
@@ -125,7 +126,7 @@ func TestDepositorRateLimit(t *testing.T) {
 func TestSourceDepositRate(t *testing.T) {
 	const size, perSecond = 20_000, 1000
 	r := startRelay(t, WithSourceDepositRate(perSecond*3600, MaxEnvelopeSize), WithDepositorRate(2, 1<<20))
-	k := newKey(t)
+	k := ownerKey(t, r)
 	c1, c2 := newClient(t, r), newClient(t, r)
 	// The address's budget (69,632 bytes) would take 3; c1's own rate
 	// takes 2, and the third goes back to the address.
@@ -158,7 +159,7 @@ func TestSourceDepositRate(t *testing.T) {
 func TestRelayFull(t *testing.T) {
 	r := startRelay(t)
 	c := newClient(t, r)
-	k := newKey(t)
+	k := ownerKey(t, r)
 	mustDeposit(t, c, r, k.ID(), envelopes(2, 100, "before"))
 	free, err := r.st.FreeSpace()
 	if err != nil {
@@ -205,7 +206,7 @@ func TestRelayFull(t *testing.T) {
 // least recently, and stays bounded; idle ones are swept after a minute.
 func TestMaxDepositors(t *testing.T) {
 	r := startRelay(t, WithMaxDepositors(2))
-	k := newKey(t)
+	k := ownerKey(t, r)
 	for i := range 2 {
 		mustDeposit(t, newClient(t, r), r, k.ID(), envelopes(1, 10, fmt.Sprint("filler ", i)))
 	}
@@ -223,7 +224,7 @@ func TestMaxDepositors(t *testing.T) {
 func TestTooLargeAndMalformed(t *testing.T) {
 	r := startRelay(t)
 	c := newClient(t, r)
-	k := newKey(t)
+	k := ownerKey(t, r)
 	id := rawID(k.ID())
 
 	// Client side: unsendable envelopes are reported, the rest stored.
@@ -318,21 +319,22 @@ func TestPurgeRateLimit(t *testing.T) {
 	tr := &countingTracer{}
 	r := startRelay(t, WithPurgeRate(2), WithMetricsTracer(tr))
 	c := newClient(t, r)
-	k := newKey(t)
+	k := ownerKey(t, r)
 	s := openSession(t, c, r, k)
+	base := tr.get("commits") // the registration's, and the session's check of it
 	mustDeposit(t, c, r, k.ID(), envelopes(2, 100, "purge"))
-	waitFor(t, "the deposit's commit counted", func() bool { return tr.get("commits") == 1 })
+	waitFor(t, "the deposit's commit counted", func() bool { return tr.get("commits") == base+1 })
 
 	if n, err := s.Purge(testCtx(t)); err != nil || n != 2 {
 		t.Fatalf("first purge: %d, %v; want 2", n, err)
 	}
-	if got := tr.get("commits"); got != 2 {
+	if got := tr.get("commits") - base; got != 2 {
 		t.Fatalf("%d commits after a purge of 2 items, want 2", got)
 	}
 	if n, err := s.Purge(testCtx(t)); err != nil || n != 0 {
 		t.Fatalf("second purge: %d, %v; want 0", n, err)
 	}
-	if got := tr.get("commits"); got != 2 {
+	if got := tr.get("commits") - base; got != 2 {
 		t.Fatalf("%d commits after a purge of nothing, want still 2", got)
 	}
 
@@ -402,7 +404,7 @@ func seqsOf(items []Item) []uint64 {
 func TestAckFromTwoSessions(t *testing.T) {
 	r := startRelay(t, WithMailboxQuota(4, 1<<20))
 	c := newClient(t, r)
-	k := newKey(t)
+	k := ownerKey(t, r)
 	a, b := openSession(t, c, r, k), openSession(t, newClient(t, r), r, k)
 	mustDeposit(t, c, r, k.ID(), envelopes(2, 100, "first"))
 	seqs := seqsOf(fetchAll(t, a))
@@ -431,22 +433,30 @@ func TestAckFromTwoSessions(t *testing.T) {
 func TestAckAfterPurge(t *testing.T) {
 	r := startRelay(t, WithMailboxQuota(3, 1<<20))
 	c := newClient(t, r)
-	k := newKey(t)
+	k := ownerKey(t, r)
 	s := openSession(t, c, r, k)
 	mustDeposit(t, c, r, k.ID(), envelopes(2, 100, "before"))
 	seqs := seqsOf(fetchAll(t, s))
 	if n, err := openSession(t, newClient(t, r), r, k).Purge(testCtx(t)); err != nil || n != 2 {
 		t.Fatalf("Purge: %d, %v; want 2", n, err)
 	}
+	// The purge forgot the mailbox: nothing is taken for it until its
+	// owner authenticates again.
+	res, err := c.Deposit(testCtx(t), r.h.ID(), k.ID(), envelopes(1, 100, "forgotten"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantErrs(t, res, ErrUnknownMailbox)
 	// The new record's seqs start at the clock's microsecond: let it move
 	// on, so they don't repeat the purged ones.
 	r.clock.Advance(time.Millisecond)
+	register(t, c, r, k)
 	mustDeposit(t, c, r, k.ID(), envelopes(2, 100, "after"))
 	wantAcks(t, s, ErrNotFound, seqs...)
 	if used, held := storedUsage(t, r, k.ID()), countItems(t, r, k.ID()); used != 2 || held != 2 {
 		t.Fatalf("usage %d with %d items stored, want 2 and 2", used, held)
 	}
-	res, err := c.Deposit(testCtx(t), r.h.ID(), k.ID(), envelopes(2, 100, "more"))
+	res, err = c.Deposit(testCtx(t), r.h.ID(), k.ID(), envelopes(2, 100, "more"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -32,6 +32,7 @@ type Service struct {
 	tr     tracer
 	lim    *limiter                // deposits, per depositor
 	srcLim *netkit.Limiter[string] // deposited bytes, per source address
+	regLim *netkit.Limiter[string] // new registrations, per source address
 	purges *limiter                // purges, per peer
 	width  int64                   // quota bucket width, seconds
 
@@ -59,7 +60,11 @@ type Service struct {
 // DefaultMaxBytes bytes; per depositor DefaultDepositsPerMinute envelopes
 // and DefaultDepositBytesPerMinute bytes per minute, 65,536 depositors
 // tracked; per source address DefaultSourceDepositBurst bytes at once,
-// then DefaultSourceDepositBytesPerHour an hour; per peer DefaultPurgesPerMinute purges per minute; push queues of 256 items and 1 MiB per session; unauthenticated
+// then DefaultSourceDepositBytesPerHour an hour; registrations lasting
+// DefaultRegistrationTTL after the owner's last authentication, and per
+// source address DefaultSourceRegistrationBurst new ones at once, then
+// DefaultSourceRegistrationsPerHour an hour; per peer
+// DefaultPurgesPerMinute purges per minute; push queues of 256 items and 1 MiB per session; unauthenticated
 // streams idle for 30 s, owner sessions idle for 3 min and writes taking
 // 30 s are cut.
 func NewService(h host.Host, st *storage.Store, opts ...Option) (*Service, error) {
@@ -98,6 +103,7 @@ func newService(st *storage.Store, opts ...Option) (*Service, error) {
 		// Purges count, not bytes: take passes them as size 0.
 		purges: newLimiter(cfg.now, cfg.purgesPerMin, 1, cfg.maxDepositors),
 		srcLim: netkit.NewLimiter[string](cfg.now, cfg.srcRate, cfg.srcBurst, cfg.maxDepositors),
+		regLim: netkit.NewLimiter[string](cfg.now, cfg.regRate, cfg.regBurst, cfg.maxDepositors),
 		width:  max(int64(cfg.maxAge/time.Second)/90, 1),
 		ctx:    ctx,
 		cancel: cancel,

@@ -28,30 +28,32 @@ type Code int32
 
 const (
 	Code_CODE_OK              Code = 0
-	Code_CODE_MALFORMED       Code = 1 // the request failed validation
-	Code_CODE_TOO_LARGE       Code = 2 // one envelope exceeds MaxEnvelopeSize
-	Code_CODE_BATCH_TOO_LARGE Code = 3 // too many envelopes or bytes in one request, or an oversized frame
-	Code_CODE_MAILBOX_FULL    Code = 4 // the mailbox's item or byte quota is used up
-	Code_CODE_RATE_LIMITED    Code = 5 // the depositor's (or its address's) rate quota is used up; see retry_after_ms
-	Code_CODE_UNAUTHORIZED    Code = 6 // fetch/ack/purge before a valid Auth, or a bad Auth
-	Code_CODE_NOT_FOUND       Code = 7 // ack of a seq the mailbox does not hold
-	Code_CODE_UNAVAILABLE     Code = 8 // the relay cannot serve now (closing, out of memory, store error)
-	Code_CODE_RELAY_FULL      Code = 9 // the relay's disk is nearly full: no new deposits until space frees
+	Code_CODE_MALFORMED       Code = 1  // the request failed validation
+	Code_CODE_TOO_LARGE       Code = 2  // one envelope exceeds MaxEnvelopeSize
+	Code_CODE_BATCH_TOO_LARGE Code = 3  // too many envelopes or bytes in one request, or an oversized frame
+	Code_CODE_MAILBOX_FULL    Code = 4  // the mailbox's item or byte quota is used up
+	Code_CODE_RATE_LIMITED    Code = 5  // the depositor's (or its address's) rate quota is used up; see retry_after_ms
+	Code_CODE_UNAUTHORIZED    Code = 6  // fetch/ack/purge before a valid Auth, or a bad Auth
+	Code_CODE_NOT_FOUND       Code = 7  // ack of a seq the mailbox does not hold
+	Code_CODE_UNAVAILABLE     Code = 8  // the relay cannot serve now (closing, out of memory, store error)
+	Code_CODE_RELAY_FULL      Code = 9  // the relay's disk is nearly full: no new deposits until space frees
+	Code_CODE_UNKNOWN_MAILBOX Code = 10 // deposit to a mailbox whose owner has not authenticated here lately
 )
 
 // Enum value maps for Code.
 var (
 	Code_name = map[int32]string{
-		0: "CODE_OK",
-		1: "CODE_MALFORMED",
-		2: "CODE_TOO_LARGE",
-		3: "CODE_BATCH_TOO_LARGE",
-		4: "CODE_MAILBOX_FULL",
-		5: "CODE_RATE_LIMITED",
-		6: "CODE_UNAUTHORIZED",
-		7: "CODE_NOT_FOUND",
-		8: "CODE_UNAVAILABLE",
-		9: "CODE_RELAY_FULL",
+		0:  "CODE_OK",
+		1:  "CODE_MALFORMED",
+		2:  "CODE_TOO_LARGE",
+		3:  "CODE_BATCH_TOO_LARGE",
+		4:  "CODE_MAILBOX_FULL",
+		5:  "CODE_RATE_LIMITED",
+		6:  "CODE_UNAUTHORIZED",
+		7:  "CODE_NOT_FOUND",
+		8:  "CODE_UNAVAILABLE",
+		9:  "CODE_RELAY_FULL",
+		10: "CODE_UNKNOWN_MAILBOX",
 	}
 	Code_value = map[string]int32{
 		"CODE_OK":              0,
@@ -64,6 +66,7 @@ var (
 		"CODE_NOT_FOUND":       7,
 		"CODE_UNAVAILABLE":     8,
 		"CODE_RELAY_FULL":      9,
+		"CODE_UNKNOWN_MAILBOX": 10,
 	}
 )
 
@@ -1337,12 +1340,13 @@ func (x *More) GetAfter() uint64 {
 
 // Meta is the relay's per-mailbox record, stored sealed (never sent).
 type Meta struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	NextSeq       uint64                 `protobuf:"varint,1,opt,name=next_seq,json=nextSeq,proto3" json:"next_seq,omitempty"`             // the seq the next deposit gets
-	ExpiresUnix   int64                  `protobuf:"varint,2,opt,name=expires_unix,json=expiresUnix,proto3" json:"expires_unix,omitempty"` // when the record itself may go (seconds)
-	Buckets       []*Bucket              `protobuf:"bytes,3,rep,name=buckets,proto3" json:"buckets,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state               protoimpl.MessageState `protogen:"open.v1"`
+	NextSeq             uint64                 `protobuf:"varint,1,opt,name=next_seq,json=nextSeq,proto3" json:"next_seq,omitempty"`             // the seq the next deposit gets
+	ExpiresUnix         int64                  `protobuf:"varint,2,opt,name=expires_unix,json=expiresUnix,proto3" json:"expires_unix,omitempty"` // when the record itself may go (seconds)
+	Buckets             []*Bucket              `protobuf:"bytes,3,rep,name=buckets,proto3" json:"buckets,omitempty"`
+	RegisteredUntilUnix int64                  `protobuf:"varint,4,opt,name=registered_until_unix,json=registeredUntilUnix,proto3" json:"registered_until_unix,omitempty"` // the owner's registration lasts until then (seconds; 0: none)
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *Meta) Reset() {
@@ -1394,6 +1398,13 @@ func (x *Meta) GetBuckets() []*Bucket {
 		return x.Buckets
 	}
 	return nil
+}
+
+func (x *Meta) GetRegisteredUntilUnix() int64 {
+	if x != nil {
+		return x.RegisteredUntilUnix
+	}
+	return 0
 }
 
 // Bucket counts the envelopes deposited in [start, end) (Unix seconds)
@@ -1537,16 +1548,17 @@ const file_protocols_mailbox_pb_mailbox_proto_rawDesc = "" +
 	"\x04Push\x12+\n" +
 	"\x05items\x18\x01 \x03(\v2\x15.kinmesh.mailbox.ItemR\x05items\"\x1c\n" +
 	"\x04More\x12\x14\n" +
-	"\x05after\x18\x01 \x01(\x04R\x05after\"w\n" +
+	"\x05after\x18\x01 \x01(\x04R\x05after\"\xab\x01\n" +
 	"\x04Meta\x12\x19\n" +
 	"\bnext_seq\x18\x01 \x01(\x04R\anextSeq\x12!\n" +
 	"\fexpires_unix\x18\x02 \x01(\x03R\vexpiresUnix\x121\n" +
-	"\abuckets\x18\x03 \x03(\v2\x17.kinmesh.mailbox.BucketR\abuckets\"\\\n" +
+	"\abuckets\x18\x03 \x03(\v2\x17.kinmesh.mailbox.BucketR\abuckets\x122\n" +
+	"\x15registered_until_unix\x18\x04 \x01(\x03R\x13registeredUntilUnix\"\\\n" +
 	"\x06Bucket\x12\x14\n" +
 	"\x05start\x18\x01 \x01(\x03R\x05start\x12\x10\n" +
 	"\x03end\x18\x02 \x01(\x03R\x03end\x12\x14\n" +
 	"\x05count\x18\x03 \x01(\rR\x05count\x12\x14\n" +
-	"\x05bytes\x18\x04 \x01(\x04R\x05bytes*\xd9\x01\n" +
+	"\x05bytes\x18\x04 \x01(\x04R\x05bytes*\xf3\x01\n" +
 	"\x04Code\x12\v\n" +
 	"\aCODE_OK\x10\x00\x12\x12\n" +
 	"\x0eCODE_MALFORMED\x10\x01\x12\x12\n" +
@@ -1557,7 +1569,9 @@ const file_protocols_mailbox_pb_mailbox_proto_rawDesc = "" +
 	"\x11CODE_UNAUTHORIZED\x10\x06\x12\x12\n" +
 	"\x0eCODE_NOT_FOUND\x10\a\x12\x14\n" +
 	"\x10CODE_UNAVAILABLE\x10\b\x12\x13\n" +
-	"\x0fCODE_RELAY_FULL\x10\tB1Z/github.com/kinmesh/kinmesh/protocols/mailbox/pbb\x06proto3"
+	"\x0fCODE_RELAY_FULL\x10\t\x12\x18\n" +
+	"\x14CODE_UNKNOWN_MAILBOX\x10\n" +
+	"B1Z/github.com/kinmesh/kinmesh/protocols/mailbox/pbb\x06proto3"
 
 var (
 	file_protocols_mailbox_pb_mailbox_proto_rawDescOnce sync.Once
