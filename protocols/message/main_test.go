@@ -58,9 +58,15 @@ type relay struct {
 
 func newRelay(t testing.TB) *relay {
 	t.Helper()
+	return newRelayWith(t)
+}
+
+// newRelayWith is newRelay with opts for its mailbox service.
+func newRelayWith(t testing.TB, opts ...mailbox.Option) *relay {
+	t.Helper()
 	h := newHost(t)
 	st := openStore(t, t.TempDir())
-	mb, err := mailbox.NewService(h, st)
+	mb, err := mailbox.NewService(h, st, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -109,6 +115,7 @@ type device struct {
 	h      host.Host
 	st     *storage.Store
 	id     *e2ee.Identity
+	auth   mailbox.Key
 	rec    contact.Signed
 	book   *book
 	svc    *Service
@@ -145,7 +152,7 @@ func newDeviceOn(t testing.TB, name string, h host.Host, tweak func(*Config), re
 	}
 	mc, _ := mailbox.NewClient(h)
 	pc, _ := prekeys.NewClient(h)
-	d := &device{h: h, st: st, id: id, rec: signed, book: &book{recs: map[e2ee.AccountID]contact.Signed{}, blocked: map[e2ee.AccountID]bool{}}, events: make(chan Event, 4096)}
+	d := &device{h: h, st: st, id: id, auth: auth, rec: signed, book: &book{recs: map[e2ee.AccountID]contact.Signed{}, blocked: map[e2ee.AccountID]bool{}}, events: make(chan Event, 4096)}
 	cfg := Config{
 		Host: h, Store: st, Contacts: d.book, Mailbox: mc, Prekeys: pc, InitialPrekeys: pk,
 		Account:  Account{Identity: id, MailboxKey: mk, MailboxAuth: auth, Record: signed},
