@@ -192,7 +192,7 @@ func (b *Batch) CommitAsync(ctx context.Context, done func(error)) error {
 		go done(nil)
 		return nil
 	}
-	txn := b.s.db.NewTransaction(true)
+	txn := b.s.newWTxn()
 	if err := b.apply(txn); err != nil {
 		txn.Discard()
 		b.s.release()
@@ -202,7 +202,7 @@ func (b *Batch) CommitAsync(ctx context.Context, done func(error)) error {
 		return fmt.Errorf("storage: commit batch of %d: %w", len(b.ops), err)
 	}
 	n := len(b.ops)
-	txn.CommitWith(func(err error) {
+	b.s.commitWith(txn, func(err error) {
 		defer b.s.release()
 		if err != nil {
 			done(fmt.Errorf("storage: commit batch of %d: %w", n, err))
@@ -260,7 +260,7 @@ func (b *Batch) commit(ctx context.Context, sync bool) error {
 
 // apply stages the batch's operations in txn, then files its grouped
 // puts in their groups' due records (fileGroups). Called with b.mu held.
-func (b *Batch) apply(txn *badger.Txn) error {
+func (b *Batch) apply(txn *wtxn) error {
 	var groups []write
 	for _, w := range b.ops {
 		if err := w.apply(b.s, txn); err != nil {

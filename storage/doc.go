@@ -23,6 +23,12 @@
 //	LOCK, MANIFEST, KEYREGISTRY, DISCARD, *.sst, *.vlog, *.mem
 //	            Badger's files: values under 1 KiB (sealed) live in the
 //	            tables (*.sst), larger ones in the value log (*.vlog)
+//	kinmesh.journal
+//	            the store's commit log, on a store opened
+//	            WithSyncWrites(false): Sync writes and syncs it instead of
+//	            Badger's memory-mapped logs while nothing went to the
+//	            value log, and Open replays into Badger what a power loss
+//	            took of those commits (journal.go)
 //
 // A store has either store.key or store.kdf, never both.
 //
@@ -41,6 +47,7 @@
 //	"d/" ns "/" key                      sealed value
 //	"x/" be64(expiry) ns "/" key         expiry index entry (empty value)
 //	"m/check"                            sealed check value, written at creation
+//	"m/journal"                          be64(seq) of the last journaled commit
 //
 // be64(expiry) is the expiry as Unix nanoseconds, big-endian, so the index
 // iterates in expiry order and a sweep stops at the first entry still alive.

@@ -103,6 +103,18 @@ func CollectGarbage(s *Store) { s.collectGarbage(s.ctx) }
 // syncs beyond Badger's DB.Sync, and "." for the directory.
 func OnLogSynced(s *Store, f func(name string)) {
 	s.logs.mu.Lock()
-	defer s.logs.mu.Unlock()
 	s.logs.synced = f
+	s.logs.mu.Unlock()
+	if s.j != nil {
+		s.j.wmu.Lock()
+		s.j.synced = f
+		s.j.wmu.Unlock()
+	}
 }
+
+// JournalFile is the name of the store's journal file.
+const JournalFile = journalFile
+
+// JournalIdle reports whether no background Sync of the journal
+// (flushIfCrowded) is under way.
+func JournalIdle(s *Store) bool { return s.j == nil || !s.j.flush.Load() }

@@ -67,7 +67,7 @@ func dueOf(txn *badger.Txn, ns, group string) (due, native uint64, ok bool, err 
 
 // setDue files group's entry at due within txn, replacing the one at old
 // (if had). native is Badger's TTL for both keys (0: none).
-func setDue(txn *badger.Txn, ns, group string, old uint64, had bool, due, native uint64) error {
+func setDue(txn *wtxn, ns, group string, old uint64, had bool, due, native uint64) error {
 	if had && old != due {
 		if err := txn.Delete(groupKey(old, ns, group)); err != nil {
 			return err
@@ -86,7 +86,7 @@ func setDue(txn *badger.Txn, ns, group string, old uint64, had bool, due, native
 }
 
 // dropDue deletes group's entry at due and its due record within txn.
-func dropDue(txn *badger.Txn, ns, group string, due uint64) error {
+func dropDue(txn *wtxn, ns, group string, due uint64) error {
 	if err := txn.Delete(groupKey(due, ns, group)); err != nil {
 		return err
 	}
@@ -95,7 +95,7 @@ func dropDue(txn *badger.Txn, ns, group string, due uint64) error {
 
 // fileGroups gives the groups of a batch's grouped puts their entries: due
 // no later than the group's earliest value in the batch.
-func fileGroups(txn *badger.Txn, puts []write) error {
+func fileGroups(txn *wtxn, puts []write) error {
 	type group struct {
 		ns, name      string
 		first, native uint64
@@ -113,7 +113,7 @@ func fileGroups(txn *badger.Txn, puts []write) error {
 		g.first, g.native = min(g.first, w.expiry), max(g.native, w.nativeExpiry())
 	}
 	for _, g := range groups {
-		old, native, had, err := dueOf(txn, g.ns, g.name)
+		old, native, had, err := dueOf(txn.Txn, g.ns, g.name)
 		if err != nil && !errors.Is(err, ErrCorrupt) {
 			return fmt.Errorf("%s/%q: group entry: %w", g.ns, g.name, err)
 		}
@@ -129,8 +129,8 @@ func fileGroups(txn *badger.Txn, puts []write) error {
 }
 
 // forgetIn deletes group's entry in ns within txn if it is not due yet.
-func forgetIn(s *Store, txn *badger.Txn, ns, group string) error {
-	due, _, had, err := dueOf(txn, ns, group)
+func forgetIn(s *Store, txn *wtxn, ns, group string) error {
+	due, _, had, err := dueOf(txn.Txn, ns, group)
 	if err != nil || !had || due <= s.now() {
 		return err
 	}
@@ -193,7 +193,7 @@ func (s *Store) sweepGroup(ctx context.Context, gk []byte, now uint64) (deleted 
 	at, ns, group, ok := parseGroupKey(gk)
 	if !ok {
 		s.log.Warn("malformed group index entry removed")
-		return 0, 0, s.update(false, func(txn *badger.Txn) error { return txn.Delete(gk) })
+		return 0, 0, s.update(false, func(txn *wtxn) error { return txn.Delete(gk) })
 	}
 	nsPrefix := dataKey(ns, "")
 	prefix := dataKey(ns, group)
@@ -208,9 +208,9 @@ func (s *Store) sweepGroup(ctx context.Context, gk []byte, now uint64) (deleted 
 			more bool
 			next []byte
 		)
-		err := s.update(false, func(txn *badger.Txn) error {
+		err := s.update(false, func(txn *wtxn) error {
 			n, f, more, next = 0, 0, false, seek
-			due, native, had, err := dueOf(txn, ns, group)
+			due, native, had, err := dueOf(txn.Txn, ns, group)
 			if err != nil && !errors.Is(err, ErrCorrupt) {
 				return err
 			}
@@ -304,7 +304,7 @@ func (n *Namespace) DeleteGroup(ctx context.Context, group string) (int, error) 
 			count int
 			next  []byte
 		)
-		err := n.s.update(true, func(txn *badger.Txn) error {
+		err := n.s.update(true, func(txn *wtxn) error {
 			count, more, next = 0, false, seek
 			it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix, PrefetchValues: false})
 			defer it.Close()
@@ -326,7 +326,7 @@ func (n *Namespace) DeleteGroup(ctx context.Context, group string) (int, error) 
 			if more {
 				return nil
 			}
-			due, _, had, err := dueOf(txn, n.name, group)
+			due, _, had, err := dueOf(txn.Txn, n.name, group)
 			switch {
 			case err != nil && !errors.Is(err, ErrCorrupt):
 				return err

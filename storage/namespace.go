@@ -120,7 +120,7 @@ func (n *Namespace) put(ctx context.Context, op, key string, v []byte, ttl time.
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	err = n.s.update(false, func(txn *badger.Txn) error { return w.apply(n.s, txn) })
+	err = n.s.update(false, func(txn *wtxn) error { return w.apply(n.s, txn) })
 	if err != nil {
 		return fmt.Errorf("storage: %s %s/%q: %w", op, n.name, key, err)
 	}
@@ -182,7 +182,7 @@ func (n *Namespace) prepareIn(op, group, key string, ttl time.Duration, v ...[]b
 	return w, nil
 }
 
-func (w write) apply(s *Store, txn *badger.Txn) error {
+func (w write) apply(s *Store, txn *wtxn) error {
 	if w.forget {
 		return forgetIn(s, txn, w.ns, w.key)
 	}
@@ -217,7 +217,7 @@ func (w write) nativeExpiry() uint64 {
 }
 
 // deleteIn deletes a value and its expiry index entry within txn.
-func deleteIn(s *Store, txn *badger.Txn, ns, key string, dk []byte) error {
+func deleteIn(s *Store, txn *wtxn, ns, key string, dk []byte) error {
 	item, err := txn.Get(dk)
 	if errors.Is(err, badger.ErrKeyNotFound) {
 		return nil
@@ -337,7 +337,7 @@ func (n *Namespace) Delete(ctx context.Context, key string) error {
 		return err
 	}
 	dk := dataKey(n.name, key)
-	err := n.s.update(false, func(txn *badger.Txn) error { return deleteIn(n.s, txn, n.name, key, dk) })
+	err := n.s.update(false, func(txn *wtxn) error { return deleteIn(n.s, txn, n.name, key, dk) })
 	if err != nil {
 		return fmt.Errorf("storage: delete %s/%q: %w", n.name, key, err)
 	}
@@ -499,7 +499,7 @@ func (s *Store) deletePrefix(ctx context.Context, prefix []byte, match func([]by
 			return deleted, err
 		}
 		if len(keys) > 0 {
-			err = s.update(true, func(txn *badger.Txn) error {
+			err = s.update(true, func(txn *wtxn) error {
 				for _, k := range keys {
 					if err := txn.Delete(k); err != nil {
 						return err

@@ -214,6 +214,9 @@ type profileSizes struct {
 	// trimAfterBytes of writes, every trimIdle otherwise.
 	trimBusy, trimQuiet, trimIdle time.Duration
 	trimAfterBytes                int64
+	// journalSize is the size of the journal file (journal.go), written
+	// with zeros once.
+	journalSize int64
 }
 
 func (p Profile) sizes() profileSizes {
@@ -233,6 +236,7 @@ func (p Profile) sizes() profileSizes {
 			trimQuiet:        30 * time.Second,
 			trimIdle:         30 * time.Second,
 			trimAfterBytes:   16 << 20,
+			journalSize:      8 << 20,
 		}
 	}
 	return profileSizes{
@@ -252,6 +256,7 @@ func (p Profile) sizes() profileSizes {
 		trimQuiet:      time.Minute,
 		trimIdle:       10 * time.Minute,
 		trimAfterBytes: 256 << 20,
+		journalSize:    2 << 20,
 	}
 }
 

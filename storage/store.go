@@ -74,6 +74,10 @@ type Store struct {
 	vlogWrites, vlogSynced atomic.Uint64
 	vlogBusy               atomic.Int32
 	valueThreshold         int
+
+	// j is the store's commit log (journal.go); nil when Badger syncs
+	// every write itself (WithSyncWrites).
+	j *journal
 }
 
 // Open opens the store in dir, creating dir (mode 0700), the Badger files and
@@ -169,6 +173,16 @@ func newStore(dir string, cfg config, log *slog.Logger, db *badger.DB) (*Store, 
 
 		valueThreshold: int(db.Opts().ValueThreshold),
 	}
+	if !cfg.syncWrites {
+		j, n, err := openJournal(dir, cfg.profile.sizes().journalSize, db, s.fullSync)
+		if err != nil {
+			return nil, errors.Join(err, s.logs.close())
+		}
+		if n > 0 {
+			log.Info("replayed commits Badger had lost from the journal", "commits", n)
+		}
+		s.j = j
+	}
 	if cfg.sweepInterval > 0 || cfg.gcInterval > 0 {
 		s.bg.Add(1)
 		go s.background()
@@ -243,7 +257,11 @@ func (s *Store) Close() error {
 		s.mu.Unlock()
 		s.bg.Wait()
 		s.ops.Wait()
-		if err := errors.Join(s.db.Close(), s.logs.close()); err != nil {
+		err := errors.Join(s.db.Close(), s.logs.close())
+		if s.j != nil {
+			err = errors.Join(err, s.j.close())
+		}
+		if err != nil {
 			s.closeErr = fmt.Errorf("storage: close %s: %w", s.dir, err)
 		}
 		s.log.Debug("store closed", "dir", s.dir)
@@ -444,12 +462,12 @@ func (s *Store) kickGC() {
 // update runs fn in a read-write transaction and commits it, retrying on a
 // conflict with a concurrent writer. With sync, the commit is flushed to disk
 // even when the store does not sync every write.
-func (s *Store) update(sync bool, fn func(txn *badger.Txn) error) error {
+func (s *Store) update(sync bool, fn func(txn *wtxn) error) error {
 	for attempt := 0; ; attempt++ {
-		txn := s.db.NewTransaction(true)
+		txn := s.newWTxn()
 		err := fn(txn)
 		if err == nil {
-			err = txn.Commit()
+			err = s.commit(txn)
 		}
 		txn.Discard()
 		if errors.Is(err, badger.ErrConflict) && attempt < conflictRetries {
@@ -486,14 +504,43 @@ func (s *Store) update(sync bool, fn func(txn *badger.Txn) error) error {
 // lock, which DB.Sync holds for reading through its syncs while every
 // write waits to take it for writing: commits don't wait for a sync
 // running beside them. TestSyncSkipsCleanValueLog.
+//
+// With a journal (a store that doesn't sync every write), the journal
+// takes the memtable log's place: while no write since the last full sync
+// may have gone to the value log, syncAll writes and syncs the journal's
+// records and leaves Badger's logs alone; otherwise, or when the journal
+// is full, it syncs Badger fully and starts the journal afresh
+// (journal.go).
 func (s *Store) syncAll() error {
+	var target uint64
+	if s.j != nil {
+		target = s.j.last() // before gen: what went to the value log by then counts
+	}
 	gen := s.vlogWrites.Load()
-	if s.vlogBusy.Load() == 0 && gen == s.vlogSynced.Load() {
+	clean := s.vlogBusy.Load() == 0 && gen == s.vlogSynced.Load()
+	if s.j != nil {
+		if clean {
+			if err := s.j.sync(target); !errors.Is(err, errJournalFull) {
+				return err
+			}
+		}
+		return s.j.checkpoint(target, func() error { return s.fullSyncFrom(gen) })
+	}
+	if clean {
 		err := s.logs.sync(s.dir, true)
 		if !errors.Is(err, errNoActiveLog) {
 			return err
 		}
 	}
+	return s.fullSyncFrom(gen)
+}
+
+// fullSync is DB.Sync made whole (syncAll without the shortcuts).
+func (s *Store) fullSync() error { return s.fullSyncFrom(s.vlogWrites.Load()) }
+
+// fullSyncFrom syncs Badger's logs, the retired ones too; gen is what
+// vlogWrites was before it started.
+func (s *Store) fullSyncFrom(gen uint64) error {
 	if err := s.db.Sync(); err != nil {
 		return err
 	}

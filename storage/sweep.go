@@ -73,7 +73,7 @@ func (s *Store) sweepKeys(ctx context.Context, now uint64) (deleted int, freed i
 
 		var n int
 		var f int64
-		err = s.update(false, func(txn *badger.Txn) error {
+		err = s.update(false, func(txn *wtxn) error {
 			n, f = 0, 0
 			for _, ik := range keys {
 				del, size, err := s.sweepOne(txn, ik)
@@ -101,7 +101,7 @@ func (s *Store) sweepKeys(ctx context.Context, now uint64) (deleted int, freed i
 // sweepOne handles one expired index entry: it deletes the value it points
 // to if that value still carries the same expiry (it may have been replaced
 // or deleted since), and the index entry in any case.
-func (s *Store) sweepOne(txn *badger.Txn, ik []byte) (deleted bool, size int64, err error) {
+func (s *Store) sweepOne(txn *wtxn, ik []byte) (deleted bool, size int64, err error) {
 	exp, ns, key, ok := parseIndexKey(ik)
 	if !ok {
 		s.log.Warn("malformed expiry index entry removed")
