@@ -1191,16 +1191,7 @@ func relayRSS(tb testing.TB) rssFigures {
 
 	// The mailboxes' owners register them, as devices do on their home
 	// relays: the relay takes mail only for registered mailboxes.
-	owner, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"), netkit.Transports(), libp2p.DisableMetrics())
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { _ = owner.Close() })
-	owner.Peerstore().AddAddrs(relay.ID, relay.Addrs, time.Hour)
-	oc, err := mailbox.NewClient(owner)
-	if err != nil {
-		tb.Fatal(err)
-	}
+	oc := relayClient(tb, relay)
 	keys := make([]mailbox.MailboxID, mailboxes)
 	for i := range keys {
 		k, err := mailbox.GenerateKey(rand.Reader)
@@ -1229,16 +1220,7 @@ func relayRSS(tb testing.TB) rssFigures {
 	jobs := int64(mailboxes * perMailbox / chunk)
 	start := time.Now()
 	for range depositors {
-		h, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"), netkit.Transports(), libp2p.DisableMetrics())
-		if err != nil {
-			tb.Fatal(err)
-		}
-		tb.Cleanup(func() { _ = h.Close() })
-		h.Peerstore().AddAddrs(relay.ID, relay.Addrs, time.Hour)
-		c, err := mailbox.NewClient(h)
-		if err != nil {
-			tb.Fatal(err)
-		}
+		c := relayClient(tb, relay)
 		wg.Go(func() {
 			for {
 				j := next.Add(1) - 1
@@ -1280,4 +1262,21 @@ func relayRSS(tb testing.TB) rssFigures {
 	tb.Logf("%d envelopes of %d bytes in %d mailboxes deposited in %s (%.0f/s); relay RSS %.0f MB (anonymous %.0f MB, file-backed %.0f MB; empty: %.0f MB), %.0f MB after 10 s idle, peak %.0f MB",
 		stored.Load(), envelopeSize, mailboxes, took.Round(time.Millisecond), fig.rate, mb(fig.rss), mb(fig.anon), mb(fig.file), mb(fig.empty), mb(fig.idle), mb(fig.hwm))
 	return fig
+}
+
+// relayClient returns a mailbox client on a host of its own (loopback
+// TCP, the node's transports) that knows relay's addresses.
+func relayClient(tb testing.TB, relay *peer.AddrInfo) *mailbox.Client {
+	tb.Helper()
+	h, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"), netkit.Transports(), libp2p.DisableMetrics())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { _ = h.Close() })
+	h.Peerstore().AddAddrs(relay.ID, relay.Addrs, time.Hour)
+	c, err := mailbox.NewClient(h)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return c
 }
