@@ -554,25 +554,14 @@ func replay(db *badger.DB, r decodedRecord) error {
 // journalSeq returns the seq of the last journaled commit db holds (0 for
 // none).
 func journalSeq(db *badger.DB) (uint64, error) {
-	var seq uint64
-	err := db.View(func(txn *badger.Txn) error {
-		item, err := txn.Get([]byte(journalSeqKey))
-		if errors.Is(err, badger.ErrKeyNotFound) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		return item.Value(func(v []byte) error {
-			if len(v) != 8 {
-				return fmt.Errorf("journal seq of %d bytes", len(v))
-			}
-			seq = binary.BigEndian.Uint64(v)
-			return nil
-		})
-	})
-	if err != nil {
+	v, err := readRaw(db, journalSeqKey)
+	switch {
+	case err != nil:
 		return 0, fmt.Errorf("journal: read seq: %w", err)
+	case v == nil:
+		return 0, nil
+	case len(v) != 8:
+		return 0, fmt.Errorf("journal: seq of %d bytes", len(v))
 	}
-	return seq, nil
+	return binary.BigEndian.Uint64(v), nil
 }

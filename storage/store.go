@@ -202,22 +202,29 @@ func newStore(dir string, cfg config, log *slog.Logger, db *badger.DB) (*Store, 
 }
 
 func readCheck(db *badger.DB) ([]byte, error) {
-	var check []byte
+	check, err := readRaw(db, keyCheckValue)
+	if err != nil {
+		return nil, fmt.Errorf("read check value: %w", err)
+	}
+	return check, nil
+}
+
+// readRaw returns a copy of the value under the Badger key key, nil if
+// there is none.
+func readRaw(db *badger.DB, key string) ([]byte, error) {
+	var v []byte
 	err := db.View(func(txn *badger.Txn) error {
-		item, err := txn.Get([]byte(keyCheckValue))
+		item, err := txn.Get([]byte(key))
 		if errors.Is(err, badger.ErrKeyNotFound) {
 			return nil
 		}
 		if err != nil {
 			return err
 		}
-		check, err = item.ValueCopy(nil)
+		v, err = item.ValueCopy(nil)
 		return err
 	})
-	if err != nil {
-		return nil, fmt.Errorf("read check value: %w", err)
-	}
-	return check, nil
+	return v, err
 }
 
 // acquire registers an operation; it fails with ErrClosed after Close.
