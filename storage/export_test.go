@@ -1,7 +1,10 @@
 package storage
 
 import (
+	"os"
 	"path/filepath"
+	"syscall"
+	"testing"
 
 	badger "github.com/dgraph-io/badger/v4"
 )
@@ -118,3 +121,14 @@ const JournalFile = journalFile
 // JournalIdle reports whether no background Sync of the journal
 // (flushIfCrowded) is under way.
 func JournalIdle(s *Store) bool { return s.j == nil || !s.j.flush.Load() }
+
+// HasJournal reports whether s keeps a journal.
+func HasJournal(s *Store) bool { return s.j != nil }
+
+// FailPreallocate makes writing the journal's zeros fail as on a full
+// disk, until the test ends.
+func FailPreallocate(t testing.TB) {
+	old := preallocate
+	preallocate = func(*os.File, int64, int64) error { return syscall.ENOSPC }
+	t.Cleanup(func() { preallocate = old })
+}

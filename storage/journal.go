@@ -13,6 +13,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"syscall"
 
 	badger "github.com/dgraph-io/badger/v4"
 )
@@ -466,6 +467,9 @@ type decodedRecord struct {
 func openJournal(dir string, size int64, db *badger.DB, syncDB func() error) (*journal, int, error) {
 	path := filepath.Join(dir, journalFile)
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if errors.Is(err, syscall.ENOSPC) {
+		return nil, 0, fmt.Errorf("%w: create %s: %w", errNoJournal, journalFile, err) // nothing to replay
+	}
 	if err != nil {
 		return nil, 0, fmt.Errorf("open journal: %w", err)
 	}
@@ -473,7 +477,7 @@ func openJournal(dir string, size int64, db *badger.DB, syncDB func() error) (*j
 	j.cond = sync.NewCond(&j.cmu)
 	n, err := j.recover(db, syncDB)
 	if err != nil {
-		return nil, 0, errors.Join(err, f.Close())
+		return nil, n, errors.Join(err, f.Close())
 	}
 	return j, n, nil
 }
@@ -483,29 +487,15 @@ func (j *journal) recover(db *badger.DB, syncDB func() error) (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("journal: %w", err)
 	}
-	if fi.Size() < j.size {
-		// New (or from a smaller profile): zeros to the full size, once,
-		// so syncs never allocate. A chain read from what was there
-		// still ends where it ended.
-		if _, err := j.f.WriteAt(make([]byte, j.size-fi.Size()), fi.Size()); err != nil {
-			return 0, fmt.Errorf("journal: preallocate: %w", err)
-		}
-		if err := j.f.Sync(); err != nil {
-			return 0, fmt.Errorf("journal: preallocate: %w", err)
-		}
-		if err := syncFile(filepath.Dir(j.f.Name())); err != nil {
-			return 0, fmt.Errorf("journal: %w", err)
-		}
-	} else {
-		j.size = fi.Size()
+	// What is there first: a journal that can't grow (a full disk) is
+	// still replayed before the store goes on without one.
+	b := make([]byte, fi.Size())
+	if _, err := io.ReadFull(io.NewSectionReader(j.f, 0, fi.Size()), b); err != nil {
+		return 0, fmt.Errorf("journal: read: %w", err)
 	}
 	recovered, err := journalSeq(db)
 	if err != nil {
 		return 0, err
-	}
-	b := make([]byte, j.size)
-	if _, err := io.ReadFull(io.NewSectionReader(j.f, 0, j.size), b); err != nil {
-		return 0, fmt.Errorf("journal: read: %w", err)
 	}
 	j.seq = recovered
 	replayed := 0
@@ -525,7 +515,32 @@ func (j *journal) recover(db *badger.DB, syncDB func() error) (int, error) {
 		}
 	}
 	j.written = j.seq
+	if fi.Size() >= j.size {
+		j.size = fi.Size()
+		return replayed, nil
+	}
+	// New (or from a smaller profile): zeros to the full size, once, so
+	// syncs never allocate.
+	if err := preallocate(j.f, fi.Size(), j.size); err != nil {
+		return replayed, fmt.Errorf("%w: preallocate %d bytes: %w", errNoJournal, j.size, err)
+	}
+	if err := syncFile(filepath.Dir(j.f.Name())); err != nil {
+		return replayed, fmt.Errorf("journal: %w", err)
+	}
 	return replayed, nil
+}
+
+// errNoJournal: the journal can't be made (no room for it); what it held
+// is replayed, and the store works without one (Badger's syncs).
+var errNoJournal = errors.New("storage: no journal")
+
+// preallocate writes zeros to f from offset from to to and syncs it (a
+// variable: tests make it fail as a full disk would).
+var preallocate = func(f *os.File, from, to int64) error {
+	if _, err := f.WriteAt(make([]byte, to-from), from); err != nil {
+		return err
+	}
+	return f.Sync()
 }
 
 // replay commits one record's writes, and its seq, in db.

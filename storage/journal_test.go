@@ -249,3 +249,38 @@ func TestJournalKeepsCommitOrder(t *testing.T) {
 		}
 	}
 }
+
+// TestJournalFullDisk: a store that has no room for its journal's zeros
+// still opens and syncs through Badger; a journal it had is replayed
+// first, so nothing confirmed is lost on the way.
+func TestJournalFullDisk(t *testing.T) {
+	const n = 10
+	_, snap := journaled(t, n)
+	// A journal cut short after its records (ten small ones): it has to
+	// grow again.
+	if err := os.Truncate(filepath.Join(snap, storage.JournalFile), 64<<10); err != nil {
+		t.Fatal(err)
+	}
+	storage.FailPreallocate(t)
+	st := open(t, snap)
+	if storage.HasJournal(st) {
+		t.Fatal("a journal without room for it")
+	}
+	ctx := context.Background()
+	ns := st.Namespace("j")
+	for i := range n {
+		if _, err := ns.Get(ctx, fmt.Sprint("k", i)); err != nil {
+			t.Fatalf("k%d: %v", i, err)
+		}
+	}
+	b2 := st.NewBatch()
+	if err := b2.Put(ns, "after", []byte("synced by Badger")); err != nil {
+		t.Fatal(err)
+	}
+	if err := b2.Commit(ctx); err != nil {
+		t.Fatalf("commit without a journal: %v", err)
+	}
+	if st := open(t, t.TempDir()); storage.HasJournal(st) {
+		t.Fatal("a new store got a journal it has no room for")
+	}
+}

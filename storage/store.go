@@ -175,11 +175,15 @@ func newStore(dir string, cfg config, log *slog.Logger, db *badger.DB) (*Store, 
 	}
 	if !cfg.syncWrites {
 		j, n, err := openJournal(dir, cfg.profile.sizes().journalSize, db, s.fullSync)
-		if err != nil {
-			return nil, errors.Join(err, s.logs.close())
-		}
 		if n > 0 {
 			log.Info("replayed commits Badger had lost from the journal", "commits", n)
+		}
+		switch {
+		case errors.Is(err, errNoJournal):
+			// A full disk: the store still opens, and syncs through Badger.
+			log.Warn("no room for the store's journal: syncing through Badger", "err", err)
+		case err != nil:
+			return nil, errors.Join(err, s.logs.close())
 		}
 		s.j = j
 	}
