@@ -32,6 +32,12 @@ var (
 	// too large for one transaction: split the value or the batch.
 	ErrTooLarge = errors.New("storage: value or batch too large: split it")
 
+	// ErrConflict is returned by a commit with deletes (a delete reads its
+	// key) that kept conflicting with concurrent writers to the same keys
+	// through its retries: nothing was written; commit it again, or
+	// serialize the writers.
+	ErrConflict = errors.New("storage: commit kept conflicting with concurrent writers: retry")
+
 	// ErrLocked is returned by Open when the directory is in use by another
 	// process, or by another open Store in this process: close that one first.
 	ErrLocked = errors.New("storage: directory in use by another process or Store")

@@ -8,7 +8,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 
 	"golang.org/x/sync/errgroup"
@@ -214,7 +213,7 @@ func TestJournalKeepsCommitOrder(t *testing.T) {
 				}
 				// A batch that keeps losing its conflict fails, and is in
 				// neither store: that is part of what is tested.
-				if err := b.Commit(ctx); err != nil && !strings.Contains(err.Error(), "Conflict") {
+				if err := b.Commit(ctx); err != nil && !errors.Is(err, storage.ErrConflict) {
 					return err
 				}
 			}

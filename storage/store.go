@@ -487,6 +487,9 @@ func (s *Store) update(sync bool, fn func(txn *wtxn) error) error {
 		if errors.Is(err, badger.ErrTxnTooBig) {
 			return ErrTooLarge
 		}
+		if errors.Is(err, badger.ErrConflict) {
+			return ErrConflict
+		}
 		if err != nil {
 			return err
 		}
