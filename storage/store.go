@@ -488,7 +488,7 @@ func (s *Store) update(sync bool, fn func(txn *wtxn) error) error {
 			return ErrTooLarge
 		}
 		if errors.Is(err, badger.ErrConflict) {
-			return ErrConflict
+			return fmt.Errorf("%w (%w)", ErrConflict, err) // the store's own code tests for Badger's
 		}
 		if err != nil {
 			return err
