@@ -440,25 +440,37 @@ func readRecord(b []byte) (chain, seq uint64, ops []jop, n int, ok bool) {
 	return chain, seq, ops, journalHead + int(size), true
 }
 
-// chainOf returns the records of the journal in b in effect: from offset 0
-// while they share the first one's chain id and their seqs increase.
-func chainOf(b []byte) []decodedRecord {
-	var out []decodedRecord
+// eachInChain calls fn with the records of the journal in effect, read
+// from r (size bytes) one at a time: from offset 0 while they share the
+// first one's chain id and their seqs increase. ops alias a buffer reused
+// for the next record.
+func eachInChain(r io.ReaderAt, size int64, fn func(seq uint64, ops []jop) error) error {
 	var chain, last uint64
-	for off := 0; ; {
-		c, seq, ops, n, ok := readRecord(b[off:])
-		if !ok || (len(out) > 0 && (c != chain || seq <= last)) {
-			return out
+	var buf []byte
+	var head [journalHead]byte
+	for off, first := int64(0), true; off+journalHead <= size; first = false {
+		if _, err := r.ReadAt(head[:], off); err != nil {
+			return fmt.Errorf("journal: read: %w", err)
+		}
+		n := int64(binary.LittleEndian.Uint32(head[:]))
+		if n < journalRecHead+1 || n > maxJournalBody || off+journalHead+n > size {
+			return nil
+		}
+		buf = slices.Grow(buf[:0], int(journalHead+n))[:journalHead+n]
+		if _, err := r.ReadAt(buf, off); err != nil {
+			return fmt.Errorf("journal: read: %w", err)
+		}
+		c, seq, ops, _, ok := readRecord(buf)
+		if !ok || (!first && (c != chain || seq <= last)) {
+			return nil
 		}
 		chain, last = c, seq
-		out = append(out, decodedRecord{seq: seq, ops: ops})
-		off += n
+		if err := fn(seq, ops); err != nil {
+			return err
+		}
+		off += journalHead + n
 	}
-}
-
-type decodedRecord struct {
-	seq uint64
-	ops []jop
+	return nil
 }
 
 // openJournal opens (or creates, at size bytes of zeros) the journal in
@@ -489,25 +501,25 @@ func (j *journal) recover(db *badger.DB, syncDB func() error) (int, error) {
 	}
 	// What is there first: a journal that can't grow (a full disk) is
 	// still replayed before the store goes on without one.
-	b := make([]byte, fi.Size())
-	if _, err := io.ReadFull(io.NewSectionReader(j.f, 0, fi.Size()), b); err != nil {
-		return 0, fmt.Errorf("journal: read: %w", err)
-	}
 	recovered, err := journalSeq(db)
 	if err != nil {
 		return 0, err
 	}
 	j.seq = recovered
 	replayed := 0
-	for _, r := range chainOf(b) {
-		if r.seq <= recovered {
-			continue
+	err = eachInChain(j.f, fi.Size(), func(seq uint64, ops []jop) error {
+		if seq <= recovered {
+			return nil
 		}
-		if err := replay(db, r); err != nil {
-			return 0, fmt.Errorf("journal: replay seq %d: %w", r.seq, err)
+		if err := replay(db, seq, ops); err != nil {
+			return fmt.Errorf("journal: replay seq %d: %w", seq, err)
 		}
-		j.seq = r.seq
+		j.seq = seq
 		replayed++
+		return nil
+	})
+	if err != nil {
+		return 0, err
 	}
 	if replayed > 0 {
 		if err := syncDB(); err != nil {
@@ -537,17 +549,20 @@ var errNoJournal = errors.New("storage: no journal")
 // preallocate writes zeros to f from offset from to to and syncs it (a
 // variable: tests make it fail as a full disk would).
 var preallocate = func(f *os.File, from, to int64) error {
-	if _, err := f.WriteAt(make([]byte, to-from), from); err != nil {
-		return err
+	zeros := make([]byte, min(to-from, 64<<10))
+	for off := from; off < to; off += int64(len(zeros)) {
+		if _, err := f.WriteAt(zeros[:min(int64(len(zeros)), to-off)], off); err != nil {
+			return err
+		}
 	}
 	return f.Sync()
 }
 
 // replay commits one record's writes, and its seq, in db.
-func replay(db *badger.DB, r decodedRecord) error {
+func replay(db *badger.DB, seq uint64, ops []jop) error {
 	txn := db.NewTransaction(true)
 	defer txn.Discard()
-	for _, op := range r.ops {
+	for _, op := range ops {
 		var err error
 		if op.del {
 			err = txn.Delete(op.key)
@@ -560,7 +575,7 @@ func replay(db *badger.DB, r decodedRecord) error {
 			return err
 		}
 	}
-	if err := txn.SetEntry(badger.NewEntry([]byte(journalSeqKey), binary.BigEndian.AppendUint64(nil, r.seq))); err != nil {
+	if err := txn.SetEntry(badger.NewEntry([]byte(journalSeqKey), binary.BigEndian.AppendUint64(nil, seq))); err != nil {
 		return err
 	}
 	return txn.Commit()

@@ -6,6 +6,27 @@ import (
 	"testing"
 )
 
+// chainOf returns the records of the journal in b in effect
+// (eachInChain), their ops copied.
+func chainOf(b []byte) []decodedRecord {
+	var out []decodedRecord
+	_ = eachInChain(bytes.NewReader(b), int64(len(b)), func(seq uint64, ops []jop) error {
+		r := decodedRecord{seq: seq}
+		for _, op := range ops {
+			op.key, op.value = bytes.Clone(op.key), bytes.Clone(op.value)
+			r.ops = append(r.ops, op)
+		}
+		out = append(out, r)
+		return nil
+	})
+	return out
+}
+
+type decodedRecord struct {
+	seq uint64
+	ops []jop
+}
+
 func sampleOps() []jop {
 	return []jop{
 		{key: []byte("d/ns/a"), value: []byte("sealed"), expires: 1 << 40, meta: 0},
