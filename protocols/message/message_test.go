@@ -416,7 +416,9 @@ func FuzzDeliverAck(f *testing.F) {
 		if proto.Unmarshal(data, &ack) != nil {
 			return
 		}
-		a.svc.takeReceipts(b.rec, ack.Receipts)
+		if _, err := a.svc.recordTransport(b.rec, nil, nil, nil, ack.Receipts); err != nil {
+			t.Fatal(err)
+		}
 		got, ok := a.svc.Message(m.ID)
 		if !ok {
 			t.Fatal("message gone")

@@ -657,15 +657,14 @@ func (t *tx) dropJobs(to e2ee.AccountID, ids map[string]bool) {
 
 // takeReceipts applies the delivery receipts a device of rec gave back
 // with its answer to a Deliver frame (decrypted with the session with
-// rec, as any message from rec). Like a receipt that came as a message, it
-// is synced only when no Send is under way (receiveChunk).
-func (s *Service) takeReceipts(rec contact.Signed, receipts []*pb.InlineReceipt) {
+// rec, as any message from rec); their events go to t.events. Like a
+// receipt that came as a message, a session it moves is synced only when
+// no Send is under way (receiveChunk): otherwise t stays lazy.
+func (t *tx) takeReceipts(rec contact.Signed, receipts []*pb.InlineReceipt) {
 	if len(receipts) == 0 {
 		return
 	}
 	from := rec.AccountID()
-	s.mu.Lock()
-	t := s.begin()
 	for _, r := range receipts {
 		c := e2ee.EnvelopeContent{Sender: rec.Identity, Type: e2ee.ContentType(r.GetType()), Payload: r.GetPayload()}
 		if c.Type != e2ee.ContentRatchet && c.Type != e2ee.ContentPreKeyMessage {
@@ -673,26 +672,14 @@ func (s *Service) takeReceipts(rec contact.Signed, receipts []*pb.InlineReceipt)
 		}
 		in, err := t.decrypt(c)
 		if err != nil {
-			s.log.Debug("unreadable inline receipt dropped", "from", from, "err", err)
+			t.s.log.Debug("unreadable inline receipt dropped", "from", from, "err", err)
 			continue
 		}
 		if rc := in.content.GetReceipt(); rc != nil && rc.GetKind() == pb.Receipt_DELIVERED {
 			t.events = append(t.events, t.applyReceipt(from, rc)...)
 		}
 	}
-	t.lazy = s.sending.Load() > 0 || !t.movesSessions()
-	err := t.flush()
-	s.mu.Unlock()
-	if err == nil {
-		err = t.durable()
-	}
-	if err != nil {
-		s.log.Warn("storing delivery receipts failed", "from", from, "err", err)
-		return
-	}
-	for _, e := range t.events {
-		s.emit(e)
-	}
+	t.lazy = t.lazy && (t.s.sending.Load() > 0 || !t.movesSessions())
 }
 
 // ackAgain adds to delivered the message the inner message h was stored

@@ -569,9 +569,13 @@ func (t *tx) flush() error {
 		}
 	}
 	idx := t.s.jobIndex()
+	deleted := make(map[string]bool, len(t.delJobs))
+	for _, k := range t.delJobs {
+		deleted[k] = true
+	}
 	for _, j := range t.jobs {
-		if !t.newJobs[j.Key] && !idx.has(j.Key) {
-			continue // deleted meanwhile (its receipt came): don't bring it back
+		if !t.newJobs[j.Key] && !idx.has(j.Key) || deleted[j.Key] {
+			continue // deleted meanwhile or by this tx (its receipt came): don't bring it back
 		}
 		if err := t.put(j.Key, j); err != nil {
 			return err
