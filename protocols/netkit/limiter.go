@@ -3,6 +3,7 @@ package netkit
 import (
 	"container/list"
 	"math"
+	"slices"
 	"sync"
 	"time"
 )
@@ -33,6 +34,7 @@ type Limiter[K comparable] struct {
 	mu      sync.Mutex
 	buckets map[K]*list.Element // of *bucket[K]
 	lru     list.List           // front: used most recently
+	changes uint64              // bumped by every take and refund (Budgets saves on a change)
 }
 
 type bucket[K comparable] struct {
@@ -63,6 +65,7 @@ func (l *Limiter[K]) TakeN(key K, n int) (ok bool, wait time.Duration) {
 		return false, wait
 	}
 	b.tokens -= float64(n)
+	l.changes++
 	return true, 0
 }
 
@@ -75,6 +78,7 @@ func (l *Limiter[K]) TakeUpTo(key K, n int) int {
 	b := l.bucket(key, now)
 	got := min(n, int(b.tokens))
 	b.tokens -= float64(got)
+	l.changes++
 	return got
 }
 
@@ -95,6 +99,7 @@ func (l *Limiter[K]) Refund(key K, n int) {
 	if el, ok := l.buckets[key]; ok {
 		b := el.Value.(*bucket[K])
 		b.tokens = min(l.burst, b.tokens+float64(n))
+		l.changes++
 	}
 }
 
@@ -159,4 +164,53 @@ func (l *Limiter[K]) bucket(key K, now time.Time) *bucket[K] {
 		b.last = now
 	}
 	return b
+}
+
+// Bucket is one key's bucket as a Limiter exports it: the tokens it held
+// at Last, when it was last used or refilled.
+type Bucket[K comparable] struct {
+	Key    K
+	Tokens float64
+	Last   time.Time
+}
+
+// Export returns up to n of the buckets that are not full now, most
+// recently used first, and the limiter's change count (it moves with
+// every take and refund). A full bucket is the same as none.
+func (l *Limiter[K]) Export(n int) ([]Bucket[K], uint64) {
+	now := l.now()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []Bucket[K]
+	for el := l.lru.Front(); el != nil && len(out) < n; el = el.Next() {
+		b := el.Value.(*bucket[K])
+		if l.tokens(b.key, now) < l.burst {
+			out = append(out, Bucket[K]{Key: b.key, Tokens: b.tokens, Last: b.last})
+		}
+	}
+	return out, l.changes
+}
+
+// Import puts buckets, in Export's order (most recently used first), into
+// the table for the keys it doesn't hold yet. Tokens are held to
+// [0, burst], and a Last in the future (the clock stepped back since) is
+// taken as now: each bucket refills from Last on as it would have.
+func (l *Limiter[K]) Import(buckets []Bucket[K]) {
+	now := l.now()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, in := range slices.Backward(buckets) {
+		if _, ok := l.buckets[in.Key]; ok {
+			continue
+		}
+		b := l.bucket(in.Key, now) // a fresh one, evicting if the table is full
+		b.tokens = 0
+		if !math.IsNaN(in.Tokens) {
+			b.tokens = min(max(in.Tokens, 0), l.burst)
+		}
+		b.last = in.Last
+		if b.last.After(now) {
+			b.last = now
+		}
+	}
 }

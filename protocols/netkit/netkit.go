@@ -4,8 +4,10 @@
 // bootstrap multiaddrs into dialable peers with errors a person can act on,
 // and the inbound-stream lifecycle every protocol service uses (Streams:
 // charge the stream to the service, reset it on shutdown, close or reset
-// it after serving, and let Close wait for the running handlers), and the
-// per-key token-bucket Limiter every protocol's rate limits use.
+// it after serving, and let Close wait for the running handlers), the
+// per-key token-bucket Limiter every protocol's rate limits use, and
+// Budgets, which keeps a relay's long-running limiters in its store across
+// restarts.
 //
 // It holds no protocol of its own.
 package netkit
