@@ -44,9 +44,10 @@ type Service struct {
 	log   *slog.Logger
 	tr    tracer
 
-	opLim  *netkit.Limiter[string] // per peer: operations started
-	putLim *netkit.Limiter[string] // per account: uploads
-	opSem  chan struct{}
+	opLim   *netkit.Limiter[string] // per peer: operations started
+	putLim  *netkit.Limiter[string] // per account: uploads
+	budgets *netkit.Budgets         // putLim, kept across restarts
+	opSem   chan struct{}
 
 	writeMu sync.Mutex // guards count and every write
 	count   int        // backups held (index records)
@@ -120,6 +121,7 @@ func newService(local peer.ID, st *storage.Store, links Links, opts ...Option) (
 	}
 	s.count = n
 	s.tr.backups(n)
+	s.budgets = netkit.KeepBudgets(st, Namespace, s.log, map[string]*netkit.Limiter[string]{"account_uploads": s.putLim})
 	return s, nil
 }
 
@@ -135,6 +137,7 @@ func (s *Service) Close() error {
 		s.cancel()
 		s.streams.Wait()
 		s.wg.Wait()
+		s.budgets.Close()
 	})
 	return nil
 }

@@ -35,6 +35,8 @@ type Service struct {
 	getLim *netkit.Limiter[string] // per peer: fetches and Has
 	ipLim  *netkit.Limiter[string] // per source address: chunks uploaded
 
+	budgets *netkit.Budgets // ipLim, kept across restarts
+
 	seed  maphash.Seed
 	locks [64]sync.Mutex // per blob, striped: check-and-claim, delete
 
@@ -128,6 +130,7 @@ func newService(st *storage.Store, opts ...Option) (*Service, error) {
 		return nil, err
 	}
 	s.tr.stored(s.total)
+	s.budgets = netkit.KeepBudgets(st, Namespace, s.log, map[string]*netkit.Limiter[string]{"source_upload": s.ipLim})
 	return s, nil
 }
 
@@ -172,6 +175,7 @@ func (s *Service) Close() error {
 		}
 		s.cancel()
 		s.streams.Wait()
+		s.budgets.Close()
 	})
 	return nil
 }

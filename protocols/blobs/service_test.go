@@ -322,7 +322,7 @@ func TestDeleteSigned(t *testing.T) {
 // stores nothing and changes no usage; a blob the relay holds is still
 // answered exists; an upload that fails (a corrupt chunk, a broken
 // stream) gives its bytes back; another address has a budget of its own;
-// time refills it.
+// time refills it, a restart doesn't.
 func TestIPUploadBudget(t *testing.T) {
 	clk := newClock()
 	// One chunk an hour, four at once.
@@ -367,6 +367,12 @@ func TestIPUploadBudget(t *testing.T) {
 		if d := RetryAfter(err); d < 59*time.Minute || d > 61*time.Minute {
 			t.Fatalf("%s: retry after %v, want about an hour (one chunk an hour)", tc.name, d)
 		}
+	}
+	// A restart of the relay doesn't refill the address's budget.
+	r.Stop()
+	r.Start()
+	if _, err := put(b, s3); !errors.Is(err, ErrRateLimited) {
+		t.Fatalf("a fifth chunk after a restart: got %v, want ErrRateLimited", err)
 	}
 	if got := r.svc.Usage(); got != usage {
 		t.Fatalf("relay usage after refused uploads: got %+v, want %+v", got, usage)

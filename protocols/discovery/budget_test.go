@@ -44,8 +44,9 @@ func TestFullLimiterTableAdmitsNewcomers(t *testing.T) {
 }
 
 // TestSMSBudget: the relay sends at most its budget of texts an hour and
-// a day, whoever asks; beyond it requests are refused with the time until
-// there is room, send nothing and spend none of the asker's budgets.
+// a day, whoever asks, restarts or not; beyond it requests are refused
+// with the time until there is room, send nothing and spend none of the
+// asker's budgets.
 func TestSMSBudget(t *testing.T) {
 	clk := newClock()
 	r := startRelay(t, clk, WithSMSBudget(2, 3), WithAccountOpRate(1<<20, 1<<20))
@@ -81,6 +82,14 @@ func TestSMSBudget(t *testing.T) {
 	}
 	if _, ok := r.gw.LastMessage(num(3)); ok {
 		t.Fatal("a text was sent beyond the day's budget")
+	}
+	// A restart of the relay doesn't refill it.
+	r.Stop()
+	r.Start()
+	_, err = c.RequestCode(testCtx(t), r.ID(), newAccount(t, "c").id, num(4))
+	wantCode(t, err, ErrRateLimited)
+	if wait := RetryAfter(err); wait < 7*time.Hour || wait > 8*time.Hour {
+		t.Fatalf("after a restart: retry after %v, want 7–8 hours (the day's budget)", wait)
 	}
 }
 

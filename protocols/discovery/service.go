@@ -46,6 +46,7 @@ type Service struct {
 	guessLim    *netkit.Limiter[string] // per number: codes submitted
 	evalLim     *netkit.Limiter[string] // per account: elements evaluated
 	evalNumLim  *netkit.Limiter[string] // per verified number (directory id): elements evaluated
+	budgets     *netkit.Budgets         // the limiters that budget texts, guesses and evaluations, kept across restarts
 	locks       [64]sync.Mutex
 	opSem       chan struct{}
 	dirMu       sync.Mutex // guards meta, lastCompact and every directory write
@@ -156,6 +157,14 @@ func newService(local peer.ID, st *storage.Store, gw SMSGateway, opts ...Option)
 		cancel:     cancel,
 	}
 	s.tr.entries(m.entries)
+	// Texts cost money and reach people; guesses and evaluations are what
+	// stands between an attacker and someone's code or a list of who uses
+	// kinmesh: a restart must not refill them.
+	s.budgets = netkit.KeepBudgets(st, Namespace, s.log, map[string]*netkit.Limiter[string]{
+		"account_texts": s.sendLim, "number_texts": s.numberLim, "relay_texts_hour": s.smsHour,
+		"relay_texts_day": s.smsDay, "number_guesses": s.guessLim, "account_evaluations": s.evalLim,
+		"number_evaluations": s.evalNumLim,
+	})
 	return s, nil
 }
 
@@ -170,6 +179,7 @@ func (s *Service) Close() error {
 		}
 		s.cancel()
 		s.streams.Wait()
+		s.budgets.Close()
 	})
 	return nil
 }

@@ -1,6 +1,8 @@
 package mailbox
 
 import (
+	badger "github.com/dgraph-io/badger/v4"
+
 	"bytes"
 	"encoding/binary"
 	"errors"
@@ -121,8 +123,9 @@ func TestDepositorRateLimit(t *testing.T) {
 }
 
 // TestSourceDepositRate: the depositors at one address (here every
-// client: all on loopback) share a byte budget, whatever their peer ids;
-// what a depositor's own rate refuses is not charged to its address.
+// client: all on loopback) share a byte budget, whatever their peer ids,
+// which a restart of the relay doesn't refill; what a depositor's own
+// rate refuses is not charged to its address.
 func TestSourceDepositRate(t *testing.T) {
 	const size, perSecond = 20_000, 1000
 	r := startRelay(t, WithSourceDepositRate(perSecond*3600, MaxEnvelopeSize), WithDepositorRate(2, 1<<20))
@@ -148,6 +151,12 @@ func TestSourceDepositRate(t *testing.T) {
 	if n := countItems(t, r, k.ID()); n != 3 {
 		t.Fatalf("store holds %d items, want 3", n)
 	}
+	r.restart(t, func(*badger.DB) {})
+	res, err = c2.Deposit(testCtx(t), r.h.ID(), k.ID(), envelopes(1, size, "after a restart"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantErrs(t, res, ErrRateLimited)
 	r.clock.Advance(11 * time.Second)
 	mustDeposit(t, c2, r, k.ID(), envelopes(1, size, "later"))
 }

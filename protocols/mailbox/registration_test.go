@@ -1,6 +1,8 @@
 package mailbox
 
 import (
+	badger "github.com/dgraph-io/badger/v4"
+
 	"errors"
 	"testing"
 	"time"
@@ -72,7 +74,8 @@ func TestRegistrationLapses(t *testing.T) {
 
 // TestSourceRegistrationRate: the owners at one address (every client
 // here: all on loopback) share a budget of new registrations; coming back
-// to a registered mailbox costs nothing from it, and it refills with time.
+// to a registered mailbox costs nothing from it, a restart of the relay
+// doesn't refill it, and it refills with time.
 func TestSourceRegistrationRate(t *testing.T) {
 	r := startRelay(t, WithSourceRegistrationRate(1, 2))
 	c := newClient(t, r)
@@ -88,6 +91,10 @@ func TestSourceRegistrationRate(t *testing.T) {
 	}
 	wantErrs(t, res, ErrUnknownMailbox)
 	register(t, c, r, first) // registered already: free
+	r.restart(t, func(*badger.DB) {})
+	if _, err := c.Open(testCtx(t), r.h.ID(), third); !errors.Is(err, ErrRateLimited) {
+		t.Fatalf("third registration after a restart: %v, want %v", err, ErrRateLimited)
+	}
 	r.clock.Advance(time.Hour)
 	register(t, c, r, third)
 	mustDeposit(t, c, r, third.ID(), envelopes(1, 100, "x"))

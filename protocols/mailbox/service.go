@@ -36,6 +36,8 @@ type Service struct {
 	purges *limiter                // purges, per peer
 	width  int64                   // quota bucket width, seconds
 
+	budgets *netkit.Budgets // srcLim and regLim, kept across restarts
+
 	ctx     context.Context // cancelled by Close
 	cancel  context.CancelFunc
 	ops     chan *op
@@ -111,6 +113,9 @@ func newService(st *storage.Store, opts ...Option) (*Service, error) {
 		subs:   make(map[[idRawSize]byte]map[*subscription]struct{}),
 		metas:  make(map[[idRawSize]byte]*meta),
 	}
+	s.budgets = netkit.KeepBudgets(st, namespace, s.log, map[string]*netkit.Limiter[string]{
+		"source_deposit": s.srcLim, "source_registration": s.regLim,
+	})
 	s.wg.Add(2)
 	go s.commitLoop()
 	go s.janitor()
@@ -130,6 +135,7 @@ func (s *Service) Close() error {
 		s.cancel()
 		s.streams.Wait()
 		s.wg.Wait()
+		s.budgets.Close()
 	})
 	return nil
 }

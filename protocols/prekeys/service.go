@@ -39,6 +39,9 @@ type Service struct {
 	// pushing a relay's worth of accounts through it, not made-up keys.
 	oneTimeLim *netkit.Limiter[string]
 	ownerLim   *netkit.Limiter[string] // per owner peer
+	// budgets keeps oneTimeLim across restarts: a restart must not let
+	// anyone take more of an account's one-time prekeys.
+	budgets *netkit.Budgets
 
 	locks    [64]sync.Mutex // per account, striped
 	ownerSem chan struct{}  // owner operations being processed
@@ -118,6 +121,7 @@ func newService(local peer.ID, st *storage.Store, opts ...Option) (*Service, err
 		cancel:     cancel,
 	}
 	s.tr.accounts(n)
+	s.budgets = netkit.KeepBudgets(st, Namespace, s.log, map[string]*netkit.Limiter[string]{"one_time_fetches": s.oneTimeLim})
 	return s, nil
 }
 
@@ -132,6 +136,7 @@ func (s *Service) Close() error {
 		}
 		s.cancel()
 		s.streams.Wait()
+		s.budgets.Close()
 	})
 	return nil
 }
