@@ -18,19 +18,27 @@ import (
 // sending audio and video) against a raw pion pair in the same process
 // (the same offer/answer and trickled candidates handed over by function
 // call, the same tracks, the same ICE settings: loopback candidates, no
-// mDNS, UDP, kinmesh's acceptance waits), directly and relay-only through
-// a TURN server on loopback. Each iteration is one call, hung up before
+// mDNS, UDP, kinmesh's acceptance waits), directly, with the caller
+// relay-only through a TURN server on loopback, and with the callee's
+// device set to relay-only. Each iteration is one call, hung up before
 // the next.
 //
 //	go test -run '^$' -bench BenchmarkCallSetup ./protocols/calls/
 
-func BenchmarkCallSetup(b *testing.B)      { benchSetup(b, false) }
-func BenchmarkCallSetupRelay(b *testing.B) { benchSetup(b, true) }
+func BenchmarkCallSetup(b *testing.B)      { benchSetup(b, false, false) }
+func BenchmarkCallSetupRelay(b *testing.B) { benchSetup(b, true, false) }
 
-func benchSetup(b *testing.B, relay bool) {
+// BenchmarkCallSetupRelayCallee: the callee's device takes calls
+// relay-only (its setting, which its Ring tells the caller). The raw
+// pair's offerer is told as much: it waits for no better pair than a
+// relay one, as the kinmesh caller now does.
+func BenchmarkCallSetupRelayCallee(b *testing.B) { benchSetup(b, false, true) }
+
+func benchSetup(b *testing.B, relay, calleeRelay bool) {
 	r := startRelay(b, turn.WithAccountQuota(1<<16, 1<<30), turn.WithMaxAllocations(1<<16), turn.WithIssueRate(1<<20, 1<<20), turn.WithIPIssueRate(1<<20, 1<<20))
 	lim := []Option{WithLimits(Limits{InvitesPerMinute: 1 << 20, InviteBurst: 1 << 20})}
-	x, y := newDevice(b, deviceConfig{relay: r, opts: lim}), newDevice(b, deviceConfig{relay: r, opts: lim})
+	yOpts := append([]Option{WithForceRelay(func() bool { return calleeRelay })}, lim...)
+	x, y := newDevice(b, deviceConfig{relay: r, opts: lim}), newDevice(b, deviceConfig{relay: r, opts: yOpts})
 	befriend(b, x, y)
 	servers := func() []webrtc.ICEServer {
 		cr := r.srv.Issue(make([]byte, 32))
@@ -53,7 +61,7 @@ func benchSetup(b *testing.B, relay bool) {
 		info := x.waitState(ctx, c.ID(), StateConnected)
 		whole += time.Since(start)
 		ours += time.Duration(info.SetupMS) * time.Millisecond
-		if relay && info.Path != PathRelay {
+		if (relay || calleeRelay) && info.Path != PathRelay {
 			b.Fatalf("path %s, want relay", info.Path)
 		}
 		_ = x.svc.HangUp(ctx, c.ID())
@@ -62,10 +70,10 @@ func benchSetup(b *testing.B, relay bool) {
 
 		// The baseline: two raw pion peer connections.
 		var srv []webrtc.ICEServer
-		if relay {
+		if relay || calleeRelay {
 			srv = servers()
 		}
-		d, err := rawPair(ctx, srv, relay)
+		d, err := rawPair(ctx, srv, relay, calleeRelay)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -80,9 +88,11 @@ func benchSetup(b *testing.B, relay bool) {
 }
 
 // rawPair connects two pion peer connections in this process and returns
-// the time from the offer to the offerer being connected.
-func rawPair(ctx context.Context, servers []webrtc.ICEServer, relay bool) (time.Duration, error) {
-	newPC := func() (*webrtc.PeerConnection, error) {
+// the time from the offer to the offerer being connected: both relay-only
+// if relay, the answerer alone if answererRelay (the offerer then waits
+// for no better pair than a relay one).
+func rawPair(ctx context.Context, servers []webrtc.ICEServer, relay, answererRelay bool) (time.Duration, error) {
+	newPC := func(relay, waitNoRelay bool) (*webrtc.PeerConnection, error) {
 		m := &webrtc.MediaEngine{}
 		if err := m.RegisterDefaultCodecs(); err != nil {
 			return nil, err
@@ -93,7 +103,7 @@ func rawPair(ctx context.Context, servers []webrtc.ICEServer, relay bool) (time.
 		se.SetNetworkTypes([]webrtc.NetworkType{webrtc.NetworkTypeUDP4, webrtc.NetworkTypeUDP6})
 		se.SetPrflxAcceptanceMinWait(500 * time.Millisecond)
 		se.SetRelayAcceptanceMinWait(500 * time.Millisecond)
-		if relay {
+		if relay || waitNoRelay {
 			se.SetRelayAcceptanceMinWait(0)
 		}
 		cfg := webrtc.Configuration{ICEServers: servers, BundlePolicy: webrtc.BundlePolicyMaxBundle}
@@ -115,12 +125,12 @@ func rawPair(ctx context.Context, servers []webrtc.ICEServer, relay bool) (time.
 		}
 		return pc, nil
 	}
-	a, err := newPC()
+	a, err := newPC(relay, answererRelay)
 	if err != nil {
 		return 0, err
 	}
 	defer a.Close()
-	bpc, err := newPC()
+	bpc, err := newPC(relay || answererRelay, false)
 	if err != nil {
 		return 0, err
 	}

@@ -35,32 +35,33 @@ type Call struct {
 	done   chan struct{}
 
 	// Owned by run.
-	rec         contact.Signed // outgoing: the callee's record
-	servers     []webrtc.ICEServer
-	relay       bool
-	sig         *sigConn
-	sigByCaller bool // sig was opened by the caller (the invite's stream, or a caller's resume)
-	pc          *webrtc.PeerConnection
-	phase       phase
-	timer       *time.Timer
-	restartT    *time.Timer
-	offerSDP    string                    // caller: the offer made while ringing
-	offerAt     time.Time                 // the first offer sent (caller) or received (callee)
-	remoteSet   bool                      // the current remote description is set
-	hadRemote   bool                      // a remote description was ever set
-	pendingIn   []webrtc.ICECandidateInit // remote candidates before the description
-	canSend     bool                      // local candidates may go out
-	queuedOut   []frame                   // local candidates held until then
-	outbox      []frame                   // frames held while the stream is being resumed
-	resuming    bool
-	localCands  int
-	remoteCands int
-	malformed   int
-	restarts    int
-	tracksAdded bool
-	played      bool
-	ended       bool
-	remoteMedia [2]bool // what the caller said it sends (incoming)
+	rec           contact.Signed // outgoing: the callee's record
+	servers       []webrtc.ICEServer
+	relay         bool
+	peerRelayOnly bool // outgoing: the callee's Ring said it takes calls relay-only
+	sig           *sigConn
+	sigByCaller   bool // sig was opened by the caller (the invite's stream, or a caller's resume)
+	pc            *webrtc.PeerConnection
+	phase         phase
+	timer         *time.Timer
+	restartT      *time.Timer
+	offerSDP      string                    // caller: the offer made while ringing
+	offerAt       time.Time                 // the first offer sent (caller) or received (callee)
+	remoteSet     bool                      // the current remote description is set
+	hadRemote     bool                      // a remote description was ever set
+	pendingIn     []webrtc.ICECandidateInit // remote candidates before the description
+	canSend       bool                      // local candidates may go out
+	queuedOut     []frame                   // local candidates held until then
+	outbox        []frame                   // frames held while the stream is being resumed
+	resuming      bool
+	localCands    int
+	remoteCands   int
+	malformed     int
+	restarts      int
+	tracksAdded   bool
+	played        bool
+	ended         bool
+	remoteMedia   [2]bool // what the caller said it sends (incoming)
 
 	tracks sync.WaitGroup // media, RTCP and remote-track goroutines
 
@@ -428,7 +429,7 @@ func (c *Call) onFrame(f frame) {
 	if c.dir == DirectionOut {
 		switch {
 		case f.kind == kindRing && c.phase == phaseInvited:
-			c.phase = phaseRinging
+			c.phase, c.peerRelayOnly = phaseRinging, f.relayOnly
 			c.deadline(c.s.cfg.limits.RingTimeout + ringGrace)
 			if err := c.prepareOffer(); err != nil {
 				c.s.log.Debug("prepare offer", "call", c.id, "err", err)
@@ -516,7 +517,10 @@ func (c *Call) onHangup() {
 
 // newPeer builds the call's peer connection and wires its callbacks.
 func (c *Call) newPeer() error {
-	pc, getter, err := newPeer(peerConfig{servers: c.servers, forceRelay: c.relay, loopback: c.s.cfg.loopback, net: c.s.cfg.net, log: c.s.log})
+	pc, getter, err := newPeer(peerConfig{
+		servers: c.servers, forceRelay: c.relay, peerRelayOnly: c.peerRelayOnly,
+		loopback: c.s.cfg.loopback, net: c.s.cfg.net, log: c.s.log,
+	})
 	if err != nil {
 		return err
 	}

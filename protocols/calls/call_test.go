@@ -206,6 +206,47 @@ func TestRelayOnlySetupWithRefusedPeers(t *testing.T) {
 	t.Logf("setups %v ms", setups)
 }
 
+// TestRelayOnlyCalleeSetup: calling a device set to take calls relay-only
+// connects without pion's wait for a better pair than a relay one (500
+// ms): the callee's Ring says it is relay-only, so the caller's agent,
+// which nominates, knows that every pair that can work has the callee's
+// relay candidate. Setup took 610 ms with the wait and about 170 ms
+// without it here (the rest is one of pion's 200 ms check rounds: on
+// loopback the caller's own host and reflexive candidates pair with the
+// callee's relay candidate and never get through, since the relay-only
+// callee permits no loopback peer).
+func TestRelayOnlyCalleeSetup(t *testing.T) {
+	r := startRelay(t)
+	lim := []Option{WithLimits(Limits{InvitesPerMinute: 60, InviteBurst: 10})}
+	a := newDevice(t, deviceConfig{relay: r, opts: lim})
+	b := newDevice(t, deviceConfig{relay: r, opts: append([]Option{WithForceRelay(func() bool { return true })}, lim...)})
+	befriend(t, a, b)
+	ctx := testCtx(t, 90*time.Second)
+	// With the wait every call takes 500 ms or more; one call under 400
+	// is enough (a loaded machine may slow any one call).
+	const within, tries = 400 * time.Millisecond, 3
+	var setups []int64
+	for range tries {
+		out, in := connectedCall(t, ctx, a, b, Options{})
+		if out.Path != PathRelay || out.RemoteCandidate != "relay" || !in.ForceRelay {
+			t.Errorf("caller: path %q (%s/%s), callee relay-only %v; want relay to the callee's relay candidate", out.Path, out.LocalCandidate, out.RemoteCandidate, in.ForceRelay)
+		}
+		if err := a.svc.HangUp(ctx, out.ID); err != nil {
+			t.Fatal(err)
+		}
+		a.waitState(ctx, out.ID, StateEnded)
+		b.waitState(ctx, in.ID, StateEnded)
+		setups = append(setups, out.SetupMS)
+		if time.Duration(out.SetupMS)*time.Millisecond < within {
+			break
+		}
+	}
+	if best := slices.Min(setups); time.Duration(best)*time.Millisecond >= within {
+		t.Errorf("setups %v ms calling a relay-only device, want one under %v: the caller waited for a better pair", setups, within)
+	}
+	t.Logf("setups %v ms", setups)
+}
+
 // TestRelayOnlyWithoutAllocation: a relay-only call whose TURN allocation
 // is refused (here the relay holds as many allocations as it takes) fails
 // at once with no_relay, on either side, instead of waiting out its setup

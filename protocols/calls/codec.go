@@ -68,6 +68,8 @@ type frame struct {
 
 	reason reason // reject, hangup
 
+	relayOnly bool // ring: the callee's device takes calls relay-only
+
 	sdp     string // offer, answer
 	restart bool   // offer
 
@@ -103,7 +105,7 @@ func decodeFrame(b []byte) (frame, error) {
 		}
 		f.account, f.record, f.audio, f.video = acct, v.GetRecord(), v.GetAudio(), v.GetVideo()
 	case *pb.Frame_Ring:
-		f.kind = kindRing
+		f.kind, f.relayOnly = kindRing, body.Ring.GetRelayOnly()
 	case *pb.Frame_Accept:
 		f.kind = kindAccept
 	case *pb.Frame_Busy:
@@ -218,7 +220,7 @@ func encodeFrame(f frame) *pb.Frame {
 			CallId: f.callID[:], Account: string(f.account), Record: f.record, Audio: f.audio, Video: f.video,
 		}}}
 	case kindRing:
-		return &pb.Frame{Body: &pb.Frame_Ring{Ring: &pb.Ring{}}}
+		return &pb.Frame{Body: &pb.Frame_Ring{Ring: &pb.Ring{RelayOnly: f.relayOnly}}}
 	case kindAccept:
 		return &pb.Frame{Body: &pb.Frame_Accept{Accept: &pb.Accept{}}}
 	case kindBusy:

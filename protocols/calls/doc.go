@@ -31,7 +31,7 @@
 // plus framing), at most 50 frames a second (bursts of 200) per stream:
 //
 //	C → R  Invite{call_id (16), account, record?, audio, video}
-//	R → C  Ring | Busy | Reject{reason}
+//	R → C  Ring{relay_only} | Busy | Reject{reason}
 //	       … the callee's device rings (at most Limits.RingTimeout) …
 //	R → C  Accept                          | Reject{declined | timeout}
 //	C → R  Offer{sdp}
@@ -73,6 +73,12 @@
 // but their pairs outrank the relay pairs that do, and pion's nominating
 // agent nominates a pair at once only if no better pair is still being
 // checked: the working pair would wait for its next check round (200 ms).
+//
+// pion's nominating agent also waits before it accepts a pair with a
+// relay candidate, in case a better pair turns up (0.5 s here). A
+// relay-only caller skips that wait, and so does a caller whose callee
+// said in its Ring that its device takes calls relay-only: every pair
+// that can work then has the callee's relay candidate.
 //
 // # Statistics
 //

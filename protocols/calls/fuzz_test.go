@@ -23,7 +23,7 @@ func frameSeeds(t testing.TB) [][]byte {
 	_, _ = rand.Read(inv.callID[:])
 	var out [][]byte
 	for _, f := range []frame{
-		inv, {kind: kindRing}, {kind: kindAccept}, {kind: kindBusy},
+		inv, {kind: kindRing}, {kind: kindRing, relayOnly: true}, {kind: kindAccept}, {kind: kindBusy},
 		{kind: kindReject, reason: reasonDeclined}, {kind: kindHangup, reason: reasonHangup},
 		{kind: kindOffer, sdp: testSDP, restart: true}, {kind: kindAnswer, sdp: testSDP},
 		{kind: kindCandidate, candidate: "candidate:1 1 udp 2130706431 192.0.2.1 5000 typ host", mid: "0"},

@@ -42,9 +42,13 @@ var (
 type peerConfig struct {
 	servers    []webrtc.ICEServer
 	forceRelay bool
-	loopback   bool
-	net        transport.Net // nil: the OS's sockets
-	log        *slog.Logger
+	// peerRelayOnly: the other party said it takes calls relay-only (the
+	// caller learns it from Ring), so every pair that can work has its
+	// relay candidate and waiting for a better one is in vain.
+	peerRelayOnly bool
+	loopback      bool
+	net           transport.Net // nil: the OS's sockets
+	log           *slog.Logger
 }
 
 // newPeer builds a peer connection with its own interceptors (NACK, RTCP
@@ -111,7 +115,7 @@ func newPeer(pc peerConfig) (*webrtc.PeerConnection, stats.Getter, error) {
 	// relay-only call has nothing better to wait for.
 	se.SetPrflxAcceptanceMinWait(500 * time.Millisecond)
 	se.SetRelayAcceptanceMinWait(500 * time.Millisecond)
-	if pc.forceRelay {
+	if pc.forceRelay || pc.peerRelayOnly {
 		se.SetRelayAcceptanceMinWait(0)
 	}
 

@@ -487,7 +487,7 @@ func (s *Service) invite(sig *sigConn, remote peer.ID, f frame) {
 		refuse(RefusedTooMany, frame{kind: kindBusy})
 		return
 	}
-	if err := sig.write(frame{kind: kindRing}); err != nil {
+	if err := sig.write(frame{kind: kindRing, relayOnly: s.cfg.forceRelay()}); err != nil {
 		s.remove(c)
 		c.cancel()
 		sig.reset()

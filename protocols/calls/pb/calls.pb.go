@@ -375,7 +375,11 @@ func (x *Invite) GetVideo() bool {
 
 // Ring: the callee's device rings.
 type Ring struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The callee's device takes calls relay-only (its setting when it
+	// rings): the caller's agent needn't wait for a better pair than a relay
+	// one. Absent from older callees: false.
+	RelayOnly     bool `protobuf:"varint,1,opt,name=relay_only,json=relayOnly,proto3" json:"relay_only,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -408,6 +412,13 @@ func (x *Ring) ProtoReflect() protoreflect.Message {
 // Deprecated: Use Ring.ProtoReflect.Descriptor instead.
 func (*Ring) Descriptor() ([]byte, []int) {
 	return file_protocols_calls_pb_calls_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *Ring) GetRelayOnly() bool {
+	if x != nil {
+		return x.RelayOnly
+	}
+	return false
 }
 
 // Accept: the callee answered.
@@ -810,8 +821,10 @@ const file_protocols_calls_pb_calls_proto_rawDesc = "" +
 	"\aaccount\x18\x02 \x01(\tR\aaccount\x12\x16\n" +
 	"\x06record\x18\x03 \x01(\fR\x06record\x12\x14\n" +
 	"\x05audio\x18\x04 \x01(\bR\x05audio\x12\x14\n" +
-	"\x05video\x18\x05 \x01(\bR\x05video\"\x06\n" +
-	"\x04Ring\"\b\n" +
+	"\x05video\x18\x05 \x01(\bR\x05video\"%\n" +
+	"\x04Ring\x12\x1d\n" +
+	"\n" +
+	"relay_only\x18\x01 \x01(\bR\trelayOnly\"\b\n" +
 	"\x06Accept\"7\n" +
 	"\x06Reject\x12-\n" +
 	"\x06reason\x18\x01 \x01(\x0e2\x15.kinmesh.calls.ReasonR\x06reason\"\x06\n" +
