@@ -117,7 +117,7 @@ func (b *Budgets) restore(ctx context.Context, name string, l *Limiter[string]) 
 	}
 	if err == nil {
 		var buckets []Bucket[string]
-		if buckets, err = decodeBudgets(v, max(l.max, 1)); err == nil {
+		if buckets, err = decodeBudgets(v, MaxSavedBuckets); err == nil {
 			l.Import(buckets)
 			return
 		}

@@ -200,3 +200,25 @@ func FuzzDecodeBudgets(f *testing.F) {
 		}
 	})
 }
+
+// TestBudgetsIntoSmallerTable: budgets saved by a relay that tracked more
+// keys than it does now come back for the most recently used keys.
+func TestBudgetsIntoSmallerTable(t *testing.T) {
+	clk := &fakeNow{t: time.Unix(1_000_000, 0)}
+	st := openRelayStore(t, t.TempDir(), clk.now)
+	defer st.Close()
+	big := NewLimiter[string](clk.now, 1.0/3600, 10, 16)
+	for i := range 5 {
+		big.TakeN(fmt.Sprint("198.18.0.", i), 10)
+	}
+	KeepBudgets(st, "mailbox", nil, map[string]*Limiter[string]{"src": big}).Close()
+
+	small := NewLimiter[string](clk.now, 1.0/3600, 10, 2)
+	b := KeepBudgets(st, "mailbox", nil, map[string]*Limiter[string]{"src": small})
+	defer b.Close()
+	for i, want := range []int{10, 10, 10, 0, 0} { // 3 and 4 used last
+		if got := small.Left(fmt.Sprint("198.18.0.", i)); got != want {
+			t.Errorf("198.18.0.%d: %d tokens, want %d", i, got, want)
+		}
+	}
+}
