@@ -648,8 +648,9 @@ func (s *Service) recordTransport(rec contact.Signed, jobs []*job, sent []bool, 
 // new states, whose events go out at once, then the receipts with the
 // jobs. A job goes in the second so that one whose receipt came with the
 // answer is deleted without being written again as sent first: with the
-// payload it carries until done, that rewrite was the largest write of a
-// message's way (about 2 KB of 3.8 on both devices together).
+// payload it carries until done, that rewrite was the largest single
+// write of a message's way (about 0.7 KB of the 4 KB a message cost the
+// two devices' stores).
 func (s *Service) recordTransportChunk(rec contact.Signed, jobs []*job, sent []bool, deposited map[int][]string, receipts []*pb.InlineReceipt) (int, error) {
 	s.mu.Lock()
 	// Transport bookkeeping: if lost, the job is simply moved again and the
@@ -699,7 +700,11 @@ func (s *Service) recordTransportChunk(rec contact.Signed, jobs []*job, sent []b
 			changed = append(changed, m)
 		}
 	}
-	if err := t.flush(); err != nil {
+	err := t.flush()
+	if err == nil {
+		err = t.durable() // lazy: no wait
+	}
+	if err != nil {
 		s.mu.Unlock()
 		return 0, err
 	}
@@ -708,7 +713,7 @@ func (s *Service) recordTransportChunk(rec contact.Signed, jobs []*job, sent []b
 		s.emit(Event{Type: "state", Message: &c})
 	}
 	jt.takeReceipts(rec, receipts)
-	err := jt.flush()
+	err = jt.flush()
 	s.mu.Unlock()
 	if err == nil {
 		err = jt.durable()
