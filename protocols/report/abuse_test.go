@@ -47,7 +47,8 @@ func TestFeedbackFloodLeavesReports(t *testing.T) {
 }
 
 // TestSourceShares: what one peer, and what one IP address, submitted
-// holds at most its share of a queue, whatever identities it signs with;
+// holds at most its share of a queue, whatever identities it signs with
+// and across restarts;
 // a peer from another address still gets in, and a full feedback share
 // leaves the peer's reports alone.
 func TestSourceShares(t *testing.T) {
@@ -86,6 +87,13 @@ func TestSourceShares(t *testing.T) {
 	}
 	if n := fill(newClient(t, r)); n != 0 {
 		t.Fatalf("a fifth peer from a full address got %d items in, want none", n)
+	}
+	// A restart of the relay gives neither the peer nor the address a
+	// fresh share: the items keep their sources' tags.
+	r.Stop()
+	r.Start()
+	if n := fill(newClient(t, r)); n != 0 {
+		t.Fatalf("after a restart, a peer from a full address got %d items in, want none", n)
 	}
 
 	// Another address (127.0.0.2, loopback too) has its own share.

@@ -132,6 +132,24 @@ func FuzzDecodeStoredItem(f *testing.F) {
 	})
 }
 
+// FuzzDecodeShareTags: stored share tags decode only when they re-encode
+// to the same bytes.
+func FuzzDecodeShareTags(f *testing.F) {
+	f.Add(encodeShareTags(shareTags{peer: "0a1v", ip: "q9k3"}))
+	f.Add(encodeShareTags(shareTags{ip: "abcd"}))
+	f.Add([]byte("--------"))
+	f.Add([]byte("ABCDEFGH"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		tags, ok := decodeShareTags(b)
+		if !ok {
+			return
+		}
+		if again := encodeShareTags(tags); !bytes.Equal(again, b) {
+			t.Fatalf("share tags %q decode to %+v, which encode to %q", b, tags, again)
+		}
+	})
+}
+
 // memStream is an in-memory stream: reads come from in, writes go to out.
 type memStream struct {
 	in  io.Reader

@@ -210,8 +210,8 @@ func WithUrgentReserve(percent int) Option {
 // hold at once (defaults DefaultPeerShare, DefaultIPShare). A source
 // always has room for one item. Beyond its share a source's submissions
 // fail with ErrQueueFull until the operator marks its items done or they
-// expire. The shares are kept in memory: after a restart they count only
-// what was submitted since.
+// expire. Each item keeps short keyed hashes of its source (shareTags), so
+// the shares hold across restarts.
 func WithSourceShares(peerPercent, ipPercent int) Option {
 	return func(c *config) error {
 		if peerPercent < 1 || peerPercent > 100 || ipPercent < 1 || ipPercent > 100 {

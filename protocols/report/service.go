@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -29,6 +30,7 @@ import (
 //	x/<Opaque(reporter, submission id)>      the item's key, to recognise retries TTL retention
 //	a/<Opaque(reporter)>/<r|f><id>           empty: the reporter's items, for purges TTL retention
 //	q/<Opaque(reporter, class, UTC day)>     uvarint: submissions that day       TTL 48 h
+//	s/<r|f><id>                              the item's source tags (shareTags)   TTL retention
 //	seq                                      uvarint: the last item id issued
 //
 // <id> is 16 lowercase hex digits, so each queue lists oldest first.
@@ -53,11 +55,72 @@ type queueCap struct {
 const maxStoredItem = maxSubmitFrame + 256
 
 // source is where a submission came from: the connection's peer and its
-// IP address (netkit.MultiaddrSource). Kept in memory only, for the
-// per-source shares of the queues.
+// IP address (netkit.MultiaddrSource), the keys of the rate limits.
 type source struct {
 	peer, ip string
 }
+
+// shareTags is what an item records of its source for the per-source
+// shares of the queues: a 20-bit keyed hash of the peer id and one of the
+// address (the first four characters of the namespace's Opaque). They are
+// stored with the item, so the shares hold across restarts, and are too
+// short to tell an address: about 4,000 IPv4 addresses share each tag.
+// Two sources that share a tag share their shares (one chance in about a
+// million for any two). The zero value (no tags: an item stored before
+// tags, or whose tags are unreadable) counts towards no source's share.
+type shareTags struct {
+	peer, ip string
+}
+
+const shareTagLen = 4
+
+// tags returns src's share tags.
+func (s *Service) tags(src source) shareTags {
+	var t shareTags
+	if src.peer != "" {
+		t.peer = s.ns.Opaque([]byte("share peer"), []byte(src.peer))[:shareTagLen]
+	}
+	if src.ip != "" {
+		t.ip = s.ns.Opaque([]byte("share ip"), []byte(src.ip))[:shareTagLen]
+	}
+	return t
+}
+
+// encodeShareTags is the two tags, each shareTagLen characters ("-" for
+// none).
+func encodeShareTags(t shareTags) []byte {
+	pad := func(s string) string {
+		if s == "" {
+			return strings.Repeat("-", shareTagLen)
+		}
+		return s
+	}
+	return []byte(pad(t.peer) + pad(t.ip))
+}
+
+// decodeShareTags decodes a stored shareTags; false if it isn't one.
+func decodeShareTags(b []byte) (shareTags, bool) {
+	if len(b) != 2*shareTagLen {
+		return shareTags{}, false
+	}
+	var t shareTags
+	for i, f := range []*string{&t.peer, &t.ip} {
+		part := string(b[i*shareTagLen : (i+1)*shareTagLen])
+		if part == strings.Repeat("-", shareTagLen) {
+			continue
+		}
+		for _, c := range part {
+			if !('0' <= c && c <= '9' || 'a' <= c && c <= 'v') {
+				return shareTags{}, false
+			}
+		}
+		*f = part
+	}
+	return t, true
+}
+
+// shareKey is where item key's share tags are kept.
+func shareKey(key string) string { return "s/" + key[:1] + key[2:] }
 
 func queuePrefix(q Queue) string {
 	if q == QueueReports {
@@ -96,7 +159,7 @@ type Service struct {
 type queued struct {
 	size    int
 	expires time.Time
-	src     source // zero for items loaded at start
+	src     shareTags // zero for items stored without
 }
 
 // NewService starts serving /kinmesh/report/1.0.0 on h, keeping the queues
@@ -189,6 +252,23 @@ func (s *Service) load(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("report: load %s queue: %w", q, err)
 		}
+	}
+	// The items' share tags, so that a restart gives no source a fresh
+	// share of the queues.
+	err = s.ns.List(ctx, storage.ListOptions{Prefix: "s/"}, func(k string, v []byte) error {
+		if len(k) < 4 {
+			return nil
+		}
+		key := k[2:3] + "/" + k[3:]
+		it, ok := s.items[key]
+		if t, valid := decodeShareTags(v); ok && valid {
+			it.src = t
+			s.items[key] = it
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("report: load share tags: %w", err)
 	}
 	s.traceQueues()
 	return nil
@@ -366,7 +446,8 @@ func (s *Service) store1(ctx context.Context, sub Submission, req request, nonce
 	}
 	it := &storedItem{submission: req.submission, identity: req.identity, sig: req.sig, nonce: nonce, received: now}
 	val := it.encode()
-	if !s.roomFor(now, len(val), sub.Kind.Queue(), sub.Kind == KindReport && sub.Reason.Urgent(), src) {
+	tags := s.tags(src)
+	if !s.roomFor(now, len(val), sub.Kind.Queue(), sub.Kind == KindReport && sub.Reason.Urgent(), tags) {
 		return nil, CodeQueueFull, nil
 	}
 	seq := s.seq + 1
@@ -378,6 +459,7 @@ func (s *Service) store1(ctx context.Context, sub Submission, req request, nonce
 		ttl time.Duration
 	}{
 		{key, val, s.cfg.retention},
+		{shareKey(key), encodeShareTags(tags), s.cfg.retention},
 		{retryKey, []byte(key), s.cfg.retention},
 		{s.ownerKey(reporterKey, key), []byte{1}, s.cfg.retention},
 		{quotaKey, binary.AppendUvarint(nil, uint64(used+1)), quotaTTL},
@@ -393,7 +475,7 @@ func (s *Service) store1(ctx context.Context, sub Submission, req request, nonce
 		return nil, CodeUnavailable, err
 	}
 	s.seq = seq
-	s.items[key] = queued{size: len(val), expires: now.Add(s.cfg.retention), src: src}
+	s.items[key] = queued{size: len(val), expires: now.Add(s.cfg.retention), src: tags}
 	s.traceQueuesLocked(now)
 	return &Receipt{ID: itemID(seq)}, CodeOK, nil
 }
@@ -453,7 +535,7 @@ func (s *Service) count(ctx context.Context, key string) (int, error) {
 // bytes from src fits queue q: its caps (less the urgent reserve, for a
 // report that is not urgent), and src's peer and IP shares of it. Called
 // with mu held.
-func (s *Service) roomFor(now time.Time, size int, q Queue, urgent bool, src source) bool {
+func (s *Service) roomFor(now time.Time, size int, q Queue, urgent bool, src shareTags) bool {
 	s.pruneLocked(now)
 	pfx := queuePrefix(q)
 	var all, peer, ip queueCap
@@ -635,7 +717,7 @@ func (s *Service) Done(ctx context.Context, q Queue, id string) error {
 		return err
 	}
 	b := s.store.NewBatch()
-	keys := []string{key}
+	keys := []string{key, shareKey(key)}
 	if retry, owner, ok := s.indexKeys(key, v); ok {
 		keys = append(keys, retry, owner)
 	}
@@ -709,7 +791,7 @@ func (s *Service) purgeAccount(ctx context.Context, reporterKey []byte) (int, er
 				continue
 			}
 			key := rest[:1] + "/" + rest[1:]
-			keys := []string{ok, key}
+			keys := []string{ok, key, shareKey(key)}
 			if v, err := s.ns.Get(ctx, key); err == nil {
 				if retry, _, ok := s.indexKeys(key, v); ok {
 					keys = append(keys, retry)

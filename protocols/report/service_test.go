@@ -547,9 +547,10 @@ func TestPurge(t *testing.T) {
 	if fb := r.list(t, QueueFeedback); len(fb) != 0 {
 		t.Fatalf("after purge the feedback queue holds %d", len(fb))
 	}
-	// What is left is bob's item, its three index entries and the sequence.
-	if keys := r.keys(t); len(keys) != 5 {
-		t.Fatalf("after purge the store holds %v, want bob's item, its index entries and seq", keys)
+	// What is left is bob's item, its three index entries, its share tags
+	// and the sequence.
+	if keys := r.keys(t); len(keys) != 6 {
+		t.Fatalf("after purge the store holds %v, want bob's item, its index entries, its share tags and seq", keys)
 	}
 	if n, err := c.Purge(testCtx(t), r.ID(), alice); err != nil || n != 0 {
 		t.Fatalf("second Purge = %d, %v; want 0", n, err)
