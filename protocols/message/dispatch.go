@@ -116,7 +116,7 @@ func (s *Service) loadJobs(to e2ee.AccountID, relays int) ([]*job, error) {
 			if err != nil {
 				return out, err
 			}
-			if err := jsonUnmarshal(v, j); err != nil {
+			if err := decodeJob(v, j); err != nil {
 				return out, err
 			}
 		}

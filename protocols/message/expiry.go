@@ -36,7 +36,7 @@ func (s *Service) ExpireNow() (int, error) {
 	var hits []expiredJob
 	err := s.ns.List(s.ctx, listPrefix("j/"), func(k string, v []byte) error {
 		var j job
-		if err := jsonUnmarshal(v, &j); err != nil {
+		if err := decodeJob(v, &j); err != nil {
 			s.log.Warn("unreadable delivery job skipped by the expiry check", "key", k, "err", err)
 			return nil // the others still expire
 		}

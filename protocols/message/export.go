@@ -9,11 +9,11 @@ import (
 // conversation (for export).
 func (s *Service) AllMessages(ctx context.Context, fn func(Message) error) error {
 	return s.ns.List(ctx, listPrefix("m/"), func(_ string, v []byte) error {
-		var m Message
-		if err := jsonUnmarshal(v, &m); err != nil {
+		m, err := decodeMessage(v, s.me)
+		if err != nil {
 			return err
 		}
-		return fn(m)
+		return fn(*m)
 	})
 }
 

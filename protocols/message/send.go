@@ -302,11 +302,11 @@ func encodeContent(m *Message, c *pb.Content) ([]byte, error) {
 func (s *Service) Messages(ctx context.Context, with string) ([]Message, error) {
 	var out []Message
 	err := s.ns.List(ctx, listPrefix(s.keyMsgPrefix(with)), func(_ string, v []byte) error {
-		var m Message
-		if err := jsonUnmarshal(v, &m); err != nil {
+		m, err := decodeMessage(v, s.me)
+		if err != nil {
 			return err
 		}
-		out = append(out, m)
+		out = append(out, *m)
 		return nil
 	})
 	return out, err

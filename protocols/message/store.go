@@ -27,9 +27,9 @@ import (
 //	s/<opaque account>                       all of them in one value, as engines before
 //	                                         per-session keys wrote it (read, then moved to p/)
 //	c/<opaque conversation>                  conversation counters
-//	m/<opaque conv>/<ms>/<opaque from>/<seq>  a message (JSON), ms and seq as %016x
+//	m/<opaque conv>/<ms>/<opaque from>/<seq>  a message (record.go), ms and seq as %016x
 //	i/<message id>                           → message key
-//	j/<opaque recipient>/<job seq>           a delivery job (JSON)
+//	j/<opaque recipient>/<job seq>           a delivery job (record.go)
 //	jobseq                                   job counter
 //	h/<envelope hash>                        envelopes already processed (TTL)
 //	g/<opaque group>                         a group (JSON)
@@ -448,9 +448,15 @@ func (t *tx) Message(id string) (*Message, error) {
 	if err != nil || !ok {
 		return nil, err
 	}
-	m := &Message{}
-	ok, err = t.get(key, m)
-	if err != nil || !ok {
+	b, err := t.s.ns.Get(t.ctx(), key)
+	if errors.Is(err, storage.ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	m, err := decodeMessage(b, t.s.me)
+	if err != nil {
 		return nil, err
 	}
 	t.msgs[id], t.indexed[id] = m, true
@@ -558,7 +564,11 @@ func (t *tx) flush() error {
 	}
 	for _, m := range t.msgs {
 		key := t.s.keyMsg(m)
-		if err := t.put(key, m); err != nil {
+		b, err := encodeMessage(m, t.s.me)
+		if err != nil {
+			return err
+		}
+		if err := t.b.Put(t.s.ns, key, b); err != nil {
 			return err
 		}
 		if t.indexed[m.ID] {
@@ -577,7 +587,11 @@ func (t *tx) flush() error {
 		if !t.newJobs[j.Key] && !idx.has(j.Key) || deleted[j.Key] {
 			continue // deleted meanwhile or by this tx (its receipt came): don't bring it back
 		}
-		if err := t.put(j.Key, j); err != nil {
+		b, err := encodeJob(j)
+		if err != nil {
+			return err
+		}
+		if err := t.b.Put(t.s.ns, j.Key, b); err != nil {
 			return err
 		}
 	}
@@ -828,7 +842,7 @@ func (idx *jobIndex) load(s *Service) {
 	idx.byMsg = map[string][]*jobEntry{}
 	err := s.ns.List(s.ctx, listPrefix("j/"), func(k string, v []byte) error {
 		j := &job{}
-		if err := jsonUnmarshal(v, j); err != nil {
+		if err := decodeJob(v, j); err != nil {
 			s.log.Warn("unreadable delivery job dropped from the index", "err", err)
 			return nil
 		}
