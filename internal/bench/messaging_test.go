@@ -280,13 +280,14 @@ func BenchmarkMessageThroughput(b *testing.B) {
 	}
 	b.ResetTimer()
 	for range b.N {
-		var ours, base, durable, floor []float64
+		var ours, cpu, base, durable, floor []float64
 		sent := 2 // the warm-up messages
 		for round := range rounds {
-			d, err := p.burst(ctx, round*total, total, senders, sent)
+			d, used, err := p.burst(ctx, round*total, total, senders, sent)
 			if err != nil {
 				b.Fatal(err)
 			}
+			cpu = append(cpu, float64(used.Microseconds())/total)
 			sent += total
 			ours = append(ours, float64(total)/d.Seconds())
 			rd, err := raw.stream(ctx, total)
@@ -304,11 +305,12 @@ func BenchmarkMessageThroughput(b *testing.B) {
 				b.Fatal(err)
 			}
 			floor = append(floor, float64(total)/cd.Seconds())
-			b.Logf("round %d: %.0f msg/s, raw stream %.0f msg/s, raw durable senders %.0f msg/s, sealing and opening alone %.0f/s",
-				round+1, ours[round], base[round], durable[round], floor[round])
+			b.Logf("round %d: %.0f msg/s (%.0f µs of CPU a message), raw stream %.0f msg/s, raw durable senders %.0f msg/s, sealing and opening alone %.0f/s",
+				round+1, ours[round], cpu[round], base[round], durable[round], floor[round])
 		}
 		o, r, d, f := median(ours), median(base), median(durable), median(floor)
 		b.ReportMetric(o, "msg/s")
+		b.ReportMetric(median(cpu), "cpu-µs/msg")
 		b.ReportMetric(r, "raw-msg/s")
 		b.ReportMetric(o/r, "x-vs-raw")
 		b.ReportMetric(d, "durable-senders-msg/s")
@@ -318,6 +320,16 @@ func BenchmarkMessageThroughput(b *testing.B) {
 	}
 }
 
+// cpuTime is the CPU the process has used (user and system): both
+// devices and the relays of a testnet, which run in it.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
 func median(v []float64) float64 {
 	s := slices.Clone(v)
 	sort.Float64s(s)
@@ -325,22 +337,30 @@ func median(v []float64) float64 {
 }
 
 // burst sends n messages from a to b on `senders` goroutines and returns
-// the time until b has stored all of them (have messages before).
-func (p *msgPair) burst(ctx context.Context, first, n, senders, have int) (time.Duration, error) {
+// the time until b has stored all of them (have messages before) and the
+// CPU the process used meanwhile.
+func (p *msgPair) burst(ctx context.Context, first, n, senders, have int) (took, cpu time.Duration, err error) {
 	wait := p.waiter(ctx, p.b, p.a.AccountID(), have+n)
 	to, a := p.b.AccountID(), p.a.Node()
-	start := time.Now()
+	start, cpu0 := time.Now(), cpuTime()
 	if err := onWorkers(n, senders, func(i int) error {
 		_, err := a.Send(ctx, to, text(first+i))
 		return err
 	}); err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	last, err := wait()
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
-	return last.Sub(start), nil
+	return last.at.Sub(start), last.cpu - cpu0, nil
+}
+
+// stored is when a waiter saw the last message stored, and the process's
+// CPU time then.
+type stored struct {
+	at  time.Time
+	cpu time.Duration
 }
 
 // waiter starts watching d's conversation with `with` and returns a
@@ -351,20 +371,20 @@ func (p *msgPair) burst(ctx context.Context, first, n, senders, have int) (time.
 // be dropped under load it also lists when a second passed without any
 // (a listing of 10,000 messages costs CPU the drain would miss), and the
 // time is then still that of the last event, not of the listing.
-func (p *msgPair) waiter(ctx context.Context, d *testnet.Device, with string, want int) func() (time.Time, error) {
+func (p *msgPair) waiter(ctx context.Context, d *testnet.Device, with string, want int) func() (stored, error) {
 	events, stop := d.Node().Subscribe()
 	have := func() (int, error) {
 		ms, err := d.Node().Messages(ctx, with)
 		return len(ms), err
 	}
 	n0, err := have()
-	return func() (time.Time, error) {
+	return func() (stored, error) {
 		defer stop()
 		if err != nil {
-			return time.Time{}, err
+			return stored{}, err
 		}
 		seen := n0
-		var last time.Time
+		var last stored
 		tick := time.NewTicker(time.Second)
 		defer tick.Stop()
 		quiet := true // no event since the last tick
@@ -374,25 +394,25 @@ func (p *msgPair) waiter(ctx context.Context, d *testnet.Device, with string, wa
 			case e := <-events:
 				if e.Type == "message" && e.Message.From == with {
 					seen++
-					last, quiet = time.Now(), false
+					last, quiet = stored{time.Now(), cpuTime()}, false
 				}
 				check = seen >= want
 			case <-tick.C:
 				check, quiet = quiet, true
 			case <-ctx.Done():
 				got, _ := have()
-				return time.Time{}, fmt.Errorf("%s has %d of %d messages: %w", d.Name, got, want, ctx.Err())
+				return stored{}, fmt.Errorf("%s has %d of %d messages: %w", d.Name, got, want, ctx.Err())
 			}
 			if !check {
 				continue
 			}
 			got, err := have()
 			if err != nil {
-				return time.Time{}, err
+				return stored{}, err
 			}
 			if got >= want {
-				if last.IsZero() {
-					last = time.Now()
+				if last.at.IsZero() {
+					last = stored{time.Now(), cpuTime()}
 				}
 				return last, nil
 			}
@@ -462,7 +482,7 @@ func BenchmarkMessageDrain(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		took := last.Sub(start)
+		took := last.at.Sub(start)
 		b.StopTimer()
 		if err := p.a.Start(ctx); err != nil {
 			b.Fatal(err)
