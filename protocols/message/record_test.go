@@ -180,18 +180,8 @@ func TestRecordRejects(t *testing.T) {
 func TestRecordsWrittenBefore(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	r := newRelay(t)
-	a, b := newDevice(t, "a", r), newDevice(t, "b", r)
-	meet(t, ctx, a, b)
-	if _, err := a.svc.Send(ctx, b.me(), "first"); err != nil {
-		t.Fatal(err)
-	}
-	a.waitFor(t, ctx, string(b.me()), "first delivered", func(ms []Message) bool { return has(ms, "first", StateDelivered) })
-	if _, err := b.svc.Send(ctx, a.me(), "reply"); err != nil {
-		t.Fatal(err)
-	}
-	a.waitFor(t, ctx, string(b.me()), "reply received", func(ms []Message) bool { return has(ms, "reply", StateReceived) })
-	b.waitFor(t, ctx, string(a.me()), "reply delivered", func(ms []Message) bool { return has(ms, "reply", StateDelivered) })
+	_, a, b := pair(t, ctx)
+	exchange(t, ctx, a, b, "first") // one delivered each way
 	if err := b.svc.Close(); err != nil {
 		t.Fatal(err)
 	}
