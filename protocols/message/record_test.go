@@ -142,14 +142,17 @@ func TestRecordsFromJSON(t *testing.T) {
 
 // TestRecordRejects: damaged records are errors, never messages.
 func TestRecordRejects(t *testing.T) {
+	// A protobuf field's tag: its number and wire type.
+	varint := func(field byte) byte { return field << 3 }
+	bytesField := func(field byte) byte { return field<<3 | 2 }
 	good, _ := encodeMessage(recordMessages()["outgoing"], recMe)
 	for name, b := range map[string][]byte{
 		"empty":        nil,
 		"unknown form": append([]byte{2}, good[1:]...),
 		"bad protobuf": {recordV1, 0xff},
-		"bad state":    {recordV1, 8<<3 | 0, 99},
-		"short id":     {recordV1, 1<<3 | 2, 3, 1, 2, 3},
-		"ns too large": {recordV1, 18<<3 | 0, 0xc0, 0x84, 0x3d}, // 1,000,000
+		"bad state":    {recordV1, varint(8), 99},
+		"short id":     {recordV1, bytesField(1), 3, 1, 2, 3},
+		"ns too large": {recordV1, varint(18), 0xc0, 0x84, 0x3d}, // 1,000,000
 		"bad JSON":     []byte(`{"id":`),
 	} {
 		if _, err := decodeMessage(b, recMe); !errors.Is(err, errRecord) {
@@ -160,9 +163,9 @@ func TestRecordRejects(t *testing.T) {
 		"empty":                 nil,
 		"unknown form":          {2},
 		"bad protobuf":          {recordV1, 0xff},
-		"content type 256":      {recordV1, 8<<3 | 0, 0x80, 0x02},
-		"short message id":      {recordV1, 2<<3 | 2, 3, 1, 2, 3},
-		"ns too large":          {recordV1, 15<<3 | 0, 0xc0, 0x84, 0x3d},
+		"content type 256":      {recordV1, varint(8), 0x80, 0x02},
+		"short message id":      {recordV1, bytesField(2), 3, 1, 2, 3},
+		"ns too large":          {recordV1, varint(15), 0xc0, 0x84, 0x3d},
 		"bad JSON":              []byte(`{"seq":`),
 		"JSON of another shape": []byte(`{"seq":"x"}`),
 	} {
