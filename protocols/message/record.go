@@ -107,7 +107,7 @@ func encodeMessage(m *Message, me e2ee.AccountID) ([]byte, error) {
 		n, text := stateNum(s)
 		r.Recipients = append(r.Recipients, &pb.StoredRecipient{Account: a, State: n, StateText: text})
 	}
-	b, err := proto.MarshalOptions{Deterministic: true}.MarshalAppend([]byte{recordV1}, r)
+	b, err := proto.MarshalOptions{}.MarshalAppend([]byte{recordV1}, r)
 	if err != nil {
 		return nil, fmt.Errorf("message: encode record: %w", err)
 	}
@@ -201,7 +201,7 @@ func encodeJob(j *job) ([]byte, error) {
 	}
 	r.MsgId, r.MsgIdText = packID(j.MsgID)
 	r.Created, r.CreatedNs = packTime(j.Created)
-	b, err := proto.MarshalOptions{Deterministic: true}.MarshalAppend([]byte{recordV1}, r)
+	b, err := proto.MarshalOptions{}.MarshalAppend([]byte{recordV1}, r)
 	if err != nil {
 		return nil, fmt.Errorf("message: encode job: %w", err)
 	}
