@@ -34,6 +34,14 @@ func DeriveKey(dir string, passphrase []byte) ([]byte, error) {
 // it moves or deletes the group's entry.
 func BeforeGroupSettle(f func()) Option { return withBeforeGroupSettle(f) }
 
+// CompactAt is how many level-0 tables start a compaction of a store with
+// profile p whose levels are levels.
+func CompactAt(p Profile, levels []badger.LevelInfo) int { return compactAt(p.sizes(), levels) }
+
+// CompactNow runs one look of the compaction loop: level-0 tables left,
+// and whether it is waiting for writes to pause.
+func CompactNow(s *Store) (int, bool) { return s.compact() }
+
 // RawDB returns the store's Badger handle.
 func RawDB(s *Store) *badger.DB { return s.db }
 

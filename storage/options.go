@@ -245,7 +245,7 @@ func (p Profile) sizes() profileSizes {
 		baseTableSize:    512 << 10,
 		baseLevelSize:    4 << 20,
 		numL0:            2,
-		numL0Stall:       8,
+		numL0Stall:       16,
 		valueLogFileSize: 16 << 20,
 		valueThreshold:   1 << 10,
 		gcAfterSweep:     4 << 20,

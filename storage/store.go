@@ -56,6 +56,9 @@ type Store struct {
 	gcKick    chan struct{}
 	// compactKick wakes compactLoop; nil when Badger compacts by itself.
 	compactKick chan struct{}
+	// lastWrite is when the last write was committed (unix ns), for
+	// compactLoop.
+	lastWrite atomic.Int64
 	// trimKick wakes trimLoop; nil when the store does not trim (trim.go).
 	trimKick    chan struct{}
 	trimWritten atomic.Int64 // bytes written since the last trim
