@@ -31,12 +31,7 @@ func TestDeviceCompactsOnDemand(t *testing.T) {
 	}
 
 	ctx := context.Background()
-	st, err := storage.Open(t.TempDir(), storage.WithSyncWrites(false))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	ns := st.Namespace("msgs")
+	st, ns := floodStore(t)
 	const batches, perBatch = 160, 400 // 64,000 × 512 B values: ~48 MB with keys and sealing
 	var probe []string
 	done := make(chan error, 1)
@@ -112,12 +107,7 @@ func TestCompactionWaitsForLargerLevel0(t *testing.T) {
 // each round); once they pause, it compacts.
 func TestCompactionWaitsForAPause(t *testing.T) {
 	ctx := context.Background()
-	st, err := storage.Open(t.TempDir(), storage.WithSyncWrites(false))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	ns := st.Namespace("msgs")
+	st, ns := floodStore(t)
 	put := func(n int) {
 		b := st.NewBatch()
 		for range n {
@@ -140,4 +130,16 @@ func TestCompactionWaitsForAPause(t *testing.T) {
 		t.Fatalf("during writes with %d level-0 tables: compaction waiting %v, want waiting", n, waiting)
 	}
 	waitFor(t, "a compaction once writes pause", func() bool { return l0() == 0 })
+}
+
+// floodStore opens a device store that doesn't sync its writes, closed
+// at the end of the test, and a namespace in it.
+func floodStore(t *testing.T) (*storage.Store, *storage.Namespace) {
+	t.Helper()
+	st, err := storage.Open(t.TempDir(), storage.WithSyncWrites(false))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	return st, st.Namespace("msgs")
 }
