@@ -16,9 +16,9 @@ import (
 // (docs/benchmarks.md). So a device store opens Badger with NumCompactors = 0
 // and compacts by itself: every committed write wakes compactLoop, which
 // lets writes go on for compactDelay, then looks at level 0 and, once it
-// holds compactAt tables (the profile's NumLevelZeroTables, where Badger's
-// compactors would start, while the store is small), runs DB.Flatten, which merges level 0 and any
-// other level into the bottom one. It looks again while the number of
+// holds compactAt tables (while the store is small, the profile's
+// NumLevelZeroTables, where Badger's compactors would start), runs
+// DB.Flatten, which merges level 0 and any other level into the bottom one. It looks again while the number of
 // level-0 tables keeps changing (memtables are flushed asynchronously) and
 // then waits for the next write: an idle store never wakes. Writes cannot
 // stall for good: they stall only at NumLevelZeroTablesStall tables, and the
