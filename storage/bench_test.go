@@ -37,16 +37,7 @@ func newPair(b *testing.B, sync bool) pair {
 	if err != nil {
 		b.Fatal(err)
 	}
-	rawDir := b.TempDir()
-	opts := storage.BadgerOptions(rawDir, storage.ProfileDevice, sync)
-	// A device store compacts on demand (compact.go) with Badger's
-	// compactors off; the baseline has only Badger's, so it runs two, or
-	// its writes would stall once level 0 fills up.
-	opts.NumCompactors = 2
-	raw, err := badger4.NewDatastore(rawDir, &badger4.Options{Options: opts})
-	if err != nil {
-		b.Fatal(err)
-	}
+	raw := rawDevice(b, sync)
 	b.Cleanup(func() {
 		if err := st.Close(); err != nil {
 			b.Error(err)
@@ -56,6 +47,23 @@ func newPair(b *testing.B, sync bool) pair {
 		}
 	})
 	return pair{st: st, ns: st.Namespace("bench"), raw: raw}
+}
+
+// rawDevice opens the baseline: go-ds-badger4 in a directory of its own
+// with a device store's Badger options. A device store compacts on demand
+// (compact.go) with Badger's compactors off; the baseline has only
+// Badger's, so it runs two, or its writes would stall once level 0 fills
+// up.
+func rawDevice(b *testing.B, sync bool) *badger4.Datastore {
+	b.Helper()
+	dir := b.TempDir()
+	opts := storage.BadgerOptions(dir, storage.ProfileDevice, sync)
+	opts.NumCompactors = 2
+	raw, err := badger4.NewDatastore(dir, &badger4.Options{Options: opts})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return raw
 }
 
 // compare runs raw and ours b.N times each, interleaved (alternating which

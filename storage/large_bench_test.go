@@ -12,7 +12,6 @@ import (
 	"time"
 
 	ds "github.com/ipfs/go-datastore"
-	badger4 "github.com/ipfs/go-ds-badger4"
 
 	"github.com/kinmesh/kinmesh/storage"
 )
@@ -35,13 +34,7 @@ func BenchmarkLargeStore(b *testing.B) {
 	}
 	ctx := context.Background()
 	for range b.N {
-		rawDir := b.TempDir()
-		opts := storage.BadgerOptions(rawDir, storage.ProfileDevice, true)
-		opts.NumCompactors = 2
-		raw, err := badger4.NewDatastore(rawDir, &badger4.Options{Options: opts})
-		if err != nil {
-			b.Fatal(err)
-		}
+		raw := rawDevice(b, true)
 		rawCost := largeStoreRun(b, func(pairs [][2]string, sync bool) error {
 			bt, err := raw.Batch(ctx)
 			if err != nil {
