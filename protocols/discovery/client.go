@@ -178,28 +178,39 @@ func (c *Client) evaluateBatch(ctx context.Context, relay peer.ID, id *e2ee.Iden
 	if err != nil {
 		return nil, err
 	}
-	if r.eval == nil || len(r.eval.elements) != len(numbers) {
-		return nil, fmt.Errorf("discovery: evaluate on relay %s: answer without %d elements: %w", relay, len(numbers), ErrProtocol)
-	}
-	elems, err := parseElements(r.eval.elements)
+	out, err := finalize(vc, fin, r.eval, len(numbers))
 	if err != nil {
-		return nil, fmt.Errorf("discovery: evaluate on relay %s: %w: %w", relay, ErrProtocol, err)
+		return nil, fmt.Errorf("discovery: evaluate on relay %s: %w", relay, err)
 	}
-	proof, err := parseProof(r.eval.proof)
+	return out, nil
+}
+
+// finalize checks a relay's evaluation of n blinded numbers (its elements
+// and its proof that they were made with the key the client blinded for)
+// and unblinds the outputs.
+func finalize(vc oprf.VerifiableClient, fin *oprf.FinalizeData, eval *evaluation, n int) ([]Output, error) {
+	if eval == nil || len(eval.elements) != n {
+		return nil, fmt.Errorf("answer without %d elements: %w", n, ErrProtocol)
+	}
+	elems, err := parseElements(eval.elements)
 	if err != nil {
-		return nil, fmt.Errorf("discovery: evaluate on relay %s: %w: %w", relay, ErrProtocol, err)
+		return nil, fmt.Errorf("%w: %w", ErrProtocol, err)
+	}
+	proof, err := parseProof(eval.proof)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrProtocol, err)
 	}
 	ys, err := vc.Finalize(fin, &oprf.Evaluation{Elements: elems, Proof: proof})
 	if err != nil {
 		if errors.Is(err, oprf.ErrInvalidProof) {
-			return nil, fmt.Errorf("discovery: evaluate on relay %s: %w", relay, ErrBadProof)
+			return nil, ErrBadProof
 		}
-		return nil, fmt.Errorf("discovery: evaluate on relay %s: %w: %w", relay, ErrProtocol, err)
+		return nil, fmt.Errorf("%w: %w", ErrProtocol, err)
 	}
 	out := make([]Output, len(ys))
 	for i, y := range ys {
 		if len(y) != OutputSize {
-			return nil, fmt.Errorf("discovery: OPRF output of %d bytes: %w", len(y), ErrProtocol)
+			return nil, fmt.Errorf("OPRF output of %d bytes: %w", len(y), ErrProtocol)
 		}
 		copy(out[i][:], y)
 	}

@@ -402,3 +402,67 @@ func FuzzServe(f *testing.F) {
 		}
 	})
 }
+
+// FuzzFinalize hands the client's check of a relay's evaluation (the
+// path evaluateBatch takes with every answer) any elements and proof for
+// three blinded numbers: it fails with ErrProtocol or ErrBadProof, or
+// returns the outputs the relay's key really gives, never others.
+func FuzzFinalize(f *testing.F) {
+	k, err := oprf.GenerateKey(suite, rand.Reader)
+	if err != nil {
+		f.Fatal(err)
+	}
+	pk, err := publicKeyOf(k)
+	if err != nil {
+		f.Fatal(err)
+	}
+	var numbers []Number
+	for _, s := range []string{"+351912000001", "+351912000002", "+4915112345678"} {
+		n, err := ParseNumber(s)
+		if err != nil {
+			f.Fatal(err)
+		}
+		numbers = append(numbers, n)
+	}
+	vc, fin, req, err := blind(pk, numbers)
+	if err != nil {
+		f.Fatal(err)
+	}
+	ev, err := oprf.NewVerifiableServer(suite, k).Evaluate(req)
+	if err != nil {
+		f.Fatal(err)
+	}
+	elems, err := marshalElements(ev.Elements)
+	if err != nil {
+		f.Fatal(err)
+	}
+	proof, err := ev.Proof.MarshalBinary()
+	if err != nil {
+		f.Fatal(err)
+	}
+	want, err := finalize(vc, fin, &evaluation{elements: elems, proof: proof}, len(numbers))
+	if err != nil {
+		f.Fatalf("the relay's own evaluation: %v", err)
+	}
+	f.Add(bytes.Join(elems, nil), proof)
+	f.Add(bytes.Join(elems[:2], nil), proof)
+	f.Add(bytes.Join([][]byte{elems[1], elems[0], elems[2]}, nil), proof)
+	f.Add(bytes.Join(elems, nil), make([]byte, len(proof)))
+	f.Fuzz(func(t *testing.T, joined, proof []byte) {
+		var es [][]byte
+		for len(joined) > 0 {
+			n := min(len(joined), elementSize)
+			es, joined = append(es, joined[:n]), joined[n:]
+		}
+		got, err := finalize(vc, fin, &evaluation{elements: es, proof: proof}, len(numbers))
+		if err != nil {
+			if !errors.Is(err, ErrProtocol) && !errors.Is(err, ErrBadProof) {
+				t.Fatalf("error neither ErrProtocol nor ErrBadProof: %v", err)
+			}
+			return
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Fatalf("accepted an evaluation that gives other outputs")
+		}
+	})
+}
