@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"net/netip"
 	"slices"
 	"testing"
 	"time"
@@ -221,6 +222,38 @@ func TestRelayOnlyCalleeSetup(t *testing.T) {
 	})
 	if best := slices.Min(setups); time.Duration(best)*time.Millisecond >= within {
 		t.Errorf("setups %v ms calling a relay-only device, want one under %v: the caller waited for a better pair", setups, within)
+	}
+	t.Logf("setups %v ms", setups)
+}
+
+// TestRelayOnlyCallerSetup: a relay-only caller nominates the first pair
+// that works at once. Every pair of a relay-only caller goes through its
+// TURN allocation, so nothing better can turn up; yet pion's controlling
+// agent waited 500 ms before nominating a pair whose remote candidate is
+// server- or peer-reflexive: the usual one, the callee's public address
+// behind a NAT. Setup took about 600 ms with the wait (the testnet demo's
+// relay call too). Here the one pair that works is the caller's relay
+// candidate to the callee's own address, which the caller learns as
+// peer-reflexive: the caller's relay permits loopback peers (as the
+// testnet's do), the callee's relay doesn't, so their relay candidates
+// can't reach each other.
+func TestRelayOnlyCallerSetup(t *testing.T) {
+	r1 := startRelay(t, turn.WithAllowedPeers(netip.MustParsePrefix("127.0.0.0/8")))
+	r2 := startRelay(t)
+	lim := []Option{WithLimits(Limits{InvitesPerMinute: 60, InviteBurst: 10})}
+	a, b := newDevice(t, deviceConfig{relay: r1, opts: lim}), newDevice(t, deviceConfig{relay: r2, opts: lim})
+	befriend(t, a, b)
+	ctx := testCtx(t, 90*time.Second)
+	// With the wait every call takes 500 ms or more; one call under 400
+	// is enough (a loaded machine may slow any one call).
+	const within, tries = 400 * time.Millisecond, 3
+	setups := quickestSetup(t, ctx, a, b, Options{ForceRelay: true}, within, tries, func(out, _ Info) {
+		if out.Path != PathRelay || out.LocalCandidate != "relay" || out.RemoteCandidate != "prflx" {
+			t.Errorf("caller: path %q (%s/%s), want relay from its relay candidate to the callee's own address", out.Path, out.LocalCandidate, out.RemoteCandidate)
+		}
+	})
+	if best := slices.Min(setups); time.Duration(best)*time.Millisecond >= within {
+		t.Errorf("relay-only setups %v ms, want one under %v: the caller waited for a better pair", setups, within)
 	}
 	t.Logf("setups %v ms", setups)
 }
