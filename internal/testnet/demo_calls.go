@@ -142,7 +142,7 @@ func waitCall(ctx context.Context, events <-chan node.Event, cond func(calls.Inf
 
 // DescribeCall renders a call's path and statistics in one line.
 func DescribeCall(i calls.Info) string {
-	s := fmt.Sprintf("%s after %d ms via %s (%s ↔ %s), %.1f s", i.State, i.SetupMS, i.Path, i.LocalCandidate, i.RemoteCandidate, i.DurationS)
+	s := fmt.Sprintf("connected in %d ms via %s (%s ↔ %s), %s after %.1f s", i.SetupMS, i.Path, i.LocalCandidate, i.RemoteCandidate, i.State, i.DurationS)
 	if i.State != calls.StateEnded || i.Path == "" {
 		s = fmt.Sprintf("%s (%s)", i.State, i.Reason)
 	}
