@@ -109,22 +109,21 @@ func newPeer(pc peerConfig) (*webrtc.PeerConnection, stats.Getter, error) {
 	// restart), failed after 15 s, keepalives every second.
 	se.SetICETimeouts(4*time.Second, 15*time.Second, time.Second)
 	// pion's controlling agent waits before it nominates a pair with a
-	// relay (2 s) or peer-reflexive (1 s) candidate on either end, in case
-	// a better pair turns up: half a second is enough for host and
-	// reflexive checks to answer (NAT traversal mostly ends on a
-	// peer-reflexive pair). A call to a relay-only device has nothing
-	// better than its relay candidates to wait for; a relay-only call
-	// nothing at all, since each of its pairs goes through its own
-	// allocation, so it takes the first pair that works, whatever the
-	// other end's candidate (server-reflexive waits 500 ms by default).
-	se.SetPrflxAcceptanceMinWait(500 * time.Millisecond)
+	// server-reflexive (500 ms), peer-reflexive (1 s) or relay (2 s)
+	// candidate on either end, in case a better pair turns up. A
+	// reflexive pair that works is a direct path through the NATs (NAT
+	// traversal mostly ends on a peer-reflexive pair); only a pair of
+	// host candidates on one network could beat it, and its checks,
+	// sent in the same round and first, answer first. So reflexive
+	// pairs are taken at once. A relay pair waits half a second, enough
+	// for the direct checks to answer. A call to a relay-only device has
+	// nothing better than its relay candidates to wait for; a relay-only
+	// call nothing at all, since each of its pairs goes through its own
+	// allocation.
+	se.SetSrflxAcceptanceMinWait(0)
+	se.SetPrflxAcceptanceMinWait(0)
 	se.SetRelayAcceptanceMinWait(500 * time.Millisecond)
-	if pc.peerRelayOnly {
-		se.SetRelayAcceptanceMinWait(0)
-	}
-	if pc.forceRelay {
-		se.SetSrflxAcceptanceMinWait(0)
-		se.SetPrflxAcceptanceMinWait(0)
+	if pc.forceRelay || pc.peerRelayOnly {
 		se.SetRelayAcceptanceMinWait(0)
 	}
 
