@@ -42,27 +42,46 @@ var fuzzRoutes = []string{
 	"GET /v1/nothing/here",
 }
 
-// FuzzAPI sends any body to any endpoint of a node with an account and
-// no relays, through the same handler (token check and body cap) the
-// daemon serves. Whatever the input: no panic, an answer within the
-// request's deadline, and every error in the API's error JSON with a code
-// docs/api.md lists. A 500 is allowed only when the node can't reach a
-// relay, which this node never can.
+// FuzzAPI sends any body to any endpoint of a node with an account, one
+// contact (another node, on loopback) and no relays, through the same
+// handler (token check and body cap) the daemon serves. Whatever the
+// input: no panic, an answer within the request's deadline, and every
+// error in the API's error JSON with a code docs/api.md lists. A 500 is
+// allowed only when the node can't reach a relay, which this node never
+// can.
 func FuzzAPI(f *testing.F) {
-	n := startNode(f, Config{DataDir: filepath.Join(f.TempDir(), "node")})
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if _, err := n.CreateAccount(ctx, NewAccount{Name: "Ana", BirthDate: "1980-05-01", AcceptPolicy: PolicyVersion}); err != nil {
-		f.Fatalf("CreateAccount: %v", err)
+	var nodes []*Node
+	for _, name := range []string{"Ana", "Bo"} {
+		n := startNode(f, Config{DataDir: filepath.Join(f.TempDir(), name)})
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		_, err := n.CreateAccount(ctx, NewAccount{Name: name, BirthDate: "1980-05-01", AcceptPolicy: PolicyVersion})
+		cancel()
+		if err != nil {
+			f.Fatalf("CreateAccount: %v", err)
+		}
+		nodes = append(nodes, n)
 	}
+	n, bo := nodes[0], nodes[1]
+	addFrom(f, n, bo)
+	addFrom(f, bo, n)
 	a := &apiServer{n: n, token: []byte("fuzz")}
 	h := a.routes()
 	codes := apiErrorCodes(f)
 
+	acct, err := bo.Account()
+	if err != nil {
+		f.Fatal(err)
+	}
+	id := acct.ID
+	bodies := []string{"", "{}", "null", "[]",
+		`{"to":"` + id + `","text":"hi"}`, `{"name":"Family","members":["` + id + `"]}`,
+		`{"add":["` + id + `"],"remove":[]}`, `{"contact":"` + id + `"}`, `{"with":"` + id + `"}`,
+		`{"to":["` + id + `"],"lat":38.7,"lon":-9.1,"minutes":15}`}
 	for i := range fuzzRoutes {
-		for _, body := range []string{"", "{}", "null", "[]", `{"to":"x","text":"hi"}`, `{"name":"x","members":["y"]}`} {
-			f.Add(uint8(i), "k1", "0", []byte(body))
+		for _, body := range bodies {
+			f.Add(uint8(i), id, "0", []byte(body))
 		}
+		f.Add(uint8(i), "k1", "0", []byte("{}"))
 	}
 	f.Fuzz(func(t *testing.T, route uint8, id, cid string, body []byte) {
 		method, path, _ := strings.Cut(fuzzRoutes[int(route)%len(fuzzRoutes)], " ")

@@ -32,7 +32,7 @@ func callsNodes(t *testing.T, r *callsRelay, names ...string) []*Node {
 }
 
 // addFrom makes n add from's invite.
-func addFrom(t *testing.T, n, from *Node) {
+func addFrom(t testing.TB, n, from *Node) {
 	t.Helper()
 	inv, err := from.Invite()
 	if err != nil {
