@@ -175,10 +175,7 @@ func TestForcedRelayCall(t *testing.T) {
 // stays in force: it drops the callee's checks from its host socket.
 func TestRelayOnlySetupWithRefusedPeers(t *testing.T) {
 	r := startRelay(t)
-	lim := []Option{WithLimits(Limits{InvitesPerMinute: 60, InviteBurst: 10})}
-	a, b := newDevice(t, deviceConfig{relay: r, opts: lim}), newDevice(t, deviceConfig{relay: r, opts: lim})
-	befriend(t, a, b)
-	ctx := testCtx(t, 90*time.Second)
+	a, b, ctx := callingPair(t, r, r)
 	// One call in time is enough (a loaded machine may slow any one
 	// call); with the delay every call waits for a check round.
 	const within, tries = 100 * time.Millisecond, 4
@@ -203,11 +200,7 @@ func TestRelayOnlySetupWithRefusedPeers(t *testing.T) {
 // callee permits no loopback peer).
 func TestRelayOnlyCalleeSetup(t *testing.T) {
 	r := startRelay(t)
-	lim := []Option{WithLimits(Limits{InvitesPerMinute: 60, InviteBurst: 10})}
-	a := newDevice(t, deviceConfig{relay: r, opts: lim})
-	b := newDevice(t, deviceConfig{relay: r, opts: append([]Option{WithForceRelay(func() bool { return true })}, lim...)})
-	befriend(t, a, b)
-	ctx := testCtx(t, 90*time.Second)
+	a, b, ctx := callingPair(t, r, r, WithForceRelay(func() bool { return true }))
 	// With the wait every call takes 500 ms or more; one call under 400
 	// is enough (a loaded machine may slow any one call).
 	const within, tries = 400 * time.Millisecond, 3
@@ -232,10 +225,7 @@ func TestRelayOnlyCalleeSetup(t *testing.T) {
 func TestRelayOnlyCallerSetup(t *testing.T) {
 	r1 := startRelay(t, turn.WithAllowedPeers(netip.MustParsePrefix("127.0.0.0/8")))
 	r2 := startRelay(t)
-	lim := []Option{WithLimits(Limits{InvitesPerMinute: 60, InviteBurst: 10})}
-	a, b := newDevice(t, deviceConfig{relay: r1, opts: lim}), newDevice(t, deviceConfig{relay: r2, opts: lim})
-	befriend(t, a, b)
-	ctx := testCtx(t, 90*time.Second)
+	a, b, ctx := callingPair(t, r1, r2)
 	// With the wait every call takes 500 ms or more; one call under 400
 	// is enough (a loaded machine may slow any one call).
 	const within, tries = 400 * time.Millisecond, 3
@@ -244,6 +234,18 @@ func TestRelayOnlyCallerSetup(t *testing.T) {
 			t.Errorf("caller: path %q (%s/%s), want relay from its relay candidate to the callee's own address", out.Path, out.LocalCandidate, out.RemoteCandidate)
 		}
 	})
+}
+
+// callingPair returns two contacts, a on relay ra and b (with bOpts) on
+// rb, whose invite limits let a call b again and again, and a context for
+// the calls.
+func callingPair(t *testing.T, ra, rb *relay, bOpts ...Option) (a, b *device, ctx context.Context) {
+	t.Helper()
+	lim := WithLimits(Limits{InvitesPerMinute: 60, InviteBurst: 10})
+	a = newDevice(t, deviceConfig{relay: ra, opts: []Option{lim}})
+	b = newDevice(t, deviceConfig{relay: rb, opts: append([]Option{lim}, bOpts...)})
+	befriend(t, a, b)
+	return a, b, testCtx(t, 90*time.Second)
 }
 
 // quickestSetup has a call b with opts, up to tries times until one sets
