@@ -82,6 +82,12 @@ func fuzzSeeds(t testing.TB) (requests, bodies, responses, records [][]byte) {
 
 // testKey returns a fresh public key.
 func testKey(t testing.TB) PublicKey {
+	_, pk := testKeyPair(t)
+	return pk
+}
+
+// testKeyPair returns a fresh private key and its public key.
+func testKeyPair(t testing.TB) (*oprf.PrivateKey, PublicKey) {
 	t.Helper()
 	k, err := oprf.GenerateKey(suite, rand.Reader)
 	if err != nil {
@@ -91,7 +97,7 @@ func testKey(t testing.TB) PublicKey {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return pk
+	return k, pk
 }
 
 func FuzzDecodeRequest(f *testing.F) {
@@ -408,14 +414,7 @@ func FuzzServe(f *testing.F) {
 // three blinded numbers: it fails with ErrProtocol or ErrBadProof, or
 // returns the outputs the relay's key really gives, never others.
 func FuzzFinalize(f *testing.F) {
-	k, err := oprf.GenerateKey(suite, rand.Reader)
-	if err != nil {
-		f.Fatal(err)
-	}
-	pk, err := publicKeyOf(k)
-	if err != nil {
-		f.Fatal(err)
-	}
+	k, pk := testKeyPair(f)
 	var numbers []Number
 	for _, s := range []string{"+351912000001", "+351912000002", "+4915112345678"} {
 		n, err := ParseNumber(s)
