@@ -6,4 +6,6 @@ package storage
 const canTrim = false
 
 // trimMappings does nothing outside Linux (see trim.go).
-func trimMappings(dir string, buf []byte) (int64, []byte, error) { return 0, buf, nil }
+func trimMappings(dir string, sc *trimScratch, keep int64) (int64, error) { return 0, nil }
+
+type trimScratch struct{}
