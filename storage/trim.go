@@ -44,7 +44,9 @@ import (
 // pages written or read since. A trim while writes go on leaves the last
 // trimAfterBytes written to the newest value log mapped: paging out the
 // pages Badger is writing next to made it read them back (docs/storage.md,
-// "Trimming while writes go on"). A trim costs one read of /proc/self/maps
+// "Trimming while writes go on"). A relay's trims leave them once writes
+// have stopped too, for its next burst of deposits; a device's take
+// everything then. A trim costs one read of /proc/self/maps
 // and one madvise per log mapping of the store's files (while writes go
 // on, also an open and an lseek of the newest value log), plus reclaiming
 // what is resident: under 0.7 ms with nothing resident for a relay store holding
@@ -139,8 +141,8 @@ func (s *Store) trimLoop() {
 		}
 		now := time.Now()
 		// While writes go on, what they wrote last stays: the next trim
-		// takes it.
-		var keep int64
+		// takes it (on a device; a relay keeps its last trimKeepIdle).
+		keep := sz.trimKeepIdle
 		if s.trimWritten.Swap(0) > 0 {
 			lastWrite, keep = now, sz.trimAfterBytes
 		}

@@ -271,17 +271,21 @@ func TestTrimKeepsWriteHead(t *testing.T) {
 }
 
 // TestTrimLoop checks that the background loop trims after writes, at the
-// busy pace and when the profile's byte threshold is crossed, and that
-// Close stops it.
+// busy pace and when the profile's byte threshold is crossed, what each
+// profile's trims leave once writes have stopped, and that Close stops it.
 func TestTrimLoop(t *testing.T) {
+	const keepIdle = 16 << 10 // KiB: the relay profile's trimKeepIdle
 	tests := []struct {
 		name    string
 		profile storage.Profile
 		busy    time.Duration
 		count   int // values of 32 KiB
 	}{
-		// No idle trims: the first write wakes the loop.
-		{"busy pace", storage.ProfileRelay, time.Millisecond, 128},
+		// No idle trims: the first write wakes the loop. Once writes have
+		// stopped, a device's trims keep nothing.
+		{"busy pace, device", storage.ProfileDevice, time.Millisecond, 128},
+		// A relay's keep the last 16 MB written to its newest value log.
+		{"busy pace, relay", storage.ProfileRelay, time.Millisecond, 1024},
 		// An hour's pace: only the relay profile's 16 MB threshold
 		// triggers a trim.
 		{"after 16 MB", storage.ProfileRelay, time.Hour, 640},
@@ -299,13 +303,24 @@ func TestTrimLoop(t *testing.T) {
 			writeValues(t, st, ns, tt.count, 32<<10)
 			waitFor(t, "a trim", func() bool { return storage.Trims(st) > 0 })
 			written := tt.count * 32 // KiB
-			if tt.busy == time.Millisecond {
-				// The trims after the writes stopped keep nothing.
+			switch {
+			case tt.busy == time.Millisecond && tt.profile == storage.ProfileDevice:
 				waitFor(t, "the store's mappings trimmed", func() bool { return mappedKiB(t, dir) < written/4 })
-			} else if mapped := mappedKiB(t, dir); mapped < 12<<10 {
-				// The trim the 16 MB set off came while writes went on:
-				// it left the last 16 MB written.
-				t.Errorf("%d KiB of the %d written still mapped after the trim, want at least %d: the trim took what was just written", mapped, written, 12<<10)
+			case tt.busy == time.Millisecond:
+				// Two trims after the writes: the second had none since
+				// the one before it.
+				n := storage.Trims(st)
+				waitFor(t, "two more trims", func() bool { return storage.Trims(st) >= n+2 })
+				vlogs := smapsKiB(t, dir, func(f string) bool { return strings.HasSuffix(f, ".vlog") }, "Rss:")
+				if vlogs < keepIdle-64 || vlogs > keepIdle+64 {
+					t.Errorf("%d KiB of value logs mapped once writes stopped (%d KiB written), want the last %d KiB written", vlogs, written, keepIdle)
+				}
+			default:
+				if mapped := mappedKiB(t, dir); mapped < 12<<10 {
+					// The trim the 16 MB set off came while writes went
+					// on: it left the last 16 MB written.
+					t.Errorf("%d KiB of the %d written still mapped after the trim, want at least %d: the trim took what was just written", mapped, written, 12<<10)
+				}
 			}
 			readValues(t, ns, tt.count, 32<<10)
 			if err := st.Close(); err != nil {
