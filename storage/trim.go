@@ -48,7 +48,8 @@ import (
 // have stopped too, for its next burst of deposits; a device's take
 // everything then. A trim costs one read of /proc/self/maps
 // and one madvise per log mapping of the store's files (while writes go
-// on, also an open and an lseek of the newest value log), plus reclaiming
+// on, and on a relay always, also an open and an lseek of the newest value
+// log), plus reclaiming
 // what is resident: under 0.7 ms with nothing resident for a relay store holding
 // a million envelopes (0.7 ms advising all of its 83 mappings, 2 GB
 // mapped), so under 0.3% of a core at the relay's busy pace. The loop logs nothing unless a trim fails; then it
